@@ -1,0 +1,321 @@
+"""The ablation registry: each of the paper's claims as a named comparison.
+
+An ablation is a configuration diff from a preset's baseline plus the claim it
+tests. This module is plain data (it imports only `reproduce.config`), so the
+report can read the claims without loading any training code.
+
+Deltas are always `variant - baseline`, in percentage points of error. A claim
+that "X lowers error by d" is a claimed delta of +d when X is switched off.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Optional
+
+from reproduce.config import Config, get_config, apply_overrides, validate
+
+
+@dataclass(frozen=True)
+class Claim:
+    section: str  # e.g. "§3.3"
+    text: str  # the paper's words (quoted) or a faithful summary
+    # What is compared:
+    #   "error":  validation top-1/top-5 error (centre crop), variant - baseline
+    #   "gap":    overfitting, (val top-1 error - clean train top-1 error), variant - baseline
+    #   "epochs": epochs to reach the training-error target, ratio variant / baseline
+    #   "none":   the paper makes no claim (a convention check); report the delta only
+    metric: str = "error"
+    top1: Optional[float] = None  # the paper's delta, points (None = qualitative)
+    top5: Optional[float] = None
+    ratio: Optional[float] = None  # for metric "epochs"
+    # Expected sign of the delta (+1: switching the feature off raises the metric).
+    direction: int = +1
+    setting: str = "ILSVRC-2012 val"  # where the paper measured it
+
+
+@dataclass(frozen=True)
+class Ablation:
+    name: str
+    description: str
+    overrides: dict  # the variant's diff from the (possibly modified) baseline
+    presets: tuple  # presets where it applies
+    claims: dict  # preset -> Claim; key "*" is the default
+    # "train": the variant is trained; "eval": the same baseline runs evaluated two
+    # ways (single_view_eval: centre crop vs ten views).
+    kind: str = "train"
+    # Overrides applied to BOTH arms before the variant's diff. Non-empty means this
+    # ablation has its own baseline runs, labelled "<name>.base".
+    base_overrides: dict = field(default_factory=dict)
+    # Figure 1 only: learning rates tried for each arm (chosen by fastest time to
+    # the training-error target, §3.1), before the seeds are run.
+    lr_grid: tuple = ()
+    # Per-preset replacement of `overrides` (bias_init flips whichever init the
+    # preset's baseline uses).
+    overrides_by_preset: dict = field(default_factory=dict)
+
+    def variant_overrides(self, preset: str) -> dict:
+        return self.overrides_by_preset.get(preset, self.overrides)
+
+    def claim(self, preset: str) -> Claim:
+        return self.claims.get(preset, self.claims.get("*"))
+
+    @property
+    def base_label(self) -> str:
+        return f"{self.name}.base" if self.base_overrides else "baseline"
+
+    def base_config(self, preset: str, extra=None) -> Config:
+        cfg = get_config(preset)
+        apply_overrides(cfg, self.base_overrides)
+        apply_overrides(cfg, extra)
+        return validate(cfg)
+
+    def variant_config(self, preset: str, extra=None) -> Config:
+        cfg = self.base_config(preset)
+        apply_overrides(cfg, self.variant_overrides(preset))
+        apply_overrides(cfg, extra)
+        return validate(cfg)
+
+
+IMAGENET_PRESETS = ("imagenet", "imagenette", "smoke")
+ALL = ("imagenet", "imagenette", "cifar10", "smoke")
+
+_MISHKIN = "Mishkin et al. 2016, CaffeNet at 128 px on ImageNet"
+
+ABLATIONS: dict[str, Ablation] = {}
+
+
+def _register(a: Ablation) -> Ablation:
+    ABLATIONS[a.name] = a
+    return a
+
+
+_register(
+    Ablation(
+        name="tanh",
+        description="tanh instead of ReLU in every hidden layer",
+        overrides={"model.activation": "tanh"},
+        presets=IMAGENET_PRESETS,
+        claims={
+            "*": Claim(
+                "§3.1",
+                "Deep CNNs with ReLUs train several times faster than their equivalents "
+                "with tanh units (the quantitative claim is on CIFAR-10: see fig1_tanh).",
+                metric="error",
+                direction=+1,
+            )
+        },
+    )
+)
+
+_register(
+    Ablation(
+        name="fig1_tanh",
+        description="Figure 1: a four-layer CIFAR-10 net reaches 25% training error, ReLU vs tanh",
+        overrides={"model.activation": "tanh"},
+        presets=("cifar10", "smoke"),
+        base_overrides={
+            "model.arch": "cifar_fig1",
+            "model.lrn": False,
+            "model.dropout": 0.0,
+            "data.crop_flip": False,
+            "data.pca_color": False,
+            "train.weight_decay": 0.0,
+            "train.schedule": "constant",
+            "train.stop_at_train_error": 0.25,
+            "eval.ten_view": False,
+        },
+        lr_grid=(0.005, 0.01, 0.02, 0.04),
+        claims={
+            "*": Claim(
+                "§3.1, Figure 1",
+                "A four-layer convolutional network with ReLUs reaches a 25% training error "
+                "rate on CIFAR-10 six times faster than an equivalent network with tanh neurons.",
+                metric="epochs",
+                ratio=6.0,
+                direction=+1,
+                setting="CIFAR-10 train",
+            )
+        },
+    )
+)
+
+_register(
+    Ablation(
+        name="no_lrn",
+        description="no local response normalization",
+        overrides={"model.lrn": False},
+        presets=ALL,
+        claims={
+            "*": Claim(
+                "§3.3",
+                "Response normalization reduces our top-1 and top-5 error rates by 1.4% and 1.2%.",
+                top1=1.4,
+                top5=1.2,
+            ),
+            "cifar10": Claim(
+                "§3.3",
+                "On CIFAR-10, a four-layer CNN achieved a 13% test error rate without "
+                "normalization and 11% with normalization.",
+                top1=2.0,
+                setting="CIFAR-10 test",
+            ),
+        },
+    )
+)
+
+_register(
+    Ablation(
+        name="lrn_convention",
+        description="cuda-convnet's LRN (alpha divided by n) instead of the paper's formula",
+        overrides={"model.lrn_convention": "cuda-convnet"},
+        presets=ALL,
+        claims={
+            "*": Claim(
+                "§3.3",
+                "The paper prints alpha = 1e-4 applied to the plain sum; Krizhevsky's code "
+                "and Caffe divide alpha by n. The paper makes no claim about the difference.",
+                metric="none",
+            )
+        },
+    )
+)
+
+_register(
+    Ablation(
+        name="no_overlap_pool",
+        description="2x2 stride-2 pooling instead of overlapping 3x3 stride 2",
+        overrides={"model.pooling": "non_overlap"},
+        presets=IMAGENET_PRESETS,
+        claims={
+            "*": Claim(
+                "§3.4",
+                "Overlapping pooling reduces the top-1 and top-5 error rates by 0.4% and 0.3%.",
+                top1=0.4,
+                top5=0.3,
+            )
+        },
+    )
+)
+
+_register(
+    Ablation(
+        name="no_pca_color",
+        description="no PCA colour augmentation",
+        overrides={"data.pca_color": False},
+        presets=IMAGENET_PRESETS,
+        claims={
+            "*": Claim(
+                "§4.1",
+                "This scheme reduces the top-1 error rate by over 1%.",
+                top1=1.0,
+            )
+        },
+    )
+)
+
+_register(
+    Ablation(
+        name="no_crop_flip",
+        description="no random crops or flips (centre crop only)",
+        overrides={"data.crop_flip": False},
+        presets=ALL,
+        claims={
+            "*": Claim(
+                "§4.1",
+                "Without this scheme, our network suffers from substantial overfitting.",
+                metric="gap",
+            )
+        },
+    )
+)
+
+_register(
+    Ablation(
+        name="no_dropout",
+        description="no dropout in fc6 and fc7",
+        overrides={"model.dropout": 0.0},
+        presets=IMAGENET_PRESETS,
+        claims={
+            "*": Claim(
+                "§4.2",
+                "Without dropout, our network exhibits substantial overfitting. Dropout "
+                "roughly doubles the number of iterations required to converge.",
+                metric="gap",
+            )
+        },
+    )
+)
+
+_register(
+    Ablation(
+        name="one_tower",
+        description="the one-GPU net of §3.2 (half the kernels, conv5 and fc layers kept)",
+        overrides={"model.towers": 1},
+        presets=IMAGENET_PRESETS,
+        claims={
+            "*": Claim(
+                "§3.2",
+                "This scheme reduces our top-1 and top-5 error rates by 1.7% and 1.2%, "
+                "respectively, as compared with a net with half as many kernels in each "
+                "convolutional layer trained on one GPU.",
+                top1=1.7,
+                top5=1.2,
+            )
+        },
+    )
+)
+
+_register(
+    Ablation(
+        name="single_view_eval",
+        description="centre crop only instead of the ten-view average (same trained nets)",
+        overrides={},
+        presets=ALL,
+        kind="eval",
+        claims={
+            "*": Claim(
+                "§6 (Table 1 text)",
+                "Ten-view averaging: 39.0/18.3 (one view) vs 37.5/17.0 (ten views) top-1/top-5.",
+                top1=1.5,
+                top5=1.3,
+                setting="ILSVRC-2010 test",
+            )
+        },
+    )
+)
+
+_register(
+    Ablation(
+        name="bias_init",
+        description="the paper's bias 1 (conv2, conv4, conv5, fc6, fc7) against Caffe's 0.1",
+        # The variant is whichever init the preset's baseline does not use.
+        overrides={"model.init": "paper"},
+        overrides_by_preset={"imagenet": {"model.init": "caffe"}},
+        presets=ALL,
+        claims={
+            "*": Claim(
+                "§5",
+                "This initialization accelerates the early stages of learning by providing "
+                "the ReLUs with positive inputs.",
+                metric="error",
+                direction=-1,
+            )
+        },
+    )
+)
+
+
+def get_ablation(name: str) -> Ablation:
+    if name not in ABLATIONS:
+        close = difflib.get_close_matches(name, list(ABLATIONS), n=2)
+        hint = f" Did you mean {' or '.join(close)}?" if close else ""
+        raise ValueError(
+            f"unknown ablation {name!r}.{hint} Valid names: {', '.join(ABLATIONS)}"
+        )
+    return ABLATIONS[name]
+
+
+def for_preset(preset: str) -> list[Ablation]:
+    return [a for a in ABLATIONS.values() if preset in a.presets]

@@ -1,0 +1,468 @@
+"""One typed configuration tree whose defaults are the paper.
+
+Krizhevsky, Sutskever & Hinton, "ImageNet Classification with Deep Convolutional
+Neural Networks", NIPS 2012. Every default below is the paper's choice, with the
+section it comes from; presets (``PRESETS``) and ablations (``ablations.registry``)
+are small named diffs of this tree, applied with the same strict dotted overrides
+a user types on the command line::
+
+    python -m reproduce train --preset imagenette --set model.lrn=false train.epochs=3
+
+An unknown key is an error that names the closest valid keys; a value is parsed
+and type-checked against the field's declared type.
+
+This module imports nothing heavier than the standard library, so the report
+generator and the ablation registry can use it without loading Keras.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that is not allowed."""
+
+
+# --------------------------------------------------------------------------------------
+# The tree
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    # Which network. `alexnet` is the paper's ImageNet net (§3.5, Fig. 2); the two
+    # CIFAR-10 nets are the ones behind the paper's CIFAR-10 claims (§3.1 Figure 1,
+    # §3.3), after Krizhevsky's cuda-convnet layer definitions.
+    arch: str = "alexnet"  # alexnet | cifar_fig1 | cifar_local
+    # §3.1: ReLU in every hidden layer; tanh is the saturating comparison.
+    activation: str = "relu"  # relu | tanh
+    # §3.3 local response normalization after conv1 and conv2.
+    lrn: bool = True
+    # `paper`: b = a / (k + alpha * sum a^2)^beta exactly as printed;
+    # `cuda-convnet`: alpha divided by n, as in Krizhevsky's code and Caffe.
+    lrn_convention: str = "paper"  # paper | cuda-convnet
+    lrn_size: int = 5
+    lrn_k: float = 2.0
+    lrn_alpha: float = 1e-4
+    lrn_beta: float = 0.75
+    # §3.4: overlapping 3x3 stride-2 pooling; `non_overlap` is 2x2 stride 2 with the
+    # same output sizes.
+    pooling: str = "overlap"  # overlap | non_overlap
+    # §4.2: dropout 0.5 in fc6 and fc7; 0 switches it off.
+    dropout: float = 0.5
+    # §3.2: two towers (the paper's two-GPU net) or the one-GPU comparison net.
+    towers: int = 2  # 2 | 1
+    # Multiplies every convolution and hidden fully connected width, for reduced
+    # CPU runs. 1.0 is the paper.
+    width: float = 1.0
+    # §5: weights N(0, 0.01), biases 1 in conv2, conv4, conv5, fc6, fc7, else 0.
+    # `caffe`: the same weights, biases 0.1 where the paper has 1 (Caffe's reference
+    # model, because bias 1 gave a flat loss there).
+    init: str = "paper"  # paper | caffe
+    # Number of classes; None means "from the data".
+    num_classes: Optional[int] = None
+
+
+@dataclass
+class DataConfig:
+    # `tfds:<name>` (any TensorFlow Datasets name, e.g. tfds:imagenet2012), a folder
+    # in ImageFolder layout or an archive of one (.tar, .tar.gz, .tar.xz, .zip), or
+    # `synthetic`.
+    source: str = "tfds:imagenet2012"
+    train_split: str = "train"
+    val_split: str = "validation"
+    # §2: rescale so the shorter side is S, then centre-crop SxS.
+    image_size: int = 256
+    # §4.1: random CxC crops; also the model's input size. 227, not the paper's
+    # "224": see reproduce.model.alexnet.
+    crop_size: int = 227
+    # §4.1 first form of augmentation: random crops and horizontal reflections.
+    crop_flip: bool = True
+    # §4.1 second form: PCA colour augmentation, alpha ~ N(0, pca_std).
+    pca_color: bool = True
+    pca_std: float = 0.1
+    # §2: subtract the mean image of the training set.
+    mean_subtract: bool = True
+    # Where decoded uint8 caches live; "" means $REPRODUCE_CACHE or ~/.cache/reproduce.
+    cache_dir: str = ""
+    # Use at most this many images of a split (0 = all): budgeted runs and tests.
+    max_train: int = 0
+    max_val: int = 0
+    # The synthetic source: class-dependent patterns, learnable.
+    synthetic_classes: int = 10
+    synthetic_train: int = 512
+    synthetic_val: int = 128
+
+
+@dataclass
+class TrainConfig:
+    # §5: batch 128, SGD momentum 0.9, weight decay 0.0005, lr 0.01.
+    epochs: int = 90
+    batch_size: int = 128
+    learning_rate: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    # `plateau`: §5, divide by 10 when validation error stops improving, at most
+    # `max_drops` times; `step`: divide by 10 at fixed epochs (`step_epochs`), for
+    # budgeted runs; `constant`.
+    schedule: str = "plateau"  # plateau | step | constant
+    plateau_patience: int = 3
+    max_drops: int = 3
+    step_epochs: list = field(default_factory=list)
+    # Stop early (0 = never) once this many steps per epoch are done: smoke runs.
+    steps_per_epoch: int = 0
+    # `auto`: mixed_bfloat16 on a GPU/TPU, float32 on a CPU.
+    precision: str = "auto"  # auto | float32 | mixed_bfloat16
+    steps_per_execution: int = 1
+    # Fixes shuffling, initialization and every augmentation draw.
+    seed: int = 0
+    # Stop when the training top-1 error first reaches this value (0 = never).
+    # Used by the Figure 1 experiment (§3.1: "25% training error").
+    stop_at_train_error: float = 0.0
+
+
+@dataclass
+class EvalConfig:
+    # §4.1/§6: also report the ten-view (corners + centre, and flips) error.
+    ten_view: bool = True
+    batch_size: int = 256
+
+
+@dataclass
+class DistributeConfig:
+    # none | towers | mirrored | multiworker  (see reproduce.distribute)
+    scheme: str = "none"
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    distribute: DistributeConfig = field(default_factory=DistributeConfig)
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        cfg = cls()
+        apply_overrides(cfg, flatten(d))
+        return cfg
+
+    def copy(self) -> "Config":
+        return copy.deepcopy(self)
+
+    def fingerprint(self) -> str:
+        """A short hash of everything that changes what a run computes, seed excluded.
+
+        Two runs with equal fingerprints and equal seeds are the same experiment.
+        """
+        d = self.to_dict()
+        d["train"].pop("seed")
+        d["data"].pop("cache_dir")
+        blob = json.dumps(d, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:10]
+
+
+ALLOWED = {
+    "model.arch": ("alexnet", "cifar_fig1", "cifar_local"),
+    "model.activation": ("relu", "tanh"),
+    "model.lrn_convention": ("paper", "cuda-convnet"),
+    "model.pooling": ("overlap", "non_overlap"),
+    "model.towers": (1, 2),
+    "model.init": ("paper", "caffe"),
+    "train.schedule": ("plateau", "step", "constant"),
+    "train.precision": ("auto", "float32", "mixed_bfloat16"),
+    "distribute.scheme": ("none", "towers", "mirrored", "multiworker"),
+}
+
+
+def check_choice(key: str, value: Any) -> None:
+    allowed = ALLOWED.get(key)
+    if allowed is not None and value not in allowed:
+        raise ConfigError(
+            f"{key}={value!r} is not allowed; choose one of "
+            + ", ".join(repr(a) for a in allowed)
+        )
+
+
+def validate(cfg: Config) -> Config:
+    """Check choices and ranges of the whole tree; returns cfg."""
+    for key, value in flatten(cfg.to_dict()).items():
+        check_choice(key, value)
+    if not 0.0 <= cfg.model.dropout < 1.0:
+        raise ConfigError(f"model.dropout={cfg.model.dropout!r} must be in [0, 1)")
+    if cfg.model.width <= 0:
+        raise ConfigError(f"model.width={cfg.model.width!r} must be > 0")
+    if cfg.data.crop_size > cfg.data.image_size:
+        raise ConfigError(
+            f"data.crop_size={cfg.data.crop_size} is larger than "
+            f"data.image_size={cfg.data.image_size}; crops are taken from the SxS image"
+        )
+    if cfg.train.batch_size < 1:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size!r} must be >= 1")
+    if cfg.train.epochs < 1:
+        raise ConfigError(f"train.epochs={cfg.train.epochs!r} must be >= 1")
+    return cfg
+
+
+# --------------------------------------------------------------------------------------
+# Dotted overrides
+# --------------------------------------------------------------------------------------
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def valid_keys() -> list[str]:
+    return sorted(flatten(Config().to_dict()))
+
+
+def _field_type(section: Any, name: str) -> Any:
+    hints = typing.get_type_hints(type(section))
+    return hints[name]
+
+
+def _parse(key: str, text: Any, typ: Any) -> Any:
+    """Parse `text` (a string from the command line, or an already typed value)."""
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if origin is typing.Union and type(None) in args:  # Optional[X]
+        if text is None or (isinstance(text, str) and text.lower() in ("none", "null", "")):
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _parse(key, text, inner)
+    if typ is bool:
+        if isinstance(text, bool):
+            return text
+        if isinstance(text, str) and text.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(text, str) and text.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{key}={text!r} is not a boolean; use true or false")
+    if typ is int:
+        if isinstance(text, bool):
+            raise ConfigError(f"{key}={text!r} is not an integer")
+        if isinstance(text, int):
+            return text
+        if isinstance(text, float) and text.is_integer():
+            return int(text)
+        try:
+            return int(str(text))
+        except ValueError:
+            raise ConfigError(f"{key}={text!r} is not an integer") from None
+    if typ is float:
+        if isinstance(text, bool):
+            raise ConfigError(f"{key}={text!r} is not a number")
+        try:
+            return float(text)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}={text!r} is not a number") from None
+    if typ is str:
+        return str(text)
+    if typ is list or origin is list:
+        if isinstance(text, (list, tuple)):
+            return [int(x) if isinstance(x, str) and x.lstrip("-").isdigit() else x for x in text]
+        s = str(text).strip().strip("[]")
+        if not s:
+            return []
+        try:
+            return [int(x) for x in s.split(",")]
+        except ValueError:
+            raise ConfigError(f"{key}={text!r} is not a comma-separated list of integers") from None
+    raise ConfigError(f"{key}: unsupported field type {typ!r}")
+
+
+def set_value(cfg: Config, key: str, value: Any) -> None:
+    """Set one dotted key, strictly: unknown keys fail and suggest the closest ones."""
+    keys = valid_keys()
+    if key not in keys:
+        close = difflib.get_close_matches(key, keys, n=3, cutoff=0.5)
+        if not close:  # e.g. "lrn" -> "model.lrn"
+            close = [k for k in keys if k.split(".")[-1] == key.split(".")[-1]][:3]
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise ConfigError(
+            f"unknown configuration key {key!r}{hint} "
+            f"(`python -m reproduce keys` lists all {len(keys)} keys)"
+        )
+    section_name, name = key.split(".", 1)
+    section = getattr(cfg, section_name)
+    parsed = _parse(key, value, _field_type(section, name))
+    check_choice(key, parsed)
+    setattr(section, name, parsed)
+
+
+def apply_overrides(cfg: Config, overrides: dict | list | tuple | None) -> Config:
+    """Apply {"a.b": value} or ["a.b=value", ...] to cfg in place; returns cfg."""
+    if not overrides:
+        return cfg
+    if isinstance(overrides, dict):
+        items = list(overrides.items())
+    else:
+        items = []
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} must look like key=value, e.g. model.lrn=false")
+            k, v = item.split("=", 1)
+            items.append((k.strip(), v.strip()))
+    for k, v in items:
+        set_value(cfg, k, v)
+    return cfg
+
+
+# --------------------------------------------------------------------------------------
+# Presets: small named diffs of the paper
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    overrides: dict
+    doc: str
+
+
+def _preset(name: str, overrides: dict):
+    def deco(fn):
+        PRESETS[name] = Preset(name, overrides, (fn.__doc__ or "").strip())
+        return fn
+
+    return deco
+
+
+PRESETS: dict[str, Preset] = {}
+
+
+@_preset("imagenet", {})
+def _imagenet():
+    """The paper's recipe (§5) on ILSVRC-2012, through TFDS `imagenet2012`.
+
+    Command: ``make reproduce PRESET=imagenet`` (TFDS needs the ILSVRC-2012 tar files
+    in its manual directory; see README).
+    256 -> 227 crops with flips and PCA colour, batch 128, SGD momentum 0.9, weight
+    decay 0.0005, lr 0.01 divided by 10 on plateaus (at most 3 times), 90 epochs.
+    Cost: not measured by this project (the paper: 5-6 days on two GTX 580s).
+    Expected result: the paper's 40.7% / 18.2% top-1/top-5 (one net, ILSVRC-2012 val,
+    Table 2); not yet measured here.
+    """
+
+
+@_preset(
+    "imagenette",
+    {
+        "data.source": "tfds:imagenette/160px-v2",
+        "data.image_size": 144,
+        "data.crop_size": 128,
+        "train.epochs": 30,
+        "train.schedule": "step",
+        "train.step_epochs": [20, 26],
+        "train.learning_rate": 0.01,
+        "model.init": "caffe",
+    },
+)
+def _imagenette():
+    """Imagenette (10 ImageNet classes) at 144 px with 128x128 crops.
+
+    The reduced-resolution setting of Mishkin et al. 2016. Command:
+    ``make reproduce`` (this is the default preset; data from TFDS
+    `imagenette/160px-v2` or ``DATA_DIR=../shared/data/imagenette-144-webp.tar.xz``).
+    Budgeted schedule: 30 epochs, lr 0.01 divided by 10 at epochs 20 and 26.
+    Biases use the `caffe` init (0.1): see README, "bias init".
+    Cost and result: see the README preset table (measured figures only).
+    """
+
+
+@_preset(
+    "cifar10",
+    {
+        "data.source": "tfds:cifar10",
+        "data.val_split": "test",
+        "data.image_size": 32,
+        "data.crop_size": 24,
+        "data.pca_color": False,
+        "model.arch": "cifar_local",
+        "model.dropout": 0.0,
+        "model.init": "caffe",
+        "train.epochs": 40,
+        "train.batch_size": 128,
+        "train.learning_rate": 0.01,
+        "train.weight_decay": 0.004,
+        "train.schedule": "step",
+        "train.step_epochs": [30, 36],
+    },
+)
+def _cifar10():
+    """CIFAR-10 with cuda-convnet's layers-conv-local net (the §3.3 LRN claim).
+
+    conv 64, conv 64, two locally connected 3x3 layers, fc 10; random 24x24 crops
+    with flips; ten-view test. Command: ``make reproduce PRESET=cifar10``
+    (``DATA_DIR=../shared/data/cifar10-jpeg.tar.xz`` offline). The Figure 1
+    experiment (ReLU vs tanh) is the `fig1_tanh` ablation of this preset.
+    The released ~500-epoch schedule is shortened to 40 epochs for both arms.
+    Cost and result: see the README preset table (measured figures only).
+    """
+
+
+@_preset(
+    "smoke",
+    {
+        "data.source": "synthetic",
+        "data.image_size": 72,
+        "data.crop_size": 64,
+        "data.synthetic_classes": 4,
+        "data.synthetic_train": 64,
+        "data.synthetic_val": 32,
+        "model.width": 0.125,
+        "train.epochs": 2,
+        "train.batch_size": 16,
+        "train.schedule": "step",
+        "train.step_epochs": [1],
+        "eval.batch_size": 32,
+    },
+)
+def _smoke():
+    """Every code path in seconds on a CPU: synthetic 72 px data, 1/8-width net.
+
+    Command: ``make reproduce PRESET=smoke``. Its result means nothing; it shows the
+    pipeline, training, resume, evaluation and report all work.
+    """
+
+
+def get_config(preset: str = "imagenet", overrides=None) -> Config:
+    """The paper's tree, with a preset's diff and then user overrides applied."""
+    if preset not in PRESETS:
+        close = difflib.get_close_matches(preset, list(PRESETS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"unknown preset {preset!r}{hint} Choose one of: {', '.join(PRESETS)}"
+        )
+    cfg = Config()
+    apply_overrides(cfg, PRESETS[preset].overrides)
+    apply_overrides(cfg, overrides)
+    return validate(cfg)
+
+
+def diff(base: Config, other: Config) -> dict:
+    """The dotted keys whose values differ, {key: (base, other)}."""
+    a, b = flatten(base.to_dict()), flatten(other.to_dict())
+    return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
