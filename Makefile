@@ -1,0 +1,60 @@
+# AlexNet (Krizhevsky, Sutskever & Hinton 2012) in Keras 3 -- see README.md.
+PRESET  ?= imagenette
+SEEDS   ?= 3
+NAME    ?=
+DATA_DIR ?=
+RUNS    ?= runs
+BACKEND ?= tensorflow
+SET     ?=
+VENV    ?= .venv
+PY      := $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
+
+# DATA_DIR (a folder in ImageFolder layout or an archive of one) replaces the
+# preset's TFDS source.
+DATA_SET := $(if $(DATA_DIR),data.source=$(abspath $(DATA_DIR)),)
+OVERRIDES := $(strip $(DATA_SET) $(SET))
+SETARG  := $(if $(OVERRIDES),--set $(OVERRIDES),)
+RUN     := KERAS_BACKEND=$(BACKEND) REPRODUCE_RUNS=$(RUNS) $(PY)
+
+.PHONY: help install test test-tf test-jax train reproduce ablation report bench clean-cache
+
+help:
+	@echo "make install                 create $(VENV) and install requirements.txt"
+	@echo "make reproduce [PRESET=...]  baseline + every ablation of the preset ($(SEEDS) seeds), then the report"
+	@echo "make ablation NAME=no_lrn    one ablation (baseline + variant, SEEDS seeds), then the report"
+	@echo "make train                   one baseline run of PRESET"
+	@echo "make report                  Markdown + PDF report from $(RUNS)/ (no training code, no GPU)"
+	@echo "make bench                   training throughput (synthetic and, with DATA_DIR, real data)"
+	@echo "make test                    the test suite on both Keras backends (tensorflow, jax)"
+	@echo "Variables: PRESET=$(PRESET) SEEDS=$(SEEDS) NAME DATA_DIR RUNS=$(RUNS) BACKEND=$(BACKEND) SET='key=value ...'"
+
+install:
+	python3 -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --upgrade pip
+	$(VENV)/bin/python -m pip install -r requirements.txt
+
+test: test-tf test-jax
+
+test-tf:
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -q -n 2 tests
+
+test-jax:
+	KERAS_BACKEND=jax $(PY) -m pytest -q -n 2 tests
+
+train:
+	$(RUN) -m reproduce train --preset $(PRESET) $(SETARG)
+
+reproduce:
+	$(RUN) -m ablations reproduce --preset $(PRESET) --seeds $(SEEDS) --runs $(RUNS) $(SETARG)
+	$(PY) -m reports --runs $(RUNS)
+
+ablation:
+	@test -n "$(NAME)" || { echo "usage: make ablation NAME=<name> [PRESET=...] [SEEDS=...]; names: $$($(PY) -c 'from ablations.registry import ABLATIONS; print(" ".join(ABLATIONS))')"; exit 2; }
+	$(RUN) -m ablations run $(NAME) --preset $(PRESET) --seeds $(SEEDS) --runs $(RUNS) $(SETARG)
+	$(PY) -m reports --runs $(RUNS)
+
+report:
+	$(PY) -m reports --runs $(RUNS)
+
+bench:
+	$(RUN) -m reproduce bench $(if $(DATA_DIR),--data $(abspath $(DATA_DIR)),)

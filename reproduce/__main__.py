@@ -1,0 +1,136 @@
+"""Command line: ``python -m reproduce {train,show,keys,presets,bench}``.
+
+Examples::
+
+    python -m reproduce train --preset smoke
+    python -m reproduce train --preset imagenette --set data.source=../shared/data/imagenette-144-webp.tar.xz
+    python -m reproduce train --preset imagenette --set model.lrn=false train.epochs=3 --seed 1
+    python -m reproduce show --preset cifar10 --set model.lrn=false
+    python -m reproduce keys
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+
+from reproduce import config as config_lib
+from reproduce import runs
+
+EPILOG = textwrap.dedent(
+    """\
+    Presets are named diffs of the paper's configuration (see `presets`). Overrides
+    are dotted keys checked against the configuration tree, e.g.
+        --set model.lrn=false train.epochs=3 data.source=path/to/imagenette.tar.xz
+    An unknown key fails and names the closest valid keys (`keys` lists them all).
+
+    Results go to a run directory, by default
+        $REPRODUCE_RUNS (or ./runs)/<preset>/<label>-<config fingerprint>/seed<seed>/
+    holding config.json, env.json, metrics.csv, checkpoints (state/), TensorBoard
+    logs and, once finished, result.json. Running the same command again resumes an
+    interrupted run and skips a finished one.
+    """
+)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="imagenette", help="one of: " + ", ".join(config_lib.PRESETS))
+    p.add_argument(
+        "--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+        help="dotted overrides, e.g. model.lrn=false train.epochs=3",
+    )
+    p.add_argument("--seed", type=int, default=None, help="shorthand for train.seed")
+
+
+def resolve(args) -> config_lib.Config:
+    overrides = list(args.overrides or [])
+    if args.seed is not None:
+        overrides.append(f"train.seed={args.seed}")
+    return config_lib.get_config(args.preset, overrides)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m reproduce",
+        description="AlexNet (Krizhevsky, Sutskever & Hinton 2012) in Keras 3: train, resume, inspect.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("train", help="train one run (resumes or skips as needed)",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_config_args(p)
+    p.add_argument("--runs", default=None, help="runs root (default $REPRODUCE_RUNS or ./runs)")
+    p.add_argument("--label", default="baseline", help="run label (baseline or an ablation name)")
+    p.add_argument("--run-dir", default=None, help="explicit run directory (overrides --runs/--label)")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("show", help="print the resolved configuration")
+    _add_config_args(p)
+    p.add_argument("--diff", action="store_true", help="only keys that differ from the paper")
+
+    sub.add_parser("keys", help="list every configuration key with its default")
+    sub.add_parser("presets", help="describe the presets")
+
+    p = sub.add_parser("bench", help="training throughput benchmark (see reproduce.bench)")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+
+    args = parser.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except config_lib.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args) -> int:
+    if args.cmd == "keys":
+        for k, v in config_lib.flatten(config_lib.Config().to_dict()).items():
+            allowed = config_lib.ALLOWED.get(k)
+            print(f"{k} = {v!r}" + (f"   # one of {allowed}" if allowed else ""))
+        return 0
+    if args.cmd == "presets":
+        for name, p in config_lib.PRESETS.items():
+            print(f"== {name}\n{p.doc}\n  diff: {json.dumps(p.overrides)}\n")
+        return 0
+    if args.cmd == "bench":
+        from reproduce import bench
+
+        return bench.main(args.bench_args)
+    cfg = resolve(args)
+    if args.cmd == "show":
+        if args.diff:
+            for k, (a, b) in config_lib.diff(config_lib.Config(), cfg).items():
+                print(f"{k} = {b!r}   (paper: {a!r})")
+        else:
+            print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
+    if args.cmd == "train":
+        from reproduce import train as train_lib
+        from reproduce.data import DataError
+
+        root = args.runs or runs.default_root()
+        run_dir = args.run_dir or runs.run_dir(
+            root, args.preset, args.label, cfg.fingerprint(), cfg.train.seed
+        )
+        meta = {
+            "preset": args.preset,
+            "label": args.label,
+            "overrides": list(args.overrides or []),
+            "command": "python -m reproduce " + " ".join(sys.argv[1:]),
+        }
+        try:
+            train_lib.train(cfg, run_dir, meta=meta, verbose=0 if args.quiet else 1)
+        except (train_lib.TrainingDiverged, train_lib.RunConflict, DataError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(run_dir)
+        return 0
+    raise AssertionError(args.cmd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,570 @@
+"""Training: the paper's optimizer and schedule through `model.fit`, resumable.
+
+`train(cfg, run_dir)` runs one experiment into one run directory (format owned by
+`reproduce.runs`). Starting it again in the same directory resumes from the last
+completed epoch (the state file is replaced atomically once per epoch, so a kill -9
+at any moment loses at most the epoch in flight) and does nothing if the run has
+already finished.
+
+The update rule is the paper's (§5)::
+
+    v <- 0.9 v - 0.0005 * eps * w - eps * dL/dw
+    w <- w + v
+
+Keras' SGD with momentum is exactly ``v <- m v - eps g; w <- w + v``; the weight
+decay enters `g` through an L2 term of coefficient 0.0005 / 2 = 0.00025 on every
+kernel (see `reproduce.model`), so it goes through the momentum term like the
+paper's, not decoupled. Biases are not decayed: cuda-convnet, the code the paper
+ran, sets the weight-decay coefficient on weights only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from reproduce import runs
+from reproduce.config import Config, validate
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class RunConflict(RuntimeError):
+    """The run directory holds a run of a different configuration."""
+
+
+# --------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------
+
+
+def _metrics():
+    import keras
+
+    @keras.saving.register_keras_serializable(package="reproduce")
+    class TopKError(keras.metrics.SparseTopKCategoricalAccuracy):
+        """1 - top-k accuracy: the paper reports error rates (§6)."""
+
+        def result(self):
+            return 1.0 - super().result()
+
+    return [TopKError(k=1, name="top1_err"), TopKError(k=5, name="top5_err")]
+
+
+# --------------------------------------------------------------------------------------
+# Precision and devices
+# --------------------------------------------------------------------------------------
+
+
+def accelerator() -> Optional[str]:
+    """'gpu'/'tpu' if the active backend sees one, else None."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        plat = jax.devices()[0].platform
+        return None if plat == "cpu" else plat
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return "gpu" if tf.config.list_physical_devices("GPU") else None
+    return None
+
+
+def device_description() -> str:
+    import keras
+
+    backend = keras.backend.backend()
+    try:
+        if backend == "jax":
+            import jax
+
+            devs = jax.devices()
+            return f"{len(devs)} x {devs[0].device_kind}"
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            if gpus:
+                details = tf.config.experimental.get_device_details(gpus[0])
+                return f"{len(gpus)} x {details.get('device_name', 'GPU')}"
+    except Exception:  # pragma: no cover - description only
+        pass
+    import platform
+
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def resolve_precision(cfg: Config) -> str:
+    if cfg.train.precision != "auto":
+        return cfg.train.precision
+    return "mixed_bfloat16" if accelerator() else "float32"
+
+
+# --------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------
+
+
+def build_training_model(cfg: Config, stats, num_classes: int):
+    """uint8 SxS images -> Augment (crops, flips, PCA colour, mean; §2, §4.1) -> net.
+
+    Returns (model, net): `net` is the paper's network on CxC float input, `model`
+    the one that is trained and saved.
+    """
+    import keras
+
+    from reproduce.augment import Augment
+    from reproduce.model import build_model
+
+    d = cfg.data
+    net = build_model(
+        cfg.model,
+        image_size=d.crop_size,
+        num_classes=num_classes,
+        weight_decay=cfg.train.weight_decay,
+        seed=cfg.train.seed,
+    )
+    augment = Augment(
+        crop_size=d.crop_size,
+        crop_flip=d.crop_flip,
+        pca_color=d.pca_color,
+        pca_std=d.pca_std,
+        mean_subtract=d.mean_subtract,
+        mean_image=stats.mean_image,
+        pca_eigvals=stats.pca_eigvals,
+        pca_eigvecs=stats.pca_eigvecs,
+        seed=cfg.train.seed,
+        name="augment",
+    )
+    inputs = keras.Input((d.image_size, d.image_size, 3), dtype="uint8", name="image")
+    model = keras.Model(inputs, net(augment(inputs)), name=f"{net.name}_train")
+    return model, net
+
+
+def build_ten_view_model(cfg: Config, net, stats):
+    """uint8 SxS -> ten CxC views (§4.1) -> net -> softmax averaged over views."""
+    import keras
+
+    from reproduce.augment import ten_views
+
+    d = cfg.data
+    mean = np.asarray(stats.mean_image, np.float32) if d.mean_subtract else None
+
+    class TenViews(keras.layers.Layer):
+        def call(self, x):
+            v = ten_views(x, d.crop_size, mean)  # (10, B, C, C, 3)
+            return keras.ops.reshape(v, (-1, d.crop_size, d.crop_size, 3))
+
+    class AverageSoftmax(keras.layers.Layer):
+        def call(self, logits):
+            p = keras.ops.softmax(keras.ops.cast(logits, "float32"), axis=-1)
+            p = keras.ops.reshape(p, (10, -1, keras.ops.shape(p)[-1]))
+            return keras.ops.mean(p, axis=0)
+
+    inputs = keras.Input((d.image_size, d.image_size, 3), dtype="uint8")
+    return keras.Model(inputs, AverageSoftmax(dtype="float32")(net(TenViews()(inputs))))
+
+
+# --------------------------------------------------------------------------------------
+# Resumable state
+# --------------------------------------------------------------------------------------
+
+STATE_FILE = "state.npz"
+
+
+def _variables(model):
+    return list(model.trainable_variables) + list(model.non_trainable_variables)
+
+
+def save_state(run_dir: Path, model, info: dict) -> None:
+    """Weights, optimizer slots and `info` in one file, replaced atomically."""
+    arrays = {}
+    for i, v in enumerate(_variables(model)):
+        arrays[f"m{i:04d}"] = np.asarray(v.numpy() if hasattr(v, "numpy") else v)
+    for i, v in enumerate(model.optimizer.variables):
+        arrays[f"o{i:04d}"] = np.asarray(v.numpy() if hasattr(v, "numpy") else v)
+    arrays["info"] = np.frombuffer(json.dumps(info).encode(), dtype=np.uint8)
+    d = Path(run_dir) / runs.STATE
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f".{STATE_FILE}.{os.getpid()}.tmp.npz"
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, d / STATE_FILE)
+
+
+def load_state(run_dir: Path, model) -> Optional[dict]:
+    """Restore weights and optimizer from the state file; returns its info or None."""
+    p = Path(run_dir) / runs.STATE / STATE_FILE
+    if not p.exists():
+        return None
+    try:
+        z = np.load(p)
+        info = json.loads(bytes(z["info"]).decode())
+    except Exception as e:  # a state file is written atomically; this is disk damage
+        raise RunConflict(
+            f"the training state {p} cannot be read ({e}). Delete it to restart the run "
+            f"from scratch; metrics.csv will be rewritten."
+        ) from None
+    mvars = _variables(model)
+    opt = model.optimizer
+    if not opt.built:
+        opt.build(model.trainable_variables)
+    ovars = list(opt.variables)
+    mkeys = sorted(k for k in z.files if k.startswith("m"))
+    okeys = sorted(k for k in z.files if k.startswith("o"))
+    if len(mkeys) != len(mvars) or len(okeys) != len(ovars):
+        raise RunConflict(
+            f"the saved state in {p} does not match this model ({len(mkeys)} saved "
+            f"variables, {len(mvars)} expected). Was the code changed? Delete {p.parent} "
+            "to start over."
+        )
+    for k, v in zip(mkeys, mvars):
+        v.assign(z[k].astype(v.dtype) if hasattr(v, "dtype") else z[k])
+    for k, v in zip(okeys, ovars):
+        v.assign(z[k])
+    return info
+
+
+# --------------------------------------------------------------------------------------
+# Callbacks
+# --------------------------------------------------------------------------------------
+
+
+def _callbacks(cfg, run_dir, model, state, n_train):
+    import keras
+
+    class LearningRate(keras.callbacks.Callback):
+        """The paper's schedule (§5): lr / 10 when the validation error stops
+        improving, at most `max_drops` times; or fixed steps for budgeted runs."""
+
+        def __init__(self):
+            super().__init__()
+            t = cfg.train
+            self.lr0 = t.learning_rate
+            self.best = state.get("best", math.inf)
+            self.wait = state.get("wait", 0)
+            self.drops = state.get("drops", 0)
+
+        def lr_for(self, epoch):
+            t = cfg.train
+            if t.schedule == "step":
+                return self.lr0 * 0.1 ** sum(1 for e in t.step_epochs if epoch >= e)
+            if t.schedule == "plateau":
+                return self.lr0 * 0.1**self.drops
+            return self.lr0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.model.optimizer.learning_rate.assign(self.lr_for(epoch))
+
+        def on_epoch_end(self, epoch, logs=None):
+            t = cfg.train
+            if t.schedule != "plateau":
+                return
+            err = (logs or {}).get("val_top1_err")
+            if err is None:
+                return
+            if err < self.best - 1e-4:
+                self.best, self.wait = float(err), 0
+            else:
+                self.wait += 1
+                if self.wait >= t.plateau_patience and self.drops < t.max_drops:
+                    self.drops += 1
+                    self.wait = 0
+
+    class Divergence(keras.callbacks.TerminateOnNaN):
+        """TerminateOnNaN, remembering where, so the message can say what diverged."""
+
+        def __init__(self):
+            super().__init__()
+            self.where = None
+            self.epoch = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_batch_end(self, batch, logs=None):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not np.isfinite(float(loss)) and self.where is None:
+                self.where = {"epoch": self.epoch, "batch": batch, "loss": float(loss)}
+            super().on_batch_end(batch, logs)
+
+    class EpochRecorder(keras.callbacks.Callback):
+        """metrics.csv row, then the resumable state, after every completed epoch."""
+
+        def __init__(self, lr_cb, nan_cb):
+            super().__init__()
+            self.lr_cb, self.nan_cb = lr_cb, nan_cb
+            self.wall = state.get("wall_time_s", 0.0)
+            self.epochs_to_target = state.get("epochs_to_target")
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            dt = time.perf_counter() - self.t0
+            self.wall += dt
+            if self.nan_cb.where is not None or not np.isfinite(logs.get("loss", 0.0)):
+                return  # never checkpoint a diverged state
+            steps = cfg.train.steps_per_epoch
+            n = min(n_train, steps * cfg.train.batch_size) if steps else n_train
+            row = {
+                "epoch": epoch,
+                "loss": logs.get("loss"),
+                "top1_err": logs.get("top1_err"),
+                "top5_err": logs.get("top5_err"),
+                "val_loss": logs.get("val_loss"),
+                "val_top1_err": logs.get("val_top1_err"),
+                "val_top5_err": logs.get("val_top5_err"),
+                "lr": float(np.asarray(self.model.optimizer.learning_rate)),
+                "epoch_time_s": round(dt, 3),
+                "images_per_s": round(n / dt, 1) if dt > 0 else None,
+            }
+            target = cfg.train.stop_at_train_error
+            if target and self.epochs_to_target is None and logs.get("top1_err", 1.0) <= target:
+                self.epochs_to_target = epoch + 1
+                self.model.stop_training = True
+            runs.append_metrics_row(run_dir, row)
+            save_state(
+                run_dir,
+                self.model,
+                {
+                    "completed_epochs": epoch + 1,
+                    "best": self.lr_cb.best,
+                    "wait": self.lr_cb.wait,
+                    "drops": self.lr_cb.drops,
+                    "wall_time_s": self.wall,
+                    "epochs_to_target": self.epochs_to_target,
+                    "stopped": bool(self.model.stop_training),
+                },
+            )
+
+    lr_cb = LearningRate()
+    nan_cb = Divergence()
+    rec = EpochRecorder(lr_cb, nan_cb)
+    cbs = [lr_cb, nan_cb, rec]
+    if importlib.util.find_spec("tensorflow") is not None:
+        cbs.append(
+            keras.callbacks.TensorBoard(
+                log_dir=str(Path(run_dir) / runs.TENSORBOARD), write_graph=False
+            )
+        )
+    return cbs, lr_cb, nan_cb, rec
+
+
+# --------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------
+
+
+def _correct(scores: np.ndarray, labels: np.ndarray):
+    top5 = np.argsort(-scores, axis=1)[:, :5]
+    return top5[:, 0] == labels, (top5 == labels[:, None]).any(axis=1)
+
+
+def evaluate(cfg: Config, model, net, stats, arrays, ten_view: bool) -> dict:
+    """Centre-crop (and ten-view) predictions for every image of `arrays`."""
+    from reproduce.data import ArrayBatches
+
+    batches = ArrayBatches(arrays.images, None, cfg.eval.batch_size, shuffle=False)
+    labels = np.asarray(arrays.labels)
+    out = {"labels": labels}
+    logits = model.predict(batches, verbose=0)
+    out["top1_center"], out["top5_center"] = _correct(np.asarray(logits, np.float32), labels)
+    if ten_view:
+        tv = build_ten_view_model(cfg, net, stats)
+        b10 = ArrayBatches(arrays.images, None, max(1, cfg.eval.batch_size // 10), shuffle=False)
+        probs = tv.predict(b10, verbose=0)
+        out["top1_10view"], out["top5_10view"] = _correct(np.asarray(probs, np.float32), labels)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------
+
+
+def prepare_run_dir(cfg: Config, run_dir: Path, meta: dict) -> None:
+    run_dir = Path(run_dir)
+    existing = run_dir / runs.CONFIG
+    fp = cfg.fingerprint()
+    if existing.exists():
+        old = runs.read_json(existing).get("meta", {})
+        if old.get("fingerprint") not in (None, fp):
+            raise RunConflict(
+                f"{run_dir} holds a run of another configuration (fingerprint "
+                f"{old.get('fingerprint')}, this one is {fp}). Use another run directory, "
+                "or delete that one to replace it."
+            )
+        if old.get("seed", cfg.train.seed) != cfg.train.seed:
+            raise RunConflict(f"{run_dir} holds seed {old.get('seed')}, not {cfg.train.seed}")
+    runs.write_config(run_dir, cfg.to_dict(), {**meta, "fingerprint": fp, "seed": cfg.train.seed})
+
+
+def train(cfg: Config, run_dir, meta: Optional[dict] = None, verbose: int = 1) -> dict:
+    """Train one run into `run_dir` (resuming or skipping as needed); returns the result."""
+    import keras
+
+    from reproduce import data as data_lib
+
+    validate(cfg)
+    run_dir = Path(run_dir)
+    if runs.is_finished(run_dir):
+        if verbose:
+            print(f"[reproduce] {run_dir} already finished; nothing to do.")
+        return runs.read_json(run_dir / runs.RESULT)
+    meta = dict(meta or {})
+    meta.setdefault("command", " ".join(sys.argv))
+    prepare_run_dir(cfg, run_dir, meta)
+
+    keras.utils.set_random_seed(cfg.train.seed)
+    precision = resolve_precision(cfg)
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        return _train(cfg, run_dir, precision, verbose, data_lib)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def _train(cfg, run_dir, precision, verbose, data_lib):
+    import keras
+
+    data = data_lib.load(cfg.data)
+    runs.write_env(
+        run_dir,
+        runs.environment(
+            {
+                "backend": keras.backend.backend(),
+                "device": device_description(),
+                "precision": precision,
+                "num_classes": data.num_classes,
+                "n_train": len(data.train.labels),
+                "n_val": len(data.val.labels),
+            }
+        ),
+    )
+    model, net = build_training_model(cfg, data.stats, data.num_classes)
+    model.compile(
+        optimizer=keras.optimizers.SGD(
+            learning_rate=cfg.train.learning_rate, momentum=cfg.train.momentum
+        ),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=_metrics(),
+        steps_per_execution=cfg.train.steps_per_execution,
+    )
+    state = load_state(run_dir, model) or {}
+    initial_epoch = int(state.get("completed_epochs", 0))
+    # Rows of an epoch whose state was not saved (killed in between) are dropped: the
+    # epoch runs again, so metrics.csv ends with every epoch exactly once.
+    runs.truncate_metrics(run_dir, initial_epoch)
+    if initial_epoch and verbose:
+        print(f"[reproduce] resuming {run_dir} after epoch {initial_epoch}")
+
+    n_train = len(data.train.labels)
+    train_batches = data_lib.ArrayBatches(
+        data.train.images, data.train.labels, cfg.train.batch_size, shuffle=True,
+        seed=cfg.train.seed, epoch=initial_epoch,
+    )
+    val_batches = data_lib.ArrayBatches(
+        data.val.images, data.val.labels, cfg.eval.batch_size, shuffle=False
+    )
+    cbs, lr_cb, nan_cb, rec = _callbacks(cfg, run_dir, model, state, n_train)
+    stopped = state.get("stopped", False)
+    if initial_epoch < cfg.train.epochs and not stopped:
+        model.fit(
+            train_batches,
+            validation_data=val_batches,
+            epochs=cfg.train.epochs,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=cfg.train.steps_per_epoch or None,
+            callbacks=cbs,
+            verbose=verbose,
+        )
+    if nan_cb.where is not None:
+        w = nan_cb.where
+        lr = float(np.asarray(model.optimizer.learning_rate))
+        msg = (
+            f"training diverged: the loss became {w['loss']} at epoch {w['epoch'] + 1}, "
+            f"batch {w['batch']} (learning rate {lr:g}, init {cfg.model.init!r}, "
+            f"precision {precision}). Try a smaller learning rate "
+            f"(--set train.learning_rate={cfg.train.learning_rate / 2:g})"
+            + (" or the caffe bias init (--set model.init=caffe)" if cfg.model.init == "paper" else "")
+            + f". The last completed epoch ({rec_epochs(run_dir)}) is kept in {run_dir}; "
+            "rerunning with the same configuration resumes from it, with other overrides "
+            "it starts a new run."
+        )
+        runs.write_failure(run_dir, "diverged", {**w, "learning_rate": lr, "message": msg})
+        raise TrainingDiverged(msg)
+
+    # Evaluation of the final weights (§6): centre crop and ten views on validation,
+    # and the centre crop on (a sample of) the training images for the overfitting gap.
+    t0 = time.perf_counter()
+    val = evaluate(cfg, model, net, data.stats, data.val, cfg.eval.ten_view)
+    sample = data_lib.subset(data.train, min(n_train, 10000), seed=cfg.train.seed)
+    tr = evaluate(cfg, model, net, data.stats, sample, ten_view=False)
+    eval_time = time.perf_counter() - t0
+    runs.write_val_correct(run_dir, **val)
+    _save_conv1(run_dir, net)
+
+    rows = runs.read_metrics_rows(run_dir)
+    last = rows[-1] if rows else {}
+    ips = [r["images_per_s"] for r in rows[1:] if r.get("images_per_s")] or [
+        r["images_per_s"] for r in rows if r.get("images_per_s")
+    ]
+    result = {
+        "status": "ok",
+        "epochs": len(rows),
+        "val_top1_err": float(1 - val["top1_center"].mean()),
+        "val_top5_err": float(1 - val["top5_center"].mean()),
+        "val_top1_err_10view": float(1 - val["top1_10view"].mean()) if "top1_10view" in val else None,
+        "val_top5_err_10view": float(1 - val["top5_10view"].mean()) if "top5_10view" in val else None,
+        "train_top1_err": last.get("top1_err"),
+        "train_top5_err": last.get("top5_err"),
+        "train_top1_err_clean": float(1 - tr["top1_center"].mean()),
+        "wall_time_s": round(rec.wall + eval_time, 2),
+        "images_per_s": round(float(np.mean(ips)), 1) if ips else None,
+        "epochs_to_target": rec.epochs_to_target,
+        "n_val": int(len(val["labels"])),
+        "precision": precision,
+    }
+    runs.write_result(run_dir, result)  # last, atomically: the run is finished
+    if verbose:
+        tv = result["val_top1_err_10view"]
+        print(
+            f"[reproduce] done: val top-1 {100 * result['val_top1_err']:.2f}% "
+            f"top-5 {100 * result['val_top5_err']:.2f}%"
+            + (f", ten views {100 * tv:.2f}%" if tv is not None else "")
+            + f" -> {run_dir / runs.RESULT}"
+        )
+    return result
+
+
+def rec_epochs(run_dir) -> int:
+    return len(runs.read_metrics_rows(run_dir))
+
+
+def _save_conv1(run_dir, net) -> None:
+    kernels = {}
+    for name, key in (("conv1_a", "a"), ("conv1_b", "b"), ("conv1", "single")):
+        try:
+            layer = net.get_layer(name)
+        except ValueError:
+            continue
+        kernels[key] = np.asarray(layer.kernel.numpy(), np.float32)
+    if kernels:
+        runs.write_conv1(run_dir, **kernels)
