@@ -1,0 +1,84 @@
+"""The configuration tree: paper defaults, presets, strict typed dotted overrides."""
+
+import pytest
+
+from reproduce import config as C
+
+
+def test_defaults_are_the_paper():
+    cfg = C.Config()
+    assert cfg.model.activation == "relu" and cfg.model.lrn and cfg.model.towers == 2
+    assert (cfg.model.lrn_size, cfg.model.lrn_k, cfg.model.lrn_alpha, cfg.model.lrn_beta) == (5, 2.0, 1e-4, 0.75)
+    assert cfg.model.pooling == "overlap" and cfg.model.dropout == 0.5 and cfg.model.init == "paper"
+    assert (cfg.data.image_size, cfg.data.crop_size) == (256, 227)
+    assert cfg.data.crop_flip and cfg.data.pca_color and cfg.data.pca_std == 0.1
+    t = cfg.train
+    assert (t.batch_size, t.learning_rate, t.momentum, t.weight_decay) == (128, 0.01, 0.9, 5e-4)
+    assert t.schedule == "plateau" and t.max_drops == 3 and t.epochs == 90
+
+
+@pytest.mark.parametrize("preset", sorted(C.PRESETS))
+def test_every_preset_resolves_and_is_documented(preset):
+    cfg = C.get_config(preset)
+    assert C.validate(cfg) is cfg
+    doc = C.PRESETS[preset].doc
+    assert "Command" in doc or "command" in doc.lower()
+
+
+def test_overrides_are_parsed_and_typed():
+    cfg = C.get_config("imagenette", ["model.lrn=false", "train.epochs=3", "train.learning_rate=2e-3",
+                                      "train.step_epochs=2,5", "model.num_classes=none"])
+    assert cfg.model.lrn is False and cfg.train.epochs == 3
+    assert cfg.train.learning_rate == pytest.approx(2e-3) and cfg.train.step_epochs == [2, 5]
+    assert cfg.model.num_classes is None
+    cfg = C.get_config("imagenette", {"model.towers": 1, "data.crop_flip": "off"})
+    assert cfg.model.towers == 1 and cfg.data.crop_flip is False
+
+
+def test_unknown_key_suggests_the_closest():
+    with pytest.raises(C.ConfigError, match=r"model\.lrn"):
+        C.get_config("smoke", ["model.lnr=false"])
+    with pytest.raises(C.ConfigError, match=r"train\.epochs"):
+        C.get_config("smoke", ["epochs=3"])
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("train.epochs=three", "not an integer"),
+        ("model.lrn=maybe", "not a boolean"),
+        ("model.dropout=x", "not a number"),
+        ("model.activation=sigmoid", r"'relu', 'tanh'"),
+        ("model.pooling=avg", "overlap"),
+        ("model.towers=3", "1, 2"),
+        ("train.schedule=cosine", "plateau"),
+        ("model.dropout=1.5", r"\[0, 1\)"),
+        ("data.crop_size=300", "larger than"),
+        ("notakeyvalue", "key=value"),
+    ],
+)
+def test_bad_values_name_the_field_and_the_allowed(override, match):
+    with pytest.raises(C.ConfigError, match=match) as e:
+        C.get_config("imagenet", [override])
+    if "=" in override:
+        assert override.split("=")[0] in str(e.value)
+
+
+def test_unknown_preset_lists_presets():
+    with pytest.raises(C.ConfigError, match="imagenette"):
+        C.get_config("imagenete")
+
+
+def test_fingerprint_ignores_seed_but_not_settings():
+    a = C.get_config("smoke")
+    b = C.get_config("smoke", ["train.seed=7"])
+    c = C.get_config("smoke", ["model.lrn=false"])
+    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+def test_round_trip_and_diff():
+    cfg = C.get_config("cifar10", ["model.lrn=false"])
+    again = C.Config.from_dict(cfg.to_dict())
+    assert again == cfg
+    d = C.diff(C.get_config("cifar10"), cfg)
+    assert d == {"model.lrn": (True, False)}

@@ -1,0 +1,150 @@
+"""Training: the paper's update rule, learning, resume after SIGKILL, divergence."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from reproduce import runs
+from reproduce.config import get_config
+from reproduce.train import TrainingDiverged, RunConflict, train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _tiny_cfg(**over):
+    base = {
+        "train.epochs": 2,
+        "data.synthetic_train": 48,
+        "data.synthetic_val": 16,
+    }
+    base.update(over)
+    return get_config("smoke", base)
+
+
+def test_one_sgd_step_is_the_papers_update_rule():
+    """v <- 0.9 v - 0.0005 eps w - eps grad; w <- w + v (§5), checked in NumPy."""
+    from reproduce.config import ModelConfig
+    from reproduce.model import build_model
+
+    eps, wd, mom = 0.05, 5e-4, 0.9
+    mcfg = ModelConfig(arch="cifar_fig1", lrn=False, dropout=0.0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 50, (8, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 10, 8)
+
+    def one_step(decay):
+        keras.utils.set_random_seed(1)
+        net = build_model(mcfg, image_size=32, num_classes=10, weight_decay=decay, seed=1)
+        opt = keras.optimizers.SGD(learning_rate=eps, momentum=mom)
+        net.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        opt.build(net.trainable_variables)
+        w0 = [v.numpy().copy() for v in net.trainable_variables]
+        # a known, non-zero momentum buffer so the momentum term is exercised too
+        v0 = [np.full_like(w, 1e-3) for w in w0]
+        for slot, val in zip([v for v in opt.variables if "momentum" in v.path], v0):
+            slot.assign(val)
+        net.train_on_batch(x, y)
+        return net, w0, v0, [v.numpy() for v in net.trainable_variables]
+
+    net, w0, v0, w1_plain = one_step(0.0)
+    _, w0d, _, w1_decay = one_step(wd)
+    for a, b in zip(w0, w0d):
+        np.testing.assert_array_equal(a, b)
+    for var, w, v, plain, decayed in zip(net.trainable_variables, w0, v0, w1_plain, w1_decay):
+        grad = (w + mom * v - plain) / eps  # the data gradient, from the undecayed step
+        is_kernel = var.path.endswith("kernel")
+        v1 = mom * v - (wd * eps * w if is_kernel else 0.0) - eps * grad
+        np.testing.assert_allclose(decayed, w + v1, rtol=1e-4, atol=1e-7, err_msg=var.path)
+
+
+def test_learns_generated_data(tmp_path):
+    cfg = get_config(
+        "smoke",
+        {
+            "model.arch": "cifar_fig1",
+            "data.image_size": 36,
+            "data.crop_size": 32,
+            "data.synthetic_train": 512,
+            "data.synthetic_val": 128,
+            "data.pca_color": False,
+            "train.epochs": 6,
+            "train.batch_size": 32,
+            "train.schedule": "constant",
+            "eval.ten_view": False,
+            "model.init": "caffe",
+        },
+    )
+    result = train(cfg, tmp_path / "run", meta={"preset": "smoke", "label": "baseline"}, verbose=0)
+    assert 1 - result["val_top1_err"] > 0.9, result
+
+
+def test_run_directory_contents_and_skip(tmp_path):
+    d = tmp_path / "run"
+    cfg = _tiny_cfg()
+    r = train(cfg, d, meta={"preset": "smoke", "label": "baseline"}, verbose=0)
+    for name in (runs.CONFIG, runs.ENV, runs.METRICS, runs.RESULT, runs.VAL_CORRECT, runs.CONV1):
+        assert (d / name).exists(), name
+    rows = runs.read_metrics_rows(d)
+    assert [row["epoch"] for row in rows] == [0, 1]
+    assert set(runs.METRIC_COLUMNS) <= set(rows[0])
+    assert r["status"] == "ok" and 0 <= r["val_top1_err"] <= 1 and r["val_top1_err_10view"] is not None
+    run = runs.load_run(d)
+    assert run.finished and run.meta["fingerprint"] == cfg.fingerprint()
+    assert run.env["backend"] == keras.backend.backend()
+    vc = run.val_correct()
+    assert vc["top1_center"].shape == (16,)
+    assert np.isclose(1 - vc["top1_center"].mean(), r["val_top1_err"])
+    # a finished run is not trained again
+    before = (d / runs.RESULT).stat().st_mtime_ns
+    assert train(cfg, d, verbose=0) == r
+    assert (d / runs.RESULT).stat().st_mtime_ns == before
+    # another configuration may not reuse the directory
+    with pytest.raises(RunConflict, match="fingerprint"):
+        train(_tiny_cfg(**{"model.lrn": False}), d, verbose=0)
+
+
+def test_divergence_is_a_clear_error_and_keeps_progress(tmp_path):
+    d = tmp_path / "run"
+    cfg = _tiny_cfg(**{"train.learning_rate": 1e12, "train.epochs": 1})
+    with pytest.raises(TrainingDiverged, match=r"learning_rate") as e:
+        train(cfg, d, verbose=0)
+    assert "diverged" in str(e.value)
+    fail = json.loads((d / runs.FAILURE).read_text())
+    assert fail["reason"] == "diverged"
+    assert not (d / runs.RESULT).exists()
+
+
+def _train_cmd(run_dir, epochs):
+    return [
+        sys.executable, "-m", "reproduce", "train", "--preset", "smoke", "--run-dir", str(run_dir),
+        "--quiet", "--set", f"train.epochs={epochs}", "data.synthetic_train=320", "eval.ten_view=false",
+    ]
+
+
+def test_sigkill_mid_run_resumes_with_every_epoch_once(tmp_path):
+    d = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(_train_cmd(d, 4), cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state = d / runs.STATE / "state.npz"
+    deadline = time.time() + 240
+    while not state.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    time.sleep(0.3)  # somewhere inside epoch 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (d / runs.RESULT).exists()
+    done = subprocess.run(_train_cmd(d, 4), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = runs.read_metrics_rows(d)
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
+    assert runs.is_finished(d)
