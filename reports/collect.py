@@ -1,0 +1,249 @@
+"""Which runs the report counts: grouping by (preset, label, fingerprint).
+
+Runs are read only through `reproduce.runs`. A *group* is every run with the same
+preset, label and configuration fingerprint (one per seed). A run is *counted*
+only when it finished (``result.json`` with status ok) and left no
+``failure.json``; every other run is listed, never averaged in.
+
+When a label has several groups (the configuration changed between attempts),
+the comparison for an ablation picks a (baseline group, variant group) pair whose
+configurations differ exactly by the ablation's overrides, preferring the
+fingerprint the current registry would produce, then the most recent group. The
+groups not used are listed as superseded.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional
+
+from reproduce import runs as R
+from reproduce.config import Config, PRESETS, apply_overrides, flatten, get_config, validate
+
+# Keys that never make two runs different experiments.
+IGNORED_KEYS = ("train.seed", "data.cache_dir")
+
+
+def is_counted(run: R.Run) -> bool:
+    return run.finished and run.failure is None
+
+
+def run_status(run: R.Run) -> str:
+    if is_counted(run):
+        return "finished"
+    if run.failure is not None:
+        return "failed: " + str(run.failure.get("reason", "unknown reason"))
+    return f"unfinished ({len(run.metrics)} epochs logged)"
+
+
+def run_date(run: R.Run) -> str:
+    return str(run.env.get("date") or "")
+
+
+def _date_key(s: str) -> float:
+    try:
+        d = _dt.datetime.fromisoformat(s)
+        if d.tzinfo is None:
+            d = d.replace(tzinfo=_dt.timezone.utc)
+        return d.timestamp()
+    except (TypeError, ValueError):
+        return -math.inf
+
+
+def fingerprint(run: R.Run) -> str:
+    return str(run.meta.get("fingerprint") or "?")
+
+
+def flat_config(run: R.Run) -> dict:
+    f = flatten(run.config)
+    for k in IGNORED_KEYS:
+        f.pop(k, None)
+    return f
+
+
+def learning_rate(run: R.Run) -> Optional[float]:
+    lr = run.config.get("train", {}).get("learning_rate")
+    return float(lr) if lr is not None else None
+
+
+@dataclass
+class Group:
+    preset: str
+    label: str
+    fingerprint: str
+    runs: list = field(default_factory=list)
+
+    @property
+    def counted(self) -> list:
+        return sorted((r for r in self.runs if is_counted(r)), key=lambda r: r.seed)
+
+    @property
+    def not_counted(self) -> list:
+        return sorted((r for r in self.runs if not is_counted(r)), key=lambda r: r.seed)
+
+    @property
+    def seeds(self) -> list:
+        return [r.seed for r in self.counted]
+
+    @property
+    def latest(self) -> str:
+        dates = [run_date(r) for r in self.runs if run_date(r)]
+        return max(dates, key=_date_key) if dates else ""
+
+    @property
+    def flat(self) -> dict:
+        runs = self.counted or self.runs
+        return flat_config(runs[0]) if runs else {}
+
+    def by_seed(self) -> dict:
+        return {r.seed: r for r in self.counted}
+
+
+def group_runs(runs: Iterable[R.Run]) -> dict:
+    """{preset: {label: [Group, ...]}} for the given runs."""
+    out: dict = {}
+    for run in runs:
+        labels = out.setdefault(run.preset, {})
+        groups = labels.setdefault(run.label, {})
+        fp = fingerprint(run)
+        groups.setdefault(fp, Group(run.preset, run.label, fp)).runs.append(run)
+    return {p: {lab: list(g.values()) for lab, g in labels.items()} for p, labels in out.items()}
+
+
+def load(root) -> dict:
+    return group_runs(R.iter_runs(root))
+
+
+def order_groups(groups: list, registry_fp: Optional[str] = None) -> list:
+    """Groups with counted runs, most preferred first: the registry's current
+    fingerprint, then the most recent, then the one with most finished seeds."""
+    ok = [g for g in groups if g.counted]
+    return sorted(
+        ok,
+        key=lambda g: (g.fingerprint == registry_fp, _date_key(g.latest), len(g.counted), g.fingerprint),
+        reverse=True,
+    )
+
+
+def current_group(groups: list, registry_fp: Optional[str] = None) -> Optional[Group]:
+    """The preferred group with finished runs, else the most recent group at all."""
+    ordered = order_groups(groups, registry_fp)
+    if ordered:
+        return ordered[0]
+    if groups:
+        return max(groups, key=lambda g: _date_key(g.latest))
+    return None
+
+
+def registry_fingerprint(preset: str, label: str, ablation=None) -> Optional[str]:
+    """The fingerprint the current presets and registry would give `label`."""
+    try:
+        if label == "baseline":
+            return get_config(preset).fingerprint()
+        if ablation is None:
+            return None
+        if label == ablation.base_label:
+            return ablation.base_config(preset).fingerprint()
+        if label == ablation.name:
+            return ablation.variant_config(preset).fingerprint()
+    except Exception:  # unknown preset or a registry the runs predate
+        return None
+    return None
+
+
+def expected_variant(base_flat: dict, base_config: dict, overrides: dict) -> dict:
+    """The flattened configuration of `base` with the ablation's overrides applied."""
+    try:
+        cfg = Config.from_dict(base_config)
+        apply_overrides(cfg, overrides)
+        validate(cfg)
+        f = flatten(cfg.to_dict())
+        for k in IGNORED_KEYS:
+            f.pop(k, None)
+        # Keys the current schema does not know are kept from the run.
+        return {**base_flat, **{k: v for k, v in f.items() if k in base_flat}}
+    except Exception:
+        return {**base_flat, **{k: v for k, v in overrides.items()}}
+
+
+def config_diff(a: dict, b: dict) -> dict:
+    """{key: (a value, b value)} over the union of keys (missing = None)."""
+    keys = sorted(set(a) | set(b))
+    return {k: (a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)}
+
+
+def _same(x, y) -> bool:
+    if isinstance(x, float) or isinstance(y, float):
+        try:
+            return math.isclose(float(x), float(y), rel_tol=1e-9, abs_tol=0.0)
+        except (TypeError, ValueError):
+            return False
+    return x == y
+
+
+def matches(expected: dict, actual: dict, allowed: Iterable[str] = ()) -> bool:
+    allowed = set(allowed)
+    keys = (set(expected) | set(actual)) - allowed
+    return all(_same(expected.get(k), actual.get(k)) for k in keys)
+
+
+@dataclass
+class Pair:
+    base: Optional[Group]
+    variant: Optional[Group]
+    matched: bool  # configs differ exactly by the ablation (plus allowed keys)
+    diff: dict  # config_diff(base, variant)
+    unexpected: dict  # part of diff outside the overrides and allowed keys
+
+
+def choose_pair(
+    base_groups: list,
+    variant_groups: list,
+    overrides: dict,
+    allowed: Iterable[str] = (),
+    base_fp: Optional[str] = None,
+    variant_fp: Optional[str] = None,
+    same_runs: bool = False,
+    prefer_base: Optional[str] = None,
+) -> Pair:
+    """Pick the groups an ablation compares (see the module docstring).
+
+    same_runs: both arms are the same runs (an "eval" ablation);
+    prefer_base: a baseline fingerprint to try first (the one other ablations use)."""
+    bases = order_groups(base_groups, base_fp)
+    if prefer_base is not None:
+        bases.sort(key=lambda g: g.fingerprint != prefer_base)  # stable: the rest keep their order
+    if same_runs:
+        b = bases[0] if bases else None
+        return Pair(b, b, b is not None, {}, {})
+    variants = order_groups(variant_groups, variant_fp)
+    allowed = set(allowed)
+    for b in bases:
+        exp = expected_variant(b.flat, (b.counted[0]).config, overrides)
+        for v in variants:
+            if matches(exp, v.flat, allowed):
+                d = config_diff(b.flat, v.flat)
+                return Pair(b, v, True, d, {})
+    b = bases[0] if bases else None
+    v = variants[0] if variants else None
+    if b is None or v is None:
+        return Pair(b, v, False, {}, {})
+    d = config_diff(b.flat, v.flat)
+    exp = expected_variant(b.flat, b.counted[0].config, overrides)
+    unexpected = {k: d[k] for k in d if k not in allowed and not _same(exp.get(k), v.flat.get(k))}
+    return Pair(b, v, not unexpected, d, unexpected)
+
+
+def relpath(path: Path, root) -> str:
+    try:
+        return str(Path(path).relative_to(Path(root)))
+    except ValueError:
+        return str(path)
+
+
+def preset_order(presets: Iterable[str]) -> list:
+    known = [p for p in PRESETS if p in presets]
+    return known + sorted(p for p in presets if p not in PRESETS)

@@ -1,0 +1,253 @@
+"""The report's figures (matplotlib with the Agg backend, seaborn styling).
+
+Every function takes analysed data, writes one PNG and returns a `FigureFile`
+(path and size in inches, so the PDF can scale it), or None when there is nothing
+to draw.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+DPI = 130
+
+
+@dataclass(frozen=True)
+class FigureFile:
+    path: Path
+    width_in: float
+    height_in: float
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="paper", font_scale=1.05)
+    return plt, sns
+
+
+def _save(fig, path: Path) -> FigureFile:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w, h = fig.get_size_inches()
+    fig.savefig(path, dpi=DPI, bbox_inches=None, metadata={"Software": None})
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return FigureFile(path, float(w), float(h))
+
+
+def _curve_frame(runs: list, column: str, arm: str):
+    import pandas as pd
+
+    rows = []
+    for r in runs:
+        for m in r.metrics:
+            v = m.get(column)
+            if v is None or m.get("epoch") is None:
+                continue
+            rows.append({"epoch": int(m["epoch"]) + 1, "err": 100.0 * float(v), "seed": r.seed, "arm": arm})
+    return pd.DataFrame(rows, columns=["epoch", "err", "seed", "arm"])
+
+
+def _band(ax, df, color, linestyle, label, seeds_too=False):
+    """Mean over seeds per epoch with a +-1 sd band, drawn only over the epochs every
+    seed reached (runs that stop early would otherwise bend the mean); with
+    `seeds_too` (or where the seeds' lengths differ) each seed is also drawn thin."""
+    if df.empty:
+        return
+    n_seeds = df.seed.nunique()
+    g = df.groupby("epoch")["err"]
+    mean, sd, n = g.mean(), g.std(ddof=1), g.count()
+    full = n == n_seeds
+    ragged = not full.all()
+    if seeds_too or ragged:
+        for _, d in df.groupby("seed"):
+            d = d.sort_values("epoch")
+            ax.plot(d.epoch, d.err, color=color, linestyle=linestyle, linewidth=0.8, alpha=0.55)
+    ax.plot(mean.index[full], mean.values[full], color=color, linestyle=linestyle, linewidth=2.0, label=label)
+    if n_seeds >= 2 and full.any():
+        x = mean.index[full]
+        ax.fill_between(x, (mean - sd)[full], (mean + sd)[full], color=color, alpha=0.18, linewidth=0)
+
+
+def _integer_epochs(ax):
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def learning_curves(comparisons: list, path: Path, title: str) -> Optional[FigureFile]:
+    """Validation top-1 error vs epoch, baseline (solid) vs variant (dashed), per ablation."""
+    panels = [c for c in comparisons if c.ablation.kind == "train" and c.claim.metric != "epochs"
+              and c.pair.base is not None and c.pair.variant is not None]
+    if not panels:
+        return None
+    plt, sns = _plt()
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows + 0.5), squeeze=False, sharey=False)
+    colors = sns.color_palette("colorblind", 2)
+    for ax, comp in zip(axes.flat, panels):
+        b = _curve_frame(comp.pair.base.counted, "val_top1_err", comp.base_label)
+        v = _curve_frame(comp.pair.variant.counted, "val_top1_err", comp.variant_label)
+        _band(ax, b, colors[0], "-", f"{comp.base_label} (n={b.seed.nunique()})")
+        _band(ax, v, colors[1], "--", f"{comp.variant_label} (n={v.seed.nunique()})")
+        ax.set_title(comp.name, fontsize=10)
+        ax.set_xlabel("epoch")
+        _integer_epochs(ax)
+        ax.set_ylabel("val top-1 error (%)")
+        ax.legend(fontsize=7, loc="upper right")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(title + " (mean over seeds, band = +-1 sd)", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def delta_chart(rows: list, path: Path, title: str) -> Optional[FigureFile]:
+    """One point per (ablation, metric): the seed CI (thick), the image bootstrap CI
+    (thin, below), and the paper's claimed delta (red x)."""
+    panels = {
+        "top-1 error and gap": [r for r in rows if r.metric in ("top-1", "gap")],
+        "top-5 error": [r for r in rows if r.metric == "top-5"],
+    }
+    panels = {k: v for k, v in panels.items() if v}
+    if not panels:
+        return None
+    plt, sns = _plt()
+    height = 1.2 + 0.42 * max(len(v) for v in panels.values())
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), height), squeeze=False)
+    blue, orange = sns.color_palette("colorblind", 2)
+    for ax, (name, rs) in zip(axes.flat, panels.items()):
+        ys = np.arange(len(rs))[::-1]
+        ax.axvline(0, color="0.3", linewidth=0.8)
+        for y, r in zip(ys, rs):
+            ci = r.seed_ci
+            if math.isfinite(ci.estimate):
+                ax.plot(100 * ci.estimate, y, "o", color=blue, zorder=3)
+            if ci.ok:
+                ax.hlines(y, 100 * ci.lo, 100 * ci.hi, color=blue, linewidth=3, zorder=2)
+            if r.image_ci is not None and r.image_ci.ok:
+                ax.hlines(y - 0.22, 100 * r.image_ci.lo, 100 * r.image_ci.hi, color=orange, linewidth=1.2)
+            if r.claimed is not None:
+                ax.plot(100 * r.claimed, y, "x", color="crimson", markersize=8, mew=2, zorder=4)
+        ax.set_yticks(ys)
+        ax.set_yticklabels([f"{r.ablation}" + (" (gap)" if r.metric == "gap" else "") for r in rs])
+        ax.set_xlabel("variant - baseline (points)")
+        ax.set_title(name, fontsize=10)
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D([], [], color=blue, marker="o", linewidth=3, label="measured, 95% CI over seeds"),
+        Line2D([], [], color=orange, linewidth=1.2, label="95% bootstrap CI over images"),
+        Line2D([], [], color="crimson", marker="x", linestyle="", mew=2, label="paper's claimed delta"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return _save(fig, path)
+
+
+def kernel_mosaic(kernels: dict, cols: int = 16, pad: int = 1) -> tuple[np.ndarray, list]:
+    """conv1 kernels as one RGB image like the paper's Fig. 3.
+
+    kernels: {"a": (kh, kw, c, n), "b": ...} or {"single": ...}. Each kernel is
+    min-max normalized to [0, 1] on its own; tower "a" fills the top rows, tower
+    "b" the rows below (separated by a blank row). Returns (image, [(tower, first
+    row pixel, n kernels)]).
+    """
+    towers = sorted(kernels) if set(kernels) != {"single"} else ["single"]
+    blocks, spans = [], []
+    kh, kw = None, None
+    for t in towers:
+        k = np.asarray(kernels[t], dtype=float)
+        if k.ndim != 4:
+            continue
+        kh, kw, c, n = k.shape
+        k = k[:, :, :3, :] if c >= 3 else np.repeat(k[:, :, :1, :], 3, axis=2)
+        lo = k.min(axis=(0, 1, 2), keepdims=True)
+        hi = k.max(axis=(0, 1, 2), keepdims=True)
+        rng = np.where(hi > lo, hi - lo, 1.0)
+        k = np.where(hi > lo, (k - lo) / rng, 0.5)
+        ncol = min(cols, n)
+        nrow = math.ceil(n / ncol)
+        block = np.ones((nrow * (kh + pad) + pad, ncol * (kw + pad) + pad, 3))
+        for i in range(n):
+            r, c_ = divmod(i, ncol)
+            y, x = pad + r * (kh + pad), pad + c_ * (kw + pad)
+            block[y : y + kh, x : x + kw] = k[:, :, :, i]
+        blocks.append((t, block, n))
+    if not blocks:
+        return np.ones((1, 1, 3)), []
+    width = max(b.shape[1] for _, b, _ in blocks)
+    out, y = [], 0
+    for i, (t, b, n) in enumerate(blocks):
+        if b.shape[1] < width:
+            b = np.concatenate([b, np.ones((b.shape[0], width - b.shape[1], 3))], axis=1)
+        if i:
+            gap = np.ones(((kh or 1) // 2 + 1, width, 3))
+            out.append(gap)
+            y += gap.shape[0]
+        spans.append((t, y, n))
+        out.append(b)
+        y += b.shape[0]
+    return np.concatenate(out, axis=0), spans
+
+
+def conv1_grid(kernels: dict, path: Path, title: str) -> Optional[FigureFile]:
+    if not kernels:
+        return None
+    img, spans = kernel_mosaic(kernels)
+    if not spans:
+        return None
+    plt, _ = _plt()
+    h, w = img.shape[:2]
+    fw = 9.0
+    fh = max(1.6, fw * h / w + 0.7)
+    fig, ax = plt.subplots(figsize=(fw, fh))
+    ax.imshow(img, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    for sp in ax.spines.values():
+        sp.set_visible(False)
+    for t, y, n in spans:
+        name = "one tower" if t == "single" else f"tower {t}"
+        ax.text(-2, y + 4, f"{name}\n({n})", ha="right", va="top", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def figure1(fig1, path: Path, title: str) -> Optional[FigureFile]:
+    """The paper's Figure 1: training error vs epochs, ReLU solid, tanh dashed,
+    the target as a dotted line, +-1 sd seed bands."""
+    if not fig1.base_runs and not fig1.variant_runs:
+        return None
+    plt, sns = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    b = _curve_frame(fig1.base_runs, "top1_err", "ReLU")
+    v = _curve_frame(fig1.variant_runs, "top1_err", "tanh")
+    lr = lambda x: f", lr {x:g}" if x is not None else ""  # noqa: E731
+    _band(ax, b, "black", "-", f"ReLU{lr(fig1.base_lr)} (n={b.seed.nunique()})", seeds_too=True)
+    _band(ax, v, "0.35", "--", f"tanh{lr(fig1.variant_lr)} (n={v.seed.nunique()})", seeds_too=True)
+    ax.axhline(100 * fig1.target, color="crimson", linestyle=":", linewidth=1.2,
+               label=f"{fig1.target:.0%} training error")
+    ax.set_xlabel("epochs")
+    _integer_epochs(ax)
+    ax.set_ylabel("training error rate (%)")
+    ax.set_ylim(bottom=0)
+    ax.set_xlim(left=0)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
