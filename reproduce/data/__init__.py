@@ -1,0 +1,221 @@
+"""The data pipeline (issue 3): sources -> uint8 SxS cache -> batches for `model.fit`.
+
+One value, `data.source`, picks the source:
+
+* ``tfds:<name>``  any TensorFlow Datasets image classification set, e.g.
+  ``tfds:imagenet2012`` (needs ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar
+  in ~/tensorflow_datasets/downloads/manual/; a DataError says so otherwise),
+  ``tfds:cifar10``, ``tfds:imagenette/160px-v2``. Needs TensorFlow.
+* a folder in ImageFolder layout ``<root>/<split>/<class>/<image>`` (JPEG, PNG or
+  WebP), or a ``.tar``, ``.tar.gz``, ``.tar.xz`` or ``.zip`` archive of one (a single
+  top-level folder inside is detected), e.g. ``../shared/data/cifar10-jpeg.tar.xz``.
+* ``synthetic``  class-dependent colour + stripe patterns, learnable in seconds.
+
+Folders, archives and synthetic data need only NumPy and Pillow (no TensorFlow:
+the GPU machine runs Keras on JAX alone); TensorFlow is imported only for tfds:.
+
+§2 preprocessing: the shorter side rescaled to S = data.image_size and the central
+SxS patch kept, stored as uint8. Decoding happens once, in parallel processes, into
+an on-disk cache (see `reproduce.data.cache` for the layout; location
+`data.cache_dir`, else $REPRODUCE_CACHE, else ~/.cache/reproduce); later runs
+memory-map it. Large TFDS splits (> 200k examples, i.e. ImageNet train) are
+streamed through tf.data instead (`Stream`).
+
+Split names: `data.train_split` / `data.val_split` name the folders (TFDS splits);
+a missing `validation` falls back to `val`, `valid` or `test`, with a warning.
+
+Public API (the trainer calls exactly these)::
+
+    load(data_cfg) -> Data(train, val, stats, num_classes, class_names)
+        train/val: ImageArrays (or Stream for large TFDS splits); checks that both
+        splits have the same classes.
+    load_split(data_cfg, split) -> ImageArrays | Stream
+        ImageArrays(images: uint8 (N,S,S,3) memmap, labels: int32 (N,),
+                    class_names: list[str], split: str, source: str, cache_path)
+        data.max_train applies when split == data.train_split, data.max_val when
+        split == data.val_split (a fixed random subset, seed 0).
+    load_stats(data_cfg) -> Stats(mean_image (S,S,3) f32, pca_eigvals (3,) f32
+                                  descending, pca_eigvecs (3,3) f32 columns,
+                                  num_images, num_pixels)
+        of the training split: §2 mean image, §4.1 PCA of all RGB pixel values
+        (0-255 scale). Computed once, cached next to the data.
+    ArrayBatches(images, labels=None, batch_size=128, shuffle=True, seed=0, epoch=0,
+                 drop_remainder=False, workers=4, use_multiprocessing=False,
+                 max_queue_size=8)     keras.utils.PyDataset of (uint8, int32)
+        reshuffled per epoch from (seed, epoch); `on_epoch_end` advances the
+        epoch, `set_epoch(e)` / `epoch=e` resumes. Pass shuffle=False to fit.
+    Stream.batches(batch_size, shuffle, seed, epoch) / Stream.dataset(...)
+        the same for a streamed split.
+    subset(arrays, n, seed=0) -> ImageArrays   n random images, lazily indexed
+    decode_count() -> int       images decoded by this process (and its workers)
+    DataError(ValueError)       bad input: the message names the problem and the fix
+
+Environment: REPRODUCE_CACHE (cache root), REPRODUCE_DATA_WORKERS (decode
+processes; default: CPUs), REPRODUCE_MAX_BAD_FRACTION (corrupt images tolerated per
+split, default 0.01), REPRODUCE_STREAM=1/0 (force streaming/caching of TFDS),
+TFDS_DATA_DIR, TFDS_MANUAL_DIR.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import numpy as np
+
+from reproduce.data import cache as _cache
+from reproduce.data import synthetic as _synthetic
+from reproduce.data.common import (  # noqa: F401
+    MAX_BAD_FRACTION,
+    Data,
+    DataError,
+    ImageArrays,
+    Stats,
+)
+from reproduce.data.decode import decode_count  # noqa: F401
+from reproduce.data.pixelstats import compute_stats
+
+__all__ = [
+    "load", "load_split", "load_stats", "subset", "ArrayBatches", "StreamBatches",
+    "ImageArrays", "Stats", "Data", "DataError", "decode_count", "Stream",
+]
+
+
+def __getattr__(name):
+    # Keras loads only when batches are asked for: decode workers and the report
+    # import this package without it.
+    if name in ("ArrayBatches", "StreamBatches", "epoch_permutation"):
+        from reproduce.data import batches
+
+        return getattr(batches, name)
+    if name == "Stream":
+        from reproduce.data.tfds_source import Stream
+
+        return Stream
+    raise AttributeError(f"module 'reproduce.data' has no attribute {name!r}")
+
+
+def _kind(source: str) -> str:
+    if source == "synthetic":
+        return "synthetic"
+    if source.startswith("tfds:"):
+        if not source[5:]:
+            raise DataError("data.source='tfds:' needs a dataset name, e.g. tfds:cifar10")
+        return "tfds"
+    if not source:
+        raise DataError("data.source is empty; use tfds:<name>, a folder or archive path, "
+                        "or synthetic")
+    return "path"
+
+
+def _max_for(cfg, split: str) -> int:
+    if split == cfg.train_split:
+        return int(cfg.max_train or 0)
+    if split == cfg.val_split:
+        return int(cfg.max_val or 0)
+    return 0
+
+
+def _synthetic_split(cfg, split: str) -> ImageArrays:
+    is_train = split == cfg.train_split
+    n = cfg.synthetic_train if is_train else cfg.synthetic_val
+    n = min(n, _max_for(cfg, split) or n)
+    images, labels = _synthetic.synthetic_arrays(
+        n, cfg.synthetic_classes, cfg.image_size,
+        seed=_synthetic.SEED if is_train else _synthetic.SEED + 1)
+    return ImageArrays(images, labels, [f"class{k}" for k in range(cfg.synthetic_classes)],
+                       split=split, source="synthetic")
+
+
+def _load_splits(cfg, splits) -> list:
+    kind = _kind(cfg.source)
+    if kind == "synthetic":
+        return [_synthetic_split(cfg, s) for s in splits]
+    root = _cache.cache_root(cfg.cache_dir)
+    if kind == "tfds":
+        from reproduce.data import tfds_source
+
+        return [tfds_source.load_split(cfg.source, cfg.source[5:], s, _max_for(cfg, s),
+                                       cfg.image_size, root) for s in splits]
+    from reproduce.data import imagefolder
+
+    return imagefolder.load_splits(cfg.source, [(s, _max_for(cfg, s)) for s in splits],
+                                   cfg.image_size, root)
+
+
+def load_split(data_cfg, split: str):
+    """One split: ImageArrays (decoded once into the cache), or a Stream."""
+    return _load_splits(data_cfg, [split])[0]
+
+
+def _stats_of(data_cfg, train) -> Stats:
+    if not isinstance(train, ImageArrays):  # a Stream
+        from reproduce.data import tfds_source
+
+        return tfds_source.stream_stats(train, _cache.cache_root(data_cfg.cache_dir))
+    if train.cache_path is None:
+        return compute_stats(train.images)
+    st = _cache.read_stats(train.cache_path)
+    if st is None:
+        st = compute_stats(train.images)
+        _cache.write_stats(train.cache_path, st)
+    return st
+
+
+def load_stats(data_cfg) -> Stats:
+    """§2 mean image and §4.1 pixel PCA of the training split (cached)."""
+    return _stats_of(data_cfg, load_split(data_cfg, data_cfg.train_split))
+
+
+def load(data_cfg) -> Data:
+    """Both splits, the training statistics and the classes: what training needs."""
+    train, val = _load_splits(data_cfg, [data_cfg.train_split, data_cfg.val_split])
+    if list(train.class_names) != list(val.class_names):
+        a, b = set(train.class_names), set(val.class_names)
+        raise DataError(
+            f"the class folders of split {train.split!r} and split {val.split!r} in "
+            f"{data_cfg.source} differ: only in {train.split!r}: "
+            f"{sorted(a - b) or 'none'}; only in {val.split!r}: {sorted(b - a) or 'none'}"
+            + ("" if a != b else " (same names, different order)")
+            + ". Every split needs the same <class> folders (with at least one image "
+            "each); add or remove folders so they match."
+        )
+    stats = _stats_of(data_cfg, train)
+    return Data(train=train, val=val, stats=stats, num_classes=len(train.class_names),
+                class_names=list(train.class_names))
+
+
+class IndexedImages:
+    """Rows `index` of a (memory-mapped) image array, read only when indexed."""
+
+    def __init__(self, base, index: np.ndarray):
+        self.base, self.index = base, np.asarray(index)
+        self.dtype = base.dtype
+        self.shape = (len(self.index),) + tuple(base.shape[1:])
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key):
+        return self.base[self.index[key]]
+
+    def __array__(self, dtype=None, copy=None):
+        a = np.asarray(self.base[self.index])
+        return a if dtype is None else a.astype(dtype)
+
+
+def subset(arrays: ImageArrays, n: int, seed: int = 0) -> ImageArrays:
+    """n images of `arrays` drawn without replacement by `seed`, in index order.
+
+    A memmap is not copied: images are read when a batch indexes them.
+    """
+    total = len(arrays)
+    if n >= total:
+        return arrays
+    idx = np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
+    images = (IndexedImages(arrays.images, idx) if isinstance(arrays.images, np.memmap)
+              else arrays.images[idx])
+    return ImageArrays(images=images, labels=arrays.labels[idx],
+                       class_names=list(arrays.class_names), split=arrays.split,
+                       source=arrays.source, cache_path=None)

@@ -1,0 +1,221 @@
+"""The on-disk cache of decoded images: one folder per (source, split, S, subsample).
+
+Layout (root: `data.cache_dir`, else $REPRODUCE_CACHE, else ~/.cache/reproduce)::
+
+    <root>/<source-name>__<split>__S<size>[__max<n>]__<hash12>/
+        images.npy     uint8 (N, S, S, 3), opened as a read-only memmap
+        labels.npy     int32 (N,)
+        manifest.json  source identity, split used, class names, skipped files, timings
+        stats.npz      training split only, written on first use: mean image + PCA
+        COMPLETE       written last; an entry without it is never read
+
+`hash12` covers the source's identity (an archive's absolute path, size and
+mtime; a folder's path and the mtimes of its split and class folders; a TFDS
+name, version and data_dir), the requested split, S and the subsample size, so a
+changed archive or setting makes a new entry. An entry is built in a hidden
+sibling folder `.<name>.tmp-<host>-<pid>-<random>`, completed with the COMPLETE
+marker, and renamed into place: a run killed half-way leaves only a temp folder
+(removed by the next build on the same host once its process is gone), never an
+entry that looks complete.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import uuid
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from reproduce.data.common import DataError, ImageArrays, Stats
+
+CACHE_FORMAT = 1  # bump when the decode or the layout changes
+COMPLETE = "COMPLETE"
+IMAGES, LABELS, MANIFEST, STATS = "images.npy", "labels.npy", "manifest.json", "stats.npz"
+
+
+def cache_root(cache_dir: str = "") -> Path:
+    root = cache_dir or os.environ.get("REPRODUCE_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "reproduce"
+    )
+    return Path(root).expanduser().absolute()
+
+
+def entry_path(root: Path, name: str, split: str, size: int, max_n: int, identity: dict) -> Path:
+    key = {"format": CACHE_FORMAT, "identity": identity, "split": split, "size": size, "max": max_n}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:60] or "data"
+    sp = re.sub(r"[^A-Za-z0-9._-]+", "_", split)
+    return root / f"{slug}__{sp}__S{size}{f'__max{max_n}' if max_n else ''}__{digest}"
+
+
+def is_complete(path: Path) -> bool:
+    return (Path(path) / COMPLETE).is_file()
+
+
+def read_manifest(path: Path) -> dict:
+    return json.loads((Path(path) / MANIFEST).read_text())
+
+
+def open_entry(path: Path, source: str) -> ImageArrays:
+    """A complete entry as memory-mapped arrays (read-only: page cache, no copy)."""
+    path = Path(path)
+    m = read_manifest(path)
+    images = np.load(path / IMAGES, mmap_mode="r")
+    labels = np.load(path / LABELS)
+    if images.shape[0] != m["n"] or labels.shape[0] != m["n"]:
+        raise DataError(
+            f"the cache entry {path} is damaged ({images.shape[0]} images, "
+            f"{labels.shape[0]} labels, manifest says {m['n']}); delete it to rebuild"
+        )
+    return ImageArrays(
+        images=images,
+        labels=labels.astype(np.int32, copy=False),
+        class_names=list(m["class_names"]),
+        split=m["split"],
+        source=source,
+        cache_path=str(path),
+    )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_temps(final: Path) -> None:
+    host = socket.gethostname()
+    prefix = f".{final.name}.tmp-"
+    if not final.parent.is_dir():
+        return
+    for p in final.parent.iterdir():
+        if not p.name.startswith(prefix):
+            continue
+        m = re.match(r"(.+)-(\d+)-[0-9a-f]+$", p.name[len(prefix):])
+        if m and m.group(1) == host and not _pid_alive(int(m.group(2))):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+class EntryBuilder:
+    """Builds one entry in a temp folder; `commit` makes it visible atomically."""
+
+    def __init__(self, final: Path):
+        self.final = Path(final)
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(self.final)
+        host = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())
+        self.tmp = self.final.parent / (
+            f".{self.final.name}.tmp-{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        )
+        self.tmp.mkdir()
+        self.n_alloc = 0
+        self.size = 0
+
+    @property
+    def images_path(self) -> str:
+        return str(self.tmp / "images.alloc.npy")
+
+    def allocate(self, n: int, size: int) -> str:
+        """The uint8 (n, size, size, 3) file workers decode into; returns its path."""
+        arr = np.lib.format.open_memmap(self.images_path, mode="w+", dtype=np.uint8,
+                                        shape=(n, size, size, 3))
+        arr.flush()
+        del arr
+        self.n_alloc, self.size = n, size
+        return self.images_path
+
+    def commit(self, labels: np.ndarray, bad_indices, manifest: dict) -> Path:
+        """Drop failed rows, write labels, manifest and marker, rename into place."""
+        keep = np.setdiff1d(np.arange(self.n_alloc), np.asarray(sorted(bad_indices), dtype=np.int64))
+        src = self.tmp / "images.alloc.npy"
+        dst = self.tmp / IMAGES
+        if len(keep) == self.n_alloc:
+            os.replace(src, dst)
+        else:  # rare: a few corrupt files; copy the good rows once
+            a = np.load(src, mmap_mode="r")
+            out = np.lib.format.open_memmap(dst, mode="w+", dtype=np.uint8,
+                                            shape=(len(keep),) + a.shape[1:])
+            for i in range(0, len(keep), 1024):
+                out[i:i + 1024] = a[keep[i:i + 1024]]
+            out.flush()
+            del out, a
+            os.remove(src)
+        labels = np.asarray(labels, dtype=np.int32)[keep]
+        np.save(self.tmp / LABELS, labels)
+        manifest = {
+            **manifest,
+            "format": CACHE_FORMAT,
+            "n": int(len(keep)),
+            "image_size": self.size,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        _fsync_dir_files(self.tmp)
+        # The marker is the last thing written: everything above is on disk first.
+        with open(self.tmp / COMPLETE, "w") as f:
+            f.write(f"{len(keep)}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if self.final.exists():
+            if is_complete(self.final):  # another process finished the same entry
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                return self.final
+            shutil.rmtree(self.final)  # an incomplete leftover: never read, replaced
+        os.rename(self.tmp, self.final)
+        return self.final
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _fsync_dir_files(d: Path) -> None:
+    for p in d.iterdir():
+        try:
+            with open(p, "rb+") as f:
+                os.fsync(f.fileno())
+        except OSError:  # pragma: no cover - fsync unsupported (some network FS)
+            pass
+
+
+def read_stats(path: Path) -> Optional[Stats]:
+    p = Path(path) / STATS
+    if not p.is_file():
+        return None
+    z = np.load(p)
+    return Stats(
+        mean_image=z["mean_image"],
+        pca_eigvals=z["pca_eigvals"],
+        pca_eigvecs=z["pca_eigvecs"],
+        num_images=int(z["num_images"]),
+        num_pixels=int(z["num_pixels"]),
+    )
+
+
+def write_stats(path: Path, stats: Stats) -> None:
+    """Add stats.npz to a (complete) entry, atomically via a temp file + rename."""
+    path = Path(path)
+    tmp = path / f".{STATS}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp.npz"
+    with open(tmp, "wb") as f:
+        np.savez(
+            f,
+            mean_image=stats.mean_image,
+            pca_eigvals=stats.pca_eigvals,
+            pca_eigvecs=stats.pca_eigvecs,
+            num_images=stats.num_images,
+            num_pixels=stats.num_pixels,
+        )
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path / STATS)

@@ -1,0 +1,126 @@
+"""Pieces every data source shares: the error type, the result types, split names.
+
+Standard library and NumPy only: decode worker processes import this.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """Input data that cannot be used; the message names the problem and the fix."""
+
+
+# Corrupt or unreadable images below this fraction of a split are skipped with a
+# warning that names them; above it the build fails (a folder that is mostly broken
+# is a wrong path or a bad copy, not a few damaged files). ImageNet's training set
+# decodes completely with Pillow, so 1% is generous. Override without code changes
+# through $REPRODUCE_MAX_BAD_FRACTION.
+MAX_BAD_FRACTION = 0.01
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+
+# Requested validation-like split -> folders/splits accepted in its place, in order.
+# (CIFAR-10 has train/test, Imagenette train/val, TFDS names it `validation`.)
+VAL_ALIASES = ("validation", "val", "valid", "test")
+
+
+def max_bad_fraction() -> float:
+    env = os.environ.get("REPRODUCE_MAX_BAD_FRACTION")
+    if env:
+        try:
+            return float(env)
+        except ValueError:
+            raise DataError(
+                f"REPRODUCE_MAX_BAD_FRACTION={env!r} is not a number; use e.g. 0.01"
+            ) from None
+    return MAX_BAD_FRACTION
+
+
+def is_image_name(name: str) -> bool:
+    base = name.rsplit("/", 1)[-1]
+    return not base.startswith(".") and base.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def resolve_split(requested: str, available: Sequence[str], where: str) -> str:
+    """The split to use for `requested`, given the splits `where` has.
+
+    An exact match wins. A validation-like request (validation/val/valid/test) falls
+    back to the first of VAL_ALIASES present, with a warning saying which.
+    """
+    available = sorted(set(available))
+    if requested in available:
+        return requested
+    if requested in VAL_ALIASES:
+        for alt in VAL_ALIASES:
+            if alt in available:
+                warnings.warn(
+                    f"split {requested!r} not found in {where}; using {alt!r} instead "
+                    f"(splits present: {', '.join(available)})",
+                    stacklevel=3,
+                )
+                return alt
+    raise DataError(
+        f"split {requested!r} not found in {where}; splits present: "
+        f"{', '.join(available) or 'none'}. Set data.train_split / data.val_split to "
+        f"one of them (expected layout <root>/<split>/<class>/<image>)."
+    )
+
+
+def subsample_indices(n: int, max_n: int) -> np.ndarray:
+    """Which of n images a budgeted run (data.max_train / max_val) uses.
+
+    A fixed random subset (seed 0, independent of the training seed so that every
+    run of an experiment shares the cache), kept in the original order so class
+    folders stay contiguous on disk.
+    """
+    if not max_n or max_n >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(0).permutation(n)[:max_n])
+
+
+@dataclass
+class ImageArrays:
+    """One split in memory (or memory-mapped): the paper's §2 SxS uint8 images."""
+
+    images: np.ndarray  # uint8 (N, S, S, 3); np.memmap for cached sources
+    labels: np.ndarray  # int32 (N,)
+    class_names: list
+    split: str = ""  # the split actually used (after any fallback)
+    source: str = ""
+    cache_path: Optional[str] = None  # the cache entry folder, if any
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[1])
+
+
+@dataclass
+class Stats:
+    """Training-set statistics (§2 mean image, §4.1 PCA of RGB pixel values)."""
+
+    mean_image: np.ndarray  # float32 (S, S, 3), 0-255 scale
+    pca_eigvals: np.ndarray  # float32 (3,), descending, (0-255 scale)^2
+    pca_eigvecs: np.ndarray  # float32 (3, 3); column i is the eigenvector of eigval i
+    num_images: int = 0  # how many training images they were computed from
+    num_pixels: int = 0  # how many RGB pixel values the covariance used
+
+
+@dataclass
+class Data:
+    """What training needs: both splits, the statistics, the classes."""
+
+    train: object  # ImageArrays, or Stream for large TFDS datasets
+    val: object
+    stats: Stats
+    num_classes: int
+    class_names: list = field(default_factory=list)

@@ -1,0 +1,428 @@
+"""ImageFolder sources: a folder `<root>/<split>/<class>/<image>` or an archive of one.
+
+Archives: .zip and .tar are read in place with random access (workers read their
+members directly: no extraction, no extra disk). .tar.gz/.tgz/.tar.xz/.txz/.tar.bz2
+can only be read front to back, so a build reads them twice as a stream (once to
+list the members, once to feed their bytes to the decode workers) and never writes
+them out. A single top-level folder (`cifar10/train/...`) is detected and skipped.
+
+Class names are the class folder names, sorted; a label is the index in that list.
+Images may sit deeper inside a class folder; files that are not .jpg/.jpeg/.png/
+.webp, hidden files and `__MACOSX` are ignored.
+
+NumPy and Pillow only (no TensorFlow).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tarfile
+import time
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from reproduce.data import cache as cache_lib
+from reproduce.data import decode as dec
+from reproduce.data.common import (
+    VAL_ALIASES,
+    DataError,
+    ImageArrays,
+    is_image_name,
+    max_bad_fraction,
+    resolve_split,
+    subsample_indices,
+)
+
+ARCHIVE_KINDS = {
+    ".zip": "zip",
+    ".tar": "tar",
+    ".tar.gz": "tarstream",
+    ".tgz": "tarstream",
+    ".tar.xz": "tarstream",
+    ".txz": "tarstream",
+    ".tar.bz2": "tarstream",
+}
+
+
+def archive_kind(path: str) -> Optional[str]:
+    low = path.lower()
+    for suffix in sorted(ARCHIVE_KINDS, key=len, reverse=True):
+        if low.endswith(suffix):
+            return ARCHIVE_KINDS[suffix]
+    return None
+
+
+def _norm(name: str) -> str:
+    while name.startswith("./"):
+        name = name[2:]
+    return name.strip("/")
+
+
+def _ignored(name: str) -> bool:
+    return any(part.startswith(".") or part == "__MACOSX" for part in name.split("/"))
+
+
+def _split_like(names) -> bool:
+    return bool(set(names) & ({"train"} | set(VAL_ALIASES)))
+
+
+class _Layout:
+    """Files of an archive arranged as split -> class -> [(name, payload)]."""
+
+    def __init__(self, files, dirs, where: str, wanted=()):
+        files = [(n, p) for n, p in files if not _ignored(n)]
+        dirs = {d for d in dirs if not _ignored(d)}
+        paths = [n for n, _ in files] + list(dirs)
+        # Descend through a single top-level folder (cifar10/train/...), as long as
+        # the level holds no split-like folder.
+        prefix = ""
+        for _ in range(3):
+            firsts = {p[len(prefix):].split("/", 1)[0] for p in paths
+                      if p.startswith(prefix) and "/" in p[len(prefix):]}
+            if _split_like(firsts) or set(wanted) & firsts or len(firsts) != 1:
+                break
+            prefix += firsts.pop() + "/"
+        self.prefix = prefix
+        self.tree: dict = {}
+        self.loose = 0
+        for d in dirs:
+            if d.startswith(prefix) and d[len(prefix):]:
+                self.tree.setdefault(d[len(prefix):].split("/", 1)[0], {})
+        for name, payload in files:
+            if not name.startswith(prefix):
+                continue
+            parts = name[len(prefix):].split("/")
+            if len(parts) < 2:
+                continue  # a file next to the split folders
+            split = self.tree.setdefault(parts[0], {})
+            if len(parts) == 2:
+                self.loose += is_image_name(name)  # directly in a split folder
+            elif is_image_name(name):
+                split.setdefault(parts[1], []).append((name, payload))
+        self.where = where
+
+    def splits(self):
+        return sorted(self.tree)
+
+
+def _item_list(classes: dict, where: str, split: str, max_n: int):
+    """(class names, [(label, name, payload)]) in sorted order, subsampled."""
+    class_names = sorted(c for c, files in classes.items() if files)
+    items = []
+    for label, c in enumerate(class_names):
+        for name, payload in sorted(classes[c], key=lambda t: t[0]):
+            items.append((label, name, payload))
+    if not items:
+        raise DataError(
+            f"split {split!r} in {where} has no images: expected "
+            f"{split}/<class>/<image> with .jpg/.jpeg/.png/.webp files. Check the path, "
+            f"or point data.train_split/data.val_split at a split that has images."
+        )
+    keep = subsample_indices(len(items), max_n)
+    return class_names, [items[i] for i in keep], len(items)
+
+
+def _check_bad(bad: list, n: int, where: str, split: str, builder) -> list:
+    if not bad:
+        return []
+    frac = len(bad) / max(n, 1)
+    names = [name for _, name, _ in sorted(bad)]
+    shown = "\n  ".join(f"{name}: {msg}" for _, name, msg in sorted(bad)[:20])
+    more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+    limit = max_bad_fraction()
+    if frac > limit:
+        builder.abort()
+        raise DataError(
+            f"{len(bad)} of {n} images of split {split!r} in {where} cannot be read "
+            f"({100 * frac:.1f}% > the {100 * limit:g}% allowed):\n  {shown}{more}\n"
+            f"Replace or delete these files (or raise REPRODUCE_MAX_BAD_FRACTION if "
+            f"skipping them is acceptable)."
+        )
+    warnings.warn(
+        f"skipping {len(bad)} unreadable image(s) of split {split!r} in {where} "
+        f"({100 * frac:.2f}%, limit {100 * limit:g}%):\n  {shown}{more}",
+        stacklevel=4,
+    )
+    return names
+
+
+class _Request:
+    def __init__(self, split: str, max_n: int, final: Path):
+        self.split, self.max_n, self.final = split, max_n, final
+        self.resolved = split
+        self.class_names: list = []
+        self.items: list = []
+        self.n_listed = 0
+        self.builder: Optional[cache_lib.EntryBuilder] = None
+        self.out = ""
+
+
+# --------------------------------------------------------------------------------------
+# Folder
+# --------------------------------------------------------------------------------------
+
+
+class FolderSource:
+    def __init__(self, path: str, wanted=()):
+        root = Path(path).expanduser().absolute()
+        if not root.is_dir():
+            raise DataError(f"data.source={path!r}: no such folder")
+        for _ in range(3):  # descend through a single top-level folder
+            subs = [p.name for p in root.iterdir() if p.is_dir() and not _ignored(p.name)]
+            if _split_like(subs) or set(wanted) & set(subs) or len(subs) != 1:
+                break
+            root = root / subs[0]
+        self.root = root
+        self.where = str(root)
+
+    def splits(self):
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not _ignored(p.name))
+
+    def identity(self, split: str) -> dict:
+        # Adding, removing or renaming files changes their folder's mtime; files
+        # rewritten in place are not noticed (delete the cache entry to rebuild).
+        d = self.root / split
+        sig = [(split, d.stat().st_mtime_ns)]
+        for e in sorted(os.scandir(d), key=lambda e: e.name):
+            if e.is_dir():
+                sig.append((e.name, e.stat().st_mtime_ns))
+        return {"kind": "folder", "path": str(self.root), "split": split, "mtimes": sig}
+
+    def classes(self, split: str) -> dict:
+        d = self.root / split
+        classes: dict = {}
+        for e in sorted(os.scandir(d), key=lambda e: e.name):
+            if not e.is_dir() or _ignored(e.name):
+                continue
+            files = classes.setdefault(e.name, [])
+            for dirpath, dirnames, filenames in os.walk(e.path, followlinks=True):
+                dirnames[:] = [n for n in dirnames if not _ignored(n)]
+                rel = os.path.relpath(dirpath, d).replace(os.sep, "/")
+                for f in filenames:
+                    if is_image_name(f):
+                        name = f"{rel}/{f}"
+                        files.append((f"{split}/{name}", name))
+        return classes
+
+
+# --------------------------------------------------------------------------------------
+# Archive
+# --------------------------------------------------------------------------------------
+
+
+class ArchiveSource:
+    def __init__(self, path: str, kind: str):
+        p = Path(path).expanduser().absolute()
+        if not p.is_file():
+            raise DataError(f"data.source={path!r}: no such file")
+        self.path, self.kind, self.where = p, kind, str(p)
+        self._layout: Optional[_Layout] = None
+
+    def identity(self) -> dict:
+        st = self.path.stat()
+        return {"kind": "archive", "path": str(self.path), "size": st.st_size,
+                "mtime_ns": st.st_mtime_ns}
+
+    def layout(self, wanted=()) -> _Layout:
+        if self._layout is not None:
+            return self._layout
+        files, dirs = [], set()
+        try:
+            if self.kind == "zip":
+                with zipfile.ZipFile(self.path) as z:
+                    for info in z.infolist():
+                        name = _norm(info.filename)
+                        if info.is_dir():
+                            dirs.add(name)
+                        else:
+                            files.append((name, info.filename))
+            elif self.kind == "tar":
+                with tarfile.open(self.path, mode="r:") as t:
+                    for m in t.getmembers():
+                        if m.isdir():
+                            dirs.add(_norm(m.name))
+                        elif m.isfile():
+                            files.append((_norm(m.name), (m.offset_data, m.size)))
+            else:  # compressed: one streaming pass over the headers
+                with tarfile.open(self.path, mode="r|*") as t:
+                    for m in t:
+                        if m.isdir():
+                            dirs.add(_norm(m.name))
+                        elif m.isfile():
+                            files.append((_norm(m.name), m.name))
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
+            raise DataError(
+                f"cannot read the archive {self.path}: {type(e).__name__}: {e}. "
+                f"Is it complete? (compare its checksum, or unpack it and point "
+                f"data.source at the folder)"
+            ) from None
+        self._layout = _Layout(files, dirs, self.where, wanted)
+        return self._layout
+
+
+# --------------------------------------------------------------------------------------
+# Load (building what is missing)
+# --------------------------------------------------------------------------------------
+
+
+def load_splits(source: str, requests, size: int, root: Path) -> list:
+    """ImageArrays for each (split, max_n) of `requests`, building missing cache entries.
+
+    Missing entries of one source are built together: a compressed archive is
+    streamed once for all of them.
+    """
+    kind = archive_kind(source)
+    p = Path(source).expanduser()
+    if kind is None and not p.is_dir():
+        if p.exists():
+            raise DataError(
+                f"data.source={source!r} is a file but not a supported archive; use a "
+                f"folder in ImageFolder layout or a {', '.join(ARCHIVE_KINDS)} archive"
+            )
+        raise DataError(
+            f"data.source={source!r} does not exist. Give a folder "
+            f"<root>/<split>/<class>/<image>, an archive of one "
+            f"({', '.join(ARCHIVE_KINDS)}), 'synthetic', or 'tfds:<name>'."
+        )
+    wanted = [s for s, _ in requests]
+    src = ArchiveSource(source, kind) if kind else FolderSource(source, wanted)
+    name = src.path.name if kind else src.root.name
+    reqs = []
+    for split, max_n in requests:
+        if kind:
+            ident = src.identity()
+        else:
+            with warnings.catch_warnings():  # announced below, from the manifest
+                warnings.simplefilter("ignore")
+                ident = src.identity(resolve_split(split, src.splits(), src.where))
+        final = cache_lib.entry_path(root, name, split, size, max_n, ident)
+        r = _Request(split, max_n, final)
+        r.identity = ident
+        reqs.append(r)
+    missing = [r for r in reqs if not cache_lib.is_complete(r.final)]
+    # Equal requests (e.g. train_split == val_split) are built once.
+    todo = list({str(r.final): r for r in missing}.values())
+    if todo:
+        _build(src, kind, todo, size, source)
+    out = []
+    for r in reqs:
+        m = cache_lib.read_manifest(r.final)
+        if m.get("split") != r.split:  # say which folder stands in, on every load
+            warnings.warn(
+                f"split {r.split!r} not found in {m.get('where', source)}; using "
+                f"{m['split']!r} instead", stacklevel=3)
+        out.append(cache_lib.open_entry(r.final, source))
+    return out
+
+
+def _build(src, kind, reqs, size: int, source: str) -> None:
+    t0 = time.perf_counter()
+    layout = src.layout([r.split for r in reqs]) if kind else None
+    for r in reqs:
+        if kind:
+            with warnings.catch_warnings():  # the fallback is announced by load_splits
+                warnings.simplefilter("ignore")
+                r.resolved = resolve_split(r.split, layout.splits(), src.where)
+            classes = layout.tree[r.resolved]
+            if layout.loose:
+                warnings.warn(f"{layout.loose} image(s) in {src.where} are not inside a "
+                              f"<split>/<class>/ folder and are ignored", stacklevel=3)
+        else:
+            r.resolved = r.identity["split"]
+            classes = src.classes(r.resolved)
+        r.class_names, r.items, r.n_listed = _item_list(classes, src.where, r.resolved, r.max_n)
+    total = sum(len(r.items) for r in reqs)
+    for r in reqs:
+        r.builder = cache_lib.EntryBuilder(r.final)
+        r.out = r.builder.allocate(len(r.items), size)
+    try:
+        label = f"{Path(source).name} {'+'.join(r.resolved for r in reqs)}"
+        if kind == "tarstream":
+            missing: list = []
+            bad = dec.run_jobs(_stream_jobs(src.path, reqs, size, missing), total, label)
+            bad.extend(missing)
+        else:
+            jobs = []
+            for r in reqs:
+                if kind in ("zip", "tar"):
+                    rd = (kind, str(src.path))
+                else:
+                    rd = ("file", str(src.root / r.resolved))
+                items = [(i, name, payload) for i, (_, name, payload) in enumerate(r.items)]
+                jobs.extend(dec.chunked(r.out, size, rd, items))
+            bad = dec.run_jobs(jobs, total, label)
+    except BaseException:
+        for r in reqs:
+            r.builder.abort()
+        raise
+    seconds = time.perf_counter() - t0
+    by_out: dict = {r.out: [] for r in reqs}
+    for job_out, index, name, msg in bad:
+        by_out[job_out].append((index, name, msg))
+    for r in reqs:
+        rbad = by_out[r.out]
+        try:
+            skipped = _check_bad(rbad, len(r.items), src.where, r.resolved, r.builder)
+        except DataError:
+            for other in reqs:
+                other.builder.abort()
+            raise
+        labels = np.array([lab for lab, _, _ in r.items], dtype=np.int32)
+        r.builder.commit(
+            labels,
+            [i for i, _, _ in rbad],
+            {
+                "source": source,
+                "where": src.where,
+                "identity": r.identity,
+                "split_requested": r.split,
+                "split": r.resolved,
+                "class_names": r.class_names,
+                "n_listed": r.n_listed,
+                "max": r.max_n,
+                "skipped": [[name, msg] for _, name, msg in sorted(rbad)],
+                "skipped_names": skipped,
+                "build_seconds": round(seconds, 2),
+                "workers": dec.num_workers() if total >= dec.PARALLEL_MIN else 1,
+            },
+        )
+
+
+def _stream_jobs(path: Path, reqs, size: int, missing: list):
+    """Jobs fed from one front-to-back read of a compressed tar.
+
+    Members listed by the first pass but not met in this one (the archive changed
+    in between) are appended to `missing` as failures.
+    """
+    wanted = {}
+    for r in reqs:
+        for i, (_, name, payload) in enumerate(r.items):
+            wanted[payload] = (r, i, name)  # payload = the member's raw name
+    seen: set = set()
+    buffers = {id(r): [] for r in reqs}
+    nbytes = {id(r): 0 for r in reqs}
+    with tarfile.open(path, mode="r|*") as t:
+        for m in t:
+            hit = wanted.get(m.name) if m.isfile() else None
+            if hit is None:
+                continue
+            r, i, name = hit
+            seen.add(m.name)
+            f = t.extractfile(m)
+            data = f.read() if f is not None else b""
+            buffers[id(r)].append((i, name, data))
+            nbytes[id(r)] += len(data)
+            if len(buffers[id(r)]) >= dec.CHUNK_ITEMS or nbytes[id(r)] >= dec.CHUNK_BYTES:
+                yield (r.out, size, ("bytes", None), buffers[id(r)])
+                buffers[id(r)], nbytes[id(r)] = [], 0
+    for r in reqs:
+        if buffers[id(r)]:
+            yield (r.out, size, ("bytes", None), buffers[id(r)])
+    for payload, (r, i, name) in wanted.items():
+        if payload not in seen:
+            missing.append((r.out, i, name, "member vanished between the two reads"))
