@@ -168,9 +168,9 @@ def test_saved_with_the_model_and_compiled_in_a_train_step(tmp_path):
     loaded = keras.models.load_model(path)
     aug = loaded.get_layer("augment")
     assert isinstance(aug, Augment) and aug.crop_size == C and aug.pca_std == 0.2
-    np.testing.assert_array_equal(np.asarray(aug.mean_image), mean)
-    np.testing.assert_array_equal(np.asarray(aug.pca_eigvals), eigvals)
-    np.testing.assert_array_equal(np.asarray(aug.pca_eigvecs), eigvecs)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(aug.mean_image), mean)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(aug.pca_eigvals), eigvals)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(aug.pca_eigvecs), eigvecs)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
                                rtol=1e-5, atol=1e-5)
 

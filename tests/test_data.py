@@ -126,8 +126,13 @@ def test_preprocessing_is_shorter_side_to_S_then_centre_crop(tmp_path):
     np.testing.assert_allclose(arr.images[2], blocks, atol=2.5)
 
 
-@pytest.mark.parametrize("ext", ["tar", "tar.gz", "tar.xz", "zip"])
-def test_archives_give_the_same_arrays_as_the_folder(tmp_path, tolerant, ext):
+@pytest.mark.parametrize("ext", ["tar", "tar.gz", "tar.xz", "tar.xz-two-pass", "zip"])
+def test_archives_give_the_same_arrays_as_the_folder(tmp_path, tolerant, ext, monkeypatch):
+    if ext.endswith("-two-pass"):  # an archive too big to hold in memory: streamed twice
+        from reproduce.data import imagefolder
+
+        monkeypatch.setattr(imagefolder, "STREAM_MEMORY_BYTES", 0)
+        ext = ext[: -len("-two-pass")]
     src = make_tree(tmp_path / "src")
     arch = make_archive(src, tmp_path / f"data.{ext}")
     with warnings.catch_warnings():
@@ -187,7 +192,12 @@ def test_parallel_workers_match_inline_decoding(tmp_path, monkeypatch):
     monkeypatch.setattr(decode, "PARALLEL_MIN", 0)
     monkeypatch.setattr(decode, "CHUNK_ITEMS", 3)
     monkeypatch.setenv("REPRODUCE_DATA_WORKERS", "2")
-    for source in (src, make_archive(src, tmp_path / "d.tar.xz")):
+    from reproduce.data import imagefolder
+
+    for source, two_pass in ((src, False), (make_archive(src, tmp_path / "d.tar.xz"), False),
+                             (make_archive(src, tmp_path / "d.tar.gz"), True)):
+        # two_pass: too big to keep in memory -> list, then stream again to the workers
+        monkeypatch.setattr(imagefolder, "STREAM_MEMORY_BYTES", 0 if two_pass else 1 << 30)
         n0 = data.decode_count()
         got = data.load_split(cfg(source, tmp_path / "b", val_split="val"), "train")
         assert data.decode_count() - n0 == 12
@@ -233,10 +243,12 @@ def test_class_folders_that_differ_between_splits(tmp_path):
     shutil.rmtree(src / "mydata" / "val" / "bee")
     (src / "mydata" / "val" / "dog").mkdir()
     Image.new("RGB", (8, 8)).save(src / "mydata" / "val" / "dog" / "x.png")
+    n0 = data.decode_count()
     with pytest.raises(DataError) as e:
         data.load(cfg(src, tmp_path))
     msg = str(e.value)
     assert "only in 'train': ['bee']" in msg and "only in 'val': ['dog']" in msg
+    assert data.decode_count() == n0  # found before decoding anything
 
 
 # --------------------------------------------------------------------------------------
@@ -416,6 +428,8 @@ def test_tfds_imagenet_without_manual_files_says_what_to_do(tmp_path, monkeypatc
     assert "ILSVRC2012_img_train.tar" in msg and "ILSVRC2012_img_val.tar" in msg
     assert str(tmp_path / "tfds" / "downloads" / "manual") in msg
     assert "~/tensorflow_datasets/downloads/manual/" in msg and "--manual_dir" in msg
+    with pytest.raises(DataError, match="nosuchset.*catalog"):
+        data.load_split(cfg("tfds:nosuchset", tmp_path), "train")
 
 
 def test_folder_archive_and_synthetic_work_without_tensorflow(tmp_path):

@@ -58,15 +58,13 @@ TFDS_DATA_DIR, TFDS_MANUAL_DIR.
 
 from __future__ import annotations
 
-import warnings
-from typing import Optional
-
 import numpy as np
 
 from reproduce.data import cache as _cache
 from reproduce.data import synthetic as _synthetic
 from reproduce.data.common import (  # noqa: F401
     MAX_BAD_FRACTION,
+    check_same_classes,
     Data,
     DataError,
     ImageArrays,
@@ -127,7 +125,7 @@ def _synthetic_split(cfg, split: str) -> ImageArrays:
                        split=split, source="synthetic")
 
 
-def _load_splits(cfg, splits) -> list:
+def _load_splits(cfg, splits, same_classes: bool = False) -> list:
     kind = _kind(cfg.source)
     if kind == "synthetic":
         return [_synthetic_split(cfg, s) for s in splits]
@@ -140,7 +138,7 @@ def _load_splits(cfg, splits) -> list:
     from reproduce.data import imagefolder
 
     return imagefolder.load_splits(cfg.source, [(s, _max_for(cfg, s)) for s in splits],
-                                   cfg.image_size, root)
+                                   cfg.image_size, root, same_classes=same_classes)
 
 
 def load_split(data_cfg, split: str):
@@ -169,17 +167,10 @@ def load_stats(data_cfg) -> Stats:
 
 def load(data_cfg) -> Data:
     """Both splits, the training statistics and the classes: what training needs."""
-    train, val = _load_splits(data_cfg, [data_cfg.train_split, data_cfg.val_split])
-    if list(train.class_names) != list(val.class_names):
-        a, b = set(train.class_names), set(val.class_names)
-        raise DataError(
-            f"the class folders of split {train.split!r} and split {val.split!r} in "
-            f"{data_cfg.source} differ: only in {train.split!r}: "
-            f"{sorted(a - b) or 'none'}; only in {val.split!r}: {sorted(b - a) or 'none'}"
-            + ("" if a != b else " (same names, different order)")
-            + ". Every split needs the same <class> folders (with at least one image "
-            "each); add or remove folders so they match."
-        )
+    train, val = _load_splits(data_cfg, [data_cfg.train_split, data_cfg.val_split],
+                              same_classes=True)
+    check_same_classes(train.split, train.class_names, val.split, val.class_names,
+                       data_cfg.source)
     stats = _stats_of(data_cfg, train)
     return Data(train=train, val=val, stats=stats, num_classes=len(train.class_names),
                 class_names=list(train.class_names))

@@ -73,6 +73,19 @@ def resolve_split(requested: str, available: Sequence[str], where: str) -> str:
     )
 
 
+def check_same_classes(split_a: str, names_a, split_b: str, names_b, source: str) -> None:
+    """Both splits must have the same class folders (labels index the sorted names)."""
+    if list(names_a) == list(names_b):
+        return
+    a, b = set(names_a), set(names_b)
+    raise DataError(
+        f"the class folders of split {split_a!r} and split {split_b!r} in {source} differ: "
+        f"only in {split_a!r}: {sorted(a - b) or 'none'}; only in {split_b!r}: "
+        f"{sorted(b - a) or 'none'}. Every split needs the same <class> folders (with at "
+        f"least one image each); add or remove folders so they match."
+    )
+
+
 def subsample_indices(n: int, max_n: int) -> np.ndarray:
     """Which of n images a budgeted run (data.max_train / max_val) uses.
 

@@ -24,7 +24,6 @@ import queue
 import struct
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 import traceback
@@ -251,6 +250,7 @@ class _WorkerPool:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+            p.stdout.close()
 
     def run(self, jobs: Iterable[tuple], collect) -> None:
         """Feed `jobs` to the workers (one thread each); `collect(n_items, result)`."""

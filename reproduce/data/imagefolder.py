@@ -2,9 +2,10 @@
 
 Archives: .zip and .tar are read in place with random access (workers read their
 members directly: no extraction, no extra disk). .tar.gz/.tgz/.tar.xz/.txz/.tar.bz2
-can only be read front to back, so a build reads them twice as a stream (once to
-list the members, once to feed their bytes to the decode workers) and never writes
-them out. A single top-level folder (`cifar10/train/...`) is detected and skipped.
+can only be read front to back: a build streams them once, keeping the encoded
+images in memory when they fit in STREAM_MEMORY_BYTES (2 GiB), else twice (once to
+list the members, once to feed their bytes to the decode workers); they are never
+written out. A single top-level folder (`cifar10/train/...`) is detected and skipped.
 
 Class names are the class folder names, sorted; a label is the index in that list.
 Images may sit deeper inside a class folder; files that are not .jpg/.jpeg/.png/
@@ -16,7 +17,6 @@ NumPy and Pillow only (no TensorFlow).
 from __future__ import annotations
 
 import os
-import stat
 import tarfile
 import time
 import warnings
@@ -30,13 +30,17 @@ from reproduce.data import cache as cache_lib
 from reproduce.data import decode as dec
 from reproduce.data.common import (
     VAL_ALIASES,
+    check_same_classes,
     DataError,
-    ImageArrays,
     is_image_name,
     max_bad_fraction,
     resolve_split,
     subsample_indices,
 )
+
+# A compressed tar is decompressed once if its images fit in this much memory,
+# else twice (list, then decode), never extracted to disk.
+STREAM_MEMORY_BYTES = 2 << 30
 
 ARCHIVE_KINDS = {
     ".zip": "zip",
@@ -222,6 +226,7 @@ class ArchiveSource:
             raise DataError(f"data.source={path!r}: no such file")
         self.path, self.kind, self.where = p, kind, str(p)
         self._layout: Optional[_Layout] = None
+        self.blobs: Optional[dict] = None  # compressed tar: member bytes, if kept
 
     def identity(self) -> dict:
         st = self.path.stat()
@@ -248,13 +253,23 @@ class ArchiveSource:
                             dirs.add(_norm(m.name))
                         elif m.isfile():
                             files.append((_norm(m.name), (m.offset_data, m.size)))
-            else:  # compressed: one streaming pass over the headers
+            else:  # compressed: a streaming pass (decompresses everything)
+                # Keep the encoded images while they fit in STREAM_MEMORY_BYTES, so a
+                # small archive (both shared ones: ~100 MB of JPEG/WebP) is read once.
+                blobs, total = {}, 0
                 with tarfile.open(self.path, mode="r|*") as t:
                     for m in t:
                         if m.isdir():
                             dirs.add(_norm(m.name))
                         elif m.isfile():
-                            files.append((_norm(m.name), m.name))
+                            name = _norm(m.name)
+                            files.append((name, m.name))
+                            if blobs is not None and is_image_name(name) and not _ignored(name):
+                                blobs[m.name] = t.extractfile(m).read()
+                                total += m.size
+                                if total > STREAM_MEMORY_BYTES:
+                                    blobs = None  # too big: a second pass streams it
+                self.blobs = blobs
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
             raise DataError(
                 f"cannot read the archive {self.path}: {type(e).__name__}: {e}. "
@@ -270,11 +285,12 @@ class ArchiveSource:
 # --------------------------------------------------------------------------------------
 
 
-def load_splits(source: str, requests, size: int, root: Path) -> list:
+def load_splits(source: str, requests, size: int, root: Path, same_classes: bool = False) -> list:
     """ImageArrays for each (split, max_n) of `requests`, building missing cache entries.
 
     Missing entries of one source are built together: a compressed archive is
-    streamed once for all of them.
+    streamed once for all of them. same_classes: fail (before decoding anything)
+    unless all requested splits have the same class folders.
     """
     kind = archive_kind(source)
     p = Path(source).expanduser()
@@ -308,6 +324,15 @@ def load_splits(source: str, requests, size: int, root: Path) -> list:
     # Equal requests (e.g. train_split == val_split) are built once.
     todo = list({str(r.final): r for r in missing}.values())
     if todo:
+        _plan(src, kind, todo)
+        if same_classes:
+            planned = {str(r.final): r for r in todo}
+            names = [(r.split, planned[str(r.final)].resolved, planned[str(r.final)].class_names)
+                     if str(r.final) in planned else
+                     (r.split, cache_lib.read_manifest(r.final)["split"],
+                      cache_lib.read_manifest(r.final)["class_names"]) for r in reqs]
+            for _, split, cls in names[1:]:
+                check_same_classes(names[0][1], names[0][2], split, cls, source)
         _build(src, kind, todo, size, source)
     out = []
     for r in reqs:
@@ -320,8 +345,8 @@ def load_splits(source: str, requests, size: int, root: Path) -> list:
     return out
 
 
-def _build(src, kind, reqs, size: int, source: str) -> None:
-    t0 = time.perf_counter()
+def _plan(src, kind, reqs) -> None:
+    """Resolve each request's split and list its images (no decoding)."""
     layout = src.layout([r.split for r in reqs]) if kind else None
     for r in reqs:
         if kind:
@@ -336,13 +361,25 @@ def _build(src, kind, reqs, size: int, source: str) -> None:
             r.resolved = r.identity["split"]
             classes = src.classes(r.resolved)
         r.class_names, r.items, r.n_listed = _item_list(classes, src.where, r.resolved, r.max_n)
+
+
+def _build(src, kind, reqs, size: int, source: str) -> None:
+    """Decode planned requests into new cache entries."""
+    t0 = time.perf_counter()
     total = sum(len(r.items) for r in reqs)
     for r in reqs:
         r.builder = cache_lib.EntryBuilder(r.final)
         r.out = r.builder.allocate(len(r.items), size)
     try:
         label = f"{Path(source).name} {'+'.join(r.resolved for r in reqs)}"
-        if kind == "tarstream":
+        if kind == "tarstream" and src.blobs is not None:  # read once, in memory
+            jobs = []
+            for r in reqs:
+                items = [(i, name, src.blobs[payload])
+                         for i, (_, name, payload) in enumerate(r.items)]
+                jobs.extend(dec.chunked(r.out, size, ("bytes", None), items))
+            bad = dec.run_jobs(jobs, total, label)
+        elif kind == "tarstream":
             missing: list = []
             bad = dec.run_jobs(_stream_jobs(src.path, reqs, size, missing), total, label)
             bad.extend(missing)

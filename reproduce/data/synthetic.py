@@ -44,12 +44,11 @@ def synthetic_arrays(n: int, num_classes: int, size: int, seed: int = SEED):
         stripes = np.sin(phase) * cos_k[lab] + np.cos(phase) * sin_k[lab]  # sin(arg + phase)
         contrast = rng.uniform(25, 45, b).astype(np.float32)[:, None, None, None]
         bright = rng.uniform(-15, 15, b).astype(np.float32)[:, None, None, None]
-        x = (
-            120.0
-            + bright
-            + casts[lab][:, None, None, :].astype(np.float32)
-            + contrast * stripes[..., None]
-            + rng.normal(0, 20, (b, size, size, 3)).astype(np.float32)
-        )
-        images[i:i + b] = np.clip(np.rint(x), 0, 255).astype(np.uint8)
+        x = rng.standard_normal((b, size, size, 3), dtype=np.float32)
+        x *= 20.0
+        x += contrast * stripes[..., None]
+        x += 120.0 + bright + casts[lab][:, None, None, :].astype(np.float32)
+        np.rint(x, out=x)
+        np.clip(x, 0, 255, out=x)
+        images[i:i + b] = x
     return images, labels

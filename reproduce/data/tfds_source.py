@@ -29,7 +29,7 @@ import numpy as np
 
 from reproduce.data import cache as cache_lib
 from reproduce.data import decode as dec
-from reproduce.data.common import DataError, ImageArrays, resolve_split
+from reproduce.data.common import DataError, resolve_split
 
 STREAM_MIN_EXAMPLES = 200_000
 # Streamed datasets: the mean image and pixel PCA come from all pixels of this many

@@ -1,0 +1,167 @@
+"""Data pipeline throughput on this machine: a benchmark, not a test.
+
+    KERAS_BACKEND=jax python scripts/bench_data.py [--data DIR] [--max N] [--batch 128]
+
+For each source it prints images/s of:
+  decode   first load: archive -> decoded uint8 SxS cache (parallel workers), into a
+           fresh temporary cache (so it is always measured), or synthetic generation
+  read     one shuffled epoch of cached batches through ArrayBatches (memmap ->
+           uint8 batches; the page cache is warm right after the build)
+  augment  Augment(training=True) (mean, random crops + flips, PCA colour) on one
+           uint8 batch, compiled (jax.jit / tf.function(jit_compile=True)), on the
+           default Keras device
+Sources: synthetic, and the shared archives (cifar10-jpeg.tar.xz at S=32/C=24,
+imagenette-144-webp.tar.xz at S=144/C=128) found in --data, $DATA_DIR or
+../shared/data. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+ARCHIVES = (  # file, S, C, validation split
+    ("cifar10-jpeg.tar.xz", 32, 24, "test"),
+    ("imagenette-144-webp.tar.xz", 144, 128, "val"),
+)
+
+
+def find_data_dir(arg):
+    for d in (arg, os.environ.get("DATA_DIR"), ROOT.parent / "shared" / "data",
+              ROOT / ".." / "shared" / "data"):
+        if d and Path(d).is_dir():
+            return Path(d)
+        if d and Path(d).is_file():  # DATA_DIR may name one archive
+            return Path(d).parent
+    return None
+
+
+def bench_read(arrays, batch, seconds=20.0):
+    from reproduce.data import ArrayBatches
+
+    b = ArrayBatches(arrays.images, arrays.labels, batch, shuffle=True, seed=0)
+    t0, n = time.perf_counter(), 0
+    for i in range(len(b)):
+        x, _ = b[i]
+        n += len(x)
+        if time.perf_counter() - t0 > seconds:
+            break
+    return n, time.perf_counter() - t0
+
+
+def bench_augment(stats, s, c, batch, reps=20):
+    import keras
+
+    from reproduce.augment import Augment
+
+    layer = Augment(c, mean_image=stats.mean_image, pca_eigvals=stats.pca_eigvals,
+                    pca_eigvecs=stats.pca_eigvecs, seed=0)
+    x = np.random.default_rng(0).integers(0, 256, (batch, s, s, 3), dtype=np.uint8)
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        tv = [v.value for v in layer.trainable_variables]
+        ntv = [v.value for v in layer.non_trainable_variables]
+
+        @jax.jit
+        def step(ntv, x):
+            y, ntv = layer.stateless_call(tv, ntv, x, training=True)
+            return y, ntv
+
+        xd = jax.device_put(x)
+        y, ntv = step(ntv, xd)
+        y.block_until_ready()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            y, ntv = step(ntv, xd)
+        y.block_until_ready()
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        step = tf.function(lambda x: layer(x, training=True), jit_compile=True)
+        xd = tf.constant(x)
+        step(xd).numpy()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            y = step(xd)
+        y.numpy()
+    else:
+        return None
+    return reps * batch, time.perf_counter() - t0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", help="folder holding the shared archives")
+    ap.add_argument("--max", type=int, default=0, help="use at most N images per split (0 = all)")
+    ap.add_argument("--batch", type=int, default=128)
+    args = ap.parse_args(argv)
+
+    import keras
+
+    import reproduce.data as data
+    from reproduce.config import DataConfig
+    from reproduce.data import decode
+
+    rows = []
+
+    def row(source, stage, n, sec, note=""):
+        rows.append((source, stage, n, sec, n / sec if sec > 0 else float("nan"), note))
+        print(f"  {source:28s} {stage:8s} {n:8d} img {sec:8.2f} s {n / sec:10.0f} img/s {note}",
+              file=sys.stderr, flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
+        sources = [("synthetic", 256, 227, "val", None)]
+        d = find_data_dir(args.data)
+        for name, s, c, val in ARCHIVES:
+            if d is not None and (d / name).is_file():
+                sources.append((name, s, c, val, d / name))
+        if len(sources) == 1:
+            print("(no shared archives found: pass --data or set DATA_DIR)", file=sys.stderr)
+        for name, s, c, val, path in sources:
+            cfg = DataConfig(
+                source="synthetic" if path is None else str(path), image_size=s, crop_size=c,
+                val_split=val, cache_dir=tmp, max_train=args.max, max_val=args.max,
+                synthetic_train=args.max or 2048, synthetic_val=256,
+            )
+            t0 = time.perf_counter()
+            train = data.load_split(cfg, cfg.train_split)
+            val_arrays = data.load_split(cfg, cfg.val_split)
+            dt = time.perf_counter() - t0
+            n = len(train) + len(val_arrays)
+            note = "generate" if path is None else f"{decode.num_workers()} workers, S={s}"
+            row(name, "decode", n, dt, note)
+            stats = data.load_stats(cfg)
+            n, dt = bench_read(train, args.batch)
+            row(name, "read", n, dt, f"batch {args.batch}, memmap" if path else "in memory")
+            r = bench_augment(stats, s, c, args.batch)
+            if r:
+                row(name, "augment", r[0], r[1], f"{s}->{c}, {keras.backend.backend()}")
+
+    dev = "cpu"
+    try:
+        import jax
+
+        dev = str(jax.devices()[0]) if keras.backend.backend() == "jax" else dev
+    except Exception:
+        pass
+    print(f"\nData pipeline throughput ({os.cpu_count()} CPUs, Keras {keras.backend.backend()}, "
+          f"augment on {dev})\n")
+    print("| source | stage | images | seconds | images/s | notes |")
+    print("| --- | --- | ---: | ---: | ---: | --- |")
+    for source, stage, n, sec, ips, note in rows:
+        print(f"| {source} | {stage} | {n} | {sec:.2f} | {ips:,.0f} | {note} |")
+
+
+if __name__ == "__main__":
+    main()
