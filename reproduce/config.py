@@ -65,8 +65,9 @@ class ModelConfig:
     width: float = 1.0
     # §5: weights N(0, 0.01), biases 1 in conv2, conv4, conv5, fc6, fc7, else 0.
     # `caffe`: the same weights, biases 0.1 where the paper has 1 (Caffe's reference
-    # model, because bias 1 gave a flat loss there).
-    init: str = "paper"  # paper | caffe
+    # model, because bias 1 gave a flat loss there). `he`: not the paper's; kernels
+    # N(0, sqrt(2/fan_in)) and biases 0, for reduced widths and short budgets.
+    init: str = "paper"  # paper | caffe | he
     # Number of classes; None means "from the data".
     num_classes: Optional[int] = None
 
@@ -182,7 +183,7 @@ ALLOWED = {
     "model.lrn_convention": ("paper", "cuda-convnet"),
     "model.pooling": ("overlap", "non_overlap"),
     "model.towers": (1, 2),
-    "model.init": ("paper", "caffe"),
+    "model.init": ("paper", "caffe", "he"),
     "train.schedule": ("plateau", "step", "constant"),
     "train.precision": ("auto", "float32", "mixed_bfloat16"),
     "distribute.scheme": ("none", "towers", "mirrored", "multiworker"),
@@ -401,6 +402,12 @@ def _imagenette():
         "data.crop_size": 24,
         "data.pca_color": False,
         "model.arch": "cifar_local",
+        # cuda-convnet's layers-conv-local-11pct response norm: 9 channels, scale
+        # 0.001 divided by the window (its convention), pow 0.75, k 1.
+        "model.lrn_size": 9,
+        "model.lrn_k": 1.0,
+        "model.lrn_alpha": 0.001,
+        "model.lrn_convention": "cuda-convnet",
         "model.dropout": 0.0,
         "model.init": "caffe",
         "train.epochs": 40,
@@ -433,6 +440,7 @@ def _cifar10():
         "data.synthetic_train": 64,
         "data.synthetic_val": 32,
         "model.width": 0.125,
+        "model.init": "caffe",  # as imagenette, so bias_init compares the same way
         "train.epochs": 2,
         "train.batch_size": 16,
         "train.schedule": "step",
