@@ -31,7 +31,7 @@ from typing import Optional
 
 import numpy as np
 
-from reproduce import runs
+from reproduce import distribute, runs
 from reproduce.config import Config, validate
 
 
@@ -175,7 +175,8 @@ def build_ten_view_model(cfg: Config, net, stats):
             return keras.ops.mean(p, axis=0)
 
     inputs = keras.Input((d.image_size, d.image_size, 3), dtype="uint8")
-    return keras.Model(inputs, AverageSoftmax(dtype="float32")(net(TenViews()(inputs))))
+    model = keras.Model(inputs, AverageSoftmax(dtype="float32")(net(TenViews()(inputs))))
+    return distribute.place(model)
 
 
 # --------------------------------------------------------------------------------------
@@ -432,13 +433,16 @@ def train(cfg: Config, run_dir, meta: Optional[dict] = None, verbose: int = 1) -
     meta.setdefault("command", " ".join(sys.argv))
     prepare_run_dir(cfg, run_dir, meta)
 
-    keras.utils.set_random_seed(cfg.train.seed)
-    precision = resolve_precision(cfg)
-    keras.mixed_precision.set_global_policy(precision)
-    try:
-        return _train(cfg, run_dir, precision, verbose, data_lib)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    # distribute.scheme (§3.2 towers, mirrored, multiworker): entered before anything
+    # touches a device, since a cluster must be set up before TF/JAX initialize.
+    with distribute.scope(cfg):
+        keras.utils.set_random_seed(cfg.train.seed)
+        precision = resolve_precision(cfg)
+        keras.mixed_precision.set_global_policy(precision)
+        try:
+            return _train(cfg, run_dir, precision, verbose, data_lib)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
 
 
 def _train(cfg, run_dir, precision, verbose, data_lib):
@@ -467,6 +471,7 @@ def _train(cfg, run_dir, precision, verbose, data_lib):
         metrics=_metrics(),
         steps_per_execution=cfg.train.steps_per_execution,
     )
+    distribute.place(model)
     state = load_state(run_dir, model) or {}
     initial_epoch = int(state.get("completed_epochs", 0))
     # Rows of an epoch whose state was not saved (killed in between) are dropped: the
@@ -476,10 +481,10 @@ def _train(cfg, run_dir, precision, verbose, data_lib):
         print(f"[reproduce] resuming {run_dir} after epoch {initial_epoch}")
 
     n_train = len(data.train.labels)
-    train_batches = data_lib.ArrayBatches(
+    train_batches = distribute.shard_batches(data_lib.ArrayBatches(
         data.train.images, data.train.labels, cfg.train.batch_size, shuffle=True,
         seed=cfg.train.seed, epoch=initial_epoch,
-    )
+    ))
     val_batches = data_lib.ArrayBatches(
         data.val.images, data.val.labels, cfg.eval.batch_size, shuffle=False
     )
