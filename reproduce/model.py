@@ -39,14 +39,14 @@ MIN_IMAGE_SIZE = 67
 ARCHS = ("alexnet", "cifar_fig1", "cifar_local")
 ACTIVATIONS = ("relu", "tanh")
 POOLINGS = ("overlap", "non_overlap")
-INITS = ("paper", "caffe", "he")
+INITS = ("paper", "caffe")
 TOWERS = (1, 2)
 
 # §5: "We initialized the neuron biases in the second, fourth, and fifth
 # convolutional layers, as well as in the fully-connected hidden layers, with the
 # constant 1." Caffe's reference model uses 0.1 there, because with 1 its loss did
 # not fall.
-POSITIVE_BIAS = {"paper": 1.0, "caffe": 0.1, "he": 0.0}
+POSITIVE_BIAS = {"paper": 1.0, "caffe": 0.1}
 
 # Kernels per tower (§3.5, Fig. 2). Two towers: 48+48, 128+128, 192+192, 192+192,
 # 128+128. One tower (§3.2): half of each, except conv5, which keeps 256.
@@ -124,8 +124,7 @@ class _Init:
     Python's `random`, which keras.utils.set_random_seed also seeds.
     """
 
-    def __init__(self, seed, weight_decay, init="paper"):
-        self.init = init
+    def __init__(self, seed, weight_decay):
         self.seed = random.randint(0, 2**31 - 2) if seed is None else int(seed)
         self.weight_decay = float(weight_decay)
         self._count = 0
@@ -137,19 +136,6 @@ class _Init:
     def normal(self, std):
         return HostNormal(stddev=std, seed=self.next_seed())
 
-    def kernel(self, std, fan_in, gain=2.0):
-        """The net's own std, or with init="he" N(0, sqrt(gain / fan_in)).
-
-        `he` (He et al. 2015) is not the paper's: it keeps the activations' scale
-        constant with depth, so narrow (model.width < 1) and briefly trained nets
-        start learning at once instead of sitting on the plateau that N(0, 0.01)
-        gives them (the input-dependent part of fc8's output is ~0.003 at init in
-        the full-width net at 128 px, and shrinks with width).
-        """
-        if self.init == "he":
-            return self.normal(math.sqrt(gain / max(1, int(fan_in))))
-        return self.normal(std)
-
     @staticmethod
     def constant(value):
         return HostConstant(value)
@@ -160,12 +146,6 @@ class _Init:
         # Keras' L2(l) adds l * sum(w**2). Kernels only: cuda-convnet puts the
         # weight-decay coefficient `wc` on weights, never on biases.
         return keras.regularizers.L2(self.weight_decay / 2) if self.weight_decay > 0 else None
-
-
-def _pixel_var(name: str) -> float:
-    """Inputs are mean-subtracted pixels on the 0-255 scale (§2), std ~64: the `he`
-    init counts that variance into conv1's fan-in so activations start at unit scale."""
-    return 64.0**2 if name.startswith("conv1") else 1.0
 
 
 def _lrn(x, name, size, k, alpha, beta, convention):
@@ -299,9 +279,7 @@ def alexnet(
         init: ``paper`` (§5): weights N(0, 0.01); biases 1 in conv2, conv4,
             conv5, fc6, fc7 and 0 elsewhere. ``caffe``: the same weights with
             those biases 0.1, as in Caffe's reference model, whose loss did not
-            fall with 1. ``he`` (not the paper's): kernels N(0, sqrt(2/fan_in))
-            (sqrt(1/fan_in) for fc8) and all biases 0, for reduced widths and
-            short budgets, where N(0, 0.01) leaves the net on a long plateau.
+            fall with 1.
         weight_decay: the paper's 0.0005 (§5) is ``weight_decay=5e-4``. Kernels
             of every conv and dense layer get ``L2(weight_decay / 2)``, whose
             gradient is ``weight_decay * w``, the paper's update
@@ -325,7 +303,7 @@ def alexnet(
     _choice("towers", towers, TOWERS)
     _alexnet_sizes(image_size)  # raises for inputs that are too small
 
-    mk = _Init(seed, weight_decay, init)
+    mk = _Init(seed, weight_decay)
     kernels = [_scaled(n, width) for n in (_TWO_TOWER_KERNELS if towers == 2 else _ONE_TOWER_KERNELS)]
     fc_units = _scaled(_FC_UNITS, width)
     suffixes = TOWER_SUFFIXES if towers == 2 else ("",)
@@ -334,15 +312,13 @@ def alexnet(
     def conv(x, filters, size, stride, padding, name, bias):
         return keras.layers.Conv2D(
             filters, size, strides=stride, padding=padding, activation=activation,
-            kernel_initializer=mk.kernel(0.01, size * size * x.shape[-1] * _pixel_var(name)),
-            bias_initializer=mk.constant(bias),
+            kernel_initializer=mk.normal(0.01), bias_initializer=mk.constant(bias),
             kernel_regularizer=mk.decay(), name=name,
         )(x)
 
     def dense(x, units, name, bias, act, dtype=None):
         return keras.layers.Dense(
-            units, activation=act,
-            kernel_initializer=mk.kernel(0.01, x.shape[-1], 2.0 if act else 1.0),
+            units, activation=act, kernel_initializer=mk.normal(0.01),
             bias_initializer=mk.constant(bias), kernel_regularizer=mk.decay(),
             name=name, dtype=dtype,
         )(x)
@@ -522,13 +498,13 @@ def cifar_fig1(
     """
     kw = dict(locals())
     _cifar_check("cifar_fig1", image_size, 3, kw)
-    mk = _Init(seed, weight_decay, init)
+    mk = _Init(seed, weight_decay)
     positive = _cifar_biases(init)
 
     def conv(x, filters, name, bias):
         return keras.layers.Conv2D(
             _scaled(filters, width), 5, padding="same", activation=activation,
-            kernel_initializer=mk.kernel(_CIFAR_INIT_STD[name], 25 * x.shape[-1] * _pixel_var(name)),
+            kernel_initializer=mk.normal(_CIFAR_INIT_STD[name]),
             bias_initializer=mk.constant(bias), kernel_regularizer=mk.decay(), name=name,
         )(x)
 
@@ -546,7 +522,7 @@ def cifar_fig1(
     h = _cifar_pool(h, "avg", pooling, "pool3")
     h = keras.layers.Flatten(name="flatten")(h)
     logits = keras.layers.Dense(
-        num_classes, kernel_initializer=mk.kernel(_CIFAR_INIT_STD["fc10"], h.shape[-1], 1.0),
+        num_classes, kernel_initializer=mk.normal(_CIFAR_INIT_STD["fc10"]),
         bias_initializer=mk.constant(0.0), kernel_regularizer=mk.decay(), name="fc10", dtype="float32",
     )(h)
     return keras.Model(inputs, logits, name=name)
@@ -605,20 +581,20 @@ def cifar_local(
     """
     kw = dict(locals())
     _cifar_check("cifar_local", image_size, 2, kw)
-    mk = _Init(seed, weight_decay, init)
+    mk = _Init(seed, weight_decay)
     positive = _cifar_biases(init)
 
     def conv(x, filters, name, bias):
         return keras.layers.Conv2D(
             _scaled(filters, width), 5, padding="same", activation=activation,
-            kernel_initializer=mk.kernel(_CIFAR_INIT_STD[name], 25 * x.shape[-1] * _pixel_var(name)),
+            kernel_initializer=mk.normal(_CIFAR_INIT_STD[name]),
             bias_initializer=mk.constant(bias), kernel_regularizer=mk.decay(), name=name,
         )(x)
 
     def local(x, filters, name):
         return LocallyConnected2D(
             _scaled(filters, width), 3, padding="same", activation=activation,
-            kernel_initializer=mk.kernel(_CIFAR_INIT_STD[name], 9 * x.shape[-1]),
+            kernel_initializer=mk.normal(_CIFAR_INIT_STD[name]),
             bias_initializer=mk.constant(positive), kernel_regularizer=mk.decay(), name=name,
         )(x)
 
@@ -634,7 +610,7 @@ def cifar_local(
     h = local(h, 32, "local4")
     h = keras.layers.Flatten(name="flatten")(h)
     logits = keras.layers.Dense(
-        num_classes, kernel_initializer=mk.kernel(_CIFAR_INIT_STD["fc10"], h.shape[-1], 1.0),
+        num_classes, kernel_initializer=mk.normal(_CIFAR_INIT_STD["fc10"]),
         bias_initializer=mk.constant(0.0), kernel_regularizer=mk.decay(), name="fc10", dtype="float32",
     )(h)
     return keras.Model(inputs, logits, name=name)

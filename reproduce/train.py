@@ -27,6 +27,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional
 
 import numpy as np
@@ -168,11 +169,17 @@ def build_ten_view_model(cfg: Config, net, stats):
             v = ten_views(x, d.crop_size, mean)  # (10, B, C, C, 3)
             return keras.ops.reshape(v, (-1, d.crop_size, d.crop_size, 3))
 
+        def compute_output_shape(self, shape):
+            return (None, d.crop_size, d.crop_size, 3)
+
     class AverageSoftmax(keras.layers.Layer):
         def call(self, logits):
             p = keras.ops.softmax(keras.ops.cast(logits, "float32"), axis=-1)
             p = keras.ops.reshape(p, (10, -1, keras.ops.shape(p)[-1]))
             return keras.ops.mean(p, axis=0)
+
+        def compute_output_shape(self, shape):
+            return (None, shape[-1])
 
     inputs = keras.Input((d.image_size, d.image_size, 3), dtype="uint8")
     model = keras.Model(inputs, AverageSoftmax(dtype="float32")(net(TenViews()(inputs))))
@@ -359,7 +366,9 @@ def _callbacks(cfg, run_dir, model, state, n_train):
     nan_cb = Divergence()
     rec = EpochRecorder(lr_cb, nan_cb)
     cbs = [lr_cb, nan_cb, rec]
-    if importlib.util.find_spec("tensorflow") is not None:
+    # Keras' TensorBoard writer needs the tensorboard package (absent on the JAX-only
+    # GPU machine); metrics.csv holds the same numbers.
+    if importlib.util.find_spec("tensorboard") is not None and importlib.util.find_spec("tensorflow") is not None:
         cbs.append(
             keras.callbacks.TensorBoard(
                 log_dir=str(Path(run_dir) / runs.TENSORBOARD), write_graph=False
@@ -400,9 +409,8 @@ def evaluate(cfg: Config, model, net, stats, arrays, ten_view: bool) -> dict:
 # --------------------------------------------------------------------------------------
 
 
-def prepare_run_dir(cfg: Config, run_dir: Path, meta: dict) -> None:
-    run_dir = Path(run_dir)
-    existing = run_dir / runs.CONFIG
+def _check_same_run(cfg: Config, run_dir: Path) -> None:
+    existing = Path(run_dir) / runs.CONFIG
     fp = cfg.fingerprint()
     if existing.exists():
         old = runs.read_json(existing).get("meta", {})
@@ -414,6 +422,11 @@ def prepare_run_dir(cfg: Config, run_dir: Path, meta: dict) -> None:
             )
         if old.get("seed", cfg.train.seed) != cfg.train.seed:
             raise RunConflict(f"{run_dir} holds seed {old.get('seed')}, not {cfg.train.seed}")
+
+
+def prepare_run_dir(cfg: Config, run_dir: Path, meta: dict) -> None:
+    _check_same_run(cfg, run_dir)
+    fp = cfg.fingerprint()
     runs.write_config(run_dir, cfg.to_dict(), {**meta, "fingerprint": fp, "seed": cfg.train.seed})
 
 
@@ -425,6 +438,7 @@ def train(cfg: Config, run_dir, meta: Optional[dict] = None, verbose: int = 1) -
 
     validate(cfg)
     run_dir = Path(run_dir)
+    _check_same_run(cfg, run_dir)
     if runs.is_finished(run_dir):
         if verbose:
             print(f"[reproduce] {run_dir} already finished; nothing to do.")
@@ -457,8 +471,8 @@ def _train(cfg, run_dir, precision, verbose, data_lib):
                 "device": device_description(),
                 "precision": precision,
                 "num_classes": data.num_classes,
-                "n_train": len(data.train.labels),
-                "n_val": len(data.val.labels),
+                "n_train": len(data.train),
+                "n_val": len(data.val),
             }
         ),
     )
@@ -480,11 +494,18 @@ def _train(cfg, run_dir, precision, verbose, data_lib):
     if initial_epoch and verbose:
         print(f"[reproduce] resuming {run_dir} after epoch {initial_epoch}")
 
-    n_train = len(data.train.labels)
-    train_batches = distribute.shard_batches(data_lib.ArrayBatches(
-        data.train.images, data.train.labels, cfg.train.batch_size, shuffle=True,
-        seed=cfg.train.seed, epoch=initial_epoch,
-    ))
+    n_train = len(data.train)
+    # Shuffling is ArrayBatches' own, from (seed, epoch), so a resumed run sees the
+    # same order; fit(shuffle=False) below keeps Keras from re-permuting batches.
+    if isinstance(data.train, data_lib.Stream):  # ImageNet through tf.data
+        batches = data.train.batches(cfg.train.batch_size, shuffle=True,
+                                     seed=cfg.train.seed, epoch=initial_epoch)
+    else:
+        batches = data_lib.ArrayBatches(
+            data.train.images, data.train.labels, cfg.train.batch_size, shuffle=True,
+            seed=cfg.train.seed, epoch=initial_epoch,
+        )
+    train_batches = distribute.shard_batches(batches)
     val_batches = data_lib.ArrayBatches(
         data.val.images, data.val.labels, cfg.eval.batch_size, shuffle=False
     )
@@ -498,6 +519,7 @@ def _train(cfg, run_dir, precision, verbose, data_lib):
             initial_epoch=initial_epoch,
             steps_per_epoch=cfg.train.steps_per_epoch or None,
             callbacks=cbs,
+            shuffle=False,
             verbose=verbose,
         )
     if nan_cb.where is not None:
@@ -520,7 +542,13 @@ def _train(cfg, run_dir, precision, verbose, data_lib):
     # and the centre crop on (a sample of) the training images for the overfitting gap.
     t0 = time.perf_counter()
     val = evaluate(cfg, model, net, data.stats, data.val, cfg.eval.ten_view)
-    sample = data_lib.subset(data.train, min(n_train, 10000), seed=cfg.train.seed)
+    if isinstance(data.train, data_lib.Stream):  # the first 10k streamed images
+        sb = data.train.batches(250, shuffle=False)
+        parts = [sb[i] for i in range(min(len(sb), 40))]
+        sample = SimpleNamespace(images=np.concatenate([p[0] for p in parts]),
+                                 labels=np.concatenate([p[1] for p in parts]))
+    else:
+        sample = data_lib.subset(data.train, min(n_train, 10000), seed=cfg.train.seed)
     tr = evaluate(cfg, model, net, data.stats, sample, ten_view=False)
     eval_time = time.perf_counter() - t0
     runs.write_val_correct(run_dir, **val)
