@@ -119,6 +119,9 @@ _register(
             "model.arch": "cifar_fig1",
             "model.lrn": False,
             "model.dropout": 0.0,
+            # layers-18pct trains on the whole 32x32 image: no crops, no flips, and
+            # "no regularization of any kind" (§3.1).
+            "data.crop_size": 32,
             "data.crop_flip": False,
             "data.pca_color": False,
             "train.weight_decay": 0.0,
