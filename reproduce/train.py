@@ -445,24 +445,24 @@ def train(cfg: Config, run_dir, meta: Optional[dict] = None, verbose: int = 1) -
         return runs.read_json(run_dir / runs.RESULT)
     meta = dict(meta or {})
     meta.setdefault("command", " ".join(sys.argv))
-    prepare_run_dir(cfg, run_dir, meta)
-
     # distribute.scheme (§3.2 towers, mirrored, multiworker): entered before anything
     # touches a device, since a cluster must be set up before TF/JAX initialize.
     with distribute.scope(cfg):
+        # Data first: a missing dataset stops here, before a run directory exists.
+        data = data_lib.load(cfg.data)
+        prepare_run_dir(cfg, run_dir, meta)
         keras.utils.set_random_seed(cfg.train.seed)
         precision = resolve_precision(cfg)
         keras.mixed_precision.set_global_policy(precision)
         try:
-            return _train(cfg, run_dir, precision, verbose, data_lib)
+            return _train(cfg, run_dir, precision, verbose, data_lib, data)
         finally:
             keras.mixed_precision.set_global_policy("float32")
 
 
-def _train(cfg, run_dir, precision, verbose, data_lib):
+def _train(cfg, run_dir, precision, verbose, data_lib, data):
     import keras
 
-    data = data_lib.load(cfg.data)
     runs.write_env(
         run_dir,
         runs.environment(

@@ -110,6 +110,14 @@ def ensure_prepared(builder, name: str) -> None:
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=manual))
         return
+    if not _online():
+        raise DataError(
+            f"data.source='tfds:{name}' is not prepared in {builder.data_dir} and this "
+            "machine is offline, so TFDS cannot download it. Either run again where the "
+            "machine can download (TFDS prepares it once), or use a local folder or "
+            "archive in ImageFolder layout: `make reproduce DATA_DIR=path/to/"
+            "imagenette-144-webp.tar.xz` (or --set data.source=PATH)."
+        )
     try:
         builder.download_and_prepare()
     except Exception as e:
@@ -119,6 +127,19 @@ def ensure_prepared(builder, name: str) -> None:
             f"copy a prepared TFDS data_dir here and set TFDS_DATA_DIR, or use an "
             f"ImageFolder archive (data.source=/path/to/cifar10-jpeg.tar.xz)."
         ) from None
+
+
+def _online(timeout: float = 3.0) -> bool:
+    """Whether TFDS can reach its download mirror (checked before a long download)."""
+    import socket
+
+    if os.environ.get("REPRODUCE_OFFLINE") == "1":
+        return False
+    try:
+        socket.create_connection(("storage.googleapis.com", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def _keys(info):
