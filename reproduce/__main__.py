@@ -52,6 +52,13 @@ def resolve(args) -> config_lib.Config:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        # Before argparse: a REMAINDER positional does not take options that come
+        # first (`bench --full` fails with "unrecognized arguments").
+        from reproduce import bench
+
+        return bench.main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m reproduce",
         description="AlexNet (Krizhevsky, Sutskever & Hinton 2012) in Keras 3: train, resume, inspect.",

@@ -295,7 +295,16 @@ def _callbacks(cfg, run_dir, model, state, n_train):
                     self.wait = 0
 
     class Divergence(keras.callbacks.TerminateOnNaN):
-        """TerminateOnNaN, remembering where, so the message can say what diverged."""
+        """TerminateOnNaN, remembering where, so the message can say what diverged.
+
+        async_safe: on JAX, Keras then runs the per-batch check in its callback
+        thread instead of making the training loop wait for every step's loss
+        (float(loss) is a device sync; without this the GPU idles while the host
+        stages each next batch: docs/perf_log.md). The stop comes a few steps
+        later; a diverged state is never checkpointed either way.
+        """
+
+        async_safe = True
 
         def __init__(self):
             super().__init__()
@@ -330,7 +339,8 @@ def _callbacks(cfg, run_dir, model, state, n_train):
             if self.nan_cb.where is not None or not np.isfinite(logs.get("loss", 0.0)):
                 return  # never checkpoint a diverged state
             steps = cfg.train.steps_per_epoch
-            n = min(n_train, steps * cfg.train.batch_size) if steps else n_train
+            full = (n_train // cfg.train.batch_size) * cfg.train.batch_size or n_train  # drop_remainder
+            n = min(full, steps * cfg.train.batch_size) if steps else full
             row = {
                 "epoch": epoch,
                 "loss": logs.get("loss"),
@@ -368,7 +378,10 @@ def _callbacks(cfg, run_dir, model, state, n_train):
     cbs = [lr_cb, nan_cb, rec]
     # Keras' TensorBoard writer needs the tensorboard package (absent on the JAX-only
     # GPU machine); metrics.csv holds the same numbers.
-    if importlib.util.find_spec("tensorboard") is not None and importlib.util.find_spec("tensorflow") is not None:
+    # TensorFlow backend only: the callback has per-batch hooks, which on JAX make
+    # Keras wait for every step's results (docs/perf_log.md, "callbacks").
+    if (keras.backend.backend() == "tensorflow"
+            and importlib.util.find_spec("tensorboard") is not None):
         cbs.append(
             keras.callbacks.TensorBoard(
                 log_dir=str(Path(run_dir) / runs.TENSORBOARD), write_graph=False
@@ -447,6 +460,7 @@ def train(cfg: Config, run_dir, meta: Optional[dict] = None, verbose: int = 1) -
     meta.setdefault("command", " ".join(sys.argv))
     # distribute.scheme (§3.2 towers, mirrored, multiworker): entered before anything
     # touches a device, since a cluster must be set up before TF/JAX initialize.
+    _persistent_compilation_cache()
     with distribute.scope(cfg):
         # Data first: a missing dataset stops here, before a run directory exists.
         data = data_lib.load(cfg.data)
@@ -458,6 +472,26 @@ def train(cfg: Config, run_dir, meta: Optional[dict] = None, verbose: int = 1) -
             return _train(cfg, run_dir, precision, verbose, data_lib, data)
         finally:
             keras.mixed_precision.set_global_policy("float32")
+
+
+def _persistent_compilation_cache() -> None:
+    """JAX: keep compiled programs on disk, so the runs of one configuration (its
+    seeds, a resumed run) compile once ($REPRODUCE_JAX_CACHE, default
+    <data cache root>/jax; empty disables)."""
+    import keras
+
+    if keras.backend.backend() != "jax":
+        return
+    import jax
+
+    path = os.environ.get("REPRODUCE_JAX_CACHE")
+    if path is None:
+        from reproduce.data.cache import cache_root
+
+        path = str(cache_root("") / "jax")
+    if path and not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def _train(cfg, run_dir, precision, verbose, data_lib, data):
@@ -501,9 +535,12 @@ def _train(cfg, run_dir, precision, verbose, data_lib, data):
         batches = data.train.batches(cfg.train.batch_size, shuffle=True,
                                      seed=cfg.train.seed, epoch=initial_epoch)
     else:
+        # drop_remainder: every training step has the same shape, so the train step
+        # compiles once (a last partial batch compiles a second program: tens of
+        # seconds on a GPU, per run). Each epoch leaves out < batch_size images.
         batches = data_lib.ArrayBatches(
             data.train.images, data.train.labels, cfg.train.batch_size, shuffle=True,
-            seed=cfg.train.seed, epoch=initial_epoch,
+            seed=cfg.train.seed, epoch=initial_epoch, drop_remainder=True,
         )
     train_batches = distribute.shard_batches(batches)
     val_batches = data_lib.ArrayBatches(
