@@ -400,7 +400,7 @@ def _fig1_blocks(an: A.PresetAnalysis, out_dir: Path, fig) -> list:
         blocks.append(D.Table(["lr", f"ReLU: epochs to {f1.target:.0%}", "ReLU: wall s",
                                f"tanh: epochs to {f1.target:.0%}", "tanh: wall s"], grid_rows,
                               ["r", "l", "r", "l", "r"],
-                              caption="Learning-rate grid (seed 0, one run per rate and activation); "
+                              caption="Learning-rate grid (one run per rate and activation, on a seed apart from the measured ones); "
                                       "(chosen) marks the rate the seeded runs above used. §3.1: the rates "
                                       "were chosen independently per network to make training as fast as possible."))
     if f1.notes:

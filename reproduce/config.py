@@ -22,6 +22,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import os
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -175,6 +176,11 @@ class Config:
         # How the work is spread over devices does not change what is computed
         # (tests/test_distribute.py checks it): a run resumes under another scheme.
         d.pop("distribute")
+        # A local folder or archive counts by its name, not its absolute path, so
+        # runs made on other machines (or from another checkout) add up.
+        src = d["data"]["source"]
+        if src != "synthetic" and not src.startswith("tfds:"):
+            d["data"]["source"] = os.path.basename(os.path.normpath(src))
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:10]
 

@@ -337,6 +337,10 @@ def _callbacks(cfg, run_dir, model, state, n_train):
             dt = time.perf_counter() - self.t0
             self.wall += dt
             if self.nan_cb.where is not None or not np.isfinite(logs.get("loss", 0.0)):
+                if self.nan_cb.where is None:
+                    self.nan_cb.where = {"epoch": epoch, "batch": "end of epoch",
+                                         "loss": float(logs.get("loss", float("nan")))}
+                self.model.stop_training = True
                 return  # never checkpoint a diverged state
             steps = cfg.train.steps_per_epoch
             full = (n_train // cfg.train.batch_size) * cfg.train.batch_size or n_train  # drop_remainder

@@ -76,3 +76,12 @@ def test_make_ablation_end_to_end_then_nothing_to_do(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert "trained 0 run(s); 4 already finished" in second.stdout
     assert "Epoch" not in second.stdout
+
+
+def test_user_overrides_may_not_cancel_the_ablation(tmp_path):
+    from ablations.runner import Runner
+
+    r = Runner("smoke", 1, tmp_path, overrides=["model.lrn=true"], verbose=0)
+    with pytest.raises(ValueError, match="model.lrn"):
+        r.run(["no_lrn"])
+    assert not any(tmp_path.iterdir())  # refused before anything ran

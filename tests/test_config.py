@@ -82,3 +82,11 @@ def test_round_trip_and_diff():
     assert again == cfg
     d = C.diff(C.get_config("cifar10"), cfg)
     assert d == {"model.lrn": (True, False)}
+
+
+def test_fingerprint_counts_a_local_dataset_by_name_not_path():
+    a = C.get_config("imagenette", ["data.source=/home/a/data/imagenette-144-webp.tar.xz"])
+    b = C.get_config("imagenette", ["data.source=/mnt/other/imagenette-144-webp.tar.xz/"])
+    c = C.get_config("imagenette", ["data.source=/mnt/other/cifar10-jpeg.tar.xz"])
+    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+    assert a.fingerprint() != C.get_config("imagenette").fingerprint()  # tfds differs
