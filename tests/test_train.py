@@ -150,3 +150,38 @@ def test_sigkill_mid_run_resumes_with_every_epoch_once(tmp_path):
     rows = runs.read_metrics_rows(d)
     assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
     assert runs.is_finished(d)
+
+
+def test_a_resumed_run_continues_exactly(tmp_path, monkeypatch):
+    """Interrupted after epoch 2 and resumed, a run ends where the uninterrupted one
+    does: same data order, augmentation and dropout draws, weights and momentum."""
+    import reproduce.train as T
+
+    cfg = _tiny_cfg(**{"train.epochs": 3, "eval.ten_view": False})
+    straight = train(cfg, tmp_path / "a", verbose=0)
+
+    real = T._callbacks
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    def with_interrupt(*args, **kwargs):
+        cbs, *rest = real(*args, **kwargs)
+        return (cbs + [Interrupt()], *rest)
+
+    monkeypatch.setattr(T, "_callbacks", with_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "b", verbose=0)
+    assert len(runs.read_metrics_rows(tmp_path / "b")) == 2
+    monkeypatch.setattr(T, "_callbacks", real)
+    resumed = train(cfg, tmp_path / "b", verbose=0)
+
+    rows_a, rows_b = runs.read_metrics_rows(tmp_path / "a"), runs.read_metrics_rows(tmp_path / "b")
+    assert [r["epoch"] for r in rows_b] == [0, 1, 2]
+    for ra, rb in zip(rows_a, rows_b):
+        for k in ("loss", "top1_err", "val_loss", "val_top1_err", "lr"):
+            assert rb[k] == pytest.approx(ra[k], rel=1e-4, abs=1e-6), (ra["epoch"], k)
+    for k in ("val_top1_err", "val_top5_err", "train_top1_err_clean"):
+        assert resumed[k] == pytest.approx(straight[k], abs=1e-9), k
