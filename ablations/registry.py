@@ -129,7 +129,10 @@ _register(
             "train.stop_at_train_error": 0.25,
             "eval.ten_view": False,
         },
-        lr_grid=(0.005, 0.01, 0.02, 0.04),
+        # Measured on CIFAR-10 (ReLU arm, seed 0, 2026-11-28): lr 0.005 reached 25%
+        # training error in epoch 8; 0.01 was at 37% after 19 epochs, 0.02 and 0.04
+        # slower still. So the grid is centred lower.
+        lr_grid=(0.0025, 0.005, 0.01, 0.02),
         claims={
             "*": Claim(
                 "§3.1, Figure 1",
