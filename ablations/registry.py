@@ -126,6 +126,10 @@ _register(
             "data.pca_color": False,
             "train.weight_decay": 0.0,
             "train.schedule": "constant",
+            # Runs stop at the target; the cap only bounds a run that never gets
+            # there. Measured: tanh at lr 0.005 was at 28.7% after 36 epochs, so
+            # the preset's 40 would censor the ratio near the paper's 6.
+            "train.epochs": 100,
             "train.stop_at_train_error": 0.25,
             "eval.ten_view": False,
         },
