@@ -16,13 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
-from ablations.registry import Ablation, for_preset, get_ablation
+from ablations.registry import GRID_SEED, Ablation, for_preset, get_ablation
 from reproduce import runs
 from reproduce.config import Config, apply_overrides, validate
-
-
-# The seed of the Figure 1 learning-rate grid, apart from the measured seeds.
-GRID_SEED = 1000
 
 
 def parse_seeds(seeds) -> list[int]:

@@ -473,7 +473,7 @@ def _analyze_preset(preset: str, labels: dict, root) -> PresetAnalysis:
         for arm, suffix in (("relu", ".base.grid"), ("tanh", ".grid")):
             for cell in fig1.grid[arm]:
                 if cell.status != "finished":
-                    missing.append((f"{fig1.ablation.name}{suffix} (lr {cell.lr:g})", 0,
+                    missing.append((f"{fig1.ablation.name}{suffix} (lr {cell.lr:g})", REG.GRID_SEED,
                                     "absent" if cell.status == "missing" else cell.status))
 
     not_counted = sorted((r for groups in labels.values() for g in groups for r in g.runs if not C.is_counted(r)),

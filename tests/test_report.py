@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from ablations.registry import get_ablation
+from ablations.registry import ABLATIONS, GRID_SEED, get_ablation
 from reproduce import runs as R
 from reproduce.config import apply_overrides, get_config, validate
 
@@ -147,8 +147,9 @@ def build_fixture(root: Path) -> Path:
                  epochs_to_target=FIG1_RELU[s])
         make_run(root, P, "fig1_tanh", s, curve=tc, lr=0.02, wall=10.0 * (FIG1_TANH[s] or 20),
                  epochs_to_target=FIG1_TANH[s])
-    grid = {"fig1_tanh.base": {0.005: 6, 0.01: 3, 0.02: 5, 0.04: None},
-            "fig1_tanh": {0.005: None, 0.01: 19, 0.02: 15}}  # tanh lr 0.04 missing
+    assert ABLATIONS["fig1_tanh"].lr_grid == (0.0025, 0.005, 0.01, 0.02)
+    grid = {"fig1_tanh.base": {0.0025: None, 0.005: 6, 0.01: 3, 0.02: 5},
+            "fig1_tanh": {0.005: None, 0.01: 19, 0.02: 15}}  # tanh lr 0.0025 missing
     for base, reaches in grid.items():
         for lr, reach in reaches.items():
             _grid_run(root, P, base, lr, reach)
@@ -166,10 +167,10 @@ def _grid_run(root, preset, base_label, lr, reach):
     """A grid run: the arm's configuration at one learning rate, labelled <arm label>.grid."""
     label = base_label + ".grid"
     cfg = config_for(preset, base_label, {**EXTRA, "train.learning_rate": lr})
-    cfg.train.seed = 0
+    cfg.train.seed = GRID_SEED
     fp = cfg.fingerprint()
-    path = R.run_dir(root, preset, label, fp, 0)
-    R.write_config(path, cfg.to_dict(), {"preset": preset, "label": label, "seed": 0, "fingerprint": fp,
+    path = R.run_dir(root, preset, label, fp, GRID_SEED)
+    R.write_config(path, cfg.to_dict(), {"preset": preset, "label": label, "seed": GRID_SEED, "fingerprint": fp,
                                          "command": f"python -m ablations grid fig1_tanh --preset {preset}"})
     R.write_env(path, {"date": "2025-02-01T00:00:00+00:00", "device": "cpu"})
     curve = fig1_curve(reach)
@@ -348,7 +349,7 @@ def test_missing_list(report, md):
     assert missing[("no_pca_color", 2)] == "absent"
     assert missing[("no_overlap_pool", 2)].startswith("unfinished")
     assert all(missing[("bias_init", s)] == "absent" for s in (0, 1, 2))
-    assert missing[("fig1_tanh.grid (lr 0.04)", 0)] == "absent"
+    assert missing[("fig1_tanh.grid (lr 0.0025)", GRID_SEED)] == "absent"
     assert ("no_lrn", 0) not in missing and ("baseline", 1) not in missing
     assert not any(lab == "single_view_eval" for lab, _ in missing)  # an eval ablation trains nothing
     sec = md.split("## 7. Completeness")[1]
@@ -416,7 +417,7 @@ def test_figure1(report, md):
     grid = md.split("| lr | ReLU")[1].split("\n\n")[0]
     assert "| 0.01 | 3 (chosen) |" in grid
     assert "15 (chosen)" in grid
-    assert "| 0.04 | > " in grid and "missing" in grid
+    assert "| 0.0025 | > " in grid and "missing" in grid
     fig = report.out_dir / "figures" / "smoke_figure1.png"
     assert fig.exists() and fig.stat().st_size > 10_000
 
