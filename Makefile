@@ -49,7 +49,7 @@ reproduce:
 	$(PY) -m reports --runs $(RUNS)
 
 ablation:
-	@test -n "$(NAME)" || { echo "usage: make ablation NAME=<name> [PRESET=...] [SEEDS=...]; names: $$($(PY) -c 'from ablations.registry import ABLATIONS; print(" ".join(ABLATIONS))')"; exit 2; }
+	@test -n "$(NAME)" || { echo "usage: make ablation NAME=<name> [PRESET=...] [SEEDS=...]"; $(PY) -m ablations list --preset $(PRESET); exit 2; }
 	$(RUN) -m ablations run $(NAME) --preset $(PRESET) --seeds $(SEEDS) --runs $(RUNS) $(SETARG)
 	$(PY) -m reports --runs $(RUNS)
 

@@ -257,23 +257,9 @@ def _on_accelerator() -> bool:
 
 
 def describe_device() -> str:
-    """reproduce.train.device_description, with the CPU's model name on a CPU."""
     from reproduce.train import device_description
 
-    if _on_accelerator():
-        return device_description()
-    name = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    import platform
-
-    return f"CPU ({name or platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    return device_description()
 
 
 def measure_matmul_tflops(n: int = 8192, dtype: str = "bfloat16", repeats: int = 10) -> Optional[float]:
@@ -832,19 +818,10 @@ def _build(cfg, stats, num_classes, variant: Variant):
 
 
 def _compile_like_trainer(model, cfg, steps_per_execution: int):
-    """model.compile with reproduce.train's arguments."""
-    import keras
+    """model.compile exactly as reproduce.train compiles it."""
+    from reproduce.train import compile_model
 
-    from reproduce import train as train_lib
-
-    model.compile(
-        optimizer=keras.optimizers.SGD(
-            learning_rate=cfg.train.learning_rate, momentum=cfg.train.momentum
-        ),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=train_lib._metrics(),
-        steps_per_execution=steps_per_execution,
-    )
+    compile_model(model, cfg, steps_per_execution)
 
 
 def _float_batch(cfg, batch: int, num_classes: int, seed: int = 0):

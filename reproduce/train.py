@@ -105,7 +105,13 @@ def device_description() -> str:
         pass
     import platform
 
-    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    name = ""
+    try:  # the CPU's model name, where Linux tells it
+        with open("/proc/cpuinfo") as f:
+            name = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"CPU ({name or platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
 def resolve_precision(cfg: Config) -> str:
@@ -153,6 +159,21 @@ def build_training_model(cfg: Config, stats, num_classes: int):
     inputs = keras.Input((d.image_size, d.image_size, 3), dtype="uint8", name="image")
     model = keras.Model(inputs, net(augment(inputs)), name=f"{net.name}_train")
     return model, net
+
+
+def compile_model(model, cfg: Config, steps_per_execution: Optional[int] = None):
+    """The paper's optimizer (§5; decay is the kernels' L2 term), loss and metrics."""
+    import keras
+
+    model.compile(
+        optimizer=keras.optimizers.SGD(
+            learning_rate=cfg.train.learning_rate, momentum=cfg.train.momentum
+        ),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=_metrics(),
+        steps_per_execution=steps_per_execution or cfg.train.steps_per_execution,
+    )
+    return model
 
 
 def build_ten_view_model(cfg: Config, net, stats):
@@ -515,14 +536,7 @@ def _train(cfg, run_dir, precision, verbose, data_lib, data):
         ),
     )
     model, net = build_training_model(cfg, data.stats, data.num_classes)
-    model.compile(
-        optimizer=keras.optimizers.SGD(
-            learning_rate=cfg.train.learning_rate, momentum=cfg.train.momentum
-        ),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=_metrics(),
-        steps_per_execution=cfg.train.steps_per_execution,
-    )
+    compile_model(model, cfg)
     distribute.place(model)
     state = load_state(run_dir, model) or {}
     initial_epoch = int(state.get("completed_epochs", 0))
