@@ -82,6 +82,32 @@ class Ablation:
 # The seed of the Figure 1 learning-rate grid runs: apart from the measured seeds, so
 # the reported runs are not the ones picked for being fastest.
 GRID_SEED = 1000
+# A rate chosen at the edge of the grid may not be the best one: the grid grows by
+# this factor on that side, at most GRID_MAX_EXTENSIONS times, before seeds run.
+GRID_EXTEND_FACTOR = 2.0
+GRID_MAX_EXTENSIONS = 3
+
+
+def grid_order(rates) -> list:
+    """The order in which grid rates are tried: from the grid's geometric middle
+    outwards, so that a fast rate is likely found first and bounds the others
+    (ties: the lower rate first, since too high a rate fails in the first epochs)."""
+    import math
+
+    rates = sorted(float(r) for r in rates)
+    if not rates:
+        return []
+    mid = math.sqrt(rates[0] * rates[-1])
+    return sorted(rates, key=lambda r: (round(abs(math.log(r / mid)), 9), r))
+
+
+def grid_rank(epochs_to_target, train_err) -> tuple:
+    """How a grid run ranks (lower is faster): epochs to the training-error target
+    (None: not reached), then the training error at the last epoch run. Both are
+    properties of the run's computation, not of the machine's load, unlike wall
+    time."""
+    return (float("inf") if epochs_to_target is None else int(epochs_to_target),
+            float("inf") if train_err is None else float(train_err))
 
 IMAGENET_PRESETS = ("imagenet", "imagenette", "smoke")
 ALL = ("imagenet", "imagenette", "cifar10", "smoke")

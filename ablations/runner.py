@@ -16,7 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
-from ablations.registry import GRID_SEED, Ablation, for_preset, get_ablation
+from ablations.registry import (
+    GRID_MAX_EXTENSIONS,
+    GRID_EXTEND_FACTOR,
+    GRID_SEED,
+    Ablation,
+    for_preset,
+    get_ablation,
+    grid_order,
+    grid_rank,
+)
 from reproduce import runs
 from reproduce.config import Config, apply_overrides, validate
 
@@ -79,10 +88,11 @@ class Runner:
 
     # -- running ------------------------------------------------------------------------
 
-    def run_one(self, label: str, cfg: Config, seed: int) -> Optional[dict]:
+    def run_one(self, label: str, cfg: Config, seed: int,
+                epoch_limit: Optional[int] = None) -> Optional[dict]:
         cfg = _with_seed(cfg, seed)
         d = runs.run_dir(self.root, self.preset, label, cfg.fingerprint(), seed)
-        if runs.is_finished(d):
+        if runs.is_finished(d) and not runs.can_extend(d, epoch_limit):
             self.plan.done.append(d)
             return runs.read_json(d / runs.RESULT)
         from reproduce import train as train_lib
@@ -93,9 +103,11 @@ class Runner:
         meta = {"preset": self.preset, "label": label, "overrides": self.overrides,
                 "command": self.command}
         if self.verbose:
-            print(f"[ablations] {label} seed {seed} -> {d}", flush=True)
+            cap = f" (at most {epoch_limit} epochs)" if epoch_limit else ""
+            print(f"[ablations] {label} seed {seed}{cap} -> {d}", flush=True)
         try:
-            result = train_lib.train(cfg, d, meta=meta, verbose=self.verbose)
+            result = train_lib.train(cfg, d, meta=meta, verbose=self.verbose,
+                                     epoch_limit=epoch_limit)
         except train_lib.TrainingDiverged as e:
             self.plan.failed.append((d, str(e)))
             print(f"[ablations] FAILED {d}: {e}", file=sys.stderr)
@@ -143,27 +155,43 @@ class Runner:
 
     def _run_lr_grid_ablation(self, ab: Ablation) -> None:
         """Figure 1 (§3.1): 'the learning rates for each network were chosen
-        independently to make training as fast as possible'. Each arm tries every
-        learning rate of the grid (on GRID_SEED), keeps the one that reaches the
-        target training error in the fewest epochs (ties: less wall time), then runs
-        the seeds with it. The grid's seed is not one of the measured seeds, so the
-        reported runs are not the ones picked for being fastest."""
+        independently to make training as fast as possible'. Each arm tries the
+        grid's rates on GRID_SEED (not a measured seed, so the reported runs are not
+        the ones picked for being fastest), from the middle outwards. A grid run
+        stops once it has used as many epochs as the fastest finished rate needed
+        (it can at best tie; it is then censored). The fastest rate (`grid_rank`)
+        is chosen; if it lies at the edge of the grid, the grid grows by
+        GRID_EXTEND_FACTOR on that side first. Then the seeds run at that rate."""
         for label, cfg in ((ab.base_label, self.baseline_config(ab)), (ab.name, self.variant_config(ab))):
-            best = None
-            for lr in ab.lr_grid:
+            ranks: dict = {}
+
+            def try_rate(lr: float) -> None:
                 c = cfg.copy()
                 c.train.learning_rate = float(lr)
-                r = self.run_one(f"{label}.grid", c, GRID_SEED)
-                key = (math.inf, math.inf)
-                if r and r.get("epochs_to_target") is not None:
-                    key = (r["epochs_to_target"], r.get("wall_time_s") or math.inf)
-                if best is None or key < best[0]:
-                    best = (key, float(lr))
+                reached = [r[0] for r in ranks.values() if r[0] != math.inf]
+                cap = int(min(reached)) if reached else None
+                r = self.run_one(f"{label}.grid", c, GRID_SEED, epoch_limit=cap)
+                ranks[float(lr)] = (grid_rank(r.get("epochs_to_target"), r.get("train_top1_err"))
+                                    if r else (math.inf, math.inf))
+
+            for lr in grid_order(ab.lr_grid):
+                try_rate(lr)
+            for _ in range(GRID_MAX_EXTENSIONS):
+                best = min(ranks, key=lambda lr: (ranks[lr], lr))
+                if best == min(ranks) and ranks[best][0] != math.inf:
+                    try_rate(best / GRID_EXTEND_FACTOR)
+                elif best == max(ranks) and ranks[best][0] != math.inf:
+                    try_rate(best * GRID_EXTEND_FACTOR)
+                else:
+                    break
+            best = min(ranks, key=lambda lr: (ranks[lr], lr))
             chosen = cfg.copy()
-            chosen.train.learning_rate = best[1]
+            chosen.train.learning_rate = best
             if self.verbose:
-                print(f"[ablations] {label}: learning rate {best[1]:g} chosen "
-                      f"(epochs to target {best[0][0]})", flush=True)
+                e = ranks[best][0]
+                print(f"[ablations] {label}: learning rate {best:g} chosen from "
+                      f"{', '.join(f'{lr:g}' for lr in sorted(ranks))} (epochs to target "
+                      f"{'not reached' if e == math.inf else int(e)})", flush=True)
             for s in self.seeds:
                 self.run_one(label, chosen, s)
 

@@ -369,7 +369,8 @@ def fig1_analysis(preset: str, a: REG.Ablation, labels: dict, comp: Comparison) 
         done = [c for c in grid[arm] if c.ttt is not None]
         if not done or chosen is None:
             continue
-        best = min(done, key=lambda c: (c.ttt.bound if c.ttt.reached else math.inf, c.wall_s or math.inf))
+        best = min(done, key=lambda c: (REG.grid_rank(c.ttt.epochs if c.ttt.reached else None,
+                                                      (c.run.result or {}).get("train_top1_err")), c.lr))
         if best.ttt.reached and not math.isclose(best.lr, chosen):
             fig.notes.append(f"{arm}: the seeded runs used lr {chosen:g}, but the grid's fastest "
                              f"to {target:.0%} was lr {best.lr:g}")

@@ -16,15 +16,23 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
 from reproduce import runs as R
-from reproduce.config import Config, PRESETS, apply_overrides, flatten, get_config, validate
-
-# Keys that never make two runs different experiments.
-IGNORED_KEYS = ("train.seed", "data.cache_dir")
+from reproduce.config import (
+    PRESETS,
+    Config,
+    ConfigError,
+    apply_overrides,
+    canonical_flat,
+    experiment_identity,
+    fingerprint_of,
+    get_config,
+    validate,
+)
 
 
 def is_counted(run: R.Run) -> bool:
@@ -53,15 +61,34 @@ def _date_key(s: str) -> float:
         return -math.inf
 
 
+def data_id(run: R.Run) -> str:
+    """The dataset identity recorded with the run (runs made before it was
+    recorded: the source's file name)."""
+    d = run.meta.get("data_id")
+    if d:
+        return str(d)
+    src = str(run.config.get("data", {}).get("source", ""))
+    if src == "synthetic" or src.startswith("tfds:"):
+        return src
+    return os.path.basename(os.path.normpath(src))
+
+
 def fingerprint(run: R.Run) -> str:
-    return str(run.meta.get("fingerprint") or "?")
+    """The run's experiment fingerprint, recomputed by the one rule
+    (`reproduce.config.experiment_identity`) from its config.json, so runs stored
+    by older code that lacked a key, or by another machine, group together."""
+    try:
+        return fingerprint_of(experiment_identity(run.config, data_id(run)))
+    except ConfigError:
+        return str(run.meta.get("fingerprint") or "?")
 
 
 def flat_config(run: R.Run) -> dict:
-    f = flatten(run.config)
-    for k in IGNORED_KEYS:
-        f.pop(k, None)
-    return f
+    """Every identity key of the run (defaults filled in), for diffs and pairing."""
+    try:
+        return canonical_flat(run.config, data_id(run))
+    except ConfigError:
+        return {}
 
 
 def learning_rate(run: R.Run) -> Optional[float]:
@@ -154,19 +181,15 @@ def registry_fingerprint(preset: str, label: str, ablation=None) -> Optional[str
     return None
 
 
-def expected_variant(base_flat: dict, base_config: dict, overrides: dict) -> dict:
-    """The flattened configuration of `base` with the ablation's overrides applied."""
+def expected_variant(base_config: dict, base_data_id: str, overrides: dict) -> dict:
+    """The identity keys of `base` with the ablation's overrides applied."""
     try:
         cfg = Config.from_dict(base_config)
         apply_overrides(cfg, overrides)
         validate(cfg)
-        f = flatten(cfg.to_dict())
-        for k in IGNORED_KEYS:
-            f.pop(k, None)
-        # Keys the current schema does not know are kept from the run.
-        return {**base_flat, **{k: v for k, v in f.items() if k in base_flat}}
-    except Exception:
-        return {**base_flat, **{k: v for k, v in overrides.items()}}
+        return canonical_flat(cfg, base_data_id)
+    except ConfigError:
+        return {}
 
 
 def config_diff(a: dict, b: dict) -> dict:
@@ -222,7 +245,7 @@ def choose_pair(
     variants = order_groups(variant_groups, variant_fp)
     allowed = set(allowed)
     for b in bases:
-        exp = expected_variant(b.flat, (b.counted[0]).config, overrides)
+        exp = expected_variant(b.counted[0].config, data_id(b.counted[0]), overrides)
         for v in variants:
             if matches(exp, v.flat, allowed):
                 d = config_diff(b.flat, v.flat)
@@ -232,7 +255,7 @@ def choose_pair(
     if b is None or v is None:
         return Pair(b, v, False, {}, {})
     d = config_diff(b.flat, v.flat)
-    exp = expected_variant(b.flat, b.counted[0].config, overrides)
+    exp = expected_variant(b.counted[0].config, data_id(b.counted[0]), overrides)
     unexpected = {k: d[k] for k in d if k not in allowed and not _same(exp.get(k), v.flat.get(k))}
     return Pair(b, v, not unexpected, d, unexpected)
 

@@ -158,31 +158,100 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
+        """A stored tree (config.json; a "meta" entry is ignored): keys it lacks take
+        their defaults, renamed keys are migrated (`RENAMED`), values are typed."""
         cfg = cls()
-        apply_overrides(cfg, flatten(d))
+        apply_overrides(cfg, migrate(flatten({k: v for k, v in d.items() if k != "meta"})))
         return cfg
 
     def copy(self) -> "Config":
         return copy.deepcopy(self)
 
-    def fingerprint(self) -> str:
-        """A short hash of everything that changes what a run computes, seed excluded.
+    def fingerprint(self, data_id: Optional[str] = None) -> str:
+        """A short hash of `experiment_identity`: what a run computes, seed excluded.
 
         Two runs with equal fingerprints and equal seeds are the same experiment.
+        `data_id` is the dataset's content identity (`data_identity`), computed from
+        `data.source` when not given.
         """
-        d = self.to_dict()
-        d["train"].pop("seed")
-        d["data"].pop("cache_dir")
-        # How the work is spread over devices does not change what is computed
-        # (tests/test_distribute.py checks it): a run resumes under another scheme.
-        d.pop("distribute")
-        # A local folder or archive counts by its name, not its absolute path, so
-        # runs made on other machines (or from another checkout) add up.
-        src = d["data"]["source"]
-        if src != "synthetic" and not src.startswith("tfds:"):
-            d["data"]["source"] = os.path.basename(os.path.normpath(src))
-        blob = json.dumps(d, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:10]
+        return fingerprint_of(experiment_identity(self, data_id))
+
+    def data_id(self) -> str:
+        return data_identity(self.data.source)
+
+
+# --------------------------------------------------------------------------------------
+# What makes two runs the same experiment (the one owner of that rule: the runner,
+# the trainer and the report all call `experiment_identity`)
+# --------------------------------------------------------------------------------------
+
+# Keys that never change what a run computes. The seed is the replicate index;
+# the cache only stores decoded images; how work is spread over devices is checked
+# to give the same numbers (tests/test_distribute.py), so a run may resume under
+# another scheme.
+NOT_IDENTITY = ("train.seed", "data.cache_dir", "distribute.scheme")
+
+# Keys renamed since runs were first stored: {old dotted key: new dotted key}.
+# Stored configurations are read through it, so a rename keeps published runs
+# matching. (Removing a key: map it to None, and it is dropped when read.)
+RENAMED: dict = {}
+
+
+def migrate(flat: dict) -> dict:
+    """Dotted keys of a stored configuration, renames applied, removed keys dropped."""
+    out = {}
+    for k, v in flat.items():
+        k = RENAMED.get(k, k)
+        if k is not None:
+            out[k] = v
+    return out
+
+
+def canonical_flat(config, data_id: Optional[str] = None) -> dict:
+    """The whole configuration, flat and normalized: a stored config.json that
+    predates a key gets that key's default, renamed keys are migrated, values are
+    parsed to their declared types, non-identity keys are dropped, and
+    `data.source` is replaced by the dataset's identity."""
+    if not isinstance(config, Config):
+        config = Config.from_dict(config)
+    flat = flatten(config.to_dict())
+    for k in NOT_IDENTITY:
+        flat.pop(k, None)
+    src = flat["data.source"]
+    flat["data.source"] = data_id if data_id is not None else data_identity(src)
+    return flat
+
+
+_DEFAULT_FLAT: dict = {}
+
+
+def experiment_identity(config, data_id: Optional[str] = None) -> dict:
+    """The canonical form of an experiment: the keys of `canonical_flat` whose
+    values differ from the paper's defaults. A key added later with a default that
+    keeps the old behaviour is absent from both old and new runs' identity, so
+    stored runs keep their fingerprint, directory and pairing."""
+    if not _DEFAULT_FLAT:
+        _DEFAULT_FLAT.update(flatten(Config().to_dict()))
+    flat = canonical_flat(config, data_id)
+    return {k: v for k, v in sorted(flat.items()) if k == "data.source" or v != _DEFAULT_FLAT.get(k)}
+
+
+def fingerprint_of(identity: dict) -> str:
+    blob = json.dumps(identity, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:10]
+
+
+def data_identity(source: str) -> str:
+    """The dataset by content: TFDS names (versioned) and `synthetic` stand for
+    themselves; a local archive or folder is named by a digest of its bytes (an
+    archive) or of its files' names and sizes (a folder), so the same archive at
+    two paths or on two machines is the same dataset and two different ones with
+    the same file name are not (`reproduce.data.identity`)."""
+    if source == "synthetic" or source.startswith("tfds:"):
+        return source
+    from reproduce.data.identity import local_identity
+
+    return local_identity(source)
 
 
 ALLOWED = {

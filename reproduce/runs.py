@@ -78,6 +78,9 @@ RESULT_KEYS = [
     "images_per_s",  # training throughput, mean over epochs
     "epochs_to_target",  # first epoch (1-based) whose train top-1 <= target, or None
 ]
+# Also in result.json, absent in runs stored before they existed:
+#   "censored": stopped by the caller's epoch limit before its target or its epochs
+#   "n_val", "precision"
 
 
 def atomic_write_text(path: os.PathLike, text: str) -> None:
@@ -142,6 +145,19 @@ def is_finished(path: os.PathLike) -> bool:
         return read_json(p).get("status") == "ok"
     except (OSError, ValueError):
         return False
+
+
+def can_extend(path: os.PathLike, epoch_limit: Optional[int]) -> bool:
+    """A finished run that was stopped by an epoch limit (``censored`` in
+    result.json) before its target or its configured epochs, and may train on
+    under `epoch_limit` (None: no limit)."""
+    try:
+        res = read_json(Path(path) / RESULT)
+    except (OSError, ValueError):
+        return False
+    if not res.get("censored"):
+        return False
+    return epoch_limit is None or int(epoch_limit) > int(res.get("epochs") or 0)
 
 
 # --------------------------------------------------------------------------------------

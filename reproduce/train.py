@@ -447,37 +447,62 @@ def evaluate(cfg: Config, model, net, stats, arrays, ten_view: bool) -> dict:
 # --------------------------------------------------------------------------------------
 
 
-def _check_same_run(cfg: Config, run_dir: Path) -> None:
+def _check_same_run(cfg: Config, run_dir: Path, data_id: str) -> None:
+    """A run directory holds one experiment (`config.experiment_identity`) and seed."""
+    from reproduce.config import ConfigError, experiment_identity, fingerprint_of
+
     existing = Path(run_dir) / runs.CONFIG
-    fp = cfg.fingerprint()
-    if existing.exists():
-        old = runs.read_json(existing).get("meta", {})
-        if old.get("fingerprint") not in (None, fp):
-            raise RunConflict(
-                f"{run_dir} holds a run of another configuration (fingerprint "
-                f"{old.get('fingerprint')}, this one is {fp}). Use another run directory, "
-                "or delete that one to replace it."
-            )
-        if old.get("seed", cfg.train.seed) != cfg.train.seed:
-            raise RunConflict(f"{run_dir} holds seed {old.get('seed')}, not {cfg.train.seed}")
+    if not existing.exists():
+        return
+    try:
+        stored = runs.read_json(existing)
+    except (OSError, ValueError) as e:
+        raise RunConflict(
+            f"{existing} cannot be read ({e}). It describes the run in {run_dir}; if the "
+            "run has no result.json yet, delete that folder to start it again."
+        ) from None
+    old_meta = stored.get("meta", {})
+    mine = experiment_identity(cfg, data_id)
+    try:
+        theirs = experiment_identity(stored, old_meta.get("data_id", data_id))
+    except ConfigError as e:
+        raise RunConflict(f"{existing}: {e}") from None
+    if theirs != mine:
+        keys = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        raise RunConflict(
+            f"{run_dir} holds a run of another configuration (fingerprint "
+            f"{fingerprint_of(theirs)}, this one is {fingerprint_of(mine)}; they differ in "
+            f"{', '.join(keys)}). Use another run directory, or delete that one to replace it."
+        )
+    if old_meta.get("seed", cfg.train.seed) != cfg.train.seed:
+        raise RunConflict(f"{run_dir} holds seed {old_meta.get('seed')}, not {cfg.train.seed}")
 
 
-def prepare_run_dir(cfg: Config, run_dir: Path, meta: dict) -> None:
-    _check_same_run(cfg, run_dir)
-    fp = cfg.fingerprint()
-    runs.write_config(run_dir, cfg.to_dict(), {**meta, "fingerprint": fp, "seed": cfg.train.seed})
+def prepare_run_dir(cfg: Config, run_dir: Path, meta: dict, data_id: str) -> None:
+    _check_same_run(cfg, run_dir, data_id)
+    runs.write_config(run_dir, cfg.to_dict(), {
+        **meta, "fingerprint": cfg.fingerprint(data_id), "data_id": data_id,
+        "seed": cfg.train.seed})
 
 
-def train(cfg: Config, run_dir, meta: Optional[dict] = None, verbose: int = 1) -> dict:
-    """Train one run into `run_dir` (resuming or skipping as needed); returns the result."""
+def train(cfg: Config, run_dir, meta: Optional[dict] = None, verbose: int = 1,
+          epoch_limit: Optional[int] = None) -> dict:
+    """Train one run into `run_dir` (resuming or skipping as needed); returns the result.
+
+    epoch_limit: stop after this many epochs in all, even if `train.epochs` is more
+    (the Figure 1 grid stops a rate once it can no longer be the fastest). Such a
+    run is finished with ``censored: true`` in result.json; a later call with a
+    higher limit (or none) trains it on from its state. The limit is not part of
+    the configuration: it decides how long to look, not what is computed."""
     import keras
 
     from reproduce import data as data_lib
 
     validate(cfg)
     run_dir = Path(run_dir)
-    _check_same_run(cfg, run_dir)
-    if runs.is_finished(run_dir):
+    data_id = cfg.data_id()
+    _check_same_run(cfg, run_dir, data_id)
+    if runs.is_finished(run_dir) and not runs.can_extend(run_dir, epoch_limit):
         if verbose:
             print(f"[reproduce] {run_dir} already finished; nothing to do.")
         return runs.read_json(run_dir / runs.RESULT)
@@ -489,12 +514,12 @@ def train(cfg: Config, run_dir, meta: Optional[dict] = None, verbose: int = 1) -
     with distribute.scope(cfg):
         # Data first: a missing dataset stops here, before a run directory exists.
         data = data_lib.load(cfg.data)
-        prepare_run_dir(cfg, run_dir, meta)
+        prepare_run_dir(cfg, run_dir, meta, data_id)
         keras.utils.set_random_seed(cfg.train.seed)
         precision = resolve_precision(cfg)
         keras.mixed_precision.set_global_policy(precision)
         try:
-            return _train(cfg, run_dir, precision, verbose, data_lib, data)
+            return _train(cfg, run_dir, precision, verbose, data_lib, data, epoch_limit)
         finally:
             keras.mixed_precision.set_global_policy("float32")
 
@@ -519,7 +544,7 @@ def _persistent_compilation_cache() -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-def _train(cfg, run_dir, precision, verbose, data_lib, data):
+def _train(cfg, run_dir, precision, verbose, data_lib, data, epoch_limit=None):
     import keras
 
     runs.write_env(
@@ -566,16 +591,18 @@ def _train(cfg, run_dir, precision, verbose, data_lib, data):
     )
     cbs, lr_cb, nan_cb, rec = _callbacks(cfg, run_dir, model, state, n_train)
     stopped = state.get("stopped", False)
-    if initial_epoch < cfg.train.epochs and not stopped:
+    last_epoch = min(cfg.train.epochs, epoch_limit) if epoch_limit else cfg.train.epochs
+    if initial_epoch < last_epoch and not stopped:
         model.fit(
             train_batches,
             validation_data=val_batches,
-            epochs=cfg.train.epochs,
+            epochs=last_epoch,
             initial_epoch=initial_epoch,
             steps_per_epoch=cfg.train.steps_per_epoch or None,
             callbacks=cbs,
             shuffle=False,
-            verbose=verbose,
+            # To a file or pipe (nohup, CI): one line per epoch, not bar redraws.
+            verbose=verbose if (verbose != 1 or sys.stdout.isatty()) else 2,
         )
     if nan_cb.where is not None:
         w = nan_cb.where
@@ -627,6 +654,8 @@ def _train(cfg, run_dir, precision, verbose, data_lib, data):
         "wall_time_s": round(rec.wall + eval_time, 2),
         "images_per_s": round(float(np.mean(ips)), 1) if ips else None,
         "epochs_to_target": rec.epochs_to_target,
+        # Stopped by epoch_limit: neither the target reached nor the epochs run.
+        "censored": bool(rec.epochs_to_target is None and len(rows) < cfg.train.epochs),
         "n_val": int(len(val["labels"])),
         "precision": precision,
     }

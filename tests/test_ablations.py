@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ablations.registry import ABLATIONS, for_preset, get_ablation
-from ablations.runner import parse_seeds
+from ablations.runner import Runner, parse_seeds
 from reproduce.config import PRESETS, diff, get_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,3 +85,58 @@ def test_user_overrides_may_not_cancel_the_ablation(tmp_path):
     with pytest.raises(ValueError, match="model.lrn"):
         r.run(["no_lrn"])
     assert not any(tmp_path.iterdir())  # refused before anything ran
+
+
+def _fake_training(monkeypatch, needs):
+    """reproduce.train.train replaced by a stand-in: a rate `lr` reaches the target
+    after needs(lr, activation) epochs (None: never), within the caller's limit."""
+    from reproduce import train as train_lib
+
+    calls = []
+
+    def fake(cfg, run_dir, meta=None, verbose=0, epoch_limit=None):
+        lr, act = cfg.train.learning_rate, cfg.model.activation
+        calls.append((meta["label"], cfg.train.seed, lr, epoch_limit))
+        n = needs(lr, act)
+        limit = min(cfg.train.epochs, epoch_limit or cfg.train.epochs)
+        reached = n is not None and n <= limit
+        return {"status": "ok", "epochs": n if reached else limit,
+                "epochs_to_target": n if reached else None,
+                "train_top1_err": 0.25 - lr if reached else 0.3, "censored": not reached}
+
+    monkeypatch.setattr(train_lib, "train", fake)
+    return calls
+
+
+def test_fig1_grid_order_censoring_and_seeds(tmp_path, monkeypatch):
+    from ablations.registry import GRID_SEED, grid_order
+
+    assert grid_order((0.0025, 0.005, 0.01, 0.02)) == [0.005, 0.01, 0.0025, 0.02]
+    relu = {0.005: 8, 0.01: 12, 0.0025: 8, 0.02: None}  # 0.0025 ties 0.005 in epochs
+    tanh = {0.005: 40, 0.01: 30, 0.0025: 70, 0.02: 35}
+    calls = _fake_training(monkeypatch, lambda lr, act: (relu if act == "relu" else tanh)[lr])
+    Runner("cifar10", 2, tmp_path, verbose=0).run(["fig1_tanh"])
+    grid = [c for c in calls if c[1] == GRID_SEED]
+    assert [(c[0], c[2], c[3]) for c in grid] == [
+        ("fig1_tanh.base.grid", 0.005, None), ("fig1_tanh.base.grid", 0.01, 8),
+        ("fig1_tanh.base.grid", 0.0025, 8), ("fig1_tanh.base.grid", 0.02, 8),
+        ("fig1_tanh.grid", 0.005, None), ("fig1_tanh.grid", 0.01, 40),
+        ("fig1_tanh.grid", 0.0025, 30), ("fig1_tanh.grid", 0.02, 30),
+    ]
+    seeded = [(c[0], c[1], c[2], c[3]) for c in calls if c[1] != GRID_SEED]
+    # ReLU: 0.0025 and 0.005 both need 8 epochs; 0.005 ends lower (0.25 - lr): chosen.
+    assert seeded == [("fig1_tanh.base", 0, 0.005, None), ("fig1_tanh.base", 1, 0.005, None),
+                      ("fig1_tanh", 0, 0.01, None), ("fig1_tanh", 1, 0.01, None)]
+
+
+def test_fig1_grid_grows_when_the_best_rate_is_at_its_edge(tmp_path, monkeypatch):
+    from ablations.registry import GRID_SEED
+
+    # Faster and faster towards high rates up to 0.08; tanh best inside the grid.
+    relu = {0.0025: 20, 0.005: 15, 0.01: 10, 0.02: 6, 0.04: 5, 0.08: 4, 0.16: None}
+    calls = _fake_training(monkeypatch, lambda lr, act: relu[lr] if act == "relu" else
+                           {0.005: 40, 0.01: 30, 0.0025: 70, 0.02: 35}[lr])
+    Runner("cifar10", 1, tmp_path, verbose=0).run(["fig1_tanh"])
+    relu_grid = [c[2] for c in calls if c[1] == GRID_SEED and c[0] == "fig1_tanh.base.grid"]
+    assert relu_grid == [0.005, 0.01, 0.0025, 0.02, 0.04, 0.08, 0.16]
+    assert [c[2] for c in calls if c[0] == "fig1_tanh.base"] == [0.08]

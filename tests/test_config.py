@@ -84,9 +84,51 @@ def test_round_trip_and_diff():
     assert d == {"model.lrn": (True, False)}
 
 
-def test_fingerprint_counts_a_local_dataset_by_name_not_path():
-    a = C.get_config("imagenette", ["data.source=/home/a/data/imagenette-144-webp.tar.xz"])
-    b = C.get_config("imagenette", ["data.source=/mnt/other/imagenette-144-webp.tar.xz/"])
-    c = C.get_config("imagenette", ["data.source=/mnt/other/cifar10-jpeg.tar.xz"])
-    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
-    assert a.fingerprint() != C.get_config("imagenette").fingerprint()  # tfds differs
+def test_a_local_dataset_counts_by_content_not_by_path_or_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPRODUCE_CACHE", str(tmp_path / "cache"))
+    payload = b"the same archive bytes" * 100
+    a = tmp_path / "home" / "data.tar.xz"
+    b = tmp_path / "mnt" / "copy" / "data.tar.xz"
+    c = tmp_path / "other" / "data.tar.xz"  # same name, other content
+    for p, data in ((a, payload), (b, payload), (c, payload + b"!")):
+        p.parent.mkdir(parents=True)
+        p.write_bytes(data)
+    fa, fb, fc = (C.get_config("imagenette", [f"data.source={p}"]).fingerprint() for p in (a, b, c))
+    assert fa == fb != fc
+    assert fa != C.get_config("imagenette").fingerprint()  # tfds differs
+    # the identity is the SHA-256 of the bytes, computed independently here
+    import hashlib
+
+    assert C.data_identity(str(a)) == "sha256:" + hashlib.sha256(payload).hexdigest()[:16]
+    # folders: by image names and sizes
+    for root, extra in ((tmp_path / "f1", b""), (tmp_path / "f2", b""), (tmp_path / "f3", b"x")):
+        (root / "train" / "cat").mkdir(parents=True)
+        (root / "train" / "cat" / "0.jpg").write_bytes(b"jpeg" + extra)
+    ids = [C.data_identity(str(tmp_path / f)) for f in ("f1", "f2", "f3")]
+    assert ids[0] == ids[1] != ids[2] and ids[0].startswith("files:")
+
+
+def test_a_key_added_later_with_a_neutral_default_keeps_the_fingerprint():
+    """A run stored before a key existed (its config.json lacks the key) is the same
+    experiment as today's config: missing keys read as their defaults, and the
+    identity holds only keys that differ from the paper."""
+    cfg = C.get_config("cifar10", ["model.lrn=false"])
+    old = cfg.to_dict()
+    del old["data"]["pca_std"]  # as written by code that predates data.pca_std
+    del old["train"]["stop_at_train_error"]
+    assert C.experiment_identity(old, "tfds:cifar10") == C.experiment_identity(cfg, "tfds:cifar10")
+    assert C.fingerprint_of(C.experiment_identity(old, "tfds:cifar10")) == cfg.fingerprint()
+    # the identity is a diff from the paper: a key at its default is not in it
+    ident = C.experiment_identity(cfg)
+    assert "model.lrn" in ident and "model.towers" not in ident and "train.seed" not in ident
+    assert "distribute.scheme" not in C.experiment_identity(C.get_config("cifar10", ["distribute.scheme=mirrored"]))
+
+
+def test_renamed_keys_are_migrated(monkeypatch):
+    cfg = C.get_config("smoke")
+    old = cfg.to_dict()
+    old["model"]["normalize"] = old["model"].pop("lrn")
+    with pytest.raises(C.ConfigError, match="normalize"):
+        C.experiment_identity(old)
+    monkeypatch.setitem(C.RENAMED, "model.normalize", "model.lrn")
+    assert C.experiment_identity(old) == C.experiment_identity(cfg)

@@ -185,3 +185,16 @@ def test_a_resumed_run_continues_exactly(tmp_path, monkeypatch):
             assert rb[k] == pytest.approx(ra[k], rel=1e-4, abs=1e-6), (ra["epoch"], k)
     for k in ("val_top1_err", "val_top5_err", "train_top1_err_clean"):
         assert resumed[k] == pytest.approx(straight[k], abs=1e-9), k
+
+
+def test_epoch_limit_censors_and_a_higher_limit_trains_on(tmp_path):
+    d = tmp_path / "run"
+    cfg = _tiny_cfg(**{"train.epochs": 3, "eval.ten_view": False})
+    r1 = train(cfg, d, verbose=0, epoch_limit=1)
+    assert r1["censored"] is True and r1["epochs"] == 1
+    assert runs.is_finished(d) and not runs.can_extend(d, 1) and runs.can_extend(d, 2)
+    assert train(cfg, d, verbose=0, epoch_limit=1) == r1  # nothing more to do
+    r2 = train(cfg, d, verbose=0)  # no limit: on to train.epochs from the saved state
+    assert r2["censored"] is False and r2["epochs"] == 3
+    assert [row["epoch"] for row in runs.read_metrics_rows(d)] == [0, 1, 2]
+    assert not runs.can_extend(d, None)
