@@ -16,7 +16,7 @@ OVERRIDES := $(strip $(DATA_SET) $(SET))
 SETARG  := $(if $(OVERRIDES),--set $(OVERRIDES),)
 RUN     := KERAS_BACKEND=$(BACKEND) REPRODUCE_RUNS=$(RUNS) $(PY)
 
-.PHONY: help install test test-tf test-jax train reproduce ablation report bench clean-cache
+.PHONY: help install test test-tf test-jax train reproduce ablation report publish bench
 
 help:
 	@echo "make install                 create $(VENV) and install requirements.txt"
@@ -24,6 +24,7 @@ help:
 	@echo "make ablation NAME=no_lrn    one ablation (baseline + variant, SEEDS seeds), then the report"
 	@echo "make train                   one baseline run of PRESET"
 	@echo "make report                  Markdown + PDF report from $(RUNS)/ (no training code, no GPU)"
+	@echo "make publish                 finished runs of $(RUNS)/ into results/ (small files), then results/report.*"
 	@echo "make bench                   training throughput (synthetic and, with DATA_DIR, real data)"
 	@echo "make test                    the test suite on both Keras backends (tensorflow, jax)"
 	@echo "Variables: PRESET=$(PRESET) SEEDS=$(SEEDS) NAME DATA_DIR RUNS=$(RUNS) BACKEND=$(BACKEND) SET='key=value ...'"
@@ -55,6 +56,11 @@ ablation:
 
 report:
 	$(PY) -m reports --runs $(RUNS)
+
+# Finished runs of RUNS (small files only) into results/, then results/report.*
+publish:
+	$(PY) -m reproduce publish --runs $(RUNS) --to results
+	$(PY) -m reports --runs results --out results
 
 bench:
 	$(RUN) -m reproduce bench $(if $(DATA_DIR),--data $(abspath $(DATA_DIR)),)

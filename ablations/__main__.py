@@ -1,10 +1,13 @@
-"""``python -m ablations {list,run,reproduce}``: the paper's claims, measured.
+"""``python -m ablations {list,plan,run,reproduce}``: the paper's claims, measured.
 
     python -m ablations list [--preset imagenette]
+    python -m ablations plan --preset imagenette-cpu --seeds 3     # what would run, and how long
     python -m ablations run no_lrn --preset smoke --seeds 2
     python -m ablations reproduce --preset imagenette --seeds 3
 
-Then ``python -m reports`` builds the report from the run directories.
+`run` and `reproduce` print the plan (runs to train, runs already finished here or
+published in results/, the estimated time on this machine) before training, and a
+progress line before each run. Then ``python -m reports`` builds the report.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import argparse
 import sys
 
 from ablations.registry import ABLATIONS, for_preset
-from ablations.runner import Runner
+from ablations.runner import Runner, default_published
+from reproduce.logs import quiet_tensorflow
 
 
 def main(argv=None) -> int:
@@ -22,14 +26,19 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     ls = sub.add_parser("list", help="list ablations with their claims")
     ls.add_argument("--preset", default=None)
-    for name in ("run", "reproduce"):
-        q = sub.add_parser(name, help="run named ablations" if name == "run" else
-                           "run the baseline and every ablation of the preset")
-        if name == "run":
-            q.add_argument("names", nargs="+", help="ablation names (see `list`)")
+    for name, text in (("plan", "print what `run`/`reproduce` would train and its estimated time"),
+                       ("run", "run named ablations"),
+                       ("reproduce", "run the baseline and every ablation of the preset")):
+        q = sub.add_parser(name, help=text)
+        if name != "reproduce":
+            q.add_argument("names", nargs="*" if name == "plan" else "+",
+                           help="ablation names (see `list`)" + ("; none: the whole preset" if name == "plan" else ""))
         q.add_argument("--preset", default="imagenette")
         q.add_argument("--seeds", default="3", help="a count (3 = seeds 0,1,2) or a list 0,5,9")
         q.add_argument("--runs", default=None, help="runs root (default $REPRODUCE_RUNS or ./runs)")
+        q.add_argument("--published", action="append", default=None, metavar="DIR",
+                       help="a store of published runs that count as finished (repeatable; "
+                            "default $REPRODUCE_PUBLISHED or this checkout's results/)")
         q.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
                        help="overrides applied to every arm, e.g. data.source=PATH")
         q.add_argument("--quiet", action="store_true")
@@ -43,21 +52,34 @@ def main(argv=None) -> int:
                   f"{'':18s} presets: {', '.join(a.presets)}\n")
         return 0
 
+    quiet_tensorflow()
     from reproduce.config import ConfigError
     from reproduce.data import DataError
 
+    published = args.published if args.published is not None else default_published()
     try:
         runner = Runner(args.preset, args.seeds, args.runs, args.overrides,
-                        verbose=0 if args.quiet else 1)
+                        verbose=0 if args.quiet else 1, published=published)
+        if args.cmd == "plan":
+            from ablations.plan import fill_estimates, print_plan
+            from reproduce import data as data_lib
+            from reproduce.train import device_description
+
+            plan = runner.plan(args.names or None)
+            fill_estimates(plan, [runner.root, *runner.published], args.preset,
+                           load_data=data_lib.load)
+            print_plan(plan, args.preset, device_description())
+            return 0
         plan = runner.run(args.names) if args.cmd == "run" else runner.run_all()
     except (ValueError, ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"[ablations] trained {runner.trained} run(s); {len(plan.done)} already finished; "
-          f"{len(plan.failed)} failed")
-    for d, msg in plan.failed:
+    print(f"[ablations] trained {runner.trained} run(s); {len(plan.done)} already finished"
+          + (f", {len(plan.published)} published" if plan.published else "")
+          + f"; {len(runner.failed)} failed")
+    for d, msg in runner.failed:
         print(f"  FAILED {d}: {msg}", file=sys.stderr)
-    return 1 if plan.failed else 0
+    return 1 if runner.failed else 0
 
 
 if __name__ == "__main__":

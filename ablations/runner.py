@@ -11,8 +11,8 @@ reported at the end; the other runs still go ahead.
 from __future__ import annotations
 
 import math
+import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -26,6 +26,7 @@ from ablations.registry import (
     grid_order,
     grid_rank,
 )
+from ablations.plan import Job, Progress, SuitePlan, fill_estimates, print_plan
 from reproduce import runs
 from reproduce.config import Config, apply_overrides, validate
 
@@ -33,23 +34,19 @@ from reproduce.config import Config, apply_overrides, validate
 def parse_seeds(seeds) -> list[int]:
     """`3` means seeds 0, 1, 2; `0,4,7` means exactly those."""
     if isinstance(seeds, int):
-        return list(range(seeds))
+        seeds = str(seeds)
     s = str(seeds).strip()
-    if "," in s:
-        return [int(x) for x in s.split(",") if x.strip()]
-    n = int(s)
-    if n < 1:
-        raise ValueError(f"SEEDS={seeds!r}: need at least one seed")
-    return list(range(n))
-
-
-@dataclass
-class Plan:
-    """What one call will run, in order, and what it found already done."""
-
-    todo: list = field(default_factory=list)  # (label, cfg, run_dir)
-    done: list = field(default_factory=list)
-    failed: list = field(default_factory=list)  # (run_dir, message)
+    try:
+        if "," in s:
+            out = [int(x) for x in s.split(",") if x.strip()]
+        else:
+            out = list(range(int(s)))
+    except ValueError:
+        raise ValueError(f"SEEDS={seeds!r} is neither a count (3 = seeds 0, 1, 2) nor a "
+                         "comma-separated list of seeds (0,4,7)") from None
+    if not out or min(out) < 0:
+        raise ValueError(f"SEEDS={seeds!r}: need at least one seed, none negative")
+    return out
 
 
 def _with_seed(cfg: Config, seed: int) -> Config:
@@ -58,17 +55,38 @@ def _with_seed(cfg: Config, seed: int) -> Config:
     return cfg
 
 
+def default_published() -> list:
+    """Stores of published runs that count as finished: $REPRODUCE_PUBLISHED
+    (os.pathsep-separated), else this checkout's `results/` if it exists."""
+    env = os.environ.get("REPRODUCE_PUBLISHED")
+    if env is not None:
+        return [Path(p) for p in env.split(os.pathsep) if p]
+    here = Path(__file__).resolve().parent.parent / "results"
+    return [here] if here.is_dir() else []
+
+
 class Runner:
+    """Runs (or, with `plan()`, only lists) the runs of a preset's ablations.
+
+    A run counts as finished if its directory under `root` holds a result, or the
+    same experiment's directory under one of the `published` stores does (runs
+    committed to `results/` are not trained again)."""
+
     def __init__(self, preset: str, seeds, root=None, overrides=None, verbose: int = 1,
-                 command: Optional[str] = None):
+                 command: Optional[str] = None, published=None):
         self.preset = preset
         self.seeds = parse_seeds(seeds)
         self.root = Path(root) if root else runs.default_root()
+        self.published = [Path(p) for p in (published or [])]
         self.overrides = list(overrides or [])
         self.verbose = verbose
         self.command = command or "python -m ablations " + " ".join(sys.argv[1:])
-        self.plan = Plan()
+        self.plan_ = SuitePlan()
+        self.failed: list = []  # (run_dir, message)
         self.trained = 0
+        self._dry = False
+        self._seen: set = set()
+        self._progress: Optional[Progress] = None
 
     # -- configuration of each arm ------------------------------------------------------
 
@@ -88,13 +106,33 @@ class Runner:
 
     # -- running ------------------------------------------------------------------------
 
+    def _finished(self, label: str, cfg: Config, seed: int, epoch_limit):
+        """(run_dir under root, where it is finished: "done"/"published"/None, result)."""
+        fp = cfg.fingerprint()
+        d = runs.run_dir(self.root, self.preset, label, fp, seed)
+        if runs.is_finished(d) and not runs.can_extend(d, epoch_limit):
+            return d, "done", runs.read_json(d / runs.RESULT)
+        for store in self.published:
+            p = runs.run_dir(store, self.preset, label, fp, seed)
+            if runs.is_finished(p) and not runs.can_extend(p, epoch_limit):
+                return d, "published", runs.read_json(p / runs.RESULT)
+        return d, None, None
+
     def run_one(self, label: str, cfg: Config, seed: int,
                 epoch_limit: Optional[int] = None) -> Optional[dict]:
         cfg = _with_seed(cfg, seed)
-        d = runs.run_dir(self.root, self.preset, label, cfg.fingerprint(), seed)
-        if runs.is_finished(d) and not runs.can_extend(d, epoch_limit):
-            self.plan.done.append(d)
-            return runs.read_json(d / runs.RESULT)
+        d, where, result = self._finished(label, cfg, seed, epoch_limit)
+        key = str(d)
+        if where is not None:
+            if key not in self._seen:
+                self._seen.add(key)
+                (self.plan_.done if where == "done" else self.plan_.published).append(d)
+            return result
+        if self._dry:
+            if key not in self._seen:
+                self._seen.add(key)
+                self.plan_.todo.append(Job(label, seed, d, cfg, epoch_limit))
+            return None
         from reproduce import train as train_lib
 
         import keras
@@ -102,16 +140,23 @@ class Runner:
         keras.backend.clear_session()
         meta = {"preset": self.preset, "label": label, "overrides": self.overrides,
                 "command": self.command}
+        if self._progress is not None:
+            self._progress.start(d, label, seed)
+        elif self.verbose:
+            print(f"[ablations] {label} seed {seed} -> {d}", flush=True)
         if self.verbose:
             cap = f" (at most {epoch_limit} epochs)" if epoch_limit else ""
-            print(f"[ablations] {label} seed {seed}{cap} -> {d}", flush=True)
+            print(f"[ablations] {d}{cap}", flush=True)
         try:
             result = train_lib.train(cfg, d, meta=meta, verbose=self.verbose,
                                      epoch_limit=epoch_limit)
         except train_lib.TrainingDiverged as e:
-            self.plan.failed.append((d, str(e)))
+            self.failed.append((d, str(e)))
             print(f"[ablations] FAILED {d}: {e}", file=sys.stderr)
             return None
+        finally:
+            if self._progress is not None:
+                self._progress.finish(d)
         self.trained += 1
         return result
 
@@ -187,7 +232,7 @@ class Runner:
             best = min(ranks, key=lambda lr: (ranks[lr], lr))
             chosen = cfg.copy()
             chosen.train.learning_rate = best
-            if self.verbose:
+            if self.verbose and not self._dry:
                 e = ranks[best][0]
                 print(f"[ablations] {label}: learning rate {best:g} chosen from "
                       f"{', '.join(f'{lr:g}' for lr in sorted(ranks))} (epochs to target "
@@ -195,7 +240,9 @@ class Runner:
             for s in self.seeds:
                 self.run_one(label, chosen, s)
 
-    def run(self, names: Iterable[str]) -> Plan:
+    # -- the suite ----------------------------------------------------------------------
+
+    def _check(self, names) -> list:
         abls = [get_ablation(n) for n in names]
         for ab in abls:
             if self.preset not in ab.presets:
@@ -206,10 +253,50 @@ class Runner:
                 )
         for ab in abls:
             self._check_overrides(ab)
+        return abls
+
+    def _walk(self, abls, baseline: bool) -> None:
+        if baseline:
+            self.run_baseline()
         for ab in abls:
             self.run_ablation(ab)
-        return self.plan
 
-    def run_all(self) -> Plan:
-        self.run_baseline()
-        return self.run([a.name for a in for_preset(self.preset)])
+    def plan(self, names: Optional[Iterable[str]] = None, baseline: Optional[bool] = None) -> SuitePlan:
+        """What `run(names)` (or, with names None, `run_all()`) would do: the runs
+        to train and those already finished, without training anything. Runs
+        that depend on results not yet there (the Figure 1 seeds, before the
+        grid has chosen their rate) are listed at the rate known so far."""
+        abls = self._check(names if names is not None else [a.name for a in for_preset(self.preset)])
+        self._dry, self.plan_, self._seen = True, SuitePlan(), set()
+        try:
+            self._walk(abls, names is None if baseline is None else baseline)
+        finally:
+            self._dry = False
+        if any(ab.lr_grid for ab in abls):
+            self.plan_.pending.append(
+                "(Figure 1: grid rates stop early once they cannot win; the grid may grow "
+                f"by x{GRID_EXTEND_FACTOR:g} at an edge, up to {GRID_MAX_EXTENSIONS} more rates per arm)")
+        plan, self._seen = self.plan_, set()
+        self.plan_ = SuitePlan()
+        return plan
+
+    def _execute(self, names: Optional[list]) -> SuitePlan:
+        abls = self._check(names if names is not None else [a.name for a in for_preset(self.preset)])
+        if self.verbose:
+            plan = self.plan(names)
+            from reproduce import data as data_lib
+            from reproduce.train import device_description
+
+            fill_estimates(plan, [self.root, *self.published], self.preset,
+                           load_data=data_lib.load, verbose=True)
+            print_plan(plan, self.preset, device_description())
+            self._progress = Progress(plan.todo)
+        self._walk(abls, names is None)
+        self._progress = None
+        return self.plan_
+
+    def run(self, names: Iterable[str]) -> SuitePlan:
+        return self._execute(list(names))
+
+    def run_all(self) -> SuitePlan:
+        return self._execute(None)

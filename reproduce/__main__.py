@@ -1,4 +1,4 @@
-"""Command line: ``python -m reproduce {train,show,keys,presets,bench}``.
+"""Command line: ``python -m reproduce {train,show,keys,presets,publish,bench}``.
 
 Examples::
 
@@ -15,9 +15,11 @@ import argparse
 import json
 import sys
 import textwrap
+from pathlib import Path
 
 from reproduce import config as config_lib
 from reproduce import runs
+from reproduce.logs import quiet_tensorflow
 
 EPILOG = textwrap.dedent(
     """\
@@ -53,6 +55,8 @@ def resolve(args) -> config_lib.Config:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["train"], ["bench"]):
+        quiet_tensorflow()
     if argv[:1] == ["bench"]:
         # Before argparse: a REMAINDER positional does not take options that come
         # first (`bench --full` fails with "unrecognized arguments").
@@ -78,6 +82,10 @@ def main(argv=None) -> int:
     p = sub.add_parser("show", help="print the resolved configuration")
     _add_config_args(p)
     p.add_argument("--diff", action="store_true", help="only keys that differ from the paper")
+
+    p = sub.add_parser("publish", help="copy finished runs' small files into a results store")
+    p.add_argument("--runs", default=None, help="runs root (default $REPRODUCE_RUNS or ./runs)")
+    p.add_argument("--to", default="results", help="the store (default: results)")
 
     sub.add_parser("keys", help="list every configuration key with its default")
     sub.add_parser("presets", help="describe the presets")
@@ -107,6 +115,19 @@ def _dispatch(args) -> int:
         from reproduce import bench
 
         return bench.main(args.bench_args)
+    if args.cmd == "publish":
+        src = Path(args.runs) if args.runs else runs.default_root()
+        if not src.is_dir():
+            print(f"error: no runs folder {src} (set RUNS= to where the runs are)", file=sys.stderr)
+            return 2
+        res = runs.publish(src, args.to)
+        print(f"published {len(res.copied)} run(s) from {src} into {args.to}; "
+              f"{len(res.unchanged)} already there; {len(res.skipped)} not publishable")
+        for d, why in res.kept:
+            print(f"  kept {d}: {why}")
+        for d, why in res.skipped:
+            print(f"  skipped {d}: {why}")
+        return 0
     cfg = resolve(args)
     if args.cmd == "show":
         if args.diff:

@@ -302,6 +302,70 @@ def write_conv1(path: os.PathLike, **kernels) -> None:
 
 
 # --------------------------------------------------------------------------------------
+# Publishing: the small files of finished runs, into a store committed with the code
+# --------------------------------------------------------------------------------------
+
+# What a published run keeps: everything the report reads, nothing it does not
+# (no weights, optimizer state or TensorBoard logs).
+PUBLISHED_FILES = (CONFIG, ENV, METRICS, RESULT, VAL_CORRECT, CONV1)
+PUBLISHED_MAX_BYTES = 1 << 20
+
+
+@dataclass
+class Published:
+    copied: list  # destination run directories written now
+    unchanged: list  # already in the store, identical
+    kept: list  # (destination, why): already in the store with other contents, left as is
+    skipped: list  # (source, why): not finished, failed, or too large
+
+
+def publish(src_root: os.PathLike, dst_root: os.PathLike) -> Published:
+    """Copy every finished run under `src_root` into `dst_root` (same relative
+    layout, `PUBLISHED_FILES` only). A run directory appears in the store whole
+    or not at all (built beside it, then renamed). A run already published is
+    never overwritten: finished runs do not change, so different contents mean
+    two machines ran the same experiment and seed, and the first one stays."""
+    import filecmp
+    import shutil
+
+    src_root, dst_root = Path(src_root), Path(dst_root)
+    out = Published([], [], [], [])
+    for run in iter_runs(src_root):
+        if not run.finished or run.failure is not None:
+            out.skipped.append((run.path, "not finished" if not run.finished else "failed"))
+            continue
+        files = [run.path / f for f in PUBLISHED_FILES if (run.path / f).is_file()]
+        size = sum(f.stat().st_size for f in files)
+        if size > PUBLISHED_MAX_BYTES:
+            out.skipped.append((run.path, f"{size / 1e6:.1f} MB of files, over the "
+                                          f"{PUBLISHED_MAX_BYTES / 1e6:.1f} MB a published run may hold"))
+            continue
+        dst = dst_root / run.path.relative_to(src_root)
+        if dst.exists():
+            same = all((dst / f.name).is_file() and filecmp.cmp(f, dst / f.name, shallow=False)
+                       for f in files)
+            if same:
+                out.unchanged.append(dst)
+            else:
+                out.kept.append((dst, f"differs from {run.path}; the published copy is kept"))
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.publish-"))
+        try:
+            for f in files:
+                shutil.copy2(f, tmp / f.name)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a store is shared
+            os.replace(tmp, dst)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        out.copied.append(dst)
+    return out
+
+
+# --------------------------------------------------------------------------------------
 # Readers (used by the runner and the report)
 # --------------------------------------------------------------------------------------
 

@@ -39,6 +39,10 @@ def test_unknown_ablation_names_the_valid_ones():
 
 def test_seeds():
     assert parse_seeds("3") == [0, 1, 2] and parse_seeds("0,4,7") == [0, 4, 7] and parse_seeds(2) == [0, 1]
+    assert parse_seeds("5,") == [5]
+    for bad in ("abc", "0", "1,x", "-1,2"):
+        with pytest.raises(ValueError, match="SEEDS="):
+            parse_seeds(bad)
 
 
 @pytest.mark.parametrize("name", sorted(ABLATIONS))
@@ -69,12 +73,21 @@ def test_make_ablation_end_to_end_then_nothing_to_do(tmp_path):
            f"PY={sys.executable}", f"BACKEND={keras.backend.backend()}", "SET=eval.ten_view=false"]
     first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
+    assert "plan for preset smoke: 4 run(s) to train, 0 already finished" in first.stdout
+    assert "estimated time on this machine" in first.stdout
+    assert [ln.split(" · ")[0] for ln in first.stdout.splitlines() if " · ETA " in ln] == [
+        f"[ablations] run {i}/4" for i in (1, 2, 3, 4)]
     assert "trained 4 run(s); 0 already finished" in first.stdout
+    # not a terminal: one line per epoch, no progress-bar redraws; no TensorFlow start-up noise
+    assert "\r" not in first.stdout and "\x08" not in first.stdout
+    for noise in ("cuInit", "absl::InitializeLog", "cudart_stub"):
+        assert noise not in first.stderr
     assert (tmp_path / "runs" / "report" / "report.md").exists()
     assert (tmp_path / "runs" / "report" / "report.pdf").exists()
     second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "trained 0 run(s); 4 already finished" in second.stdout
+    assert "plan for preset smoke: 0 run(s) to train, 4 already finished" in second.stdout
     assert "Epoch" not in second.stdout
 
 

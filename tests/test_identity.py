@@ -117,3 +117,31 @@ def test_same_name_other_data_trains_again_same_archive_elsewhere_does_not(tmp_p
     ids = {json.loads((p.parent / R.CONFIG).read_text())["meta"]["data_id"]
            for p in (tmp_path / "runs").rglob(R.RESULT)}
     assert len(ids) == 2 and all(i.startswith("sha256:") for i in ids)
+
+
+def test_publish_copies_small_files_of_finished_runs_and_the_runner_skips_them(tmp_path):
+    base = get_config("smoke")
+    done = _store(tmp_path / "runs", "baseline", base, 0, wrong=20)
+    (done / R.STATE).mkdir()
+    (done / R.STATE / "state.npz").write_bytes(b"weights" * 1000)
+    (done / R.TENSORBOARD).mkdir()
+    unfinished = _store(tmp_path / "runs", "baseline", base, 1, wrong=20)
+    (unfinished / R.RESULT).unlink()
+    res = R.publish(tmp_path / "runs", tmp_path / "results")
+    assert len(res.copied) == 1 and len(res.skipped) == 1
+    dst = res.copied[0]
+    assert dst == tmp_path / "results" / done.relative_to(tmp_path / "runs")
+    assert sorted(p.name for p in dst.iterdir()) == sorted(
+        f for f in R.PUBLISHED_FILES if (done / f).exists())
+    assert (done / R.RESULT).read_bytes() == (dst / R.RESULT).read_bytes()
+    # publishing again changes nothing; a different copy of the same run is kept out
+    again = R.publish(tmp_path / "runs", tmp_path / "results")
+    assert not again.copied and again.unchanged == [dst]
+    (done / R.ENV).write_text('{"host": "another"}')
+    third = R.publish(tmp_path / "runs", tmp_path / "results")
+    assert third.kept and (dst / R.ENV).read_text() != '{"host": "another"}'
+    # a fresh runs root with the store published: the finished seed is not trained again
+    runner = Runner("smoke", "0,", tmp_path / "fresh", verbose=0, published=[tmp_path / "results"])
+    plan = runner.plan(baseline=True, names=[])
+    assert [j.seed for j in plan.todo] == [] and plan.published == [
+        R.run_dir(tmp_path / "fresh", "smoke", "baseline", base.fingerprint(), 0)]

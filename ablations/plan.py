@@ -1,0 +1,245 @@
+"""What a suite will cost: the plan printed before training, the progress line during it.
+
+Time per run comes from what this machine has measured, most specific first:
+
+1. finished runs of the same experiment (other seeds) made on this host;
+2. finished runs with the same label, then any run of the preset, on this host,
+   scaled by their epochs and training images;
+3. otherwise a calibration: a few training steps of the preset's baseline net on
+   this machine (the compile is timed apart), images/s times the run's images.
+
+Figures are estimates for planning; every run records its real wall time.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+# Evaluation after training (centre, ten views, a training sample) adds roughly
+# this share of the training time on the presets measured.
+EVAL_OVERHEAD = 0.08
+# A suite longer than this on the machine it starts on gets a warning that names
+# a smaller preset.
+LONG_SUITE_S = 4 * 3600
+# Presets with a tier sized for a CPU (named when a suite would take too long).
+SMALLER = {"imagenette": "imagenette-cpu", "imagenet": "imagenette"}
+
+
+@dataclass
+class Job:
+    label: str
+    seed: int
+    run_dir: Path
+    cfg: object  # reproduce.config.Config
+    epoch_limit: Optional[int] = None
+    estimate_s: Optional[float] = None
+    estimate_kind: str = ""  # "history", "scaled", "calibrated", "upper bound"
+
+
+@dataclass
+class SuitePlan:
+    todo: list = field(default_factory=list)  # [Job]
+    done: list = field(default_factory=list)  # [Path] finished here
+    published: list = field(default_factory=list)  # [Path] finished in a published store
+    pending: list = field(default_factory=list)  # descriptions of runs not yet known
+
+    @property
+    def estimate_s(self) -> float:
+        return sum(j.estimate_s or 0.0 for j in self.todo)
+
+
+def fmt_duration(s: Optional[float]) -> str:
+    if s is None or not math.isfinite(s):
+        return "unknown"
+    s = int(round(s))
+    if s < 90:
+        return f"{s} s"
+    if s < 3600:
+        return f"{round(s / 60)} min"
+    h, m = divmod(round(s / 60), 60)
+    return f"{h} h {m:02d} min"
+
+
+def _images_per_epoch(cfg, n_train: int) -> int:
+    t = cfg.train
+    full = (n_train // t.batch_size) * t.batch_size or n_train
+    return min(full, t.steps_per_epoch * t.batch_size) if t.steps_per_epoch else full
+
+
+def _epochs_planned(cfg, epoch_limit: Optional[int]) -> int:
+    return min(cfg.train.epochs, epoch_limit) if epoch_limit else cfg.train.epochs
+
+
+def host_history(roots, preset: str) -> list:
+    """Finished runs of `preset` made on this host, from every root (runs.Run)."""
+    from reproduce import runs
+
+    host = socket.gethostname()
+    out = []
+    for root in roots:
+        d = Path(root) / preset
+        if d.is_dir():
+            out += [r for r in runs.iter_runs(d) if r.finished and r.env.get("host") == host]
+    return out
+
+
+def history_estimate(job: Job, history: list, n_train: int) -> tuple[Optional[float], str]:
+    """Seconds for `job` from finished runs on this host, or (None, "")."""
+    from reproduce.config import experiment_identity
+
+    def wall(r):
+        return float((r.result or {}).get("wall_time_s") or 0.0)
+
+    def per_image(r):
+        n = (r.env or {}).get("n_train") or n_train
+        seen = max(1, len(r.metrics)) * _images_per_epoch(job.cfg, int(n))
+        return wall(r) / seen
+
+    try:
+        me = experiment_identity(job.cfg, job.cfg.data_id())
+    except Exception:  # an unreadable source: no estimate from history
+        me = None
+    same = [r for r in history if r.label == job.label and wall(r) > 0 and me is not None
+            and _identity(r) == me]
+    if same and not job.cfg.train.stop_at_train_error:
+        return sum(map(wall, same)) / len(same), "history"
+    for pool in ([r for r in history if r.label == job.label],
+                 [r for r in history if r.label == "baseline"], history):
+        pool = [r for r in pool if wall(r) > 0 and r.metrics]
+        if pool:
+            s = sum(map(per_image, pool)) / len(pool)
+            if job.cfg.train.stop_at_train_error:
+                epochs = sum(len(r.metrics) for r in pool) / len(pool)
+                return s * epochs * _images_per_epoch(job.cfg, n_train), "scaled"
+            return s * _epochs_planned(job.cfg, job.epoch_limit) * _images_per_epoch(job.cfg, n_train), "scaled"
+    return None, ""
+
+
+def _identity(run) -> Optional[dict]:
+    from reproduce.config import ConfigError, experiment_identity
+
+    try:
+        return experiment_identity(run.config, run.meta.get("data_id"))
+    except (ConfigError, KeyError, TypeError, ValueError):
+        return None
+
+
+def calibrate(cfg, data, steps: int = 6) -> tuple[float, float]:
+    """(training images/s, fixed seconds per run) of `cfg`'s net on this machine:
+    `steps` timed steps after one step that builds and compiles, through the
+    trainer's own model and compile, on uint8 batches of the data's image size.
+    A run builds and compiles twice (training, then evaluation): that, twice the
+    first step's time, is its fixed cost."""
+    import keras
+    import numpy as np
+
+    from reproduce import train as train_lib
+
+    keras.backend.clear_session()
+    t_build = time.perf_counter()
+    model, _ = train_lib.build_training_model(cfg, data.stats, data.num_classes)
+    train_lib.compile_model(model, cfg)
+    b, s = cfg.train.batch_size, cfg.data.image_size
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8)
+    y = rng.integers(0, data.num_classes, (b,), dtype=np.int32)
+    model.train_on_batch(x, y)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        model.train_on_batch(x, y)
+    dt = time.perf_counter() - t0
+    keras.backend.clear_session()
+    return steps * b / dt, 2 * (t0 - t_build)
+
+
+def fill_estimates(plan: SuitePlan, roots, preset: str, load_data=None, verbose: bool = True) -> None:
+    """Give every job of `plan` an estimate (see the module docstring)."""
+    if not plan.todo:
+        return
+    history = host_history(roots, preset)
+    data_cache: dict = {}
+
+    def data_for(cfg):
+        key = (cfg.data.source, cfg.data.image_size, cfg.data.max_train, cfg.data.max_val)
+        if key not in data_cache:
+            data_cache[key] = load_data(cfg.data)
+        return data_cache[key]
+
+    rates: dict = {}
+    for job in plan.todo:
+        data = data_for(job.cfg) if load_data else None
+        n_train = len(data.train) if data is not None else 0
+        est, kind = history_estimate(job, history, n_train)
+        if est is None and data is not None:
+            key = (job.cfg.model.arch, job.cfg.model.width, job.cfg.model.towers,
+                   job.cfg.data.image_size, job.cfg.data.crop_size, job.cfg.train.batch_size)
+            if key not in rates:
+                if verbose:
+                    print(f"[ablations] measuring this machine's training rate ({job.label}, "
+                          "a few steps)...", flush=True)
+                rates[key] = calibrate(job.cfg, data)
+            ips, fixed = rates[key]
+            per_epoch = _images_per_epoch(job.cfg, n_train) / ips
+            est = fixed + per_epoch * _epochs_planned(job.cfg, job.epoch_limit) * (1 + EVAL_OVERHEAD)
+            kind = "upper bound" if job.cfg.train.stop_at_train_error else "calibrated"
+        job.estimate_s, job.estimate_kind = est, kind
+
+
+def print_plan(plan: SuitePlan, preset: str, device: str, out=sys.stdout) -> None:
+    n_done = len(plan.done) + len(plan.published)
+    kinds = sorted({j.estimate_kind for j in plan.todo if j.estimate_kind})
+    print(f"[ablations] plan for preset {preset}: {len(plan.todo)} run(s) to train, "
+          f"{n_done} already finished ({len(plan.published)} of them published)"
+          + (f", {len(plan.pending)} more decided as the suite goes" if plan.pending else ""),
+          file=out)
+    if plan.todo:
+        print(f"[ablations] estimated time on this machine ({device}): "
+              f"{fmt_duration(plan.estimate_s)}"
+              + (f" ({', '.join(kinds)})" if kinds else ""), file=out)
+        by_label: dict = {}
+        for j in plan.todo:
+            n, s = by_label.get(j.label, (0, 0.0))
+            by_label[j.label] = (n + 1, s + (j.estimate_s or 0.0))
+        for label, (n, s) in by_label.items():
+            print(f"    {label:28s} {n} run(s)  ~{fmt_duration(s)}", file=out)
+    for p in plan.pending:
+        print(f"    {p}", file=out)
+    if plan.estimate_s > LONG_SUITE_S:
+        smaller = SMALLER.get(preset)
+        print(f"[ablations] note: this suite would take about {fmt_duration(plan.estimate_s)} "
+              "here." + (f" PRESET={smaller} is the tier sized for this kind of machine."
+                         if smaller else ""), file=out)
+    out.flush()
+
+
+class Progress:
+    """`run i/n · elapsed · ETA` before each run; the ETA scales the remaining
+    estimates by how long the finished runs of this call took against theirs."""
+
+    def __init__(self, jobs: list, out=sys.stdout):
+        self.est = {str(j.run_dir): j.estimate_s for j in jobs}
+        self.total = len(jobs)
+        self.i = 0
+        self.t0 = time.perf_counter()
+        self.spent_est = 0.0
+        self.out = out
+
+    def start(self, run_dir, label: str, seed: int) -> None:
+        self.i += 1
+        elapsed = time.perf_counter() - self.t0
+        remaining = sum(v or 0.0 for k, v in self.est.items())
+        scale = elapsed / self.spent_est if self.spent_est > 0 else 1.0
+        eta = remaining * scale
+        print(f"[ablations] run {self.i}/{max(self.total, self.i)} · elapsed "
+              f"{fmt_duration(elapsed)} · ETA {fmt_duration(eta) if remaining else 'unknown'}"
+              f" · {label} seed {seed}", file=self.out, flush=True)
+        self._current = str(run_dir)
+
+    def finish(self, run_dir) -> None:
+        self.spent_est += self.est.pop(str(run_dir), None) or 0.0
