@@ -24,14 +24,31 @@ BOOTSTRAP_SEED = 0
 LEVEL = 0.95
 DEFAULT_SEEDS = (0, 1, 2)
 FIG1_TARGET = 0.25  # §3.1: "25% training error"
+# §5: bias 1 "accelerates the early stages of learning". Early = the first quarter
+# of the schedule: before the first learning-rate drop of every preset (the
+# paper's first of three drops over 90 epochs; imagenette's at 20 of 30, cifar10's
+# at 30 of 40).
+EARLY_FRACTION = 0.25
+# Top-5 error with this many classes or fewer is near 0 and says nothing
+# comparable with the paper's 1000-class top-5.
+TOP5_MIN_CLASSES = 10
+HOLM = ("Holm's step-down correction over the claims of a preset, one test per claim from its "
+        "primary metric (top-1 error; the overfitting gap; early error for bias_init; the epoch "
+        "ratio for Figure 1); top-5 and other secondary rows are reported, not tested")
 
 
 @dataclass
 class Row:
-    """One compared quantity of one ablation."""
+    """One compared quantity of one ablation.
+
+    role: "primary" (the claim's test, in the preset's Holm family), "secondary"
+    (reported, not tested: top-5 beside top-1, final error beside early error), or
+    "none" (the paper makes no claim). ci is the interval the test uses: the seed
+    interval, or the image bootstrap when the seeds show no spread; for the epoch
+    ratio it is on log values. mde is on ci's scale."""
 
     ablation: str
-    metric: str  # "top-1", "top-5", "gap", "epochs"
+    metric: str  # "top-1", "top-5", "gap", "early", "epochs"
     claimed: Optional[float]  # the paper's delta (fraction) or ratio; None = qualitative
     claimed_text: str  # how the claim is printed, e.g. "+1.4", "> 0", "x6", "no claim"
     direction: int
@@ -39,9 +56,34 @@ class Row:
     variant: dict
     seed_ci: object  # stats.Interval (deltas) or stats.RatioSummary (epochs)
     image_ci: Optional[S.Interval]
-    verdict: str
-    paper_vs_ci: str  # "inside", "above", "below", or "" (nothing to compare)
+    ci: S.Interval
+    role: str = "primary"
+    bound: str = "point"
+    unmeasurable: str = ""  # why no test is possible ("" = measurable)
+    lower_bound_only: bool = False  # censored runs: the measured value bounds the truth from below
+    p_adj: float = S.NAN
+    mde: float = S.NAN
+    seeds_needed: Optional[int] = None
+    direction_verdict: str = ""
+    magnitude: str = ""
+    verdict: str = ""
     notes: list = field(default_factory=list)
+    label: str = ""  # the metric as printed, e.g. "val top-1 err after epoch 7"
+
+    @property
+    def p(self) -> float:
+        return self.ci.p
+
+    @property
+    def is_ratio(self) -> bool:
+        return self.metric == "epochs"
+
+    @property
+    def paper_effect(self) -> Optional[float]:
+        """The paper's value on ci's scale (log for ratios)."""
+        if self.claimed is None:
+            return None
+        return math.log(self.claimed) if self.is_ratio else self.claimed
 
 
 @dataclass
@@ -53,10 +95,16 @@ class Comparison:
     pair: C.Pair
     rows: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    num_classes: Optional[int] = None
+    setting: str = ""  # collect.setting_match of the baseline's data with the claim's
 
     @property
     def name(self) -> str:
         return self.ablation.name
+
+    @property
+    def primary(self) -> Optional[Row]:
+        return next((r for r in self.rows if r.role == "primary"), None)
 
 
 @dataclass
@@ -76,6 +124,7 @@ class GridCell:
     ttt: Optional[S.TimeToTarget]
     wall_s: Optional[float]
     status: str
+    censored: bool = False  # stopped once it could no longer beat the fastest rate
 
 
 @dataclass
@@ -108,6 +157,8 @@ class PresetAnalysis:
     not_counted: list  # runs
     superseded: list  # (Group, diff from the group used for that label)
     used: set  # (label, fingerprint) of the groups in the tables
+    family: int = 0  # claims in the Holm family (primary rows with a test)
+    notes: list = field(default_factory=list)  # preset-wide
 
     def comparison(self, name: str) -> Optional[Comparison]:
         return next((c for c in self.comparisons if c.name == name), None)
@@ -149,6 +200,25 @@ def gap_values(group: Optional[C.Group]) -> dict:
     return {s: val[s] - train[s] for s in val if s in train}
 
 
+def early_epoch(group: Optional[C.Group]) -> Optional[int]:
+    """The 1-based epoch whose validation error measures early learning: the
+    first EARLY_FRACTION of the configured schedule, at least one epoch."""
+    runs = group.counted if group else []
+    epochs = [r.config.get("train", {}).get("epochs") for r in runs]
+    epochs = [e for e in epochs if isinstance(e, int) and e > 0]
+    return max(1, int(min(epochs) * EARLY_FRACTION)) if epochs else None
+
+
+def early_values(group: Optional[C.Group], k: int) -> dict:
+    """Validation top-1 error after epoch k (1-based) per seed, from metrics.csv."""
+    out = {}
+    for r in group.counted if group else []:
+        v = next((m.get("val_top1_err") for m in r.metrics if m.get("epoch") == k - 1), None)
+        if v is not None and math.isfinite(float(v)):
+            out[r.seed] = float(v)
+    return out
+
+
 def run_ttt(run, target: float) -> S.TimeToTarget:
     """Epochs to the training-error target, from the logged curve (else result.json)."""
     rows = [r for r in run.metrics if r.get("top1_err") is not None]
@@ -188,19 +258,18 @@ def wrong_matrix(runs: list, key: str):
     return (np.stack(mats), labels), ""
 
 
+def group_classes(group: Optional[C.Group]) -> tuple[Optional[int], Optional[int]]:
+    """(classes, validation images) of a group's runs, the first run that records them."""
+    k = n = None
+    for r in group.counted if group else []:
+        k = k or C.num_classes(r)
+        n = n or C.n_val(r)
+    return k, n
+
+
 # --------------------------------------------------------------------------------------
 # Rows
 # --------------------------------------------------------------------------------------
-
-
-def _paper_vs(ci, claimed: Optional[float]) -> str:
-    if claimed is None or not ci.ok:
-        return ""
-    if claimed < ci.lo:
-        return "below"
-    if claimed > ci.hi:
-        return "above"
-    return "inside"
 
 
 def _claimed_text(claim: REG.Claim, metric: str) -> tuple[Optional[float], str, bool]:
@@ -209,23 +278,45 @@ def _claimed_text(claim: REG.Claim, metric: str) -> tuple[Optional[float], str, 
         return None, "no claim", False
     if metric == "epochs":
         return claim.ratio, (f"x{claim.ratio:g}" if claim.ratio else ("> 1" if claim.direction > 0 else "< 1")), True
-    if metric == "gap":
+    if metric in ("gap", "early"):
         return None, ("> 0" if claim.direction > 0 else "< 0"), True
     val = claim.top1 if metric == "top-1" else claim.top5
     if val is not None:
-        return val / 100.0, f"{val:+.1f}", True
+        text = f"{val:+.1f}" + (" or more" if claim.bound == "at least" else "")
+        return val / 100.0, text, True
     if claim.top1 is not None or claim.top5 is not None:  # a quantitative claim, not on this metric
         return None, "no top-5 claim" if metric == "top-5" else "no top-1 claim", False
     return None, ("> 0" if claim.direction > 0 else "< 0"), True
 
 
-def delta_row(name, metric, claim, base, variant, image_ci, notes=()) -> Row:
+def delta_row(name, metric, claim, base, variant, image_ci, notes=(), role="primary", label="") -> Row:
+    """A row for `variant - base` over seeds. When every seed gives the same
+    difference the t interval would be a point: the image bootstrap is used
+    instead where it exists, else the row is not measurable."""
     claimed, text, has_claim = _claimed_text(claim, metric)
-    ci = S.delta_interval(base, variant, LEVEL)
-    n = min(len(base), len(variant))
-    v = S.verdict(ci.estimate, ci.lo, ci.hi, claim.direction, n=n, claim=has_claim)
-    return Row(name, metric, claimed, text, claim.direction, base, variant, ci, image_ci, v,
-               _paper_vs(ci, claimed), list(notes))
+    seed = S.delta_interval(base, variant, LEVEL)
+    ci, notes = seed, list(notes)
+    if not seed.ok and seed.reason.startswith("no spread"):
+        if image_ci is not None and image_ci.ok:
+            ci = image_ci
+            notes.append(f"{seed.reason}, so the interval and test are the paired bootstrap over validation "
+                         "images, which reflects the finite validation set only, not training noise")
+        else:
+            notes.append(f"{seed.reason} and there is no image-level interval: no interval is given "
+                         "(a zero-width one would claim a precision the runs do not have)")
+    row = Row(name, metric, claimed, text, claim.direction, base, variant, seed, image_ci, ci,
+              role=role if has_claim else "none", bound=claim.bound, notes=notes, label=label)
+    _power(row, seed)
+    return row
+
+
+def _power(row: Row, seed_ci: S.Interval) -> None:
+    """The row's detectable effect (at its interval's spread) and the seeds the
+    paper's effect would need (at the seeds' spread)."""
+    if not row.ci.ok:
+        row.unmeasurable = row.ci.reason or "no interval"
+    row.mde = S.mde(row.ci.se, row.ci.df) if row.ci.ok else S.NAN
+    row.seeds_needed = S.seeds_needed(row.paper_effect, seed_ci)
 
 
 def _image_ci(base_runs, var_runs, base_key, var_key, shift=0.0):
@@ -265,6 +356,9 @@ def compare(preset: str, a: REG.Ablation, labels: dict, prefer_base: Optional[st
                           "no pair of groups differing only by the ablation was found")
     bruns = pair.base.counted if pair.base else []
     vruns = pair.variant.counted if pair.variant else []
+    comp.setting = C.setting_match(bruns[0] if bruns else None, claim.setting)
+    k_classes, n_val = group_classes(pair.base)
+    comp.num_classes = k_classes
 
     if claim.metric == "epochs":
         return comp  # Figure 1: filled by `fig1_analysis`
@@ -274,20 +368,45 @@ def compare(preset: str, a: REG.Ablation, labels: dict, prefer_base: Optional[st
                       np.mean([br.result["train_top1_err_clean"] for br in bruns if br.seed in b])) if b and v else 0.0
         ici, why = _image_ci(bruns, vruns, "top1_center", "top1_center", -shift) if b and v else (None, "")
         notes = [f"image CI: {why}"] if why else []
-        comp.rows.append(delta_row(a.name, "gap", claim, b, v, ici, notes))
-        return comp
-    for metric, k in (("top-1", "top1"), ("top-5", "top5")):
-        if eval_kind:
-            b = result_values(pair.base, f"val_{k}_err_10view")
-            v = result_values(pair.base, f"val_{k}_err")
-            v = {s: x for s, x in v.items() if s in b}
-            ici, why = _image_ci(bruns, bruns, f"{k}_10view", f"{k}_center") if b else (None, "no ten-view results")
+        comp.rows.append(delta_row(a.name, "gap", claim, b, v, ici, notes, label="gap: val top-1 - train top-1 (clean)"))
+    metrics = [("top-1", "top1")]
+    if k_classes is None or k_classes > TOP5_MIN_CLASSES:
+        metrics.append(("top-5", "top5"))
+    if claim.metric == "early":
+        k = early_epoch(pair.base)
+        if k is None:
+            comp.notes.append("no configured epoch count, so no early-learning epoch")
         else:
-            b = result_values(pair.base, f"val_{k}_err")
-            v = result_values(pair.variant, f"val_{k}_err")
-            ici, why = _image_ci(bruns, vruns, f"{k}_center", f"{k}_center") if b and v else (None, "")
+            b, v = early_values(pair.base, k), early_values(pair.variant, k)
+            comp.rows.append(delta_row(a.name, "early", claim, b, v, None, ["image CI: per-image results exist "
+                                       "for the final epoch only"], label=f"val top-1 err after epoch {k}"))
+            comp.notes.append(f"§5 claims faster early learning, so the test is the validation top-1 error after "
+                              f"epoch {k} (the first {EARLY_FRACTION:.0%} of the schedule, from metrics.csv); "
+                              "the final errors are shown beside it, untested")
+    for metric, key in metrics if claim.metric != "gap" else ():
+        if eval_kind:
+            b = result_values(pair.base, f"val_{key}_err_10view")
+            v = result_values(pair.base, f"val_{key}_err")
+            v = {s: x for s, x in v.items() if s in b}
+            ici, why = _image_ci(bruns, bruns, f"{key}_10view", f"{key}_center") if b else (None, "no ten-view results")
+        else:
+            b = result_values(pair.base, f"val_{key}_err")
+            v = result_values(pair.variant, f"val_{key}_err")
+            ici, why = _image_ci(bruns, vruns, f"{key}_center", f"{key}_center") if b and v else (None, "")
         notes = [f"image CI: {why}"] if why else []
-        comp.rows.append(delta_row(a.name, metric, claim, b, v, ici, notes))
+        role = "primary" if metric == "top-1" and claim.metric == "error" else "secondary"
+        label = f"val {metric} err" + (" (10-view -> centre)" if eval_kind else "")
+        comp.rows.append(delta_row(a.name, metric, claim, b, v, ici, notes, role, label))
+
+    base_err = result_values(pair.base, "val_top1_err")
+    m = float(np.mean(list(base_err.values()))) if base_err else S.NAN
+    if S.near_chance(m, k_classes, n_val):
+        why = (f"the baseline is at chance ({m:.1%} top-1 error; chance is {1 - 1 / k_classes:.1%} with "
+               f"{k_classes} classes): a net that has not learned says nothing about the claim")
+        comp.notes.append(why)
+        for r in comp.rows:  # the reason that matters; a lack of spread at chance is no surprise
+            r.unmeasurable = "baseline at chance"
+            r.notes = [n for n in r.notes if not n.startswith("no spread")]
     return comp
 
 
@@ -324,21 +443,22 @@ def fig1_analysis(preset: str, a: REG.Ablation, labels: dict, comp: Comparison) 
             wall = S.ratio_interval(wb, wv, LEVEL)
     base_cens = [s for s, t in bt.items() if not t.reached]
     var_cens = [s for s, t in vt.items() if not t.reached]
-    if ratio is None:
-        v = S.NOT_MEASURABLE
-    elif base_cens:
-        v = S.NOT_MEASURABLE
-        notes.append(f"ReLU seeds {base_cens} never reached {target:.0%}: the ratio has no lower bound")
-    else:
-        v = S.verdict(ratio.estimate, ratio.lo, ratio.hi, claim.direction, n=n, null=1.0)
     if var_cens:
         notes.append(f"tanh seeds {var_cens} never reached {target:.0%}; their epochs are counted as the "
-                     "epochs run, so the ratio and its interval are lower bounds")
+                     "epochs run, so the ratio and its interval are lower bounds: tanh needs at least that "
+                     "many times the epochs")
     claimed, text, _ = _claimed_text(claim, "epochs")
+    log_ci = ratio.log if ratio is not None else S.Interval(S.NAN, S.NAN, S.NAN, "n/a", n, reason="an arm has no runs")
     row = Row(a.name, "epochs", claimed, text, claim.direction,
               {s: t.bound for s, t in bt.items()}, {s: t.bound for s, t in vt.items()},
-              ratio if ratio is not None else S.RatioSummary(*(S.NAN,) * 5, "n/a", n), None, v,
-              _paper_vs(ratio, claimed) if ratio is not None else "", notes)
+              ratio if ratio is not None else S.RatioSummary(*(S.NAN,) * 5, "n/a", n), None, log_ci,
+              lower_bound_only=bool(var_cens), notes=notes, label=f"epochs to {target:.0%} train err")
+    _power(row, log_ci)
+    if base_cens:
+        row.unmeasurable = f"ReLU seeds {base_cens} never reached {target:.0%}"
+        notes.append(f"ReLU seeds {base_cens} never reached {target:.0%}: the ratio has no lower bound")
+    if row.lower_bound_only:
+        row.seeds_needed = None  # a power calculation for a censored ratio would be wrong
     comp.rows.append(row)
 
     def lr_of(runs):
@@ -346,9 +466,11 @@ def fig1_analysis(preset: str, a: REG.Ablation, labels: dict, comp: Comparison) 
         return lrs[0] if len(lrs) == 1 else None
 
     grid = {}
+    grid_seeds = set()
     for arm, label in (("relu", f"{a.name}.base.grid"), ("tanh", f"{a.name}.grid")):
         groups = labels.get(label, [])
         runs = [r for g in groups for r in g.runs]
+        grid_seeds |= {r.seed for r in runs if C.is_counted(r)}
         lrs = sorted({C.learning_rate(r) for r in runs if C.learning_rate(r) is not None} | set(a.lr_grid))
         cells = []
         for lr in lrs:
@@ -357,7 +479,7 @@ def fig1_analysis(preset: str, a: REG.Ablation, labels: dict, comp: Comparison) 
             if done:
                 r = done[-1]
                 wall_s = (r.result or {}).get("wall_time_s")
-                cells.append(GridCell(lr, r, run_ttt(r, target), wall_s, "finished"))
+                cells.append(GridCell(lr, r, run_ttt(r, target), wall_s, "finished", bool(r.result.get("censored"))))
             elif at:
                 r = at[-1]
                 cells.append(GridCell(lr, r, None, None, C.run_status(r)))
@@ -374,12 +496,48 @@ def fig1_analysis(preset: str, a: REG.Ablation, labels: dict, comp: Comparison) 
         if best.ttt.reached and not math.isclose(best.lr, chosen):
             fig.notes.append(f"{arm}: the seeded runs used lr {chosen:g}, but the grid's fastest "
                              f"to {target:.0%} was lr {best.lr:g}")
+        rates = sorted(c.lr for c in done)
+        if len(rates) == 1 or math.isclose(chosen, rates[0]) or math.isclose(chosen, rates[-1]):
+            side = "only rate" if len(rates) == 1 else ("lowest" if math.isclose(chosen, rates[0]) else "highest")
+            fig.notes.append(f"{arm}: the chosen lr {chosen:g} is the {side} rate of the grid run "
+                             f"({', '.join(f'{x:g}' for x in rates)}): a rate beyond it may be faster, so the "
+                             f"{arm} arm may be slower than its best (the grid grows by x{REG.GRID_EXTEND_FACTOR:g} "
+                             f"at an edge, at most {REG.GRID_MAX_EXTENSIONS} times)")
+    if grid_seeds and len(grid_seeds) == 1:
+        fig.notes.append(f"the learning rates were picked on a single selection seed ({sorted(grid_seeds)[0]}): "
+                         "rates whose epochs to target are close may rank differently on another seed")
     return fig
 
 
 # --------------------------------------------------------------------------------------
 # The preset
 # --------------------------------------------------------------------------------------
+
+
+def judge(comparisons: list) -> int:
+    """Holm's correction over the primary rows with a test, then each row's
+    direction, magnitude and verdict (see `reports.stats`). Returns the family size."""
+    family = {(c.name, r.metric): r.p for c in comparisons for r in c.rows
+              if r.role == "primary" and not r.unmeasurable and math.isfinite(r.p)}
+    adjusted = S.holm(family)
+    for c in comparisons:
+        for r in c.rows:
+            r.p_adj = adjusted.get((c.name, r.metric), S.NAN)
+            if r.role == "none":
+                r.direction_verdict, r.magnitude, r.verdict = "-", "-", S.NO_CLAIM
+                continue
+            if r.unmeasurable:
+                r.direction_verdict = r.magnitude = r.verdict = S.NOT_MEASURABLE
+                r.mde, r.seeds_needed = S.NAN, None  # no power statement about a comparison that cannot be made
+                continue
+            r.magnitude = S.magnitude_verdict(r.ci, r.paper_effect, r.direction, r.mde, bound=r.bound,
+                                              lower_bound_only=r.lower_bound_only)
+            if r.role == "secondary":
+                r.direction_verdict = r.verdict = S.SECONDARY
+                continue
+            r.direction_verdict = S.direction_verdict(r.ci.estimate, r.p_adj, r.direction)
+            r.verdict = S.claim_verdict(r.direction_verdict, r.magnitude)
+    return len(family)
 
 
 def analyze_preset(preset: str, labels: dict, root) -> PresetAnalysis:
@@ -408,6 +566,12 @@ def _analyze_preset(preset: str, labels: dict, root) -> PresetAnalysis:
     for a, c in zip(ablations, comparisons):
         if c.claim.metric == "epochs":
             fig1 = fig1_analysis(preset, a, labels, c)
+    family = judge(comparisons)
+    notes = []
+    classes = sorted({c.num_classes for c in comparisons if c.num_classes})
+    if classes and max(classes) <= TOP5_MIN_CLASSES:
+        notes.append(f"Top-5 error is left out: the runs have {', '.join(map(str, classes))} classes, where "
+                     "top-5 error is near 0 and not comparable with the paper's 1000-class top-5.")
 
     # Overfitting: baseline vs no_crop_flip vs no_dropout (the groups the comparisons used).
     overfitting, seen = [], set()
@@ -429,7 +593,8 @@ def _analyze_preset(preset: str, labels: dict, root) -> PresetAnalysis:
         for g in (comp.pair.base, comp.pair.variant):
             if g is not None:
                 used.add((g.label, g.fingerprint))
-    an = PresetAnalysis(preset, Path(root), labels, ablations, comparisons, overfitting, fig1, [], [], [], [], used)
+    an = PresetAnalysis(preset, Path(root), labels, ablations, comparisons, overfitting, fig1, [], [], [], [], used,
+                        family, notes)
     bg = an.baseline_group()
     if bg is not None and bg.counted:
         used.add(("baseline", bg.fingerprint))

@@ -140,8 +140,98 @@ def group_runs(runs: Iterable[R.Run]) -> dict:
     return {p: {lab: list(g.values()) for lab, g in labels.items()} for p, labels in out.items()}
 
 
-def load(root) -> dict:
-    return group_runs(R.iter_runs(root))
+def load(root, damaged: Optional[list] = None) -> dict:
+    """Group the readable runs under root; runs with a damaged file (its arrays
+    included, read once here to check them) go to `damaged` as
+    `reproduce.runs.RunFileError` instead."""
+    damaged = [] if damaged is None else damaged
+
+    def readable():
+        for run in R.iter_runs(root, damaged):
+            try:
+                run.val_correct()
+                run.conv1_kernels()
+            except R.RunFileError as e:
+                damaged.append(e)
+                continue
+            yield run
+
+    return group_runs(readable())
+
+
+# --------------------------------------------------------------------------------------
+# What a run was trained and evaluated on
+# --------------------------------------------------------------------------------------
+
+# Shared-data copies whose pixels differ from the original files.
+LOSSY = {
+    "cifar10-jpeg": "a lossy JPEG copy of CIFAR-10",
+    "imagenette-144-webp": "a lossy WebP copy of Imagenette at 144 px",
+}
+_TFDS_NAMES = {"imagenet2012": "ILSVRC-2012", "cifar10": "CIFAR-10", "imagenette": "Imagenette"}
+
+
+def dataset_name(run: R.Run) -> str:
+    """The data set a run used, from its recorded source: a TFDS name the report
+    knows ("ILSVRC-2012", "CIFAR-10", "Imagenette"), "synthetic", a known lossy
+    copy, or "local files <name>" (content recorded by hash only)."""
+    src = str(run.config.get("data", {}).get("source", ""))
+    ident = str(run.meta.get("data_id") or src)
+    if ident == "synthetic" or src == "synthetic":
+        return "synthetic"
+    for s in (ident, src):
+        if s.startswith("tfds:"):
+            base = s[5:].split("/")[0].split(":")[0]
+            return _TFDS_NAMES.get(base, f"TFDS {s[5:]}")
+    lossy = [v for k, v in LOSSY.items() if k in src]
+    if lossy:
+        return lossy[0]
+    return f"local files {os.path.basename(os.path.normpath(src)) or '?'}"
+
+
+def setting_match(run: Optional[R.Run], setting: str) -> str:
+    """Whether a run's data set is the one a claim was measured on (`Claim.setting`,
+    e.g. "ILSVRC-2012 val"): "yes: ...", "no: ..." or "unverified: ..." (local
+    files, which the run identifies only by a hash)."""
+    if run is None:
+        return "no runs"
+    paper = setting.rsplit(" ", 1)[0] if setting.split()[-1] in ("val", "test", "train") else setting
+    ours = dataset_name(run)
+    if ours == paper:
+        return f"yes: {ours}"
+    if ours.startswith("local files"):
+        return f"unverified: {ours} (the paper: {setting})"
+    return f"no: {ours} (the paper: {setting})"
+
+
+def num_classes(run: R.Run) -> Optional[int]:
+    """Classes of the run's data: env.json "num_classes", else from the labels in
+    val_correct.npz, else the configuration (model.num_classes, the synthetic
+    source's class count)."""
+    k = run.env.get("num_classes")
+    if isinstance(k, int) and k > 0:
+        return k
+    vc = run.val_correct()
+    if vc is not None and "labels" in vc and vc["labels"].size:
+        return int(vc["labels"].max()) + 1
+    k = run.config.get("model", {}).get("num_classes")
+    if isinstance(k, int) and k > 0:
+        return k
+    data = run.config.get("data", {})
+    if data.get("source") == "synthetic" and isinstance(data.get("synthetic_classes"), int):
+        return data["synthetic_classes"]
+    return None
+
+
+def n_val(run: R.Run) -> Optional[int]:
+    """Validation images the run was evaluated on (result.json, else val_correct)."""
+    n = (run.result or {}).get("n_val")
+    if isinstance(n, int) and n > 0:
+        return n
+    vc = run.val_correct()
+    if vc is not None and "labels" in vc:
+        return int(vc["labels"].size)
+    return None
 
 
 def order_groups(groups: list, registry_fp: Optional[str] = None) -> list:

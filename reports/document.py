@@ -3,7 +3,7 @@
 Blocks: `Heading`, `Para`, `Bullets`, `Table`, `Figure`, `Code`. Inline markup is
 limited to `code` spans, which the PDF prints as plain text. The PDF uses fpdf2's
 core Helvetica/Courier fonts, which are latin-1 only: `latin1` maps the few
-typographic characters the report can contain ("−", "Δ", "≥", dashes, quotes) to
+typographic characters the report can contain ("−", "Δ", "α", "≥", dashes, quotes) to
 ASCII and replaces anything else with "?".
 """
 
@@ -112,6 +112,7 @@ _MAP = {
     "\u201d": '"',
     "\u2026": "...",
     "\u0394": "delta ",
+    "\u03b1": "alpha",
     "\u2265": ">=",
     "\u2264": "<=",
     "\u2248": "~",
@@ -152,14 +153,23 @@ def to_pdf(doc: Document, path: Path) -> None:
         pdf.set_font(family, style, size)
         pdf.multi_cell(0, h or size * 0.5, _plain(s), new_x="LMARGIN", new_y="NEXT")
 
+    def fig_width(b):
+        aspect = b.height_in / b.width_in if b.width_in else 0.7
+        return min(width, 25.4 * b.width_in * 1.1, (height - 12) / aspect), aspect
+
     text(doc.title, 16, "B", h=9)
     pdf.ln(2)
-    for b in doc.blocks:
+    for i, b in enumerate(doc.blocks):
         if isinstance(b, Heading):
             size = {1: 14.0, 2: 12.0, 3: 10.5}.get(b.level, 10.0)
+            nxt = doc.blocks[i + 1] if i + 1 < len(doc.blocks) else None
+            need = 45 if b.level >= 3 else 30
+            if isinstance(nxt, Figure) and Path(nxt.path).exists():
+                w, aspect = fig_width(nxt)
+                need = max(need, w * aspect + 12)  # the heading and the whole figure below it
             if b.level == 1 and pdf.page_no() >= 1 and pdf.get_y() > pdf.t_margin + 30:
                 pdf.add_page()
-            elif pdf.get_y() > pdf.h - pdf.b_margin - (45 if b.level >= 3 else 30):
+            elif pdf.get_y() > pdf.h - pdf.b_margin - need:
                 pdf.add_page()  # keep a heading with what follows it
             pdf.ln(2)
             text(b.text, size, "B", h=size * 0.55)
@@ -182,8 +192,7 @@ def to_pdf(doc: Document, path: Path) -> None:
             if not Path(b.path).exists():
                 text(f"[missing figure: {b.rel}]")
                 continue
-            aspect = b.height_in / b.width_in if b.width_in else 0.7
-            w = min(width, 25.4 * b.width_in * 1.1, (height - 12) / aspect)
+            w, aspect = fig_width(b)
             if pdf.get_y() + w * aspect > pdf.h - pdf.b_margin:
                 pdf.add_page()
             pdf.image(str(b.path), x=pdf.l_margin + (width - w) / 2, w=w)
@@ -220,7 +229,7 @@ def _pdf_table(pdf, t: Table, width: float, FontFace) -> None:
     total = sum(want)
     widths = want if total <= width else [max(l_, w * width / total) for w, l_ in zip(want, least)]
     scale = min(1.0, width / sum(widths)) if sum(widths) > width else 1.0
-    widths = [w * scale for w in widths]
+    widths = [w * scale * (1 - 1e-9) for w in widths]  # fpdf refuses a table a rounding error too wide
     align_map = {"l": "LEFT", "r": "RIGHT", "c": "CENTER"}
     aligns = tuple(align_map.get(a, "LEFT") for a in (t.align or ["l"] * n))
     with pdf.table(

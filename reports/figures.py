@@ -35,6 +35,16 @@ def _plt():
     return plt, sns
 
 
+def _wrap(text: str, width_in: float, fontsize: float) -> str:
+    """`text` broken into lines that fit `width_in` inches at `fontsize` points
+    (an average Helvetica/DejaVu character is about 0.55 em wide), so a long title
+    is never cut at the figure's edges."""
+    import textwrap
+
+    chars = max(20, int(0.92 * width_in * 72 / (0.55 * fontsize)))
+    return textwrap.fill(text, chars)
+
+
 def _save(fig, path: Path) -> FigureFile:
     path.parent.mkdir(parents=True, exist_ok=True)
     w, h = fig.get_size_inches()
@@ -108,7 +118,7 @@ def learning_curves(comparisons: list, path: Path, title: str) -> Optional[Figur
         ax.legend(fontsize=7, loc="upper right")
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    fig.suptitle(title + " (mean over seeds, band = +-1 sd)", fontsize=11)
+    fig.suptitle(_wrap(title + " (mean over seeds, band = +-1 sd)", fig.get_size_inches()[0], 11), fontsize=11)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -117,7 +127,7 @@ def delta_chart(rows: list, path: Path, title: str) -> Optional[FigureFile]:
     """One point per (ablation, metric): the seed CI (thick), the image bootstrap CI
     (thin, below), and the paper's claimed delta (red x)."""
     panels = {
-        "top-1 error and gap": [r for r in rows if r.metric in ("top-1", "gap")],
+        "top-1 error, gap, early error": [r for r in rows if r.metric in ("top-1", "gap", "early")],
         "top-5 error": [r for r in rows if r.metric == "top-5"],
     }
     panels = {k: v for k, v in panels.items() if v}
@@ -131,7 +141,7 @@ def delta_chart(rows: list, path: Path, title: str) -> Optional[FigureFile]:
         ys = np.arange(len(rs))[::-1]
         ax.axvline(0, color="0.3", linewidth=0.8)
         for y, r in zip(ys, rs):
-            ci = r.seed_ci
+            ci = r.ci  # the interval the test uses (seeds, or images when the seeds show no spread)
             if math.isfinite(ci.estimate):
                 ax.plot(100 * ci.estimate, y, "o", color=blue, zorder=3)
             if ci.ok:
@@ -141,18 +151,19 @@ def delta_chart(rows: list, path: Path, title: str) -> Optional[FigureFile]:
             if r.claimed is not None:
                 ax.plot(100 * r.claimed, y, "x", color="crimson", markersize=8, mew=2, zorder=4)
         ax.set_yticks(ys)
-        ax.set_yticklabels([f"{r.ablation}" + (" (gap)" if r.metric == "gap" else "") for r in rs])
+        ax.set_yticklabels([f"{r.ablation}" + (f" ({r.metric})" if r.metric in ("gap", "early") else "")
+                            for r in rs])
         ax.set_xlabel("variant - baseline (points)")
         ax.set_title(name, fontsize=10)
     from matplotlib.lines import Line2D
 
     handles = [
-        Line2D([], [], color=blue, marker="o", linewidth=3, label="measured, 95% CI over seeds"),
+        Line2D([], [], color=blue, marker="o", linewidth=3, label="measured, 95% CI of the test"),
         Line2D([], [], color=orange, linewidth=1.2, label="95% bootstrap CI over images"),
         Line2D([], [], color="crimson", marker="x", linestyle="", mew=2, label="paper's claimed delta"),
     ]
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(_wrap(title, fig.get_size_inches()[0], 11), fontsize=11)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     return _save(fig, path)
 
@@ -223,7 +234,7 @@ def conv1_grid(kernels: dict, path: Path, title: str) -> Optional[FigureFile]:
     for t, y, n in spans:
         name = "one tower" if t == "single" else f"tower {t}"
         ax.text(-2, y + 4, f"{name}\n({n})", ha="right", va="top", fontsize=8)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(_wrap(title, fig.get_size_inches()[0], 10), fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -248,6 +259,6 @@ def figure1(fig1, path: Path, title: str) -> Optional[FigureFile]:
     ax.set_ylim(bottom=0)
     ax.set_xlim(left=0)
     ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(_wrap(title, fig.get_size_inches()[0], 10), fontsize=10)
     fig.tight_layout()
     return _save(fig, path)

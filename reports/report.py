@@ -7,41 +7,47 @@ The report is a pure function of the run directories (read through
 from __future__ import annotations
 
 import math
+import os
 import shlex
+import shutil
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from ablations import registry as REG
 from reproduce import runs as R
 from reproduce.config import PRESETS
 from reports import analysis as A
 from reports import collect as C
 from reports import document as D
+from reports import export as E
 from reports import figures as F
 from reports import stats as S
 
 TITLE = "AlexNet reproduction report (Krizhevsky, Sutskever & Hinton, NIPS 2012)"
-LOSSY = {
-    "cifar10-jpeg": "a lossy JPEG copy of CIFAR-10",
-    "imagenette-144-webp": "a lossy WebP copy of Imagenette at 144 px",
-}
 
-# Published numbers (in points of top-1/top-5 *error*, variant - baseline).
+# Published numbers (error fractions): where, the data set as in `Claim.setting`, top-1, top-5.
 PAPER_HEADLINE = {
-    "imagenet": ("Table 2: one CNN, ILSVRC-2012 validation", 0.407, 0.182),
-    "cifar10": ("§3.3: four-layer CNN with normalization, CIFAR-10 test", 0.11, None),
+    "imagenet": ("Table 2: one CNN", "ILSVRC-2012 val", 0.407, 0.182),
+    "cifar10": ("§3.3: four-layer CNN with normalization", "CIFAR-10 test", 0.11, None),
 }
-SAME_DATA = {"imagenet": "ILSVRC-2012", "cifar10": "CIFAR-10"}
 MISHKIN_CITE = ("Mishkin, Sergievskiy & Matas 2016, \"Systematic evaluation of CNN advances on the "
                 "ImageNet\" (arXiv:1606.02228; CVIU 2017), CaffeNet on ImageNet at 128 px")
-# As reported in this project's issue 5 (top-1 *accuracy* differences), not re-checked
-# against the paper's tables here; printed with "reported as".
+# Mishkin et al.'s top-1 *accuracy* differences, quoted as "reported as" (not re-checked
+# against their tables here), and the same as points of top-1 error (variant - baseline).
 MISHKIN = {
-    "tanh": ("tanh instead of ReLU", "-7.0 points top-1 accuracy", 7.0),
-    "no_lrn": ("no LRN", "about 0", 0.0),
-    "no_overlap_pool": ("2x2 non-overlapping pooling", "+1.3 points top-1 accuracy", -1.3),
+    "tanh": ("tanh instead of ReLU", "reported as -7.0 points top-1 accuracy", 7.0),
+    "no_lrn": ("no LRN", "reported as about 0", 0.0),
+    "no_overlap_pool": ("2x2 non-overlapping pooling", "reported as +1.3 points top-1 accuracy", -1.3),
 }
+# What the report writes into its folder; the folder is replaced as a whole.
+PRODUCTS = ("report.md", "report.pdf", "figures", "runs.csv", "claims.csv")
+
+
+class ReportError(Exception):
+    """A problem with the report's input or output folders, said in one line."""
 
 
 @dataclass
@@ -52,6 +58,9 @@ class Report:
     figures: list = field(default_factory=list)
     analyses: dict = field(default_factory=dict)  # preset -> analysis.PresetAnalysis
     document: Optional[D.Document] = None
+    damaged: list = field(default_factory=list)  # reproduce.runs.RunFileError of the runs left out
+    runs_csv: Optional[Path] = None
+    claims_csv: Optional[Path] = None
 
 
 # --------------------------------------------------------------------------------------
@@ -133,7 +142,7 @@ def _what_was_run(an: A.PresetAnalysis) -> list:
         if data.get("max_train") or data.get("max_val"):
             line += (f", subset: at most {data.get('max_train') or 'all'} training and "
                      f"{data.get('max_val') or 'all'} validation images")
-        lossy = [v for k, v in LOSSY.items() if k in src]
+        lossy = [v for k, v in C.LOSSY.items() if k in src]
         if lossy:
             line += (f". Note: this is {lossy[0]} (the shared-data copy), not the original files; "
                      "errors are not directly comparable with results on the original images")
@@ -194,11 +203,45 @@ def _what_was_run(an: A.PresetAnalysis) -> list:
     return blocks
 
 
-def _metric_name(row: A.Row, comp: A.Comparison) -> str:
-    if row.metric == "gap":
-        return "gap: val top-1 - train top-1 (clean)"
-    base = f"val {row.metric} err"
-    return base + (" (10-view -> centre)" if comp.ablation.kind == "eval" else "")
+def fmt_p(p: float) -> str:
+    if p is None or not math.isfinite(p):
+        return "n/a"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _ratio(x: float) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"x{x:.2f}"
+
+
+def measured_text(row: A.Row, with_method: bool = False) -> str:
+    """The measured effect and the interval the test uses, e.g. "+2.50 [+1.10, +3.90]"."""
+    if row.is_ratio:
+        r = row.seed_ci
+        text = _ratio(r.estimate) + (f" [{_ratio(r.lo)}, {_ratio(r.hi)}]" if r.ok else " (no interval)")
+        return ("at least " + text) if row.lower_bound_only else text
+    ci = row.ci
+    text = pts(ci.estimate) + (f" [{pts(ci.lo)}, {pts(ci.hi)}]" if ci.ok else " (no interval)")
+    if with_method and ci.ok and ci.method.startswith("bootstrap"):
+        text += " (images)"
+    return text
+
+
+def mde_text(row: A.Row) -> str:
+    """The detectable effect on the printed scale (points, or a ratio)."""
+    if not math.isfinite(row.mde):
+        return "n/a"
+    return _ratio(math.exp(row.mde)) if row.is_ratio else f"{100 * row.mde:.2f}"
+
+
+def seeds_text(row: A.Row) -> str:
+    if row.seeds_needed is None:
+        return "n/a"
+    return f"> {row.seeds_needed - 1}" if row.seeds_needed > 10_000 else str(row.seeds_needed)
+
+
+def _caveat_tag(claim) -> str:
+    """The caveat's leading phrase ("Confounded", "Not like for like")."""
+    return claim.caveat.split(":", 1)[0] if claim.caveat else ""
 
 
 def _main_table(an: A.PresetAnalysis) -> list:
@@ -207,48 +250,76 @@ def _main_table(an: A.PresetAnalysis) -> list:
         "Errors are validation errors in %, mean ± sd over seeds (sample sd). Delta = variant - "
         "baseline in points (percentage points of error; for Figure 1 the ratio of epochs, variant / "
         "baseline). **95% CI (seeds)**: Student t on the per-seed differences when both arms have "
-        "the same seeds (paired), Welch's t otherwise; this interval, which includes training "
-        "noise, decides the verdict. **95% CI (images)**: paired percentile bootstrap over "
-        f"validation images ({A.BOOTSTRAP_RESAMPLES} resamples, seed {A.BOOTSTRAP_SEED}, pooled over "
-        "seeds); it only reflects the finite validation set. **Verdict**: `reproduced` = the seed CI "
-        "excludes 0 on the claimed side; `contradicted` = it excludes 0 on the other side; otherwise "
-        "the sign of the estimate gives `same/opposite direction, not significant`; an endpoint equal "
-        "to 0 does not exclude it; `not measurable` when an arm is missing or has fewer than 2 seeds. "
-        "Verdicts judge the direction only: **Paper vs CI** says whether the paper's delta lies "
-        "inside the seed CI, above or below it."))
+        "the same seeds (paired), Welch's t otherwise; it includes training noise and is the interval "
+        "the tests use. When every seed gives the same difference no t interval exists (it would have "
+        "zero width); the paired bootstrap over validation images is used instead where per-image "
+        "results exist, else the row is `not measurable`. **95% CI (images)**: percentile bootstrap "
+        f"over validation images ({A.BOOTSTRAP_RESAMPLES} resamples, seed {A.BOOTSTRAP_SEED}, pooled over "
+        "seeds); it reflects only the finite validation set."))
     rows = []
     for comp in an.comparisons:
         for r in comp.rows:
-            if r.metric == "epochs":
-                ci = r.seed_ci
-                bm, bsd, bn = S.mean_sd(list(r.base.values()))
-                vm, vsd, vn = S.mean_sd(list(r.variant.values()))
-                ep = lambda m, sd, n: "n/a" if n == 0 else (f"{m:.1f} ± {sd:.1f}" if n >= 2 else f"{m:.1f} (n=1)")  # noqa: E731
-                rows.append([code(comp.name), f"epochs to {an.fig1.target:.0%} train err" if an.fig1 else "epochs",
-                             f"{comp.claim.section}: {r.claimed_text}", ep(bm, bsd, bn), ep(vm, vsd, vn),
-                             "x" + num(ci.estimate, "{:.2f}") if ci.ok or math.isfinite(ci.estimate) else "n/a",
-                             f"[x{ci.lo:.2f}, x{ci.hi:.2f}]" if ci.ok else "n/a", "n/a",
-                             n_text(r.base, r.variant), r.verdict, r.paper_vs_ci or "-"])
+            if r.is_ratio:
+                ep = lambda v: _ep(list(v.values()))  # noqa: E731
+                rows.append([code(comp.name), r.label, ep(r.base), ep(r.variant), _ratio(r.seed_ci.estimate),
+                             f"[{_ratio(r.seed_ci.lo)}, {_ratio(r.seed_ci.hi)}]" if r.seed_ci.ok else "n/a", "n/a",
+                             n_text(r.base, r.variant)])
                 continue
-            rows.append([
-                code(comp.name), _metric_name(r, comp), f"{comp.claim.section}: {r.claimed_text}",
-                mean_sd_pct(r.base), mean_sd_pct(r.variant), pts(r.seed_ci.estimate), ci_pts(r.seed_ci),
-                ci_pts(r.image_ci), n_text(r.base, r.variant), r.verdict, r.paper_vs_ci or "-",
-            ])
+            rows.append([code(comp.name), r.label, mean_sd_pct(r.base), mean_sd_pct(r.variant),
+                         pts(r.seed_ci.estimate), ci_pts(r.seed_ci), ci_pts(r.image_ci), n_text(r.base, r.variant)])
         if not comp.rows:
-            rows.append([code(comp.name), "-", f"{comp.claim.section}", "n/a", "n/a", "n/a", "n/a", "n/a",
-                         "0", S.NOT_MEASURABLE, "-"])
+            rows.append([code(comp.name), "-", "n/a", "n/a", "n/a", "n/a", "n/a", "0"])
     blocks.append(D.Table(
-        ["Ablation", "Metric", "Paper", "Baseline", "Variant", "Delta", "95% CI (seeds)",
-         "95% CI (images)", "n", "Verdict", "Paper vs CI"],
-        rows, ["l", "l", "l", "r", "r", "r", "r", "r", "r", "l", "l"],
+        ["Ablation", "Metric", "Baseline", "Variant", "Delta", "95% CI (seeds)", "95% CI (images)", "n"],
+        rows, ["l", "l", "r", "r", "r", "r", "r", "r"],
         caption="n: seeds per arm (b/v when the arms' seeds differ). single_view_eval: baseline = "
                 "ten-view error, variant = centre-crop error of the same baseline runs."))
 
+    blocks.append(D.Heading(3, "Tests"))
+    blocks.append(D.Para(
+        f"**Multiple comparisons**: {A.HOLM}; here m = {an.family} claim(s) with a test. **p (Holm)**: the "
+        "adjusted two-sided p-value of \"no difference\" (secondary rows: the unadjusted p, in brackets). "
+        "**Direction**: the claimed sign is significant when the adjusted p < 0.05. **MDE**: the minimum "
+        f"detectable effect, the smallest true difference that a two-sided test at α = {S.ALPHA:g} finds "
+        f"with {S.POWER:.0%} power at the observed spread (noncentral t with the interval's degrees of "
+        "freedom; normal for the image bootstrap), in points (a ratio for Figure 1). **Seeds for paper**: "
+        "seeds per arm at which the MDE reaches the paper's effect, at the observed spread. **Size**: the "
+        "paper's value against the interval; `paper's value inside the interval` only when the paper's "
+        "effect is at least the MDE, else `underpowered` (a wide interval contains everything and is not "
+        "evidence); a claim stated as a lower bound (\"over 1%\") is compared as a bound. **Verdict**: "
+        "`reproduced` = significant in the claimed direction and the size agrees (or no size is claimed); "
+        "`direction reproduced, size differs/unresolved`; `contradicted` = significant the other way; "
+        "`underpowered` = not significant and the paper's effect is below the MDE; `not reproduced` = not "
+        "significant and the interval excludes the paper's effect; `not measurable` = no interval, or the "
+        "baseline is at chance."))
+    rows = []
+    for comp in an.comparisons:
+        for r in comp.rows:
+            p = fmt_p(r.p_adj) if r.role == "primary" else (f"({fmt_p(r.p)})" if r.role == "secondary" else "-")
+            paper = f"{comp.claim.section}: {r.claimed_text}"
+            rows.append([code(comp.name), r.label, paper, measured_text(r, True), p, mde_text(r), seeds_text(r),
+                         r.direction_verdict, r.magnitude, r.verdict])
+        if not comp.rows:
+            rows.append([code(comp.name), "-", comp.claim.section, "n/a", "n/a", "n/a", "n/a",
+                         S.NOT_MEASURABLE, S.NOT_MEASURABLE, S.NOT_MEASURABLE])
+    blocks.append(D.Table(
+        ["Ablation", "Metric", "Paper", "Measured [95% CI]", "p (Holm)", "MDE", "Seeds for paper", "Direction",
+         "Size", "Verdict"], rows, ["l", "l", "l", "r", "r", "r", "r", "l", "l", "l"],
+        caption="Measured: the delta (points) or ratio with the interval the test uses; \"(images)\" marks the "
+                "image bootstrap, \"at least\" a ratio bounded by censored runs."))
+
     blocks.append(D.Heading(3, "The paper's claims"))
-    blocks.append(D.Bullets([
-        f"{code(comp.name)} ({comp.claim.section}, measured on {comp.claim.setting}): "
-        f"\"{comp.claim.text}\" Variant: {comp.ablation.description}." for comp in an.comparisons]))
+    items = []
+    for comp in an.comparisons:
+        c = comp.claim
+        item = (f"{code(comp.name)} ({c.section}, measured on {c.setting}; here: {comp.setting}): \"{c.text}\" "
+                f"Variant: {comp.ablation.description}.")
+        if c.bound == "at least":
+            item += " The paper states a lower bound, so it is compared as one."
+        if c.caveat:
+            item += f" **{c.caveat}**"
+        items.append(item)
+    blocks.append(D.Bullets(items))
 
     blocks.append(D.Heading(3, "Arms compared"))
     arm_rows = []
@@ -268,12 +339,18 @@ def _main_table(an: A.PresetAnalysis) -> list:
                           arm_rows, caption="Arms are chosen so that their configurations differ exactly "
                           "by the ablation (Figure 1 arms may also differ in learning rate, chosen per "
                           "activation as in §3.1)."))
-    notes = [f"{code(c.name)}: {n}" for c in an.comparisons for n in c.notes]
+    notes = list(an.notes)
+    notes += [f"{code(c.name)}: {n}" for c in an.comparisons for n in c.notes]
     notes += [f"{code(c.name)} {r.metric}: {n}" for c in an.comparisons for r in c.rows for n in r.notes]
     if notes:
         blocks.append(D.Heading(3, "Notes"))
         blocks.append(D.Bullets(notes))
     return blocks
+
+
+def _ep(values: list) -> str:
+    m, sd, n = S.mean_sd(values)
+    return "n/a" if n == 0 else (f"{m:.1f} ± {sd:.1f}" if n >= 2 else f"{m:.1f} (n=1)")
 
 
 def _overfitting(an: A.PresetAnalysis) -> list:
@@ -309,7 +386,7 @@ def _figures(an: A.PresetAnalysis, out_dir: Path, figs: list) -> list:
     blocks.append(_figure(f, out_dir, f"Learning curves ({p}): validation top-1 error (centre crop) per "
                           "epoch, baseline solid, variant dashed; band = ±1 sd over seeds (thin lines: single seeds, "
                           "where runs of an arm have different lengths)."))
-    rows = [r for c in an.comparisons for r in c.rows if r.metric in ("top-1", "top-5", "gap")]
+    rows = [r for c in an.comparisons for r in c.rows if r.metric in ("top-1", "top-5", "gap", "early")]
     f2 = F.delta_chart(rows, fdir / f"{p}_deltas.png", f"{p}: variant - baseline")
     blocks.append(_figure(f2, out_dir, f"Measured deltas ({p}) with 95% intervals over seeds (thick) and "
                           "over validation images (thin); x = the paper's claimed delta."))
@@ -361,29 +438,37 @@ def _fig1_blocks(an: A.PresetAnalysis, out_dir: Path, fig) -> list:
     row = next((x for c in an.comparisons for x in c.rows if x.metric == "epochs"), None)
     if r is not None and row is not None:
         claim = f1.ablation.claim(an.preset)
-        cmp6 = ""
-        if claim.ratio and row.verdict == "not measurable":
+        at_least = "at least " if row.lower_bound_only else ""
+        cmp6 = f"size: {row.magnitude}"
+        if claim.ratio and row.verdict == S.NOT_MEASURABLE:
             cmp6 = f"not measurable here, so no comparison with the paper's x{claim.ratio:g}"
-        elif claim.ratio and r.ok:
-            if r.lo > claim.ratio:
-                cmp6 = f"the paper's x{claim.ratio:g} lies below the interval (tanh is slower here than in the paper)"
-            elif r.hi < claim.ratio:
-                cmp6 = f"the paper's x{claim.ratio:g} lies above the interval (a smaller speed-up than the paper's)"
-            else:
-                cmp6 = f"the paper's x{claim.ratio:g} lies inside the interval"
+        elif claim.ratio and row.lower_bound_only and row.magnitude == S.MAG_LARGER:
+            cmp6 = (f"even as a lower bound the interval lies above the paper's x{claim.ratio:g}: tanh is slower "
+                    "here, relative to ReLU, than in the paper")
+        elif claim.ratio and row.lower_bound_only:
+            cmp6 = (f"censored tanh runs make the ratio a lower bound, so the paper's x{claim.ratio:g} cannot "
+                    "be ruled out above the interval; run those seeds longer to resolve it")
+        elif claim.ratio and row.magnitude == S.MAG_UNDERPOWERED:
+            cmp6 = (f"the paper's x{claim.ratio:g} is inside the interval, but below the detectable ratio "
+                    f"({mde_text(row)}): no evidence either way")
         elif claim.ratio:
-            cmp6 = f"no interval (n < 2), so no comparison with the paper's x{claim.ratio:g}"
+            cmp6 = {S.MAG_INSIDE: f"the paper's x{claim.ratio:g} lies inside the interval",
+                    S.MAG_SMALLER: f"the paper's x{claim.ratio:g} lies above the interval (a smaller speed-up)",
+                    S.MAG_LARGER: f"the paper's x{claim.ratio:g} lies below the interval (tanh is slower here)",
+                    }.get(row.magnitude, cmp6)
         spread = f"per-seed ratios {r.mean:.2f} ± {r.sd:.2f}" if math.isfinite(r.sd) else "per-seed ratios n/a"
         wall = ""
         if f1.wall_ratio is not None and math.isfinite(f1.wall_ratio.estimate):
             w = f1.wall_ratio
-            wall = (f" Wall-time ratio (tanh / ReLU, time to target): x{w.estimate:.2f}"
+            wall = (f" Wall-time ratio (tanh / ReLU, time to target): {at_least}x{w.estimate:.2f}"
                     + (f", 95% CI [x{w.lo:.2f}, x{w.hi:.2f}]." if w.ok else "."))
         blocks.append(D.Para(
-            f"Epochs to {f1.target:.0%} training error, tanh / ReLU: x{r.estimate:.2f} (geometric mean, "
+            f"Epochs to {f1.target:.0%} training error, tanh / ReLU: {at_least}x{r.estimate:.2f} (geometric mean, "
             f"{spread}), 95% CI " + (f"[x{r.lo:.2f}, x{r.hi:.2f}]" if r.ok else "n/a")
-            + f" ({r.method} on log epochs, n = {r.n}). Verdict: **{row.verdict}** (`reproduced` when the "
-            f"interval lies above 1, i.e. ReLU reaches the target faster). Against the paper: {cmp6}.{wall}"))
+            + f" ({r.method} on log epochs, n = {r.n}"
+            + (", a lower bound: censored tanh runs count the epochs they ran" if row.lower_bound_only else "")
+            + f"). Direction (Holm-adjusted p {fmt_p(row.p_adj)}): {row.direction_verdict}; verdict: "
+            f"**{row.verdict}**. Against the paper: {cmp6}.{wall}"))
     # The learning-rate grid.
     lrs = sorted({c.lr for cells in f1.grid.values() for c in cells})
     if lrs:
@@ -396,15 +481,20 @@ def _fig1_blocks(an: A.PresetAnalysis, out_dir: Path, fig) -> list:
                 mark = " (chosen)" if chosen is not None and math.isclose(lr, chosen) else ""
                 if c is None or c.ttt is None:
                     row_ += [(c.status if c else "missing") + mark, "n/a"]
+                elif c.censored and not c.ttt.reached:
+                    row_ += [f"> {c.ttt.observed} (stopped: could not beat the fastest rate)" + mark,
+                             num(c.wall_s, "{:.0f}")]
                 else:
                     row_ += [str(c.ttt) + mark, num(c.wall_s, "{:.0f}")]
             grid_rows.append(row_)
         blocks.append(D.Table(["lr", f"ReLU: epochs to {f1.target:.0%}", "ReLU: wall s",
                                f"tanh: epochs to {f1.target:.0%}", "tanh: wall s"], grid_rows,
                               ["r", "l", "r", "l", "r"],
-                              caption="Learning-rate grid (one run per rate and activation, on a seed apart from the measured ones); "
-                                      "(chosen) marks the rate the seeded runs above used. §3.1: the rates "
-                                      "were chosen independently per network to make training as fast as possible."))
+                              caption=f"Learning-rate grid (one run per rate and activation, on selection seed "
+                                      f"{REG.GRID_SEED}, apart from the measured ones); (chosen) marks the rate the "
+                                      "seeded runs above used. §3.1: the rates were chosen independently per network "
+                                      "to make training as fast as possible. A grid run stops once it can no longer "
+                                      "beat the fastest rate (> N: stopped after N epochs)."))
     if f1.notes:
         blocks.append(D.Bullets(list(f1.notes)))
     return blocks
@@ -415,13 +505,15 @@ def _published(an: A.PresetAnalysis) -> list:
     rows = []
     head = PAPER_HEADLINE.get(an.preset)
     bg = an.baseline_group()
+    ref = (bg.counted or bg.runs)[0] if bg is not None and (bg.counted or bg.runs) else None
     if head is not None:
+        where, setting, top1, top5 = head
         t1 = A.result_values(bg, "val_top1_err")
         t5 = A.result_values(bg, "val_top5_err")
-        paper = pct(head[1], 1) + (f" / {pct(head[2], 1)}" if head[2] is not None else "") + f" ({head[0]})"
-        ours = mean_sd_pct(t1) + (f" / {mean_sd_pct(t5)}" if head[2] is not None else "")
-        name = "baseline error, top-1" + (" / top-5" if head[2] is not None else "") + " (%)"
-        rows.append([name, paper, "-", ours, "same data set; see the preset's schedule"])
+        paper = pct(top1, 1) + (f" / {pct(top5, 1)}" if top5 is not None else "") + f" ({where}, {setting})"
+        ours = mean_sd_pct(t1) + (f" / {mean_sd_pct(t5)}" if top5 is not None else "")
+        name = "baseline error, top-1" + (" / top-5" if top5 is not None else "") + " (%)"
+        rows.append([name, paper, "-", ours, C.setting_match(ref, setting) + "; see the preset's schedule"])
     for comp in an.comparisons:
         c = comp.claim
         if c.metric != "error" or (c.top1 is None and comp.name not in MISHKIN):
@@ -429,27 +521,30 @@ def _published(an: A.PresetAnalysis) -> list:
         top1 = next((r for r in comp.rows if r.metric == "top-1"), None)
         ours = "n/a"
         if top1 is not None and math.isfinite(top1.seed_ci.estimate):
-            ours = pts(top1.seed_ci.estimate) + (f" {ci_pts(top1.seed_ci)}" if top1.seed_ci.ok else " (no CI, n < 2)")
-        paper = (f"{c.top1:+.1f}" + (f" / {c.top5:+.1f}" if c.top5 is not None else "")
+            ours = pts(top1.seed_ci.estimate) + (f" {ci_pts(top1.seed_ci)}" if top1.seed_ci.ok
+                                                 else f" (no CI: {top1.seed_ci.reason})")
+            if top1.unmeasurable == "baseline at chance":
+                ours += "; not measurable: baseline at chance"
+        paper = (f"{c.top1:+.1f}" + (" or more" if c.bound == "at least" else "")
+                 + (f" / {c.top5:+.1f}" if c.top5 is not None else "")
                  + f" ({c.section}, {c.setting})") if c.top1 is not None else f"qualitative ({c.section})"
         mk = MISHKIN.get(comp.name)
         mtext = "-"
         if mk:
-            mtext = f"reported as {mk[1]} for {mk[0]}" + (f" (= {mk[2]:+.1f} points top-1 error)" if mk[2] else "")
-        same = SAME_DATA.get(an.preset)
-        matches = "paper: same data set" if same and same in c.setting else "no (different data)"
-        rows.append([f"{code(comp.name)} top-1 delta (points of error)", paper, mtext, ours, matches])
+            mtext = f"{mk[1]} for {mk[0]}" + (f" (= {mk[2]:+.1f} points top-1 error)" if mk[2] else "")
+        setting = comp.setting + (f". {c.caveat}" if c.caveat else "")
+        rows.append([f"{code(comp.name)} top-1 delta (points of error)", paper, mtext, ours, setting])
     blocks.append(D.Table(["Quantity", "Krizhevsky et al. 2012", "Mishkin et al. 2016", f"This report ({an.preset})",
                            "Setting matches?"], rows, ["l", "l", "l", "r", "l"],
                           caption="Deltas are variant - baseline in points of top-1 error, ours with the 95% CI "
-                                  "over seeds."))
+                                  "over seeds. Setting: decided from each run's recorded data source (TFDS name, "
+                                  "local files identified by hash only, or synthetic data), not the preset's name."))
     blocks.append(D.Para(
-        f"Mishkin et al.: {MISHKIN_CITE}. Their numbers are given as reported in this project's issue 5 "
-        "(top-1 accuracy differences, converted here to error by a sign flip) and were not re-checked "
-        "against the paper's tables for this report. ImageNet at 128 px is closest to the imagenette "
-        "preset's resolution but has 1000 classes, so no preset here matches their setting exactly. "
-        "Krizhevsky et al.'s deltas are from the sections cited; their ten-view numbers are on "
-        "ILSVRC-2010 test (§6)."))
+        f"Mishkin et al.: {MISHKIN_CITE}. Their numbers are top-1 accuracy differences, converted here to error "
+        "by a sign flip; they were not re-checked against the paper's tables for this report. ImageNet at "
+        "128 px is closest to the imagenette preset's resolution but has 1000 classes, so no preset here "
+        "matches their setting exactly. Krizhevsky et al.'s deltas are from the sections cited; their ten-view "
+        "numbers are on ILSVRC-2010 test (§6)."))
     return blocks
 
 
@@ -495,13 +590,52 @@ def _completeness(an: A.PresetAnalysis, root) -> list:
 
 
 def _summary(an: A.PresetAnalysis) -> D.Para:
-    counts = Counter(r.verdict for c in an.comparisons for r in c.rows)
+    counts = Counter(r.verdict for c in an.comparisons for r in c.rows if r.role == "primary")
     parts = [f"{v}: {n}" for v, n in sorted(counts.items(), key=lambda kv: S.VERDICTS.index(kv[0])
                                             if kv[0] in S.VERDICTS else 99)]
     n_done = sum(1 for r in an.runs if C.is_counted(r))
     return D.Para(f"{len(an.runs)} runs ({n_done} finished), {len(an.comparisons)} ablations. Verdicts over "
-                  f"the compared metrics: {'; '.join(parts) or 'none'}. Missing or unfinished: "
+                  f"the claims: {'; '.join(parts) or 'none'}. Missing or unfinished: "
                   f"{len(an.missing)} (section 7).")
+
+
+def _summary_table(analyses: dict) -> list:
+    """The table a reader takes in at a glance: one row per claim of each preset."""
+    rows = []
+    for p, an in analyses.items():
+        bg = an.baseline_group()
+        ref = (bg.counted or bg.runs)[0] if bg is not None and (bg.counted or bg.runs) else None
+        data = C.dataset_name(ref) if ref is not None else "no runs"
+        for comp in an.comparisons:
+            r = comp.primary or next(iter(comp.rows), None)
+            c = comp.claim
+            if r is None:
+                rows.append([f"{p} ({data})", f"{code(comp.name)} {c.section}", "-", "n/a", S.NOT_MEASURABLE,
+                             _caveat_tag(c) or "no runs"])
+                continue
+            paper = r.claimed_text + ("" if r.is_ratio or r.claimed_text == "no claim" else " pts")
+            note = "; ".join(x for x in (_caveat_tag(c), r.unmeasurable if r.role != "none" else "") if x)
+            rows.append([f"{p} ({data})", f"{code(comp.name)} {c.section}, {r.label}", paper,
+                         measured_text(r, True), r.verdict, note])
+    if not rows:
+        return []
+    return [D.Heading(1, "Summary"),
+            D.Table(["Preset (data)", "Claim, metric", "Paper", "Measured [95% CI]", "Verdict", "Note"], rows,
+                    ["l", "l", "l", "r", "l", "l"],
+                    caption=f"One row per claim: its primary metric, variant - baseline in points of error (a "
+                            f"ratio for Figure 1). Verdicts after {A.HOLM}. `reproduced` needs the claimed sign "
+                            "significant and the paper's size inside an adequately powered interval (or no size "
+                            "claimed); see each preset's section 2 for the tests, detectable effects and notes.")]
+
+
+def _damaged(damaged: list, root) -> list:
+    if not damaged:
+        return []
+    rows = [[code(C.relpath(e.path, root)), e.problem] for e in damaged]
+    return [D.Heading(1, "Damaged runs (skipped)"),
+            D.Para(f"{len(damaged)} run(s) could not be read and are left out of everything below. Fix: "
+                   f"{R.RunFileError.FIX}, then build the report again."),
+            D.Table(["File", "What is wrong"], rows, ["l", "l"])]
 
 
 def _bench(root: Path) -> list:
@@ -548,52 +682,141 @@ def _bench(root: Path) -> list:
 
 def build_report(runs_root=None, out_dir=None, preset: Optional[str] = None,
                  command: Optional[str] = None) -> Report:
-    """Write report.md, report.pdf and figures/*.png for the runs under `runs_root`.
+    """Write report.md, report.pdf, figures/*.png, runs.csv and claims.csv for the
+    runs under `runs_root`.
 
-    runs_root: default `reproduce.runs.default_root()`; out_dir: default
-    `<runs_root>/report`; preset: only this preset's section (it is written even
-    with no runs, listing what is missing). Returns a `Report` with the paths and
-    the per-preset analyses.
+    runs_root: default `reproduce.runs.default_root()`, which must exist; out_dir:
+    default `<runs_root>/report`; preset: only this preset's section (it is written
+    even with no runs, listing what is missing). A run with a damaged file is
+    skipped and listed. The output folder is built aside and swapped in whole, so
+    a reader never sees a report.md from one build beside a report.pdf from
+    another. Returns a `Report` with the paths, the per-preset analyses and the
+    damaged runs. Raises `ReportError` for a missing runs folder or an output
+    folder that cannot be written.
     """
     root = Path(runs_root) if runs_root is not None else R.default_root()
+    if not root.is_dir():
+        raise ReportError(f"runs folder {root} " + ("is not a folder" if root.exists() else "does not exist")
+                          + ": pass the folder holding the run directories with --runs (or $REPRODUCE_RUNS)")
     out = Path(out_dir) if out_dir is not None else root / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    _check_out(out)
     if command is None:
         command = f"python -m reports --runs {shlex.quote(str(root))} --out {shlex.quote(str(out))}" + (
             f" --preset {preset}" if preset else "")
-    grouped = C.load(root)
+    damaged: list = []
+    grouped = C.load(root, damaged)
     presets = [preset] if preset else C.preset_order(grouped)
+    analyses = {p: A.analyze_preset(p, grouped.get(p, {}), root) for p in presets if grouped.get(p) or preset}
 
+    build = _new_folder(out)
+    try:
+        report = _write(build, root, command, preset, grouped, analyses, damaged)
+        _swap_in(build, out)
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)
+        raise
+    report.out_dir, report.markdown, report.pdf = out, out / "report.md", out / "report.pdf"
+    report.runs_csv, report.claims_csv = out / "runs.csv", out / "claims.csv"
+    report.figures = [F.FigureFile(out / f.path.relative_to(build), f.width_in, f.height_in) for f in report.figures]
+    return report
+
+
+def _write(build: Path, root: Path, command: str, preset, grouped: dict, analyses: dict, damaged: list) -> Report:
     doc = D.Document(TITLE)
-    report = Report(out, out / "report.md", out / "report.pdf", document=doc)
+    report = Report(build, build / "report.md", build / "report.pdf", document=doc, analyses=analyses,
+                    damaged=damaged)
     doc.add(D.Para(f"Runs root: {code(root)}. Built by {code(command)} from the run directories alone "
-                   "(results, metrics, per-image correctness and kernels); it loads no training code."))
+                   "(results, metrics, per-image correctness and kernels); it loads no training code. "
+                   "Tables for pandas: `runs.csv` (one row per run) and `claims.csv` (one row per claim and metric) "
+                   "beside this file."))
     if not grouped:
         doc.add(D.Para(f"No runs found under {code(root)} (no run directory with config.json)."))
     elif preset and preset not in grouped:
         doc.add(D.Para(f"No runs of preset {code(preset)} under {code(root)}; presets present: "
                        f"{', '.join(code(p) for p in C.preset_order(grouped))}."))
-    if len(presets) > 1:
-        doc.add(D.Para("Presets in this report (one section each): " + ", ".join(code(p) for p in presets) + "."))
-    for p in presets:
-        labels = grouped.get(p, {})
-        if not labels and not preset:
-            continue
-        an = A.analyze_preset(p, labels, root)
-        report.analyses[p] = an
+    doc.add(*_summary_table(analyses))
+    doc.add(*_damaged(damaged, root))
+    if len(analyses) > 1:
+        doc.add(D.Para("Presets in this report (one section each): " + ", ".join(code(p) for p in analyses) + "."))
+    for p, an in analyses.items():
         doc.add(D.Heading(1, f"Preset {p}"))
-        if not labels:
-            doc.add(D.Para(f"No runs of this preset yet."))
+        if not an.labels:
+            doc.add(D.Para("No runs of this preset yet."))
         doc.add(_summary(an))
         doc.add(*_what_was_run(an))
         doc.add(*_main_table(an))
         doc.add(*_overfitting(an))
-        doc.add(*_figures(an, out, report.figures))
+        doc.add(*_figures(an, build, report.figures))
         doc.add(*_published(an))
         doc.add(*_commands(an, command))
         doc.add(*_completeness(an, root))
     doc.add(*_bench(root))
-
     report.markdown.write_text(D.to_markdown(doc))
     D.to_pdf(doc, report.pdf)
+    E.write_csvs(build, analyses, damaged, root)
     return report
+
+
+# --------------------------------------------------------------------------------------
+# The output folder, replaced as a whole
+# --------------------------------------------------------------------------------------
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"report folder {out} is a file, not a folder: choose another with --out")
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in PRODUCTS)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+            raise ReportError(f"report folder {out} holds files the report does not write ({shown}); the report "
+                              "replaces its folder as a whole, so choose an empty or new folder with --out")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _new_folder(out: Path) -> Path:
+    """An empty folder beside `out` (same file system, so it can be renamed onto it)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        build = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+        os.chmod(build, 0o777 & ~_umask())  # mkdtemp makes it private; the report is for every reader
+        return build
+    except OSError as e:
+        raise ReportError(f"cannot write the report beside {out}: {e.strerror or e} ({e.filename or out.parent}); "
+                          "choose a writable folder with --out") from None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0
+
+
+def _swap_in(build: Path, out: Path) -> None:
+    """Put the finished folder `build` in place of `out`: one atomic exchange where
+    the system has it, else two renames (in between, `out` is briefly absent:
+    still never a mix of two builds)."""
+    try:
+        if not out.exists():
+            os.rename(build, out)
+        elif _exchange(build, out):
+            shutil.rmtree(build)  # now the previous report
+        else:
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.rename(out, old / "report")
+            os.rename(build, out)
+            shutil.rmtree(old)
+    except OSError as e:
+        raise ReportError(f"cannot replace the report folder {out}: {e.strerror or e}; choose a writable "
+                          "folder with --out") from None

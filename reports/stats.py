@@ -8,8 +8,24 @@ Conventions
   explicit: two arms are *paired* when they were run with exactly the same set of
   seeds (seed ``s`` of the baseline and seed ``s`` of the variant share their
   initialization and data order), otherwise they are compared with Welch's t.
-* Intervals are two-sided at ``level`` (0.95 by default). An interval that cannot
-  be computed (fewer than two values on a side) has ``lo = hi = nan``.
+* Intervals are two-sided at ``level`` (0.95 by default) and carry the two-sided
+  p-value of "no difference". An interval that cannot be computed has
+  ``lo = hi = nan`` and says why in ``reason``: fewer than two values on a side,
+  or no spread at all. A zero-width interval is never returned: identical
+  per-seed differences (likely with integer epoch counts or small validation
+  sets) say nothing about the seed-to-seed spread, and a t interval built on a
+  zero standard deviation would be a point.
+
+From intervals to verdicts (the report applies them per preset)
+----------------------------------------------------------------
+1. `holm` adjusts the p-values of the claims of one preset (one p-value per
+   claim, from its primary metric).
+2. `direction_verdict`: the sign is significant when the adjusted p < alpha.
+3. `magnitude_verdict`: the paper's value against the interval, judged only when
+   the comparison could detect the paper's effect (`mde`, the minimum detectable
+   effect at 80% power); a claim stated as a lower bound ("over 1%") is compared
+   as a bound.
+4. `claim_verdict` combines the two into one word for the summary.
 """
 
 from __future__ import annotations
@@ -20,31 +36,66 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-# Verdicts (see `verdict`).
+NAN = float("nan")
+ALPHA = 0.05
+POWER = 0.80
+
+# Direction of a tested claim, after the multiple-comparison correction.
+DIR_CLAIMED = "claimed direction"
+DIR_OPPOSITE = "opposite direction"
+DIR_NS = "not significant"
+
+# The paper's value against the measured interval.
+MAG_INSIDE = "paper's value inside the interval"
+MAG_SMALLER = "smaller than the paper's"
+MAG_LARGER = "larger than the paper's"
+MAG_UNDERPOWERED = "underpowered"  # the paper's effect is below the detectable effect
+MAG_BOUND_MET = "meets the paper's bound"
+MAG_BOUND_INSIDE = "paper's bound inside the interval"
+MAG_BOUND_BELOW = "below the paper's bound"
+MAG_CENSORED = "not resolved (lower bound only)"
+MAG_NONE = "no size claimed"
+
+# One word per claim (see `claim_verdict`), and for rows that are not tested.
 REPRODUCED = "reproduced"
-SAME_NS = "same direction, not significant"
+DIRECTION_ONLY = "direction reproduced, size differs"
+SIZE_UNRESOLVED = "direction reproduced, size unresolved"
 CONTRADICTED = "contradicted"
-OPPOSITE_NS = "opposite direction, not significant"
-NO_DIFFERENCE = "no difference"
+NOT_REPRODUCED = "not reproduced"
+UNDERPOWERED = "underpowered"
+NOT_SIGNIFICANT = "not significant"
 NOT_MEASURABLE = "not measurable"
 NO_CLAIM = "no claim"
-VERDICTS = (REPRODUCED, SAME_NS, NO_DIFFERENCE, OPPOSITE_NS, CONTRADICTED, NOT_MEASURABLE, NO_CLAIM)
+SECONDARY = "secondary (not tested)"
+VERDICTS = (REPRODUCED, DIRECTION_ONLY, SIZE_UNRESOLVED, NOT_SIGNIFICANT, UNDERPOWERED, NOT_REPRODUCED,
+            CONTRADICTED, NOT_MEASURABLE, NO_CLAIM, SECONDARY)
 
-NAN = float("nan")
+# Below this, a standard deviation is float noise around zero (errors are
+# fractions; a 50,000-image validation set resolves 2e-5).
+_ZERO_SD = 1e-12
 
 
-def _t_ppf(q: float, df: float) -> float:
-    from scipy.stats import t  # scipy is imported lazily: `reports` must stay light
+def _t():
+    from scipy import stats  # scipy is imported lazily: `reports` must stay light
 
-    return float(t.ppf(q, df))
+    return stats
+
+
+def _finite(*xs) -> bool:
+    return all(x is not None and math.isfinite(x) for x in xs)
 
 
 @dataclass(frozen=True)
 class Interval:
-    """A point estimate with a two-sided confidence interval.
+    """A point estimate with a two-sided confidence interval and its test.
 
-    method: "paired t", "Welch t", "bootstrap (images)", or "n/a" (not computable);
-    n: pairs for paired t, ``(n_base, n_variant)`` for Welch, images for the bootstrap.
+    method: "paired t", "Welch t", "bootstrap (images)", or "n/a";
+    n: pairs for paired t, ``(n_base, n_variant)`` for Welch, images for the bootstrap;
+    p: two-sided p-value of "the true value is ``null``" (nan when not computable);
+    se, df: the standard error and degrees of freedom (df inf: normal);
+    sds: the spread the design scales with the number of seeds (paired: the sd of
+    the differences; Welch: the two arms' sds), for `seeds_needed`;
+    reason: why ``lo``/``hi`` are nan, when they are.
     """
 
     estimate: float
@@ -54,13 +105,28 @@ class Interval:
     n: object = None
     df: float = NAN
     level: float = 0.95
+    p: float = NAN
+    se: float = NAN
+    sds: tuple = ()
+    reason: str = ""
 
     @property
     def ok(self) -> bool:
-        return all(math.isfinite(x) for x in (self.estimate, self.lo, self.hi))
+        return _finite(self.estimate, self.lo, self.hi)
 
     def contains(self, x: float) -> bool:
         return self.ok and self.lo <= x <= self.hi
+
+
+def _na(estimate, method, n, level, reason, df=NAN, sds=()) -> Interval:
+    return Interval(estimate, NAN, NAN, method, n, df, level, NAN, NAN, sds, reason)
+
+
+def _t_interval(est, se, df, n, method, level, sds, null=0.0) -> Interval:
+    st = _t()
+    half = float(st.t.ppf(0.5 + level / 2, df)) * se
+    p = float(2 * st.t.sf(abs(est - null) / se, df))
+    return Interval(est, est - half, est + half, method, n, float(df), level, p, se, sds)
 
 
 def mean_sd(values: Sequence[float]) -> tuple[float, float, int]:
@@ -73,10 +139,9 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float, int]:
 
 
 def paired_t_interval(base: Sequence[float], variant: Sequence[float], level: float = 0.95) -> Interval:
-    """Student t interval on the per-pair differences ``variant[i] - base[i]``.
+    """Student t interval and test on the per-pair differences ``variant[i] - base[i]``.
 
-    Needs n >= 2 pairs. Zero spread gives the degenerate interval [d, d].
-    """
+    Needs n >= 2 pairs and some spread between the differences."""
     b = np.asarray(base, dtype=float)
     v = np.asarray(variant, dtype=float)
     if b.shape != v.shape:
@@ -84,35 +149,36 @@ def paired_t_interval(base: Sequence[float], variant: Sequence[float], level: fl
     d = v - b
     n = int(d.size)
     if n == 0:
-        return Interval(NAN, NAN, NAN, "n/a", 0, level=level)
+        return _na(NAN, "n/a", 0, level, "no pairs")
     est = float(d.mean())
     if n < 2:
-        return Interval(est, NAN, NAN, "n/a", n, level=level)
-    se = float(d.std(ddof=1)) / math.sqrt(n)
-    half = _t_ppf(0.5 + level / 2, n - 1) * se
-    return Interval(est, est - half, est + half, "paired t", n, float(n - 1), level)
+        return _na(est, "n/a", n, level, "one seed per arm")
+    sd = float(d.std(ddof=1))
+    if sd <= _ZERO_SD * max(1.0, abs(est)):
+        return _na(est, "paired t", n, level, f"no spread: all {n} seeds gave the same difference",
+                   float(n - 1), (0.0,))
+    return _t_interval(est, sd / math.sqrt(n), n - 1, n, "paired t", level, (sd,))
 
 
 def welch_interval(base: Sequence[float], variant: Sequence[float], level: float = 0.95) -> Interval:
-    """Welch's t interval for ``mean(variant) - mean(base)`` (unequal variances).
+    """Welch's t interval and test for ``mean(variant) - mean(base)`` (unequal variances).
 
-    Needs n >= 2 on each side. Zero spread on both sides gives [d, d].
-    """
+    Needs n >= 2 on each side and some spread on at least one."""
     b = np.asarray(base, dtype=float)
     v = np.asarray(variant, dtype=float)
     n1, n2 = int(b.size), int(v.size)
     if n1 == 0 or n2 == 0:
-        return Interval(NAN, NAN, NAN, "n/a", (n1, n2), level=level)
+        return _na(NAN, "n/a", (n1, n2), level, "an arm has no seeds")
     est = float(v.mean() - b.mean())
     if n1 < 2 or n2 < 2:
-        return Interval(est, NAN, NAN, "n/a", (n1, n2), level=level)
-    a1, a2 = b.var(ddof=1) / n1, v.var(ddof=1) / n2
-    se2 = a1 + a2
-    if se2 == 0:
-        return Interval(est, est, est, "Welch t", (n1, n2), NAN, level)
-    df = se2**2 / (a1**2 / (n1 - 1) + a2**2 / (n2 - 1))
-    half = _t_ppf(0.5 + level / 2, df) * math.sqrt(se2)
-    return Interval(est, est - half, est + half, "Welch t", (n1, n2), float(df), level)
+        return _na(est, "n/a", (n1, n2), level, "an arm has one seed")
+    s1, s2 = float(b.std(ddof=1)), float(v.std(ddof=1))
+    a1, a2 = s1**2 / n1, s2**2 / n2
+    if max(s1, s2) <= _ZERO_SD * max(1.0, abs(est)):
+        return _na(est, "Welch t", (n1, n2), level, "no spread: every seed of each arm gave the same value",
+                   sds=(0.0, 0.0))
+    df = (a1 + a2) ** 2 / (a1**2 / (n1 - 1) + a2**2 / (n2 - 1))
+    return _t_interval(est, math.sqrt(a1 + a2), df, (n1, n2), "Welch t", level, (s1, s2))
 
 
 def delta_interval(base: Mapping[int, float], variant: Mapping[int, float], level: float = 0.95) -> Interval:
@@ -142,8 +208,13 @@ def paired_bootstrap(
     ``shift`` is added to every resample (a fixed offset, e.g. the train-error part
     of a train/val gap). Reproducible for a given ``seed``.
 
+    p is the two-sided bootstrap p-value of "no difference",
+    ``min(1, 2 min(#{stat <= 0} + 1, #{stat >= 0} + 1) / (resamples + 1))``; se is
+    the resamples' sd (for `mde`, with a normal reference). When every image gives
+    the same difference the interval is not computed (it would be a point).
+
     This interval reflects only the finite validation set, not seed-to-seed
-    training variance; the seed-level t interval is the one verdicts use.
+    training variance; the report uses it only when the seeds give no spread.
     """
     b = np.atleast_2d(np.asarray(base_wrong, dtype=float))
     v = np.atleast_2d(np.asarray(variant_wrong, dtype=float))
@@ -151,9 +222,12 @@ def paired_bootstrap(
         raise ValueError(f"arms cover different numbers of images: {b.shape[1]} vs {v.shape[1]}")
     d = v.mean(axis=0) - b.mean(axis=0)
     n = int(d.size)
+    method = "bootstrap (images)"
     if n == 0:
-        return Interval(NAN, NAN, NAN, "n/a", 0, level=level)
+        return _na(NAN, "n/a", 0, level, "no images")
     est = float(d.mean()) + shift
+    if float(np.ptp(d)) == 0.0:
+        return _na(est, method, n, level, "no spread: every image gives the same difference", math.inf)
     rng = np.random.default_rng(seed)
     stats = np.empty(n_resamples)
     chunk = max(1, 2_000_000 // n)  # bounded memory for 50,000-image validation sets
@@ -163,56 +237,191 @@ def paired_bootstrap(
         stats[start : start + k] = d[idx].mean(axis=1)
     stats += shift
     lo, hi = np.quantile(stats, [0.5 - level / 2, 0.5 + level / 2])
-    return Interval(est, float(lo), float(hi), "bootstrap (images)", n, level=level)
+    below, above = int((stats <= 0).sum()), int((stats >= 0).sum())
+    p = min(1.0, 2 * (min(below, above) + 1) / (n_resamples + 1))
+    se = float(stats.std(ddof=1))
+    return Interval(est, float(lo), float(hi), method, n, math.inf, level, p, se, ())
 
 
-def verdict(
-    estimate: float,
-    lo: float,
-    hi: float,
-    direction: int,
-    *,
-    n: Optional[int] = None,
-    claim: bool = True,
-    null: float = 0.0,
-) -> str:
-    """Classify a measured effect against a claim's direction.
+# --------------------------------------------------------------------------------------
+# Multiple comparisons, detectable effects, verdicts
+# --------------------------------------------------------------------------------------
 
-    ``direction`` is the claimed sign of ``estimate - null`` (+1 or -1); ``null`` is
-    0 for deltas and 1 for ratios. Boundaries, in order:
 
-    * ``claim`` false                                   -> "no claim"
-    * any of estimate/lo/hi not finite, ``n`` < 2, or direction not +-1
-                                                        -> "not measurable"
-    * the interval lies strictly on the claimed side of ``null``
-      (an endpoint *equal* to ``null`` does not exclude it)
-                                                        -> "reproduced"
-    * strictly on the other side                        -> "contradicted"
-    * otherwise the interval contains ``null`` (endpoints inclusive), and the sign
-      of ``estimate - null`` decides: claimed side -> "same direction, not
-      significant", other side -> "opposite direction, not significant", exactly
-      ``null`` -> "no difference".
+def holm(pvalues: Mapping) -> dict:
+    """Holm's step-down adjusted p-values, ``{key: adjusted p}``.
 
-    Only direction and significance are judged, not magnitude: the report says
-    separately whether the paper's value lies inside the interval.
+    The m finite p-values are sorted, p_(1) <= ... <= p_(m); the adjusted value of
+    the i-th is ``max over j <= i of min(1, (m - j + 1) p_(j))``. Rejecting where
+    the adjusted p < alpha controls the family-wise error rate at alpha under any
+    dependence (Holm 1979). Keys whose p is not finite are returned as nan and do
+    not count in m."""
+    finite = sorted(((p, k) for k, p in pvalues.items() if p is not None and math.isfinite(p)),
+                    key=lambda x: x[0])
+    m = len(finite)
+    out = {k: NAN for k in pvalues}
+    running = 0.0
+    for i, (p, k) in enumerate(finite):
+        running = max(running, min(1.0, (m - i) * p))
+        out[k] = running
+    return out
+
+
+def power(effect: float, se: float, df: float, alpha: float = ALPHA) -> float:
+    """Power of the two-sided t test at level alpha when the true value differs
+    from the null by `effect` and the estimate has standard error `se` (noncentral
+    t with df degrees of freedom; df inf: normal)."""
+    st = _t()
+    nc = abs(effect) / se
+    if math.isinf(df):
+        z = st.norm.ppf(1 - alpha / 2)
+        return float(st.norm.sf(z - nc) + st.norm.cdf(-z - nc))
+    tc = st.t.ppf(1 - alpha / 2, df)
+    lower = float(st.nct.cdf(-tc, df, nc))  # negligible; scipy returns nan for some far tails
+    return float(st.nct.sf(tc, df, nc)) + (lower if math.isfinite(lower) else 0.0)
+
+
+def mde(se: float, df: float, alpha: float = ALPHA, target_power: float = POWER) -> float:
+    """Minimum detectable effect: the smallest true difference that the two-sided
+    test at level `alpha` detects with probability `target_power`, for an estimate
+    with standard error `se` and `df` degrees of freedom (solved on the noncentral
+    t; close to ``(t_{1-alpha/2,df} + t_{power,df}) se`` for large df). nan when se
+    is not finite or not positive."""
+    if not _finite(se, df if math.isfinite(df) else 0.0) or se <= 0 or not df > 0:
+        return NAN
+    from scipy.optimize import brentq
+
+    st = _t()
+    q = st.norm if math.isinf(df) else st.t(df)
+    hi = float(q.ppf(1 - alpha / 2) + q.ppf(target_power))
+    while power(hi, 1.0, df, alpha) < target_power:
+        hi *= 2
+    return float(brentq(lambda e: power(e, 1.0, df, alpha) - target_power, 0.0, hi, xtol=1e-10)) * se
+
+
+def design_mde(iv: Interval, n: int, alpha: float = ALPHA, target_power: float = POWER) -> float:
+    """The detectable effect of the same design with `n` seeds per arm, at the
+    spread `iv` observed (paired t: sd of the differences / sqrt(n), n - 1 df;
+    Welch t: the two sds, equal arms, Welch's df)."""
+    if iv.method == "paired t" and len(iv.sds) == 1 and iv.sds[0] > 0 and n >= 2:
+        return mde(iv.sds[0] / math.sqrt(n), n - 1, alpha, target_power)
+    if iv.method == "Welch t" and len(iv.sds) == 2 and max(iv.sds) > 0 and n >= 2:
+        v1, v2 = iv.sds[0] ** 2, iv.sds[1] ** 2
+        df = (v1 + v2) ** 2 * (n - 1) / (v1**2 + v2**2)
+        return mde(math.sqrt((v1 + v2) / n), df, alpha, target_power)
+    return NAN
+
+
+def seeds_needed(effect: Optional[float], iv: Interval, alpha: float = ALPHA, target_power: float = POWER,
+                 cap: int = 10_000) -> Optional[int]:
+    """The fewest seeds per arm for which `design_mde` <= |effect| (None: not
+    computable for this design or effect; ``cap + 1``: more than `cap`)."""
+    if effect is None or not math.isfinite(effect) or effect == 0 or iv.method not in ("paired t", "Welch t"):
+        return None
+    if not iv.sds or not max(iv.sds) > 0:
+        return None
+    ok = lambda n: design_mde(iv, n, alpha, target_power) <= abs(effect)  # noqa: E731
+    if not ok(cap):
+        return cap + 1
+    lo, hi = 1, 2  # ok(lo) is false (n = 1 has no test); find hi with ok(hi)
+    while not ok(hi):
+        lo, hi = hi, min(cap, hi * 2)
+    while hi - lo > 1:  # the detectable effect falls with n
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return hi
+
+
+def direction_verdict(estimate: float, p_adjusted: float, direction: int, alpha: float = ALPHA,
+                      null: float = 0.0) -> str:
+    """The claimed sign is established when the adjusted p < alpha and the estimate
+    lies on the claimed side of `null` (the opposite side: `DIR_OPPOSITE`)."""
+    if direction not in (1, -1) or not _finite(estimate, p_adjusted):
+        return NOT_MEASURABLE
+    if p_adjusted >= alpha or estimate == null:
+        return DIR_NS
+    return DIR_CLAIMED if direction * (estimate - null) > 0 else DIR_OPPOSITE
+
+
+def magnitude_verdict(iv: Interval, paper: Optional[float], direction: int, detectable: float, *,
+                      bound: str = "point", null: float = 0.0, lower_bound_only: bool = False) -> str:
+    """The paper's value against the interval `iv` (all on the same scale).
+
+    paper None: `MAG_NONE`. A point claim: outside the interval, the measured effect
+    is smaller or larger than the paper's (in the claimed direction); inside it,
+    the paper's value is `MAG_INSIDE` only when the comparison could detect an
+    effect that size (|paper - null| >= `detectable`), else `MAG_UNDERPOWERED`:
+    a wide interval contains everything and is no evidence. ``bound="at least"``:
+    the paper's value is a lower bound on the effect ("over 1%"); met when the
+    whole interval lies at or beyond it. ``lower_bound_only``: the measured
+    quantity is itself a lower bound on the truth (censored runs), so only "larger
+    than the paper's" can be concluded."""
+    if paper is None:
+        return MAG_NONE
+    if not iv.ok or direction not in (1, -1):
+        return NOT_MEASURABLE
+    e_lo, e_hi = sorted((direction * (iv.lo - null), direction * (iv.hi - null)))
+    e_p = direction * (paper - null)
+    powered = math.isfinite(detectable) and abs(e_p) >= detectable
+    if lower_bound_only:
+        return MAG_LARGER if e_lo > e_p else MAG_CENSORED
+    if bound == "at least":
+        if e_lo >= e_p:
+            return MAG_BOUND_MET
+        if e_hi < e_p:
+            return MAG_BOUND_BELOW
+        return MAG_BOUND_INSIDE if powered else MAG_UNDERPOWERED
+    if e_p > e_hi:
+        return MAG_SMALLER
+    if e_p < e_lo:
+        return MAG_LARGER
+    return MAG_INSIDE if powered else MAG_UNDERPOWERED
+
+
+def claim_verdict(direction: str, magnitude: str) -> str:
+    """One word for a claim from its direction (after the correction) and magnitude:
+
+    * `REPRODUCED`: the claimed sign is significant and the size agrees (paper's
+      value inside an adequately powered interval, or its bound met or inside),
+      or the claim has no size;
+    * `DIRECTION_ONLY`: the sign is significant but the size differs;
+    * `SIZE_UNRESOLVED`: the sign is significant, the size cannot be judged;
+    * `CONTRADICTED`: the opposite sign is significant;
+    * not significant: `UNDERPOWERED` when the paper's effect is below the
+      detectable effect, `NOT_REPRODUCED` when the interval excludes the paper's
+      effect, else `NOT_SIGNIFICANT`.
     """
-    if not claim:
-        return NO_CLAIM
-    if direction not in (1, -1) or (n is not None and n < 2):
+    if direction == NOT_MEASURABLE or magnitude == NOT_MEASURABLE:
         return NOT_MEASURABLE
-    if not all(x is not None and math.isfinite(x) for x in (estimate, lo, hi)):
-        return NOT_MEASURABLE
-    s_lo, s_hi = sorted((direction * (lo - null), direction * (hi - null)))
-    if s_lo > 0:
-        return REPRODUCED
-    if s_hi < 0:
+    if direction == DIR_OPPOSITE:
         return CONTRADICTED
-    s = direction * (estimate - null)
-    if s > 0:
-        return SAME_NS
-    if s < 0:
-        return OPPOSITE_NS
-    return NO_DIFFERENCE
+    if direction == DIR_CLAIMED:
+        if magnitude in (MAG_NONE, MAG_INSIDE, MAG_BOUND_MET, MAG_BOUND_INSIDE):
+            return REPRODUCED
+        if magnitude in (MAG_SMALLER, MAG_LARGER, MAG_BOUND_BELOW):
+            return DIRECTION_ONLY
+        return SIZE_UNRESOLVED
+    if magnitude == MAG_UNDERPOWERED:
+        return UNDERPOWERED
+    if magnitude in (MAG_SMALLER, MAG_BOUND_BELOW):
+        return NOT_REPRODUCED
+    return NOT_SIGNIFICANT
+
+
+def near_chance(error: float, num_classes: Optional[int], n_val: Optional[int] = None) -> Optional[bool]:
+    """Whether a top-1 error is within a margin of chance, ``1 - 1/num_classes``.
+
+    The margin is the larger of 5% of the chance error and three binomial
+    standard errors of a chance-level classifier on `n_val` images: a net that
+    never learned sits there, and differences between such nets are noise. None
+    when num_classes is unknown."""
+    if not num_classes or num_classes < 2 or not _finite(error):
+        return None
+    chance = 1.0 - 1.0 / num_classes
+    margin = 0.05 * chance
+    if n_val:
+        margin = max(margin, 3.0 * math.sqrt(chance * (1.0 - chance) / n_val))
+    return error >= chance - margin
 
 
 @dataclass(frozen=True)
@@ -272,6 +481,7 @@ class RatioSummary:
     sd: float
     method: str
     n: object
+    log: Optional[Interval] = None  # the interval on log values (its p, se, df, reason)
 
     @property
     def ok(self) -> bool:
@@ -291,4 +501,4 @@ def ratio_interval(base: Mapping[int, float], variant: Mapping[int, float], leve
         ratios = [variant[s] / base[s] for s in sorted(base)]
         mean, sd, _ = mean_sd(ratios)
     exp = lambda x: math.exp(x) if math.isfinite(x) else NAN  # noqa: E731
-    return RatioSummary(exp(iv.estimate), exp(iv.lo), exp(iv.hi), mean, sd, iv.method, iv.n)
+    return RatioSummary(exp(iv.estimate), exp(iv.lo), exp(iv.hi), mean, sd, iv.method, iv.n, iv)

@@ -124,6 +124,33 @@ def read_json(path: os.PathLike) -> Any:
         return json.load(f)
 
 
+class RunFileError(ValueError):
+    """A file of a run directory that cannot be read as what it should be
+    (truncated, garbage, wrong shape). The message names the file, what is wrong
+    and the fix; `path` and `problem` are kept for listings."""
+
+    FIX = "restore the file from a copy, or delete the run directory so that the run is trained again"
+
+    def __init__(self, path: os.PathLike, problem: str):
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}; {self.FIX}")
+
+
+def read_run_json(path: os.PathLike) -> dict:
+    """A run's JSON file, which must hold an object; else `RunFileError` naming it."""
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+    except UnicodeDecodeError:
+        raise RunFileError(path, "not text (damaged)") from None
+    except json.JSONDecodeError as e:
+        raise RunFileError(path, f"not valid JSON (damaged or truncated: {e.msg} at line {e.lineno})") from None
+    if not isinstance(obj, dict):
+        raise RunFileError(path, f"holds a JSON {type(obj).__name__}, not an object")
+    return obj
+
+
 # --------------------------------------------------------------------------------------
 # Locations
 # --------------------------------------------------------------------------------------
@@ -217,14 +244,32 @@ def write_env(path: os.PathLike, env: dict) -> None:
 
 
 def read_metrics_rows(path: os.PathLike) -> list[dict]:
+    """The rows of a run's metrics.csv (none if absent). A damaged file (garbage, a
+    row with more cells than the header, a non-numeric metric, no epoch column)
+    raises `RunFileError` naming it."""
     p = Path(path) / METRICS
     if not p.exists():
         return []
-    with open(p, newline="") as f:
-        rows = []
-        for row in csv.DictReader(f):
-            rows.append({k: _num(v) for k, v in row.items()})
-        return rows
+    try:
+        with open(p, newline="") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None:
+                return []
+            if "epoch" not in reader.fieldnames:
+                raise RunFileError(p, f"no `epoch` column (header: {','.join(reader.fieldnames)[:80]})")
+            rows = []
+            for row in reader:
+                if None in row:  # DictReader puts surplus cells under the key None
+                    raise RunFileError(p, f"line {reader.line_num} has more cells than the header")
+                parsed = {k: _num(v) for k, v in row.items()}
+                bad = [k for k in METRIC_COLUMNS if isinstance(parsed.get(k), str)]
+                if bad or not isinstance(parsed.get("epoch"), int):
+                    what = f"`{bad[0]}` = {parsed[bad[0]]!r}" if bad else f"`epoch` = {row.get('epoch')!r}"
+                    raise RunFileError(p, f"line {reader.line_num}: {what} is not a number")
+                rows.append(parsed)
+            return rows
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise RunFileError(p, f"not a readable CSV file ({e})") from None
 
 
 def _num(v: str):
@@ -397,48 +442,58 @@ class Run:
         return bool(self.result) and self.result.get("status") == "ok"
 
     def val_correct(self) -> Optional[dict]:
-        p = self.path / VAL_CORRECT
-        if not p.exists():
-            return None
-        import numpy as np
-
-        with np.load(p) as z:
-            return {k: z[k] for k in z.files}
+        return read_npz(self.path / VAL_CORRECT)
 
     def conv1_kernels(self) -> Optional[dict]:
-        p = self.path / CONV1
-        if not p.exists():
-            return None
-        import numpy as np
-
-        with np.load(p) as z:
-            return {k: z[k] for k in z.files}
+        return read_npz(self.path / CONV1)
 
 
-def load_run(path: os.PathLike) -> Optional[Run]:
-    path = Path(path)
-    try:
-        cfg = read_json(path / CONFIG)
-    except (OSError, ValueError):
+def read_npz(p: Path) -> Optional[dict]:
+    """The arrays of a run's .npz file (None if absent); a damaged archive raises
+    `RunFileError` (NumPy alone would say it holds "pickled (object) data")."""
+    if not p.exists():
         return None
+    import numpy as np
+
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as e:  # zipfile, zlib, format and pickle errors alike mean a damaged file
+        raise RunFileError(p, f"not a readable .npz archive (damaged or truncated: {type(e).__name__})") from None
+
+
+def load_run(path: os.PathLike) -> Run:
+    """Read a run directory. A missing config.json or any damaged file raises
+    `RunFileError` naming the file; absent optional files are simply absent."""
+    path = Path(path)
+    if not (path / CONFIG).exists():
+        raise RunFileError(path / CONFIG, "missing (the run cannot be identified)")
+    cfg = read_run_json(path / CONFIG)
     meta = cfg.pop("meta", {})
-    env = read_json(path / ENV) if (path / ENV).exists() else {}
-    result = None
-    if (path / RESULT).exists():
-        try:
-            result = read_json(path / RESULT)
-        except ValueError:
-            result = None
-    failure = read_json(path / FAILURE) if (path / FAILURE).exists() else None
-    return Run(path, cfg, meta, env, read_metrics_rows(path), result, failure)
+    bad = [k for k, v in {"meta": meta, **cfg}.items() if not isinstance(v, dict)]
+    if bad:
+        raise RunFileError(path / CONFIG, f"its `{bad[0]}` entry is not an object")
+    opt = lambda name: read_run_json(path / name) if (path / name).exists() else None  # noqa: E731
+    env = opt(ENV) or {}
+    return Run(path, cfg, meta, env, read_metrics_rows(path), opt(RESULT), opt(FAILURE))
 
 
-def iter_runs(root: os.PathLike) -> Iterator[Run]:
-    """Every run directory (one holding config.json) below root, sorted by path."""
+def iter_runs(root: os.PathLike, damaged: Optional[list] = None) -> Iterator[Run]:
+    """Every run directory below root, sorted by path: each directory holding
+    config.json, or a run's result.json or metrics.csv without one.
+
+    A run that cannot be read is appended to `damaged` as its `RunFileError` and
+    skipped; without a `damaged` list the error is raised."""
     root = Path(root)
     if not root.exists():
         return
-    for cfg in sorted(root.rglob(CONFIG)):
-        run = load_run(cfg.parent)
-        if run is not None:
-            yield run
+    dirs = {p.parent for name in (CONFIG, RESULT, METRICS) for p in root.rglob(name)}
+    for d in sorted(dirs):
+        try:
+            run = load_run(d)
+        except (RunFileError, OSError) as e:
+            if damaged is None:
+                raise
+            damaged.append(e if isinstance(e, RunFileError) else RunFileError(d, f"cannot be read ({e})"))
+            continue
+        yield run

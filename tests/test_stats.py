@@ -1,4 +1,5 @@
-"""reports.stats: intervals against SciPy, the bootstrap, verdict boundaries, epochs to target."""
+"""reports.stats: intervals and tests against SciPy, the bootstrap, Holm's correction by hand,
+detectable effects by simulation, verdicts, chance levels, epochs to target."""
 
 from __future__ import annotations
 
@@ -62,9 +63,31 @@ def test_delta_interval_chooses_paired_or_welch():
     assert math.isnan(empty.estimate)
 
 
-def test_degenerate_interval_when_no_spread():
-    iv = S.paired_t_interval([0.40, 0.41], [0.42, 0.43])
-    assert iv.lo == pytest.approx(0.02) and iv.hi == pytest.approx(0.02)
+def test_t_p_values_match_scipy():
+    b = np.array([0.40, 0.42, 0.41, 0.43])
+    v = np.array([0.415, 0.43, 0.428, 0.44])
+    assert S.paired_t_interval(b, v).p == pytest.approx(sps.ttest_rel(v, b).pvalue, rel=1e-12)
+    w = np.array([0.45, 0.41])
+    assert S.welch_interval(b, w).p == pytest.approx(sps.ttest_ind(w, b, equal_var=False).pvalue, rel=1e-12)
+    iv = S.paired_t_interval(b, v)
+    assert iv.se == pytest.approx((v - b).std(ddof=1) / 2) and iv.sds == pytest.approx(((v - b).std(ddof=1),))
+
+
+def test_zero_spread_gives_no_point_interval():
+    """Two seeds that both move by +3.125 points: a t interval would be the point [d, d]."""
+    iv = S.paired_t_interval([0.40, 0.41], [0.43125, 0.44125])
+    assert iv.estimate == pytest.approx(0.03125)
+    assert not iv.ok and math.isnan(iv.lo) and math.isnan(iv.hi) and math.isnan(iv.p)
+    assert "no spread" in iv.reason and iv.method == "paired t"
+    # Float noise around identical differences is still no spread.
+    assert not S.paired_t_interval([0.45, 0.46, 0.47], [0.48, 0.49, 0.50]).ok
+    w = S.welch_interval([0.40, 0.40], [0.45, 0.45, 0.45])
+    assert not w.ok and "no spread" in w.reason and w.estimate == pytest.approx(0.05)
+    # Spread on one side only is a proper interval: Welch's df reduce to the other arm's
+    # n - 1, and the half-width to t(0.975, 2) * sd / sqrt(3) = 4.303 * 0.01 / 1.732.
+    w = S.welch_interval([0.40, 0.40], [0.44, 0.45, 0.46])
+    assert w.df == pytest.approx(2.0)
+    assert (w.lo, w.hi) == pytest.approx((0.05 - 4.302653 * 0.01 / math.sqrt(3), 0.05 + 4.302653 * 0.01 / math.sqrt(3)))
 
 
 # --------------------------------------------------------------------------------------
@@ -94,14 +117,28 @@ def test_paired_bootstrap_reproducible_and_brackets():
     assert a.n == n and a.method == "bootstrap (images)"
 
 
-def test_paired_bootstrap_identical_arms_and_shift():
+def test_paired_bootstrap_identical_arms_is_no_interval():
+    """Every image gives the same difference (nets at chance that predict one class):
+    the resamples would all be equal, a point interval; none is returned."""
     w = _wrong(0.3, 500, 0)
     iv = S.paired_bootstrap(w, w, n_resamples=200)
-    assert (iv.estimate, iv.lo, iv.hi) == (0.0, 0.0, 0.0)
+    assert iv.estimate == 0.0 and not iv.ok and "no spread" in iv.reason
     sh = S.paired_bootstrap(w, w, n_resamples=200, shift=0.05)
-    assert (sh.estimate, sh.lo, sh.hi) == pytest.approx((0.05, 0.05, 0.05))
+    assert sh.estimate == pytest.approx(0.05) and not sh.ok
     with pytest.raises(ValueError):
         S.paired_bootstrap(w, w[:10])
+
+
+def test_paired_bootstrap_p_value():
+    """p = 2 min(#{stat <= 0} + 1, #{stat >= 0} + 1) / (B + 1), recomputed from the same draws."""
+    n, B = 400, 500
+    base, var = _wrong(0.40, n, 3), _wrong(0.45, n, 4)
+    iv = S.paired_bootstrap(base, var, n_resamples=B, seed=5)
+    d = var - base
+    stats = d[np.random.default_rng(5).integers(0, n, size=(B, n))].mean(1)
+    expect = min(1.0, 2 * (min((stats <= 0).sum(), (stats >= 0).sum()) + 1) / (B + 1))
+    assert iv.p == pytest.approx(expect)
+    assert iv.se == pytest.approx(stats.std(ddof=1)) and iv.df == math.inf
 
 
 def test_paired_bootstrap_chunking_is_invisible():
@@ -117,50 +154,196 @@ def test_paired_bootstrap_chunking_is_invisible():
 
 
 # --------------------------------------------------------------------------------------
-# Verdict boundaries
+# Holm's correction
+# --------------------------------------------------------------------------------------
+
+
+def test_holm_hand_worked():
+    """m = 4. Sorted: 0.005 x 4 = 0.02; 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 = 0.04,
+    raised to the running maximum 0.06. At alpha 0.05 only the first two are rejected,
+    although all four are below 0.05 on their own."""
+    adj = S.holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.005})
+    assert adj == pytest.approx({"a": 0.03, "b": 0.06, "c": 0.06, "d": 0.02})
+    assert sorted(k for k, p in adj.items() if p < 0.05) == ["a", "d"]
+
+
+def test_holm_caps_at_one_and_skips_missing():
+    adj = S.holm({"a": 0.4, "b": 0.3, "c": float("nan"), "d": None})
+    # m = 2 (nan and None are not tested): 0.3 x 2 = 0.6; 0.4 x 1 -> max(0.6, 0.4) = 0.6.
+    assert adj["a"] == pytest.approx(0.6) and adj["b"] == pytest.approx(0.6)
+    assert math.isnan(adj["c"]) and math.isnan(adj["d"])
+    assert S.holm({"a": 0.7, "b": 0.8}) == pytest.approx({"a": 1.0, "b": 1.0})
+    assert S.holm({"a": 0.02}) == {"a": 0.02}  # a family of one is not adjusted
+
+
+def test_holm_agrees_with_its_definition_as_a_rejection_rule():
+    """Holm rejects H_(1..k) for the largest k with p_(j) <= alpha / (m - j + 1) for all
+    j <= k; the adjusted p-values reject exactly those at every alpha."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        p = dict(enumerate(rng.uniform(0, 0.2, size=rng.integers(1, 9))))
+        adj = S.holm(p)
+        order = sorted(p, key=p.get)
+        m = len(order)
+        for alpha in (0.01, 0.05, 0.1):
+            rejected = set()
+            for j, k in enumerate(order):
+                if p[k] > alpha / (m - j):
+                    break
+                rejected.add(k)
+            assert {k for k in p if adj[k] <= alpha} == rejected
+
+
+# --------------------------------------------------------------------------------------
+# Detectable effects
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_mde_has_the_stated_power_by_simulation(n):
+    """Paired differences with true mean = MDE and the observed sd: a two-sided
+    one-sample t test at 0.05 rejects in 80% of 40,000 simulated experiments."""
+    sd = 0.02
+    effect = S.mde(sd / math.sqrt(n), n - 1)
+    x = np.random.default_rng(n).normal(effect, sd, size=(40_000, n))
+    rate = (sps.ttest_1samp(x, 0.0, axis=1).pvalue < 0.05).mean()
+    assert rate == pytest.approx(0.80, abs=0.01)
+    # Larger than the normal-theory 2.80 se, and close to (t_.975 + t_.80) se for larger df.
+    assert effect > 2.8 * sd / math.sqrt(n)
+    approx = (sps.t.ppf(0.975, n - 1) + sps.t.ppf(0.80, n - 1)) * sd / math.sqrt(n)
+    assert effect == pytest.approx(approx, rel={2: 0.2, 3: 0.06}.get(n, 0.02))
+
+
+def test_mde_normal_and_undefined():
+    # Normal reference: z_.975 + z_.80, less a hair for the far (wrong-sign) rejection tail.
+    z = S.mde(1.0, math.inf)
+    assert z == pytest.approx(sps.norm.ppf(0.975) + sps.norm.ppf(0.8), abs=1e-5)
+    assert sps.norm.sf(sps.norm.ppf(0.975) - z) + sps.norm.cdf(-sps.norm.ppf(0.975) - z) == pytest.approx(0.8)
+    assert math.isnan(S.mde(0.0, 2)) and math.isnan(S.mde(float("nan"), 2))
+
+
+def test_seeds_needed_against_noncentral_t_power():
+    """The fewest seeds per arm whose paired t test has 80% power for the paper's delta,
+    with the power computed independently from scipy's noncentral t."""
+    iv = S.paired_t_interval([0.40, 0.42, 0.41], [0.415, 0.44, 0.415])
+    sd = iv.sds[0]
+
+    def power(n, delta):
+        nc, tc = delta / (sd / math.sqrt(n)), sps.t.ppf(0.975, n - 1)
+        return sps.nct.sf(tc, n - 1, nc)
+
+    for delta in (0.004, 0.014, 0.05):
+        n = S.seeds_needed(delta, iv)
+        assert power(n, delta) >= 0.8 - 1e-6 and (n == 2 or power(n - 1, delta) < 0.8)
+    assert S.seeds_needed(None, iv) is None
+    assert S.seeds_needed(1e-9, iv, cap=50) == 51
+    # Welch: equal arms, the two observed sds.
+    w = S.welch_interval([0.40, 0.42, 0.41], [0.45, 0.41])
+    n = S.seeds_needed(0.03, w)
+    v1, v2 = w.sds[0] ** 2, w.sds[1] ** 2
+    df = lambda k: (v1 + v2) ** 2 * (k - 1) / (v1**2 + v2**2)  # noqa: E731
+    pw = lambda k: sps.nct.sf(sps.t.ppf(0.975, df(k)), df(k), 0.03 / math.sqrt((v1 + v2) / k))  # noqa: E731
+    assert pw(n) >= 0.8 - 1e-6 and pw(n - 1) < 0.8
+
+
+# --------------------------------------------------------------------------------------
+# Direction, magnitude, verdict
 # --------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    "est, lo, hi, direction, expected",
+    "est, p_adj, direction, expected",
     [
-        (0.02, 0.01, 0.03, +1, S.REPRODUCED),
-        (0.02, 1e-12, 0.03, +1, S.REPRODUCED),  # just above 0
-        (0.02, 0.0, 0.03, +1, S.SAME_NS),  # touching 0 does not exclude it
-        (0.02, -0.01, 0.05, +1, S.SAME_NS),
-        (-0.02, -0.05, 0.01, +1, S.OPPOSITE_NS),
-        (-0.02, -0.03, 0.0, +1, S.OPPOSITE_NS),  # touching 0 from below
-        (-0.02, -0.03, -1e-12, +1, S.CONTRADICTED),
-        (0.0, -0.01, 0.01, +1, S.NO_DIFFERENCE),
-        (0.0, 0.0, 0.0, +1, S.NO_DIFFERENCE),  # a degenerate interval at 0
-        (-0.02, -0.03, -0.01, -1, S.REPRODUCED),  # claimed decrease
-        (0.02, 0.01, 0.03, -1, S.CONTRADICTED),
-        (-0.02, -0.03, 0.0, -1, S.SAME_NS),
-        (0.02, 0.01, 0.03, 0, S.NOT_MEASURABLE),  # no direction
-        (0.02, NAN, NAN, +1, S.NOT_MEASURABLE),
-        (NAN, 0.01, 0.03, +1, S.NOT_MEASURABLE),
-        (0.02, float("inf"), 0.03, +1, S.NOT_MEASURABLE),
+        (0.02, 0.01, +1, S.DIR_CLAIMED),
+        (0.02, 0.0499, +1, S.DIR_CLAIMED),
+        (0.02, 0.05, +1, S.DIR_NS),  # p = alpha does not reject
+        (-0.02, 0.01, +1, S.DIR_OPPOSITE),
+        (-0.02, 0.01, -1, S.DIR_CLAIMED),  # a claimed decrease
+        (0.0, 0.01, +1, S.DIR_NS),
+        (0.02, NAN, +1, S.NOT_MEASURABLE),
+        (0.02, 0.01, 0, S.NOT_MEASURABLE),
     ],
 )
-def test_verdict_boundaries(est, lo, hi, direction, expected):
-    assert S.verdict(est, lo, hi, direction) == expected
+def test_direction_verdict(est, p_adj, direction, expected):
+    assert S.direction_verdict(est, p_adj, direction) == expected
 
 
-def test_verdict_n_claim_and_ratio_null():
-    assert S.verdict(0.02, 0.01, 0.03, +1, n=1) == S.NOT_MEASURABLE
-    assert S.verdict(0.02, 0.01, 0.03, +1, n=2) == S.REPRODUCED
-    assert S.verdict(0.02, 0.01, 0.03, +1, claim=False) == S.NO_CLAIM
-    assert S.verdict(NAN, NAN, NAN, +1, claim=False) == S.NO_CLAIM  # no claim wins over missing data
-    # Ratios: the null is 1.
-    assert S.verdict(5.0, 1.0001, 7.0, +1, null=1.0) == S.REPRODUCED
-    assert S.verdict(5.0, 1.0, 7.0, +1, null=1.0) == S.SAME_NS
-    assert S.verdict(0.8, 0.7, 0.9, +1, null=1.0) == S.CONTRADICTED
-    # Interval endpoints given in either order.
-    assert S.verdict(0.02, 0.03, 0.01, +1) == S.REPRODUCED
+def _iv(lo, hi):
+    return S.Interval((lo + hi) / 2, lo, hi, "paired t", 3, 2.0)
+
+
+@pytest.mark.parametrize(
+    "lo, hi, paper, mde, bound, expected",
+    [
+        (0.01, 0.03, 0.014, 0.01, "point", S.MAG_INSIDE),
+        (0.01, 0.03, 0.014, 0.02, "point", S.MAG_UNDERPOWERED),  # inside, but the interval is too wide
+        (-0.05, 0.08, 0.014, 0.06, "point", S.MAG_UNDERPOWERED),
+        (0.02, 0.03, 0.014, 0.005, "point", S.MAG_LARGER),
+        (0.001, 0.01, 0.014, 0.005, "point", S.MAG_SMALLER),
+        (0.02, 0.03, 0.010, 0.005, "at least", S.MAG_BOUND_MET),  # "over 1%": 2-3 points agree
+        (0.010, 0.03, 0.010, 0.005, "at least", S.MAG_BOUND_MET),
+        (0.001, 0.008, 0.010, 0.005, "at least", S.MAG_BOUND_BELOW),
+        (0.005, 0.03, 0.010, 0.005, "at least", S.MAG_BOUND_INSIDE),
+        (0.005, 0.03, 0.010, 0.02, "at least", S.MAG_UNDERPOWERED),
+        (0.01, 0.03, None, 0.01, "point", S.MAG_NONE),
+    ],
+)
+def test_magnitude_verdict(lo, hi, paper, mde, bound, expected):
+    assert S.magnitude_verdict(_iv(lo, hi), paper, +1, mde, bound=bound) == expected
+
+
+def test_magnitude_claimed_decrease_and_lower_bounds():
+    # direction -1: the paper claims -1.0; a measured [-3, -2] is a larger decrease.
+    assert S.magnitude_verdict(_iv(-0.03, -0.02), -0.01, -1, 0.005) == S.MAG_LARGER
+    assert S.magnitude_verdict(_iv(-0.005, -0.001), -0.01, -1, 0.002) == S.MAG_SMALLER
+    # A censored ratio (log scale): the truth is at least the measured value.
+    lg = S.Interval(math.log(5), math.log(4), math.log(7), "paired t", 3, 2.0)
+    assert S.magnitude_verdict(lg, math.log(6), +1, 0.1, lower_bound_only=True) == S.MAG_CENSORED
+    assert S.magnitude_verdict(lg, math.log(3), +1, 0.1, lower_bound_only=True) == S.MAG_LARGER
+    assert S.magnitude_verdict(S.Interval(0.1, NAN, NAN, "n/a"), 0.01, +1, 0.1) == S.NOT_MEASURABLE
+
+
+@pytest.mark.parametrize(
+    "direction, magnitude, expected",
+    [
+        (S.DIR_CLAIMED, S.MAG_INSIDE, S.REPRODUCED),
+        (S.DIR_CLAIMED, S.MAG_NONE, S.REPRODUCED),
+        (S.DIR_CLAIMED, S.MAG_BOUND_MET, S.REPRODUCED),
+        (S.DIR_CLAIMED, S.MAG_LARGER, S.DIRECTION_ONLY),
+        (S.DIR_CLAIMED, S.MAG_BOUND_BELOW, S.DIRECTION_ONLY),
+        (S.DIR_CLAIMED, S.MAG_UNDERPOWERED, S.SIZE_UNRESOLVED),
+        (S.DIR_CLAIMED, S.MAG_CENSORED, S.SIZE_UNRESOLVED),
+        (S.DIR_OPPOSITE, S.MAG_SMALLER, S.CONTRADICTED),
+        (S.DIR_NS, S.MAG_UNDERPOWERED, S.UNDERPOWERED),
+        (S.DIR_NS, S.MAG_SMALLER, S.NOT_REPRODUCED),
+        (S.DIR_NS, S.MAG_INSIDE, S.NOT_SIGNIFICANT),
+        (S.DIR_NS, S.MAG_NONE, S.NOT_SIGNIFICANT),
+        (S.NOT_MEASURABLE, S.MAG_NONE, S.NOT_MEASURABLE),
+    ],
+)
+def test_claim_verdict(direction, magnitude, expected):
+    assert S.claim_verdict(direction, magnitude) == expected
 
 
 def test_verdicts_listed():
-    assert len(set(S.VERDICTS)) == 7
+    assert len(set(S.VERDICTS)) == len(S.VERDICTS) == 10
+    assert "no difference" not in S.VERDICTS
+
+
+# --------------------------------------------------------------------------------------
+# Chance
+# --------------------------------------------------------------------------------------
+
+
+def test_near_chance():
+    # 4 classes: chance 75%; 32 images: 3 binomial se = 3 sqrt(.75 .25 / 32) = 0.2296.
+    assert S.near_chance(0.75, 4, 32) and S.near_chance(0.53, 4, 32)
+    assert not S.near_chance(0.50, 4, 32)
+    # Without a size, 5% of chance: 0.75 - 0.0375.
+    assert S.near_chance(0.72, 4) and not S.near_chance(0.70, 4)
+    # 1000 classes, 50,000 images: 5% of 99.9% dominates.
+    assert S.near_chance(0.96, 1000, 50_000) and not S.near_chance(0.40, 1000, 50_000)
+    assert S.near_chance(0.75, None) is None and S.near_chance(NAN, 4) is None
 
 
 # --------------------------------------------------------------------------------------
@@ -210,6 +393,9 @@ def test_ratio_interval_log_t():
     assert w.method == "Welch t" and math.isnan(w.sd)
     one = S.ratio_interval({0: 3}, {0: 15})
     assert one.estimate == pytest.approx(5.0) and not one.ok
+    assert r.log.p == pytest.approx(sps.ttest_1samp(lr, 0.0).pvalue)
+    tied = S.ratio_interval({0: 3, 1: 4}, {0: 18, 1: 24})  # both seeds x6 exactly: no spread, no interval
+    assert tied.estimate == pytest.approx(6.0) and not tied.ok and "no spread" in tied.log.reason
 
 
 def test_config_matching_ignores_allowed_keys_and_float_noise():
