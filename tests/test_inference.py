@@ -132,6 +132,32 @@ def test_preprocessing_is_the_centre_crop_minus_the_training_mean_and_never_augm
         np.testing.assert_array_equal(got, expected)
 
 
+def test_a_mixed_precision_net_is_saved_computing_in_float32(tmp_path):
+    from reproduce.model import build_model
+
+    cfg = get_config("smoke", OVERRIDES)
+    rng = np.random.default_rng(0)
+    keras.config.set_dtype_policy("mixed_bfloat16")  # the conftest fixture restores float32
+    net = build_model(cfg.model, image_size=32, num_classes=len(CLASSES), seed=1)
+    assert net.get_layer("conv1").compute_dtype == "bfloat16"
+    weights = [w + rng.normal(0, 0.05, w.shape).astype(w.dtype) for w in net.get_weights()]
+    net.set_weights(weights)  # not the initial weights: the copy must take the trained ones
+    stats = SimpleNamespace(mean_image=rng.uniform(0, 255, (36, 36, 3)).astype(np.float32))
+    runs.write_model(tmp_path, inference.inference_model(cfg, net, stats), CLASSES)
+    assert keras.config.dtype_policy().name == "mixed_bfloat16"
+
+    keras.config.set_dtype_policy("float32")
+    model = keras.saving.load_model(tmp_path / runs.MODEL)
+    inner = inference.Loaded(model, CLASSES, None).net()
+    assert {layer.compute_dtype for layer in inner.layers[1:]} == {"float32"}
+    reference = build_model(cfg.model, image_size=32, num_classes=len(CLASSES), seed=2)
+    reference.set_weights(weights)
+    x = rng.integers(0, 256, (4, 36, 36, 3), dtype=np.uint8)
+    crop = x[:, 2:34, 2:34].astype(np.float32) - stats.mean_image[2:34, 2:34]
+    want = _softmax(np.asarray(reference.predict(crop, verbose=0), np.float64))
+    np.testing.assert_allclose(model.predict(x, verbose=0), want, atol=1e-5)
+
+
 def _printed_errors(out: str) -> dict:
     rows = {}
     for line in out.splitlines():
