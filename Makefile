@@ -16,7 +16,7 @@ OVERRIDES := $(strip $(DATA_SET) $(SET))
 SETARG  := $(if $(OVERRIDES),--set $(OVERRIDES),)
 RUN     := KERAS_BACKEND=$(BACKEND) REPRODUCE_RUNS=$(RUNS) $(PY)
 
-.PHONY: help install test test-tf test-jax train reproduce ablation report publish bench
+.PHONY: help install test test-tf test-jax train reproduce ablation report publish bench export
 
 help:
 	@echo "make install                 create $(VENV) and install requirements.txt"
@@ -27,6 +27,7 @@ help:
 	@echo "make publish                 finished runs of $(RUNS)/ into results/ (small files), then results/report.*"
 	@echo "make bench                   training throughput (synthetic and, with DATA_DIR, real data)"
 	@echo "make test                    the test suite on both Keras backends (tensorflow, jax)"
+	@echo "make export RUN_DIR=...      a finished run's model.keras (from its state if missing); SAVEDMODEL=dir: TF SavedModel"
 	@echo "Variables: PRESET=$(PRESET) SEEDS=$(SEEDS) NAME DATA_DIR RUNS=$(RUNS) BACKEND=$(BACKEND) SET='key=value ...'"
 
 install:
@@ -64,3 +65,9 @@ publish:
 
 bench:
 	$(RUN) -m reproduce bench $(if $(DATA_DIR),--data $(abspath $(DATA_DIR)),)
+
+# A finished run's model.keras (written from its training state if it has none) and,
+# with SAVEDMODEL=DIR, a TensorFlow SavedModel. RUN_DIR, not RUN: RUN is the command.
+export:
+	@test -n "$(RUN_DIR)" || { echo "usage: make export RUN_DIR=runs/<preset>/<label>-<fingerprint>/seed<k> [SAVEDMODEL=dir]"; exit 2; }
+	$(RUN) -m reproduce export $(RUN_DIR) $(if $(SAVEDMODEL),--savedmodel $(SAVEDMODEL),)

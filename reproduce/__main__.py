@@ -1,4 +1,4 @@
-"""Command line: ``python -m reproduce {train,show,keys,presets,publish,bench}``.
+"""Command line: ``python -m reproduce {train,show,keys,presets,publish,bench,evaluate,predict,export}``.
 
 Examples::
 
@@ -7,6 +7,8 @@ Examples::
     python -m reproduce train --preset imagenette --set model.lrn=false train.epochs=3 --seed 1
     python -m reproduce show --preset cifar10 --set model.lrn=false
     python -m reproduce keys
+    python -m reproduce evaluate runs/smoke/baseline-<fingerprint>/seed0
+    python -m reproduce predict runs/smoke/baseline-<fingerprint>/seed0 photo.jpg
 """
 
 from __future__ import annotations
@@ -93,6 +95,23 @@ def main(argv=None) -> int:
     p = sub.add_parser("bench", help="training throughput benchmark (see reproduce.bench)")
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
 
+    # A finished run's model.keras (see reproduce.inference).
+    p = sub.add_parser("evaluate", help="a finished run's validation error (centre crop, ten "
+                                         "views) again, from its model.keras")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory")
+    p.add_argument("--data", default=None, metavar="SOURCE",
+                   help="another data.source with the run's classes (default: the run's own)")
+    p = sub.add_parser("predict", help="the most probable classes of image files, from a "
+                                        "finished run's model.keras")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG, PNG or WebP files, any size")
+    p.add_argument("--top", type=int, default=5, help="classes per image (default 5)")
+    p = sub.add_parser("export", help="write a finished run's model.keras from its training "
+                                       "state if it has none; --savedmodel: a TF SavedModel")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory")
+    p.add_argument("--savedmodel", default=None, metavar="DIR",
+                   help="also export a TensorFlow SavedModel (Keras' model.export) into DIR")
+
     args = parser.parse_args(argv)
     try:
         return _dispatch(args)
@@ -128,6 +147,11 @@ def _dispatch(args) -> int:
         for d, why in res.skipped:
             print(f"  skipped {d}: {why}")
         return 0
+    if args.cmd in ("evaluate", "predict", "export"):
+        quiet_tensorflow()
+        from reproduce import inference
+
+        return inference.command(args)
     cfg = resolve(args)
     if args.cmd == "show":
         if args.diff:

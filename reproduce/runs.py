@@ -15,6 +15,9 @@ Layout of one run (``run_dir(root, preset, label, config, seed)``)::
         val_correct.npz    per validation image: label, top-1/top-5 correctness for
                            the centre crop and the ten views (paired bootstrap)
         conv1_kernels.npz  conv1 kernels per tower (report's Fig. 3)
+        classes.json       {"class_names": [...]}: the model's output order
+        model.keras        the inference model (uint8 SxS RGB in, class probabilities
+                           out; see reproduce.inference), written just before result.json
         failure.json       why the last attempt stopped (NaN loss, ...), if it did
         result.json        written last and atomically, only on success
 
@@ -48,6 +51,8 @@ STATE = "state"
 TENSORBOARD = "tensorboard"
 VAL_CORRECT = "val_correct.npz"
 CONV1 = "conv1_kernels.npz"
+MODEL = "model.keras"
+CLASSES = "classes.json"
 
 # Columns of metrics.csv, in order. Errors are fractions in [0, 1].
 METRIC_COLUMNS = [
@@ -337,6 +342,31 @@ def write_val_correct(path: os.PathLike, **arrays) -> None:
     os.replace(tmp, p)
 
 
+def write_model(path: os.PathLike, model, class_names) -> None:
+    """The inference model (`model.save`, Keras' own format) and its class names.
+
+    Each file is replaced atomically, the class names first, so a model file in a
+    run directory always has its names beside it.
+    """
+    atomic_write_json(Path(path) / CLASSES, {"class_names": [str(c) for c in class_names]})
+    p = Path(path) / MODEL
+    tmp = p.with_name(f".{p.stem}.{os.getpid()}.tmp.keras")  # Keras wants the suffix
+    try:
+        model.save(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        if tmp.exists():
+            tmp.unlink()
+        raise
+
+
+def read_classes(path: os.PathLike) -> list:
+    """The class names of the run's model, in the order of its outputs."""
+    return list(read_json(Path(path) / CLASSES)["class_names"])
+
+
 def write_conv1(path: os.PathLike, **kernels) -> None:
     import numpy as np
 
@@ -351,7 +381,7 @@ def write_conv1(path: os.PathLike, **kernels) -> None:
 # --------------------------------------------------------------------------------------
 
 # What a published run keeps: everything the report reads, nothing it does not
-# (no weights, optimizer state or TensorBoard logs).
+# (no weights, optimizer state, model file or TensorBoard logs).
 PUBLISHED_FILES = (CONFIG, ENV, METRICS, RESULT, VAL_CORRECT, CONV1)
 PUBLISHED_MAX_BYTES = 1 << 20
 

@@ -659,6 +659,11 @@ def _train(cfg, run_dir, precision, verbose, data_lib, data, epoch_limit=None):
         "n_val": int(len(val["labels"])),
         "precision": precision,
     }
+    # The inference model (model.keras, classes.json) comes before result.json, so
+    # every finished run has one.
+    from reproduce.inference import save_inference_model
+
+    save_inference_model(run_dir, cfg, net, data.stats, data.class_names)
     runs.write_result(run_dir, result)  # last, atomically: the run is finished
     if verbose:
         tv = result["val_top1_err_10view"]

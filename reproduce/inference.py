@@ -1,0 +1,395 @@
+"""Using a trained run: its saved Keras model, evaluation again, prediction, export.
+
+Every finished run directory holds ``model.keras`` and ``classes.json``
+(`reproduce.runs` owns the names). The model is the inference net:
+
+    image       uint8 (batch, S, S, 3) RGB, S = data.image_size: the §2 form (shorter
+                side rescaled to S, central SxS patch; `reproduce.data.decode`)
+    preprocess  `reproduce.augment.Augment` without augmentation: the central CxC
+                window (C = data.crop_size) minus the training set's mean image,
+                which it holds as a weight (§2)
+    <net>       the trained network (`reproduce.model`), float32
+    probabilities  softmax over the classes, in the order of classes.json
+
+It computes in float32 whatever precision the run trained in, so it loads and
+runs on any device and backend (a mixed_bfloat16 run's evaluation may differ from
+its result.json by the bfloat16 rounding). It is saved uncompiled; compile it to
+fine-tune (its output is probabilities, so a loss with ``from_logits=False``).
+
+Loading needs the project's registered layers and nothing of its training code::
+
+    import keras
+    import reproduce.augment, reproduce.layers   # registers Augment, LRN, ...
+    model = keras.saving.load_model("runs/.../seed0/model.keras")
+
+`load(run_dir)` does the same after checking the run directory. The functions
+here back ``python -m reproduce evaluate / predict / export``.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Optional, Sequence
+
+import keras
+import numpy as np
+
+import reproduce.layers  # noqa: F401  (registers the net's layers for loading)
+from reproduce import runs
+from reproduce.augment import Augment
+
+PREPROCESS = "preprocess"
+PROBABILITIES = "probabilities"
+TOP = 5
+
+
+class RunError(ValueError):
+    """A run directory that cannot be used; the message names the file and the fix."""
+
+
+# --------------------------------------------------------------------------------------
+# Building and saving (the trainer calls `save_inference_model` when a run finishes)
+# --------------------------------------------------------------------------------------
+
+
+def inference_model(cfg, net, stats) -> keras.Model:
+    """uint8 SxS RGB -> centre crop minus mean -> a float32 copy of `net` -> softmax."""
+    from reproduce.model import build_model
+
+    d = cfg.data
+    policy = keras.config.dtype_policy()
+    # A float32 copy: a saved model keeps its layers' dtype policies, and one saved
+    # as mixed_bfloat16 would compute in bfloat16 on every machine that loads it.
+    keras.config.set_dtype_policy("float32")
+    try:
+        net32 = build_model(cfg.model, image_size=d.crop_size,
+                            num_classes=int(net.output_shape[-1]),
+                            weight_decay=cfg.train.weight_decay, seed=cfg.train.seed)
+        net32.set_weights(net.get_weights())
+        preprocess = Augment(
+            crop_size=d.crop_size, crop_flip=False, pca_color=False,
+            mean_subtract=d.mean_subtract,
+            mean_image=stats.mean_image if d.mean_subtract else None,
+            seed=cfg.train.seed, name=PREPROCESS,
+        )
+        inputs = keras.Input((d.image_size, d.image_size, 3), dtype="uint8", name="image")
+        probs = keras.layers.Softmax(name=PROBABILITIES)(net32(preprocess(inputs)))
+        return keras.Model(inputs, probs, name=f"{net32.name}_inference")
+    finally:
+        keras.config.set_dtype_policy(policy)
+
+
+def save_inference_model(run_dir, cfg, net, stats, class_names) -> None:
+    """model.keras and classes.json of a run (call before its result.json)."""
+    runs.write_model(run_dir, inference_model(cfg, net, stats), class_names)
+
+
+# --------------------------------------------------------------------------------------
+# Loading, with a clear message for each way a run directory can be unusable
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Loaded:
+    model: keras.Model
+    class_names: list
+    run: runs.Run
+
+    @property
+    def image_size(self) -> int:
+        return int(self.model.input_shape[1])
+
+    def net(self) -> keras.Model:
+        return next(layer for layer in self.model.layers if isinstance(layer, keras.Model))
+
+    def mean_image(self) -> Optional[np.ndarray]:
+        pre = self.model.get_layer(PREPROCESS)
+        return np.asarray(keras.ops.convert_to_numpy(pre.mean_image)) if pre.mean_subtract else None
+
+
+def finished_run(run_dir) -> runs.Run:
+    """The run stored in `run_dir`; RunError unless it exists and has finished."""
+    run_dir = Path(run_dir)
+    run = runs.load_run(run_dir)
+    if run is None:
+        raise RunError(
+            f"{run_dir} is not a run directory: it has no readable {runs.CONFIG}. Give the "
+            "folder that `python -m reproduce train` printed, e.g. "
+            "runs/smoke/baseline-<fingerprint>/seed0."
+        )
+    if not run.finished:
+        why = f" (the last attempt stopped: {run.failure.get('reason')})" if run.failure else ""
+        command = run.meta.get("command") or "its training command"
+        raise RunError(
+            f"{run_dir} holds an unfinished run: it has no {runs.RESULT}{why}. The model "
+            f"file is written when training finishes; run `{command}` again to resume it."
+        )
+    return run
+
+
+def load(run_dir) -> Loaded:
+    """The model and class names of a finished run (RunError says what is missing)."""
+    run_dir = Path(run_dir)
+    run = finished_run(run_dir)
+    missing = [f for f in (runs.MODEL, runs.CLASSES) if not (run_dir / f).is_file()]
+    if missing:
+        if (run_dir / runs.STATE).is_dir():
+            fix = (f"Write it from the run's training state ({runs.STATE}/) with "
+                   f"`python -m reproduce export {run_dir}`.")
+        else:
+            fix = (f"This copy has no training state ({runs.STATE}/) to write it from either "
+                   "(published runs in results/ keep only the small files): use the run "
+                   "directory on the machine that trained it.")
+        raise RunError(f"{run_dir} has no {' or '.join(missing)}. {fix}")
+    try:
+        model = keras.saving.load_model(run_dir / runs.MODEL, compile=False)
+        names = runs.read_classes(run_dir)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise RunError(
+            f"{run_dir / runs.MODEL} cannot be loaded ({type(e).__name__}: {e}). If the "
+            f"run has its training state, `python -m reproduce export {run_dir}` writes "
+            "it again."
+        ) from None
+    if len(names) != model.output_shape[-1]:
+        raise RunError(
+            f"{run_dir / runs.CLASSES} names {len(names)} classes, the model has "
+            f"{model.output_shape[-1]} outputs; `python -m reproduce export {run_dir}` "
+            "writes both files again from the training state."
+        )
+    return Loaded(model, names, run)
+
+
+def write_model_from_state(run_dir) -> Path:
+    """model.keras and classes.json of a finished run, from its training state.
+
+    For runs that finished before the trainer saved models. Needs the run's data
+    (its mean image and class names), checked to be the data it trained on.
+    """
+    from reproduce import data as data_lib
+    from reproduce import train as train_lib
+    from reproduce.config import Config
+
+    run_dir = Path(run_dir)
+    run = finished_run(run_dir)
+    state = run_dir / runs.STATE / train_lib.STATE_FILE
+    if not state.is_file():
+        raise RunError(
+            f"{run_dir} has no training state ({state.relative_to(run_dir)}) to write the "
+            "model from (published runs in results/ keep only the small files): use the "
+            "run directory on the machine that trained it."
+        )
+    cfg = Config.from_dict(run.config)
+    trained_on = run.meta.get("data_id")
+    if trained_on and cfg.data_id() != trained_on:
+        raise RunError(
+            f"data.source={cfg.data.source!r} is not the data {run_dir} trained on (its "
+            f"content differs from {runs.CONFIG}'s meta.data_id {trained_on}); the model "
+            "needs that data's mean image and classes. Put the original data back there."
+        )
+    data = data_lib.load(cfg.data)
+    model, net = train_lib.build_training_model(cfg, data.stats, data.num_classes)
+    train_lib.compile_model(model, cfg)
+    train_lib.load_state(run_dir, model)
+    save_inference_model(run_dir, cfg, net, data.stats, data.class_names)
+    return run_dir / runs.MODEL
+
+
+# --------------------------------------------------------------------------------------
+# evaluate
+# --------------------------------------------------------------------------------------
+
+
+def evaluate_run(run_dir, source: Optional[str] = None) -> dict:
+    """Centre-crop and ten-view validation errors of the run's model.
+
+    On the run's own validation data (`source` None) or on `source`, read with the
+    run's data settings (split, image size, max_val), which must hold the same
+    classes. The evaluation is the trainer's own (`reproduce.train.evaluate`).
+    """
+    from reproduce import data as data_lib
+    from reproduce.config import Config
+    from reproduce.train import evaluate
+
+    loaded = load(run_dir)
+    cfg = Config.from_dict(loaded.run.config)
+    if source is not None:
+        cfg.data.source = str(source)
+    val = data_lib.load_split(cfg.data, cfg.data.val_split)
+    if list(val.class_names) != loaded.class_names:
+        mine, theirs = set(loaded.class_names), set(val.class_names)
+        raise RunError(
+            f"{cfg.data.source} (split {val.split!r}) does not hold the classes {run_dir} "
+            f"was trained on ({runs.CLASSES}): only in the run: "
+            f"{sorted(mine - theirs)[:10] or 'none'}; only in the data: "
+            f"{sorted(theirs - mine)[:10] or 'none'}"
+            + ("" if mine != theirs else "; the same names in another order")
+            + ". Give --data a source with one folder per class of the run."
+        )
+    stats = SimpleNamespace(mean_image=loaded.mean_image())
+    out = evaluate(cfg, loaded.model, loaded.net(), stats, val, ten_view=True)
+    return {
+        "source": cfg.data.source,
+        "split": val.split,
+        "n_val": int(len(out["labels"])),
+        "val_top1_err": float(1 - out["top1_center"].mean()),
+        "val_top5_err": float(1 - out["top5_center"].mean()),
+        "val_top1_err_10view": float(1 - out["top1_10view"].mean()),
+        "val_top5_err_10view": float(1 - out["top5_10view"].mean()),
+    }
+
+
+# --------------------------------------------------------------------------------------
+# predict
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Prediction:
+    path: str
+    top: list  # [(class name, probability)], most probable first
+
+
+def read_image(path, size: int) -> np.ndarray:
+    """An image file as the model's input: the data pipeline's §2 decoding."""
+    from reproduce.data.decode import decode_image
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise RunError(f"{path}: cannot open it ({e.strerror or e}); check the path.") from None
+    try:
+        return decode_image(data, size)
+    except Exception as e:  # Pillow raises several types; any of them means this file
+        raise RunError(
+            f"{path}: not a readable image ({type(e).__name__}: {e}). Give a JPEG, PNG "
+            "or WebP file."
+        ) from None
+
+
+def predict_images(loaded: Loaded, paths: Sequence, top: int = TOP, batch_size: int = 64):
+    """([Prediction] for the readable images, [RunError] for the others).
+
+    Each prediction lists min(top, number of classes) classes.
+    """
+    k = min(int(top), len(loaded.class_names))
+    preds, errors = [], []
+    for start in range(0, len(paths), batch_size):
+        good, images = [], []
+        for p in paths[start:start + batch_size]:
+            try:
+                images.append(read_image(p, loaded.image_size))
+                good.append(p)
+            except RunError as e:
+                errors.append(e)
+        if not images:
+            continue
+        probs = np.asarray(loaded.model.predict(np.stack(images), verbose=0), np.float64)
+        for p, row in zip(good, probs):
+            order = np.argsort(-row, kind="stable")[:k]
+            preds.append(Prediction(str(p), [(loaded.class_names[i], float(row[i])) for i in order]))
+    return preds, errors
+
+
+# --------------------------------------------------------------------------------------
+# export
+# --------------------------------------------------------------------------------------
+
+
+def export_savedmodel(loaded: Loaded, out_dir) -> Path:
+    """A TensorFlow SavedModel for TF Serving / TFLite, through Keras' `model.export`
+    (either backend; JAX converts through jax2tf).
+
+    Its `serve` signature takes uint8 (batch, S, S, 3) and returns the probabilities.
+    """
+    import importlib.util
+
+    out_dir = Path(out_dir)
+    # On JAX, Keras converts the model with jax2tf: TensorFlow must be installed.
+    if importlib.util.find_spec("tensorflow") is None:
+        raise RunError("exporting a SavedModel needs TensorFlow; install it "
+                       "(pip install tensorflow) or export on a machine that has it.")
+    os.makedirs(out_dir.parent, exist_ok=True)
+    loaded.model.export(str(out_dir), format="tf_saved_model", verbose=False)
+    return out_dir
+
+
+# --------------------------------------------------------------------------------------
+# The commands (python -m reproduce evaluate / predict / export)
+# --------------------------------------------------------------------------------------
+
+
+def command(args) -> int:
+    """Run one of the commands; a bad run directory, image or data source prints
+    its message and returns 1."""
+    import sys
+
+    from reproduce.data import DataError
+
+    try:
+        return {"evaluate": _evaluate_cmd, "predict": _predict_cmd, "export": _export_cmd}[
+            args.cmd](args)
+    except (RunError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _evaluate_cmd(args) -> int:
+    res = evaluate_run(args.run_dir, args.data)
+    own = args.data is None
+    stored = runs.load_run(args.run_dir).result if own else {}
+    print(f"{args.run_dir}: {res['n_val']} images of {res['source']}, split {res['split']!r}")
+    print(f"{'':13s}{'top-1 error':>12s}{'top-5 error':>13s}")
+    for label, suffix in (("centre crop", ""), ("ten views", "_10view")):
+        top1, top5 = res[f"val_top1_err{suffix}"], res[f"val_top5_err{suffix}"]
+        line = f"{label:13s}{100 * top1:11.2f}%{100 * top5:12.2f}%"
+        s1, s5 = stored.get(f"val_top1_err{suffix}"), stored.get(f"val_top5_err{suffix}")
+        if s1 is not None:
+            line += f"   result.json: {100 * s1:.2f}% {100 * s5:.2f}%"
+        print(line)
+    precision = stored.get("precision")
+    if own and precision not in (None, "float32") and any(
+            stored.get(k) is not None and abs(stored[k] - v) > 1e-9 for k, v in res.items()
+            if k.startswith("val_")):
+        print(f"(the run trained and was evaluated in {precision}; model.keras computes in "
+              "float32, so a few images may be classified differently)")
+    return 0
+
+
+def _predict_cmd(args) -> int:
+    import sys
+
+    if args.top < 1:
+        raise RunError(f"--top={args.top} asks for no classes; give 1 or more (default {TOP})")
+    loaded = load(args.run_dir)
+    if args.top > len(loaded.class_names):
+        print(f"(the model has {len(loaded.class_names)} classes: showing all of them)",
+              file=sys.stderr)
+    preds, errors = predict_images(loaded, args.images, top=args.top)
+    for p in preds:
+        print(p.path)
+        for name, prob in p.top:
+            print(f"  {100 * prob:6.2f}%  {name}")
+    for e in errors:
+        print(f"error: {e}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def _export_cmd(args) -> int:
+    run_dir = Path(args.run_dir)
+    finished_run(run_dir)
+    if all((run_dir / f).is_file() for f in (runs.MODEL, runs.CLASSES)):
+        print(f"{run_dir / runs.MODEL} is there already")
+    else:
+        write_model_from_state(run_dir)
+        print(f"wrote {run_dir / runs.MODEL} and {runs.CLASSES} from the training state")
+    loaded = load(run_dir)
+    if args.savedmodel:
+        out = export_savedmodel(loaded, args.savedmodel)
+        s = loaded.image_size
+        print(f"wrote the SavedModel {out}: signature 'serve', uint8 (batch, {s}, {s}, 3) RGB "
+              f"-> probabilities of the {len(loaded.class_names)} classes of {run_dir / runs.CLASSES}")
+    return 0
