@@ -765,12 +765,13 @@ def _write(build: Path, root: Path, command: str, preset, grouped: dict, analyse
 def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ReportError(f"report folder {out} is a file, not a folder: choose another with --out")
-    if out.is_dir():
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in PRODUCTS)
-        if foreign:
-            shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-            raise ReportError(f"report folder {out} holds files the report does not write ({shown}); the report "
-                              "replaces its folder as a whole, so choose an empty or new folder with --out")
+
+
+def _shared(out: Path) -> bool:
+    """`out` also holds other things (a published store: results/ keeps its runs
+    beside report.md): only the report's own entries are replaced there."""
+    return out.is_dir() and any(p.name not in PRODUCTS and not p.name.startswith(".")
+                                for p in out.iterdir())
 
 
 def _umask() -> int:
@@ -803,12 +804,31 @@ def _exchange(a: Path, b: Path) -> bool:
     return fn(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0
 
 
+def _place_entries(build: Path, out: Path) -> None:
+    """Move each finished product of `build` onto its name in `out`, every file
+    complete before the first is replaced; report.md and report.pdf are replaced
+    one right after the other, last."""
+    names = sorted(p.name for p in build.iterdir())
+    order = [n for n in names if n not in ("report.md", "report.pdf")] + [
+        n for n in ("report.md", "report.pdf") if n in names]
+    for name in order:
+        src, dst = build / name, out / name
+        if src.is_dir() and dst.is_dir():
+            if _exchange(src, dst):
+                continue  # src now holds the old folder, removed with `build`
+            shutil.rmtree(dst)
+        os.replace(src, dst)
+    shutil.rmtree(build, ignore_errors=True)
+
+
 def _swap_in(build: Path, out: Path) -> None:
     """Put the finished folder `build` in place of `out`: one atomic exchange where
     the system has it, else two renames (in between, `out` is briefly absent:
     still never a mix of two builds)."""
     try:
-        if not out.exists():
+        if _shared(out):
+            _place_entries(build, out)
+        elif not out.exists():
             os.rename(build, out)
         elif _exchange(build, out):
             shutil.rmtree(build)  # now the previous report

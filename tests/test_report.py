@@ -1019,11 +1019,22 @@ def test_report_folder_is_replaced_as_a_whole(tmp_path, monkeypatch):
     assert "one_tower @ " in third.markdown.read_text() and third.pdf.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "runs"]
     monkeypatch.undo()
-    # A folder holding other files is not replaced.
+    # A folder holding other things (a published store: its runs beside the report)
+    # keeps them; only the report's own entries are replaced, each whole.
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(ReportError, match=r"holds files the report does not write \(notes\.txt\)"):
-        build_report(root, out)
-    assert (out / "notes.txt").read_text() == "mine"
+    (out / "imagenet").mkdir()
+    fourth = build_report(root, out)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "imagenet").is_dir()
+    assert "one_tower @ " in fourth.markdown.read_text() and fourth.pdf.stat().st_size > 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["notes.txt", "imagenet", "report.md", "report.pdf", "figures", "runs.csv", "claims.csv"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "runs"]
+    # the store as its own report folder (make publish: --runs results --out results)
+    store_report = build_report(root, root)
+    assert store_report.markdown == root / "report.md" and (root / "imagenet").is_dir()
+    assert "`tanh`" in store_report.markdown.read_text()
+    with pytest.raises(ReportError, match="is a file"):
+        build_report(root, out / "notes.txt")
 
 
 def _umask():
