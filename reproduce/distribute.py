@@ -91,7 +91,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
-SCHEMES = ("none", "towers", "mirrored", "multiworker")
+from reproduce.config import check_value
 
 # §3.2: "we spread the net across two GPUs".
 TOWER_DEVICES = 2
@@ -217,11 +217,7 @@ def plan(cfg) -> Plan:
     Raises DistributeError when it cannot run here, naming what was found.
     """
     scheme = cfg.distribute.scheme
-    if scheme not in SCHEMES:
-        raise DistributeError(
-            f"distribute.scheme={scheme!r} is not allowed; choose one of "
-            + ", ".join(repr(s) for s in SCHEMES)
-        )
+    check_value("distribute.scheme", scheme)
     backend = _backend()
     if scheme == "towers" and (cfg.model.arch != "alexnet" or cfg.model.towers != 2):
         raise DistributeError(
