@@ -1,4 +1,4 @@
-"""Issue 9: several devices (towers, mirrored) and several machines (multiworker).
+"""Several devices (towers, mirrored) and several machines (multiworker).
 
 Device counts and clusters are fixed when TensorFlow or JAX initializes, so the
 checks that need two devices or two processes run in subprocesses
