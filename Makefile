@@ -16,7 +16,7 @@ OVERRIDES := $(strip $(DATA_SET) $(SET))
 SETARG  := $(if $(OVERRIDES),--set $(OVERRIDES),)
 RUN     := KERAS_BACKEND=$(BACKEND) REPRODUCE_RUNS=$(RUNS) $(PY)
 
-.PHONY: help install test test-tf test-jax train reproduce ablation report publish bench export
+.PHONY: help install lint test test-tf test-jax train reproduce ablation report publish bench export
 
 help:
 	@echo "make install                 create $(VENV) and install requirements.txt"
@@ -28,6 +28,7 @@ help:
 	@echo "make bench                   training throughput (synthetic and, with DATA_DIR, real data)"
 	@echo "make test                    the test suite on both Keras backends (tensorflow, jax)"
 	@echo "make export RUN_DIR=...      a finished run's model.keras (from its state if missing); SAVEDMODEL=dir: TF SavedModel"
+	@echo "make lint                    ruff check ."
 	@echo "Variables: PRESET=$(PRESET) SEEDS=$(SEEDS) NAME DATA_DIR RUNS=$(RUNS) BACKEND=$(BACKEND) SET='key=value ...'"
 
 install:
@@ -35,13 +36,17 @@ install:
 	$(VENV)/bin/python -m pip install --upgrade pip
 	$(VENV)/bin/python -m pip install -r requirements.txt
 
+lint:
+	$(PY) -m ruff check .
+
+# The end-to-end subprocess tests (marked slow) run once, under TensorFlow.
 test: test-tf test-jax
 
 test-tf:
-	KERAS_BACKEND=tensorflow $(PY) -m pytest -q -n 2 tests
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -q -n 2
 
 test-jax:
-	KERAS_BACKEND=jax $(PY) -m pytest -q -n 2 tests
+	KERAS_BACKEND=jax $(PY) -m pytest -q -n 2 -m "not slow"
 
 train:
 	$(RUN) -m reproduce train --preset $(PRESET) $(SETARG)

@@ -644,19 +644,9 @@ def _bench(root: Path) -> list:
         return []
     blocks = [D.Heading(1, "Throughput benchmark (bench.json)")]
     try:
-        data = R.read_json(p)
-        if isinstance(data, dict):
-            lists = [v for v in data.values() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
-            if lists:
-                items = lists[0]
-            elif all(isinstance(v, dict) for v in data.values()):
-                items = [{"name": k, **v} for k, v in data.items()]
-            else:
-                items = [data]
-        elif isinstance(data, list):
-            items = [x for x in data if isinstance(x, dict)]
-        else:
-            items = []
+        from reproduce import benchfile  # the owner of bench.json's format
+
+        items = benchfile.read(p).table()
         cols = []
         for it in items:
             for k, v in it.items():

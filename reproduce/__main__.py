@@ -59,12 +59,6 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] in (["train"], ["bench"]):
         quiet_tensorflow()
-    if argv[:1] == ["bench"]:
-        # Before argparse: a REMAINDER positional does not take options that come
-        # first (`bench --full` fails with "unrecognized arguments").
-        from reproduce import bench
-
-        return bench.main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m reproduce",
         description="AlexNet (Krizhevsky, Sutskever & Hinton 2012) in Keras 3: train, resume, inspect.",
@@ -92,8 +86,9 @@ def main(argv=None) -> int:
     sub.add_parser("keys", help="list every configuration key with its default")
     sub.add_parser("presets", help="describe the presets")
 
-    p = sub.add_parser("bench", help="training throughput benchmark (see reproduce.bench)")
-    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    # The bench parses its own options (`bench --help` lists them): they are what
+    # this parser leaves over.
+    sub.add_parser("bench", add_help=False, help="training throughput benchmark (see reproduce.bench)")
 
     # A finished run's model.keras (see reproduce.inference).
     p = sub.add_parser("evaluate", help="a finished run's validation error (centre crop, ten "
@@ -112,7 +107,13 @@ def main(argv=None) -> int:
     p.add_argument("--savedmodel", default=None, metavar="DIR",
                    help="also export a TensorFlow SavedModel (Keras' model.export) into DIR")
 
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.cmd == "bench":
+        from reproduce import bench
+
+        return bench.main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return _dispatch(args)
     except config_lib.ConfigError as e:
@@ -130,10 +131,6 @@ def _dispatch(args) -> int:
         for name, p in config_lib.PRESETS.items():
             print(f"== {name}\n{p.doc}\n  diff: {json.dumps(p.overrides)}\n")
         return 0
-    if args.cmd == "bench":
-        from reproduce import bench
-
-        return bench.main(args.bench_args)
     if args.cmd == "publish":
         src = Path(args.runs) if args.runs else runs.default_root()
         if not src.is_dir():

@@ -22,14 +22,47 @@ import dataclasses
 import difflib
 import hashlib
 import json
-import os
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 
 class ConfigError(ValueError):
     """A configuration key or value that is not allowed."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric field allows, declared once on the field
+    (``Annotated[float, Range(...)]``) and checked wherever the value is used:
+    here by `validate`, and by the model builders and layers through
+    `check_value`. A bound of None is no bound."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False
+    high_open: bool = False
+    odd: bool = False  # an odd integer: a window centred on its middle element
+
+    def __contains__(self, v) -> bool:
+        if self.low is not None and (v <= self.low if self.low_open else v < self.low):
+            return False
+        if self.high is not None and (v >= self.high if self.high_open else v > self.high):
+            return False
+        return not self.odd or v % 2 == 1
+
+    def describe(self) -> str:
+        if self.odd:
+            return "an odd positive integer"
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"{'<' if self.high_open else '<='} {self.high:g}"
+
+
+POSITIVE = Range(low=0, low_open=True)
+AT_LEAST_ONE = Range(low=1)
 
 
 # --------------------------------------------------------------------------------------
@@ -42,34 +75,34 @@ class ModelConfig:
     # Which network. `alexnet` is the paper's ImageNet net (§3.5, Fig. 2); the two
     # CIFAR-10 nets are the ones behind the paper's CIFAR-10 claims (§3.1 Figure 1,
     # §3.3), after Krizhevsky's cuda-convnet layer definitions.
-    arch: str = "alexnet"  # alexnet | cifar_fig1 | cifar_local
+    arch: Literal["alexnet", "cifar_fig1", "cifar_local"] = "alexnet"
     # §3.1: ReLU in every hidden layer; tanh is the saturating comparison.
-    activation: str = "relu"  # relu | tanh
+    activation: Literal["relu", "tanh"] = "relu"
     # §3.3 local response normalization after conv1 and conv2.
     lrn: bool = True
     # `paper`: b = a / (k + alpha * sum a^2)^beta exactly as printed;
     # `cuda-convnet`: alpha divided by n, as in Krizhevsky's code and Caffe.
-    lrn_convention: str = "paper"  # paper | cuda-convnet
-    lrn_size: int = 5
+    lrn_convention: Literal["paper", "cuda-convnet"] = "paper"
+    lrn_size: Annotated[int, Range(low=1, odd=True)] = 5
     lrn_k: float = 2.0
     lrn_alpha: float = 1e-4
     lrn_beta: float = 0.75
     # §3.4: overlapping 3x3 stride-2 pooling; `non_overlap` is 2x2 stride 2 with the
     # same output sizes.
-    pooling: str = "overlap"  # overlap | non_overlap
+    pooling: Literal["overlap", "non_overlap"] = "overlap"
     # §4.2: dropout 0.5 in fc6 and fc7; 0 switches it off.
-    dropout: float = 0.5
+    dropout: Annotated[float, Range(low=0, high=1, high_open=True)] = 0.5
     # §3.2: two towers (the paper's two-GPU net) or the one-GPU comparison net.
-    towers: int = 2  # 2 | 1
+    towers: Literal[1, 2] = 2
     # Multiplies every convolution and hidden fully connected width, for reduced
     # CPU runs. 1.0 is the paper.
-    width: float = 1.0
+    width: Annotated[float, POSITIVE] = 1.0
     # §5: weights N(0, 0.01), biases 1 in conv2, conv4, conv5, fc6, fc7, else 0.
     # `caffe`: the same weights, biases 0.1 where the paper has 1 (Caffe's reference
     # model, because bias 1 gave a flat loss there).
-    init: str = "paper"  # paper | caffe
+    init: Literal["paper", "caffe"] = "paper"
     # Number of classes; None means "from the data".
-    num_classes: Optional[int] = None
+    num_classes: Annotated[Optional[int], AT_LEAST_ONE] = None
 
 
 @dataclass
@@ -106,22 +139,22 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     # §5: batch 128, SGD momentum 0.9, weight decay 0.0005, lr 0.01.
-    epochs: int = 90
-    batch_size: int = 128
+    epochs: Annotated[int, AT_LEAST_ONE] = 90
+    batch_size: Annotated[int, AT_LEAST_ONE] = 128
     learning_rate: float = 0.01
     momentum: float = 0.9
-    weight_decay: float = 5e-4
+    weight_decay: Annotated[float, Range(low=0)] = 5e-4
     # `plateau`: §5, divide by 10 when validation error stops improving, at most
     # `max_drops` times; `step`: divide by 10 at fixed epochs (`step_epochs`), for
     # budgeted runs; `constant`.
-    schedule: str = "plateau"  # plateau | step | constant
+    schedule: Literal["plateau", "step", "constant"] = "plateau"
     plateau_patience: int = 3
     max_drops: int = 3
     step_epochs: list = field(default_factory=list)
     # Stop early (0 = never) once this many steps per epoch are done: smoke runs.
     steps_per_epoch: int = 0
     # `auto`: mixed_bfloat16 on a GPU/TPU, float32 on a CPU.
-    precision: str = "auto"  # auto | float32 | mixed_bfloat16
+    precision: Literal["auto", "float32", "mixed_bfloat16"] = "auto"
     steps_per_execution: int = 1
     # Fixes shuffling, initialization and every augmentation draw.
     seed: int = 0
@@ -139,8 +172,8 @@ class EvalConfig:
 
 @dataclass
 class DistributeConfig:
-    # none | towers | mirrored | multiworker  (see reproduce.distribute)
-    scheme: str = "none"
+    # See reproduce.distribute.
+    scheme: Literal["none", "towers", "mirrored", "multiworker"] = "none"
 
 
 @dataclass
@@ -254,45 +287,80 @@ def data_identity(source: str) -> str:
     return local_identity(source)
 
 
-ALLOWED = {
-    "model.arch": ("alexnet", "cifar_fig1", "cifar_local"),
-    "model.activation": ("relu", "tanh"),
-    "model.lrn_convention": ("paper", "cuda-convnet"),
-    "model.pooling": ("overlap", "non_overlap"),
-    "model.towers": (1, 2),
-    "model.init": ("paper", "caffe"),
-    "train.schedule": ("plateau", "step", "constant"),
-    "train.precision": ("auto", "float32", "mixed_bfloat16"),
-    "distribute.scheme": ("none", "towers", "mirrored", "multiworker"),
-}
+# --------------------------------------------------------------------------------------
+# Allowed values: read from the fields' declarations (Literal choices, Range bounds)
+# --------------------------------------------------------------------------------------
+
+
+def _declared() -> dict:
+    """{dotted key: (type hint with extras, Literal choices or None, Range or None)}."""
+    out = {}
+    for section in dataclasses.fields(Config):
+        hints = typing.get_type_hints(section.default_factory, include_extras=True)
+        for name, hint in hints.items():
+            rng = None
+            if typing.get_origin(hint) is Annotated:
+                hint, *extras = typing.get_args(hint)
+                rng = next((e for e in extras if isinstance(e, Range)), None)
+            choices = typing.get_args(hint) if typing.get_origin(hint) is Literal else None
+            out[f"{section.name}.{name}"] = (hint, choices, rng)
+    return out
+
+
+_DECLARED = _declared()
+
+#: The choices of every choice field, {dotted key: allowed values}.
+ALLOWED = {k: choices for k, (_, choices, _) in _DECLARED.items() if choices}
+
+#: The bounds of every bounded numeric field, {dotted key: Range}.
+RANGES = {k: rng for k, (_, _, rng) in _DECLARED.items() if rng}
+
+
+def choices(key: str) -> tuple:
+    """The allowed values of a choice field, e.g. choices("model.activation")."""
+    return ALLOWED[key]
+
+
+def check_value(key: str, value: Any, name: Optional[str] = None, *, optional: Optional[bool] = None) -> None:
+    """Raise ConfigError unless `value` is allowed for the field `key`: one of its
+    choices, or a number of its type inside its Range. `name` is what the message
+    calls the value (default the key: the model builders use their argument names);
+    `optional` whether None is allowed (default: as the field declares)."""
+    name = name or key
+    hint, allowed, rng = _DECLARED[key]
+    if allowed is not None:
+        # True == 1: a bool is never a choice of a numeric field, and vice versa.
+        if value not in allowed or isinstance(value, bool) is not isinstance(allowed[0], bool):
+            raise ConfigError(
+                f"{name}={value!r} is not allowed; choose one of " + ", ".join(repr(a) for a in allowed)
+            )
+    if rng is None:
+        return
+    is_optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
+    if value is None and (is_optional if optional is None else optional):
+        return
+    integral = int in typing.get_args(hint) or hint is int
+    kinds = (int,) if integral else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or value not in rng:
+        raise ConfigError(f"{name}={value!r} must be {'an integer ' if integral and not rng.odd else ''}"
+                          f"{rng.describe()}")
 
 
 def check_choice(key: str, value: Any) -> None:
-    allowed = ALLOWED.get(key)
-    if allowed is not None and value not in allowed:
-        raise ConfigError(
-            f"{key}={value!r} is not allowed; choose one of "
-            + ", ".join(repr(a) for a in allowed)
-        )
+    if key in ALLOWED:
+        check_value(key, value)
 
 
 def validate(cfg: Config) -> Config:
     """Check choices and ranges of the whole tree; returns cfg."""
     for key, value in flatten(cfg.to_dict()).items():
-        check_choice(key, value)
-    if not 0.0 <= cfg.model.dropout < 1.0:
-        raise ConfigError(f"model.dropout={cfg.model.dropout!r} must be in [0, 1)")
-    if cfg.model.width <= 0:
-        raise ConfigError(f"model.width={cfg.model.width!r} must be > 0")
+        if key in ALLOWED or key in RANGES:
+            check_value(key, value)
     if cfg.data.crop_size > cfg.data.image_size:
         raise ConfigError(
             f"data.crop_size={cfg.data.crop_size} is larger than "
             f"data.image_size={cfg.data.image_size}; crops are taken from the SxS image"
         )
-    if cfg.train.batch_size < 1:
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size!r} must be >= 1")
-    if cfg.train.epochs < 1:
-        raise ConfigError(f"train.epochs={cfg.train.epochs!r} must be >= 1")
     return cfg
 
 
@@ -330,6 +398,8 @@ def _parse(key: str, text: Any, typ: Any) -> Any:
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return _parse(key, text, inner)
+    if origin is Literal:  # a choice: parsed as its values' type, checked by check_choice
+        return _parse(key, text, type(args[0]))
     if typ is bool:
         if isinstance(text, bool):
             return text

@@ -91,7 +91,12 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
-SCHEMES = ("none", "towers", "mirrored", "multiworker")
+import keras
+import numpy as np
+from keras import distribution as kd
+
+from reproduce.config import check_value
+from reproduce.data.batches import DerivedBatches
 
 # §3.2: "we spread the net across two GPUs".
 TOWER_DEVICES = 2
@@ -119,8 +124,6 @@ class DistributeError(RuntimeError):
 
 
 def _backend() -> str:
-    import keras
-
     return keras.backend.backend()
 
 
@@ -217,11 +220,7 @@ def plan(cfg) -> Plan:
     Raises DistributeError when it cannot run here, naming what was found.
     """
     scheme = cfg.distribute.scheme
-    if scheme not in SCHEMES:
-        raise DistributeError(
-            f"distribute.scheme={scheme!r} is not allowed; choose one of "
-            + ", ".join(repr(s) for s in SCHEMES)
-        )
+    check_value("distribute.scheme", scheme)
     backend = _backend()
     if scheme == "towers" and (cfg.model.arch != "alexnet" or cfg.model.towers != 2):
         raise DistributeError(
@@ -331,6 +330,8 @@ def _tf_plan(scheme: str) -> Plan:
 
 
 def _multi_worker_strategy():
+    # The class is made here, not at module level, because it subclasses a
+    # TensorFlow class and this module also runs where TensorFlow is not installed.
     import tensorflow as tf
 
     class MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
@@ -591,8 +592,6 @@ def _tf_variable(v):
 
 
 def _submodels(model) -> list:
-    import keras
-
     out = [model]
     for layer in model.layers:
         if isinstance(layer, keras.Model):
@@ -607,7 +606,6 @@ def _submodels(model) -> list:
 
 def _jax_plan(scheme: str) -> Plan:
     import jax
-    from keras import distribution as kd
 
     if scheme == "multiworker":
         _jax_initialize()
@@ -638,7 +636,7 @@ def _jax_plan(scheme: str) -> Plan:
             raise _too_few(scheme, f"{TOWER_DEVICES} devices, one per tower (§3.2)", devices,
                            "Run it on a machine with 2 GPUs")
         mesh = kd.DeviceMesh((1, TOWER_DEVICES), ("batch", "model"), devices[:TOWER_DEVICES])
-        distribution = _towers_model_parallel(layout_map=kd.LayoutMap(mesh), batch_dim_name="batch")
+        distribution = TowersModelParallel(layout_map=kd.LayoutMap(mesh), batch_dim_name="batch")
         return Plan(scheme, "jax", devices[:TOWER_DEVICES], distribution=distribution)
     if scheme == "mirrored":
         if len(devices) < 2:
@@ -652,7 +650,6 @@ def _jax_plan(scheme: str) -> Plan:
 
 def _jax_initialize() -> None:
     import jax
-    import keras
 
     if jax.distributed.is_initialized():
         return  # already part of a cluster
@@ -672,39 +669,32 @@ def _jax_initialize() -> None:
 
 def _replicated(devices):
     """A distribution over `devices` whose data layout is the whole batch on every device."""
-    from keras import distribution as kd
-
     mesh = kd.DeviceMesh((1, len(devices)), ("batch", "replica"), devices)
     # Every process feeds the whole batch: nothing to shard between processes.
     return kd.ModelParallel(layout_map=kd.LayoutMap(mesh), batch_dim_name="batch",
                             auto_shard_dataset=False)
 
 
-def _towers_model_parallel(**kwargs):
-    from keras import distribution as kd
+class TowersModelParallel(kd.ModelParallel):
+    """ModelParallel whose layout of fc6-fc8 depends on the weight's shape.
 
-    class TowersModelParallel(kd.ModelParallel):
-        """ModelParallel whose layout of fc6-fc8 depends on the weight's shape.
+    Column-wise (each device holds half of the layer's neurons, as each GPU
+    does in §3.2) when the number of units splits evenly over the ``model``
+    axis, else row-wise, else replicated; everything else is replicated.
+    """
 
-        Column-wise (each device holds half of the layer's neurons, as each GPU
-        does in §3.2) when the number of units splits evenly over the ``model``
-        axis, else row-wise, else replicated; everything else is replicated.
-        """
-
-        def get_variable_layout(self, variable):
-            if getattr(variable, "_layout", None) is not None:
-                return variable._layout
-            parts = variable.path.split("/")
-            n = self.device_mesh.shape[self.device_mesh.axis_names.index("model")]
-            spec = [None] * len(variable.shape)
-            if len(parts) >= 2 and _DEDUP.sub("", parts[-2]) in MODEL_PARALLEL_LAYERS:
-                for axis in (len(spec) - 1, 0):  # output units first, then inputs
-                    if variable.shape[axis] % n == 0:
-                        spec[axis] = "model"
-                        break
-            return kd.TensorLayout(spec, self.device_mesh)
-
-    return TowersModelParallel(**kwargs)
+    def get_variable_layout(self, variable):
+        if getattr(variable, "_layout", None) is not None:
+            return variable._layout
+        parts = variable.path.split("/")
+        n = self.device_mesh.shape[self.device_mesh.axis_names.index("model")]
+        spec = [None] * len(variable.shape)
+        if len(parts) >= 2 and _DEDUP.sub("", parts[-2]) in MODEL_PARALLEL_LAYERS:
+            for axis in (len(spec) - 1, 0):  # output units first, then inputs
+                if variable.shape[axis] % n == 0:
+                    spec[axis] = "model"
+                    break
+        return kd.TensorLayout(spec, self.device_mesh)
 
 
 def _replicated_evaluation(model, eval_distribution) -> None:
@@ -728,8 +718,40 @@ def _replicated_evaluation(model, eval_distribution) -> None:
         setattr(model, name, replicated)
 
 
+class ProcessBatches(DerivedBatches):
+    """This process's slice of every global batch of `inner` (see `process_batches`)."""
+
+    def __init__(self, inner, num_devices: int, num_processes: int, process_index: int, scheme: str):
+        super().__init__(inner)
+        self.num_devices, self.num_processes = num_devices, num_processes
+        self.process_index, self.scheme = process_index, scheme
+
+    def __len__(self):
+        inner, n = self.inner, len(self.inner)
+        total = getattr(inner, "n", None)
+        size = getattr(inner, "batch_size", None)
+        if n and total is not None and size and not getattr(inner, "drop_remainder", False):
+            if (total - (n - 1) * size) % self.num_devices:
+                n -= 1
+        return n
+
+    def __getitem__(self, i):
+        batch = self.inner[i]
+        arrays = batch if isinstance(batch, tuple) else (batch,)
+        g = len(arrays[0])
+        if g % self.num_devices:
+            raise DistributeError(
+                f"a training batch of {g} images does not split over the "
+                f"{self.num_devices} devices of distribute.scheme={self.scheme!r}"
+            )
+        k = g // self.num_processes
+        lo = self.process_index * k
+        out = tuple(None if a is None else np.asarray(a)[lo:lo + k] for a in arrays)
+        return out if isinstance(batch, tuple) else out[0]
+
+
 def process_batches(inner, num_devices: int, num_processes: int = 1, process_index: int = 0,
-                    scheme: str = ""):
+                    scheme: str = "") -> ProcessBatches:
     """This process's slice of every global batch of the PyDataset ``inner``.
 
     Process ``p`` of ``P`` gets rows ``[p*G/P, (p+1)*G/P)`` of each global batch of
@@ -737,49 +759,6 @@ def process_batches(inner, num_devices: int, num_processes: int = 1, process_ind
     data parallelism: ``jax.make_array_from_process_local_data`` assembles it). A
     final batch that does not split evenly over all ``num_devices`` is dropped.
     """
-    import keras
-    import numpy as np
-
-    class ProcessBatches(keras.utils.PyDataset):
-        def __init__(self):
-            super().__init__(
-                workers=getattr(inner, "workers", 1),
-                use_multiprocessing=getattr(inner, "use_multiprocessing", False),
-                max_queue_size=getattr(inner, "max_queue_size", 10),
-            )
-            self.inner = inner
-
-        def __len__(self):
-            n = len(inner)
-            total = getattr(inner, "n", None)
-            size = getattr(inner, "batch_size", None)
-            if n and total is not None and size and not getattr(inner, "drop_remainder", False):
-                if (total - (n - 1) * size) % num_devices:
-                    n -= 1
-            return n
-
-        def __getitem__(self, i):
-            batch = inner[i]
-            arrays = batch if isinstance(batch, tuple) else (batch,)
-            g = len(arrays[0])
-            if g % num_devices:
-                raise DistributeError(
-                    f"a training batch of {g} images does not split over the "
-                    f"{num_devices} devices of distribute.scheme={scheme!r}"
-                )
-            k = g // num_processes
-            lo = process_index * k
-            out = tuple(None if a is None else np.asarray(a)[lo:lo + k] for a in arrays)
-            return out if isinstance(batch, tuple) else out[0]
-
-        def on_epoch_begin(self):
-            if hasattr(inner, "on_epoch_begin"):
-                inner.on_epoch_begin()
-
-        def on_epoch_end(self):
-            if hasattr(inner, "on_epoch_end"):
-                inner.on_epoch_end()
-
     size = getattr(inner, "batch_size", None)
     if size is not None and size % num_devices:
         raise DistributeError(
@@ -787,4 +766,4 @@ def process_batches(inner, num_devices: int, num_processes: int = 1, process_ind
             f"of distribute.scheme={scheme!r} on JAX; use a multiple of {num_devices} "
             "(the paper's 128 splits over 2, 4, 8, ... devices)"
         )
-    return ProcessBatches()
+    return ProcessBatches(inner, num_devices, num_processes, process_index, scheme)

@@ -114,13 +114,16 @@ class Loaded:
 def finished_run(run_dir) -> runs.Run:
     """The run stored in `run_dir`; RunError unless it exists and has finished."""
     run_dir = Path(run_dir)
-    run = runs.load_run(run_dir)
-    if run is None:
+    if not (run_dir / runs.CONFIG).is_file():
         raise RunError(
-            f"{run_dir} is not a run directory: it has no readable {runs.CONFIG}. Give the "
+            f"{run_dir} is not a run directory: it has no {runs.CONFIG}. Give the "
             "folder that `python -m reproduce train` printed, e.g. "
             "runs/smoke/baseline-<fingerprint>/seed0."
         )
+    try:
+        run = runs.load_run(run_dir)
+    except runs.RunFileError as e:
+        raise RunError(str(e)) from None
     if not run.finished:
         why = f" (the last attempt stopped: {run.failure.get('reason')})" if run.failure else ""
         command = run.meta.get("command") or "its training command"
@@ -175,7 +178,7 @@ def write_model_from_state(run_dir) -> Path:
 
     run_dir = Path(run_dir)
     run = finished_run(run_dir)
-    state = run_dir / runs.STATE / train_lib.STATE_FILE
+    state = runs.state_path(run_dir)
     if not state.is_file():
         raise RunError(
             f"{run_dir} has no training state ({state.relative_to(run_dir)}) to write the "
@@ -208,11 +211,11 @@ def evaluate_run(run_dir, source: Optional[str] = None) -> dict:
 
     On the run's own validation data (`source` None) or on `source`, read with the
     run's data settings (split, image size, max_val), which must hold the same
-    classes. The evaluation is the trainer's own (`reproduce.train.evaluate`).
+    classes. The evaluation is the trainer's own (`reproduce.evaluate.evaluate`).
     """
     from reproduce import data as data_lib
     from reproduce.config import Config
-    from reproduce.train import evaluate
+    from reproduce.evaluate import evaluate
 
     loaded = load(run_dir)
     cfg = Config.from_dict(loaded.run.config)

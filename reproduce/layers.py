@@ -20,16 +20,7 @@ import keras
 import numpy as np
 from keras import ops
 
-CONVENTIONS = ("paper", "cuda-convnet")
-
-
-def _check_odd_size(size) -> int:
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1 or size % 2 == 0:
-        raise ValueError(
-            f"LocalResponseNormalization size={size!r} must be an odd positive integer "
-            "(a window of `size` channels centred on each channel, §3.3)"
-        )
-    return size
+from reproduce.config import check_value
 
 
 @keras.saving.register_keras_serializable(package="reproduce")
@@ -77,12 +68,11 @@ class LocalResponseNormalization(keras.layers.Layer):
     def __init__(self, size=5, k=2.0, alpha=1e-4, beta=0.75, convention="paper", **kwargs):
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
-        self.size = _check_odd_size(size)
-        if convention not in CONVENTIONS:
-            raise ValueError(
-                f"LocalResponseNormalization convention={convention!r} is not allowed; "
-                f"choose one of {', '.join(repr(c) for c in CONVENTIONS)}"
-            )
+        # The allowed values are the configuration's (reproduce.config.ModelConfig):
+        # an odd window of `size` channels centred on each channel (§3.3).
+        check_value("model.lrn_size", size, "LocalResponseNormalization size")
+        check_value("model.lrn_convention", convention, "LocalResponseNormalization convention")
+        self.size = size
         self.k = float(k)
         self.alpha = float(alpha)
         self.beta = float(beta)

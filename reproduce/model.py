@@ -20,8 +20,8 @@ import random
 
 import keras
 
+from reproduce.config import check_value
 from reproduce.layers import (
-    CONVENTIONS,
     HostConstant,
     HostNormal,
     LocallyConnected2D,
@@ -36,11 +36,6 @@ TOWER_SUFFIXES = ("_a", "_b")
 # 3x3 window.
 MIN_IMAGE_SIZE = 67
 
-ARCHS = ("alexnet", "cifar_fig1", "cifar_local")
-ACTIVATIONS = ("relu", "tanh")
-POOLINGS = ("overlap", "non_overlap")
-INITS = ("paper", "caffe")
-TOWERS = (1, 2)
 
 # §5: "We initialized the neuron biases in the second, fourth, and fifth
 # convolutional layers, as well as in the fully-connected hidden layers, with the
@@ -75,28 +70,25 @@ CIFAR_LRN = dict(lrn_size=9, lrn_k=1.0, lrn_alpha=1e-3, lrn_beta=0.75, lrn_conve
 # --------------------------------------------------------------------------------------
 
 
-def _choice(field: str, value, allowed) -> None:
-    if value not in allowed or isinstance(value, bool) is not isinstance(allowed[0], bool):
-        raise ValueError(
-            f"{field}={value!r} is not allowed; choose one of {', '.join(repr(a) for a in allowed)}"
-        )
+# The builders' arguments that are configuration fields, {argument: dotted key}:
+# their allowed values are declared once, on the fields of reproduce.config.
+_CHECKED = {
+    "activation": "model.activation",
+    "lrn_convention": "model.lrn_convention",
+    "lrn_size": "model.lrn_size",
+    "pooling": "model.pooling",
+    "dropout": "model.dropout",
+    "width": "model.width",
+    "init": "model.init",
+    "num_classes": "model.num_classes",
+    "weight_decay": "train.weight_decay",
+}
 
 
-def _check_common(*, num_classes, activation, lrn_convention, lrn_size, pooling, dropout, width, init, weight_decay):
-    _choice("activation", activation, ACTIVATIONS)
-    _choice("lrn_convention", lrn_convention, CONVENTIONS)
-    _choice("pooling", pooling, POOLINGS)
-    _choice("init", init, INITS)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes={num_classes!r} must be an integer >= 1")
-    if isinstance(lrn_size, bool) or not isinstance(lrn_size, int) or lrn_size < 1 or lrn_size % 2 == 0:
-        raise ValueError(f"lrn_size={lrn_size!r} must be an odd positive integer")
-    if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout={dropout!r} must be in [0, 1)")
-    if not isinstance(width, (int, float)) or isinstance(width, bool) or not width > 0:
-        raise ValueError(f"width={width!r} must be > 0")
-    if not isinstance(weight_decay, (int, float)) or weight_decay < 0:
-        raise ValueError(f"weight_decay={weight_decay!r} must be >= 0")
+def _check_common(**kwargs):
+    """ValueError (a ConfigError) naming the argument, its value and what is allowed."""
+    for name, value in kwargs.items():
+        check_value(_CHECKED[name], value, name, optional=False)
 
 
 def _check_image_size(image_size) -> None:
@@ -300,7 +292,7 @@ def alexnet(
         lrn_size=lrn_size, pooling=pooling, dropout=dropout, width=width, init=init,
         weight_decay=weight_decay,
     )
-    _choice("towers", towers, TOWERS)
+    check_value("model.towers", towers, "towers")
     _alexnet_sizes(image_size)  # raises for inputs that are too small
 
     mk = _Init(seed, weight_decay)
@@ -442,13 +434,55 @@ def _cifar_check(arch, image_size, num_pools, kw):
         n = _cifar_pool_size(n)
 
 
-def _cifar_biases(init):
-    # The paper's bias rule (§5) names AlexNet's layers; its reason is to give
-    # the ReLUs positive inputs. For these nets: the positive constant in every
-    # hidden layer after the first, 0 in the first layer and the output layer
-    # (AlexNet's conv1 and fc8 are 0 too). cuda-convnet itself initialised all
-    # biases to 0.
-    return POSITIVE_BIAS[init]
+class _CifarLayers:
+    """The layer factories both CIFAR-10 nets are written with: cuda-convnet's
+    layer types under one set of switches (width, activation, LRN, pooling,
+    init), with one seeded initializer per layer in the order they are made."""
+
+    def __init__(self, arch, image_size, num_pools, kw):
+        _cifar_check(arch, image_size, num_pools, kw)
+        self.kw = kw
+        self.mk = _Init(kw["seed"], kw["weight_decay"])
+        # The paper's bias rule (§5) names AlexNet's layers; its reason is to give
+        # the ReLUs positive inputs. For these nets: the positive constant in every
+        # hidden layer after the first, 0 in the first layer and the output layer
+        # (AlexNet's conv1 and fc8 are 0 too). cuda-convnet itself initialised all
+        # biases to 0.
+        self.positive = POSITIVE_BIAS[kw["init"]]
+
+    def _args(self, filters, name, bias):
+        return dict(
+            filters=_scaled(filters, self.kw["width"]), padding="same", activation=self.kw["activation"],
+            kernel_initializer=self.mk.normal(_CIFAR_INIT_STD[name]),
+            bias_initializer=self.mk.constant(bias), kernel_regularizer=self.mk.decay(), name=name,
+        )
+
+    def conv(self, x, filters, name, bias):
+        """cuda-convnet's `conv`: 5x5, stride 1, padding 2."""
+        return keras.layers.Conv2D(kernel_size=5, **self._args(filters, name, bias))(x)
+
+    def local(self, x, filters, name):
+        """cuda-convnet's `local`: 3x3, padding 1, unshared weights."""
+        return LocallyConnected2D(kernel_size=3, **self._args(filters, name, self.positive))(x)
+
+    def norm(self, x, name):
+        kw = self.kw
+        if not kw["lrn"]:
+            return x
+        return _lrn(x, name, kw["lrn_size"], kw["lrn_k"], kw["lrn_alpha"], kw["lrn_beta"], kw["lrn_convention"])
+
+    def pool(self, x, kind, name):
+        return _cifar_pool(x, kind, self.kw["pooling"], name)
+
+    def classifier(self, inputs, h):
+        """flatten -> fc10 logits (float32 also under mixed precision) -> the model."""
+        h = keras.layers.Flatten(name="flatten")(h)
+        logits = keras.layers.Dense(
+            self.kw["num_classes"], kernel_initializer=self.mk.normal(_CIFAR_INIT_STD["fc10"]),
+            bias_initializer=self.mk.constant(0.0), kernel_regularizer=self.mk.decay(), name="fc10",
+            dtype="float32",
+        )(h)
+        return keras.Model(inputs, logits, name=self.kw["name"])
 
 
 def cifar_fig1(
@@ -496,36 +530,17 @@ def cifar_fig1(
     scales the convolutions. Other arguments as in :func:`alexnet`; there are
     no towers.
     """
-    kw = dict(locals())
-    _cifar_check("cifar_fig1", image_size, 3, kw)
-    mk = _Init(seed, weight_decay)
-    positive = _cifar_biases(init)
-
-    def conv(x, filters, name, bias):
-        return keras.layers.Conv2D(
-            _scaled(filters, width), 5, padding="same", activation=activation,
-            kernel_initializer=mk.normal(_CIFAR_INIT_STD[name]),
-            bias_initializer=mk.constant(bias), kernel_regularizer=mk.decay(), name=name,
-        )(x)
-
-    def norm(x, name):
-        return _lrn(x, name, lrn_size, lrn_k, lrn_alpha, lrn_beta, lrn_convention) if lrn else x
-
+    L = _CifarLayers("cifar_fig1", image_size, 3, dict(locals()))
     inputs = keras.Input((image_size, image_size, 3), name="image")
     # cuda-convnet applies conv1's ReLU after pool1; max pooling commutes with
     # any increasing activation (ReLU, tanh), so conv -> act -> pool is the same.
-    h = conv(inputs, 32, "conv1", 0.0)
-    h = norm(_cifar_pool(h, "max", pooling, "pool1"), "lrn1")
-    h = conv(h, 32, "conv2", positive)
-    h = norm(_cifar_pool(h, "avg", pooling, "pool2"), "lrn2")
-    h = conv(h, 64, "conv3", positive)
-    h = _cifar_pool(h, "avg", pooling, "pool3")
-    h = keras.layers.Flatten(name="flatten")(h)
-    logits = keras.layers.Dense(
-        num_classes, kernel_initializer=mk.normal(_CIFAR_INIT_STD["fc10"]),
-        bias_initializer=mk.constant(0.0), kernel_regularizer=mk.decay(), name="fc10", dtype="float32",
-    )(h)
-    return keras.Model(inputs, logits, name=name)
+    h = L.conv(inputs, 32, "conv1", 0.0)
+    h = L.norm(L.pool(h, "max", "pool1"), "lrn1")
+    h = L.conv(h, 32, "conv2", L.positive)
+    h = L.norm(L.pool(h, "avg", "pool2"), "lrn2")
+    h = L.conv(h, 64, "conv3", L.positive)
+    h = L.pool(h, "avg", "pool3")
+    return L.classifier(inputs, h)
 
 
 def cifar_local(
@@ -579,41 +594,15 @@ def cifar_local(
     local layers, 0.01 on fc10) is replaced by one ``weight_decay`` on every
     kernel. ``width`` scales conv and local layers. ``dropout`` must be 0.
     """
-    kw = dict(locals())
-    _cifar_check("cifar_local", image_size, 2, kw)
-    mk = _Init(seed, weight_decay)
-    positive = _cifar_biases(init)
-
-    def conv(x, filters, name, bias):
-        return keras.layers.Conv2D(
-            _scaled(filters, width), 5, padding="same", activation=activation,
-            kernel_initializer=mk.normal(_CIFAR_INIT_STD[name]),
-            bias_initializer=mk.constant(bias), kernel_regularizer=mk.decay(), name=name,
-        )(x)
-
-    def local(x, filters, name):
-        return LocallyConnected2D(
-            _scaled(filters, width), 3, padding="same", activation=activation,
-            kernel_initializer=mk.normal(_CIFAR_INIT_STD[name]),
-            bias_initializer=mk.constant(positive), kernel_regularizer=mk.decay(), name=name,
-        )(x)
-
-    def norm(x, name):
-        return _lrn(x, name, lrn_size, lrn_k, lrn_alpha, lrn_beta, lrn_convention) if lrn else x
-
+    L = _CifarLayers("cifar_local", image_size, 2, dict(locals()))
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    h = conv(inputs, 64, "conv1", 0.0)
-    h = norm(_cifar_pool(h, "max", pooling, "pool1"), "lrn1")
-    h = norm(conv(h, 64, "conv2", positive), "lrn2")
-    h = _cifar_pool(h, "max", pooling, "pool2")
-    h = local(h, 64, "local3")
-    h = local(h, 32, "local4")
-    h = keras.layers.Flatten(name="flatten")(h)
-    logits = keras.layers.Dense(
-        num_classes, kernel_initializer=mk.normal(_CIFAR_INIT_STD["fc10"]),
-        bias_initializer=mk.constant(0.0), kernel_regularizer=mk.decay(), name="fc10", dtype="float32",
-    )(h)
-    return keras.Model(inputs, logits, name=name)
+    h = L.conv(inputs, 64, "conv1", 0.0)
+    h = L.norm(L.pool(h, "max", "pool1"), "lrn1")
+    h = L.norm(L.conv(h, 64, "conv2", L.positive), "lrn2")
+    h = L.pool(h, "max", "pool2")
+    h = L.local(h, 64, "local3")
+    h = L.local(h, 32, "local4")
+    return L.classifier(inputs, h)
 
 
 # --------------------------------------------------------------------------------------
@@ -634,7 +623,7 @@ def build_model(model_cfg, image_size: int, num_classes: int, weight_decay: floa
     must equal ``num_classes`` (the data's).
     """
     arch = model_cfg.arch
-    _choice("arch", arch, ARCHS)
+    check_value("model.arch", arch, "arch")
     if model_cfg.num_classes is not None and model_cfg.num_classes != num_classes:
         raise ValueError(
             f"model.num_classes={model_cfg.num_classes!r} does not match the data's "

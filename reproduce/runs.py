@@ -10,7 +10,8 @@ Layout of one run (``run_dir(root, preset, label, config, seed)``)::
         config.json        resolved configuration tree + {"meta": {...}}
         env.json           backend, library versions, device, git commit, host, date
         metrics.csv        one row per completed epoch (see METRIC_COLUMNS)
-        state/             resumable training state (weights, optimizer, schedule)
+        state/state.npz    resumable training state (weights, optimizer, schedule),
+                           replaced atomically after every completed epoch
         tensorboard/       TensorBoard logs (TensorFlow installed only)
         val_correct.npz    per validation image: label, top-1/top-5 correctness for
                            the centre crop and the ten views (paired bootstrap)
@@ -42,12 +43,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+class RunConflict(RuntimeError):
+    """The run directory holds a run of a different configuration, or a state
+    that cannot be resumed."""
+
+
 CONFIG = "config.json"
 ENV = "env.json"
 METRICS = "metrics.csv"
 RESULT = "result.json"
 FAILURE = "failure.json"
 STATE = "state"
+STATE_FILE = "state.npz"  # in STATE
 TENSORBOARD = "tensorboard"
 VAL_CORRECT = "val_correct.npz"
 CONV1 = "conv1_kernels.npz"
@@ -333,10 +340,14 @@ def write_failure(path: os.PathLike, reason: str, details: Optional[dict] = None
     )
 
 
-def write_val_correct(path: os.PathLike, **arrays) -> None:
+def state_path(path: os.PathLike) -> Path:
+    """The resumable training state of the run in `path` (written by the trainer)."""
+    return Path(path) / STATE / STATE_FILE
+
+
+def _write_npz(p: Path, arrays: dict) -> None:
     import numpy as np
 
-    p = Path(path) / VAL_CORRECT
     tmp = p.with_name("." + p.name + ".tmp.npz")
     np.savez_compressed(tmp, **arrays)
     os.replace(tmp, p)
@@ -367,13 +378,12 @@ def read_classes(path: os.PathLike) -> list:
     return list(read_json(Path(path) / CLASSES)["class_names"])
 
 
-def write_conv1(path: os.PathLike, **kernels) -> None:
-    import numpy as np
+def write_val_correct(path: os.PathLike, **arrays) -> None:
+    _write_npz(Path(path) / VAL_CORRECT, arrays)
 
-    p = Path(path) / CONV1
-    tmp = p.with_name("." + p.name + ".tmp.npz")
-    np.savez_compressed(tmp, **kernels)
-    os.replace(tmp, p)
+
+def write_conv1(path: os.PathLike, **kernels) -> None:
+    _write_npz(Path(path) / CONV1, kernels)
 
 
 # --------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The prepared GPU benchmark (issue 6): one call on the device machine (one H200,
-# Python 3.12, JAX with CUDA, no TensorFlow, no package registry).
+# The prepared GPU benchmark: one call on the device machine (one H200, Python 3.12,
+# JAX with CUDA, no TensorFlow, no package registry), the project's bench and the
+# prototypes of experiments/perf/ (python -m experiments.perf).
 #
 # Here, once:  echo /.whl/ >> .git/info/exclude   (already ignored by .gitignore)
 #              python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
@@ -16,23 +17,13 @@
 # bench_xla.json (the XLA-flag and warm-cache rows), log.txt, nvidia-smi.txt. Prints
 # the table last. Rows are written as they finish, so a kill keeps what was done.
 # BUDGET (seconds, default 480) caps the whole script; the jobs of the plan run in
-# priority order and the ones that do not fit are skipped. docs/perf_log.md lists
-# what each row tests and its predicted figure.
+# priority order and the ones that do not fit are skipped.
+# experiments/perf/perf_log.md lists what each row tests and its predicted figure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-
-OUT=${OUT:?set OUT to a folder for the results}
-mkdir -p "$OUT"
-PY=${PYTHON:-python3}
+source scripts/gpu_env.sh
 BUDGET=${BUDGET:-480}
-SMALL=${SMALL:-0}
 DATA=${DATA:-data/imagenette-144-webp.tar.xz}
-export KERAS_BACKEND=jax PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
-export REPRODUCE_CACHE=${REPRODUCE_CACHE:-/tmp/reproduce-cache}
-# Persistent compilation cache: the warm-cache row below measures what the ablation
-# suite would pay per seed after the first (compile once per variant).
-export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/jax-cache}
-export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 T0=$(date +%s)
 left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
 
@@ -40,55 +31,61 @@ exec > >(tee -a "$OUT/log.txt") 2>&1
 echo "== gpu_bench.sh $(date -u +%FT%TZ) budget ${BUDGET}s small=${SMALL}"
 (nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv \
   && nvidia-smi) > "$OUT/nvidia-smi.txt" 2>&1 || echo "(no nvidia-smi)"
-$PY - <<'EOF' || { echo "!! the environment is not usable (see above)"; exit 1; }
+$PY - <<'PY' || { echo "!! the environment is not usable (see above)"; exit 1; }
 import sys, importlib.util
 import jax, keras
 print("python", sys.version.split()[0], "jax", jax.__version__, "keras", keras.__version__,
       "backend", keras.backend.backend(), "devices", jax.devices())
 print("tensorflow installed:", importlib.util.find_spec("tensorflow") is not None)
-EOF
+PY
 
-if [ "$SMALL" = 1 ]; then
-  FORCE=(--small --batch 8 --steps 2 --warmup 1 --repeats 1)
-  SUBSET='"data.max_train=256", "data.max_val=32"'
-else
-  FORCE=()
-  SUBSET=''
-fi
+FORCE=()
+[ "$SMALL" = 1 ] && FORCE=(--small --batch 8 --steps 2 --warmup 1 --repeats 1)
 if [ -e "$DATA" ]; then DATA=$(cd "$(dirname "$DATA")" && pwd)/$(basename "$DATA"); else
   echo "(no $DATA: the e2e rows are skipped)"; DATA=""; fi
 
-# The plan, in priority order (bf16 unless said; "project" = the project's net as is).
-BF='"precisions": ["mixed_bfloat16"]'
+# The plan, in priority order (bf16 unless said; "project" = the project's net as is;
+# the J labels are perf_log.md's).
 PLAN=$OUT/plan.json
-{
-echo '['
-echo ' {"paths": ["step"], '"$BF"', "batches": [512, 128], "label": "J1"},'
-echo ' {"paths": ["fit"], '"$BF"', "batches": [512, 128], "label": "J2"},'
-echo ' {"paths": ["step"], '"$BF"', "batches": [512], "label": "J4", "variants": ["lrn=vjp", "conv1=s2d", "towers=blockdiag"]},'
-echo ' {"paths": ["step"], '"$BF"', "batches": [512], "label": "J4 no_lrn", "overrides": ["model.lrn=false"]},'
-echo ' {"paths": ["resident"], '"$BF"', "batches": [512, 128], "label": "J3"},'
-echo ' {"paths": ["fit"], '"$BF"', "batches": [512, 128], "label": "J5", "callbacks": "none", "steps_per_execution": [8]},'
-if [ -n "$DATA" ]; then
-echo ' {"paths": ["fit", "e2e", "resident", "e2e-resident"], '"$BF"', "batches": [128], "label": "J6",
-   "preset": "imagenette", "data": "'"$DATA"'", "overrides": ['"$SUBSET"']},'
-fi
-echo ' {"paths": ["step"], "precisions": ["float32"], "batches": [512, 128], "label": "J8"},'
-echo ' {"paths": ["step"], '"$BF"', "batches": [512], "label": "J7", "variants": ["towers=blockdiag+lrn=vjp+conv1=s2d", "towers=grouped", "towers=grouped+lrn=vjp+conv1=s2d", "no_augment", "scan=8", "lrn=slices", "lrn=matmul", "lrn=bf16", "towers=dense"]},'
-echo ' {"paths": ["step"], '"$BF"', "batches": [128], "label": "J7", "variants": ["towers=blockdiag+lrn=vjp+conv1=s2d", "scan=8", "scan=4+unroll=4"]},'
-echo ' {"paths": ["resident"], '"$BF"', "batches": [512], "label": "J3", "variants": ["scan=1"]},'
-if [ -n "$DATA" ]; then
-echo ' {"paths": ["fit", "e2e", "resident", "e2e-resident"], '"$BF"', "batches": [512], "label": "J6",
-   "preset": "imagenette", "data": "'"$DATA"'", "overrides": ['"$SUBSET"']},'
-fi
-echo ' {"paths": ["fit"], "precisions": ["float32"], "batches": [512, 128], "label": "J8"}'
-echo ']'
-} > "$PLAN"
+$PY - "$PLAN" "$DATA" "$SMALL" <<'PY'
+import json, sys
+
+plan, data, small = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+
+
+def job(label, paths, batches, precision="mixed_bfloat16", **kw):
+    return {"label": label, "paths": paths, "batches": batches, "precisions": [precision], **kw}
+
+
+def imagenette(batch):  # J6: real data end to end
+    subset = ["data.max_train=256", "data.max_val=32"] if small else []
+    return [job("J6", ["fit", "e2e", "resident", "e2e-resident"], [batch], preset="imagenette",
+                data=data, overrides=subset)] if data else []
+
+
+combos = ["towers=blockdiag+lrn=vjp+conv1=s2d", "towers=grouped", "towers=grouped+lrn=vjp+conv1=s2d"]
+jobs = [
+    job("J1", ["step"], [512, 128]),
+    job("J2", ["fit"], [512, 128]),
+    job("J4", ["step"], [512], variants=["lrn=vjp", "conv1=s2d", "towers=blockdiag"]),
+    job("J4 no_lrn", ["step"], [512], overrides=["model.lrn=false"]),
+    job("J3", ["resident"], [512, 128]),
+    job("J5", ["fit"], [512, 128], callbacks="none", steps_per_execution=[8]),
+    *imagenette(128),
+    job("J8", ["step"], [512, 128], precision="float32"),
+    job("J7", ["step"], [512], variants=combos + ["no_augment", "scan=8", "lrn=bf16", "towers=dense"]),
+    job("J7", ["step"], [128], variants=[combos[0], "scan=8", "scan=4+unroll=4"]),
+    job("J3", ["resident"], [512], variants=["scan=1"]),
+    *imagenette(512),
+    job("J8", ["fit"], [512, 128], precision="float32"),
+]
+json.dump(jobs, open(plan, "w"), indent=1)
+PY
 
 PLAN_S=$(( $(left) - 130 ))
 [ "$PLAN_S" -lt 60 ] && PLAN_S=60
 echo "== plan: ${PLAN_S}s"
-timeout -k 10 $(( PLAN_S + 90 )) $PY -m reproduce.bench --plan "$PLAN" --out "$OUT/bench.json" \
+timeout -k 10 $(( PLAN_S + 90 )) $PY -m experiments.perf --plan "$PLAN" --out "$OUT/bench.json" \
   --time-budget "$PLAN_S" --measure-peak "${FORCE[@]}" || echo "!! plan exited with $?"
 
 # Each in its own process: XLA flags are read when the backend starts. The first
@@ -97,7 +94,7 @@ extra() {  # label, XLA_FLAGS, seconds
   local s=$(( $(left) )); [ "$s" -gt "$3" ] && s=$3
   if [ "$s" -lt 25 ]; then echo "== skip $1: budget spent"; return; fi
   echo "== $1 (${s}s) XLA_FLAGS='$2'"
-  XLA_FLAGS="$2" timeout -k 5 "$s" $PY -m reproduce.bench --paths step --precision mixed_bfloat16 \
+  XLA_FLAGS="$2" timeout -k 5 "$s" $PY -m reproduce bench --paths step --precision mixed_bfloat16 \
     --batch 512 --label "$1" --out "$OUT/bench_xla.json" --append --quiet "${FORCE[@]}" \
     || echo "!! $1 exited with $?"
 }
@@ -107,19 +104,23 @@ extra "xla:no-command-buffer" "--xla_gpu_enable_command_buffer=" 50
 
 echo
 echo "== all rows ($(( $(date +%s) - T0 ))s)"
-$PY - "$OUT" <<'EOF'
-import json, sys
+$PY - "$OUT" <<'PY'
+import sys
 from pathlib import Path
+
+from reproduce import benchfile
 from reproduce.bench import format_table
+
 rows, errors, meta = [], [], {}
 for name in ("bench.json", "bench_xla.json"):
     p = Path(sys.argv[1]) / name
     if p.exists():
-        d = json.loads(p.read_text())
-        rows += d.get("rows", []); errors += d.get("errors", [])
-        meta.setdefault("matmul_tflops_bf16", d.get("matmul_tflops_bf16"))
+        f = benchfile.read(p)
+        rows += f.rows
+        errors += f.errors
+        meta.setdefault("matmul_tflops_bf16", f.meta.get("matmul_tflops_bf16"))
 print(f"bf16 matmul (8192^3 on a GPU): {meta.get('matmul_tflops_bf16')} TFLOP/s")
 for e in errors:
     print("error:", e)
 print(format_table(rows))
-EOF
+PY

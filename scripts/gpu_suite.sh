@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Imagenette ablation suite (baseline + every trained ablation x SEEDS seeds) on
-# the GPU machine, timed: how far the project is from "the whole suite in one
-# 10-minute call" (issue 6), and the run directories for the report.
+# the GPU machine, timed: how far the project is from the whole suite in one
+# 10-minute call, and the run directories for the report.
 #
 # What it does: decodes the data once; then WORKERS processes share the one GPU
 # (each gets 0.9/WORKERS of its memory), each training its share of the runs through
@@ -23,10 +23,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-OUT=${OUT:?set OUT to a folder for the results}
-mkdir -p "$OUT"
-PY=${PYTHON:-python3}
-SMALL=${SMALL:-0}
+source scripts/gpu_env.sh
 if [ "$SMALL" = 1 ]; then
   : "${PRESET:=smoke}" "${SEEDS:=1}" "${WORKERS:=2}" "${ONLY:=no_lrn}" "${BUDGET:=600}"
   DATA=${DATA:-none}
@@ -38,16 +35,11 @@ PRESET=${PRESET:-imagenette}
 EPOCHS=${EPOCHS:-}
 ONLY=${ONLY:-}
 DATA=${DATA:-data/imagenette-144-webp.tar.xz}
-export KERAS_BACKEND=jax PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
-export REPRODUCE_CACHE=${REPRODUCE_CACHE:-/tmp/reproduce-cache}
 export REPRODUCE_RUNS=${RUNS:-/tmp/runs}
-export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/jax-cache}
-export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 export XLA_PYTHON_CLIENT_MEM_FRACTION=$(awk "BEGIN {printf \"%.3f\", 0.9 / $WORKERS}")
 if [ "$DATA" != none ] && [ -e "$DATA" ]; then DATA=$(cd "$(dirname "$DATA")" && pwd)/$(basename "$DATA"); else DATA=""; fi
 
 export BUDGET WORKERS SEEDS PRESET EPOCHS ONLY DATA
-export PYTHONPATH=$(pwd)${PYTHONPATH:+:$PYTHONPATH}
 
 exec > >(tee -a "$OUT/suite_log.txt") 2>&1
 echo "== gpu_suite.sh $(date -u +%FT%TZ) preset=$PRESET seeds=$SEEDS workers=$WORKERS budget=${BUDGET}s data=${DATA:-preset default}"

@@ -98,9 +98,9 @@ def _fit(model, x, y):
 def _state(model):
     import numpy as np
 
-    from reproduce.train import _variables
+    from reproduce.checkpoint import state_variables
 
-    return ([np.asarray(v.numpy()) for v in _variables(model)],
+    return ([np.asarray(v.numpy()) for v in state_variables(model)],
             [np.asarray(v.numpy()) for v in model.optimizer.variables])
 
 

@@ -9,9 +9,9 @@ import keras
 import numpy as np
 import pytest
 
-from ablations.registry import ABLATIONS, for_preset, get_ablation
+from ablations.registry import ABLATIONS, get_ablation
 from ablations.runner import Runner, parse_seeds
-from reproduce.config import PRESETS, diff, get_config
+from reproduce.config import PRESETS, diff
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,6 +67,7 @@ def test_every_ablation_builds_and_takes_one_smoke_step(name):
     assert np.isfinite(loss)
 
 
+@pytest.mark.slow
 def test_make_ablation_end_to_end_then_nothing_to_do(tmp_path):
     env = {**os.environ, "REPRODUCE_CACHE": str(tmp_path / "cache")}
     cmd = ["make", "-s", "ablation", "NAME=no_lrn", "PRESET=smoke", "SEEDS=2", f"RUNS={tmp_path / 'runs'}",

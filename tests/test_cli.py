@@ -1,8 +1,12 @@
-"""The command lines users type."""
+"""The command lines users type (in subprocesses: run once, under one backend)."""
 
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,6 +29,13 @@ def test_unknown_key_fails_with_suggestion():
 def test_show_diff():
     p = run("reproduce", "show", "--preset", "cifar10", "--diff", "--set", "model.lrn=false")
     assert p.returncode == 0 and "model.lrn = False" in p.stdout
+
+
+def test_bench_takes_its_own_options_and_others_are_refused():
+    p = run("reproduce", "bench", "--help")
+    assert p.returncode == 0 and "--steps-per-execution" in p.stdout and "--full" in p.stdout
+    p = run("reproduce", "show", "--preset", "smoke", "--full")
+    assert p.returncode == 2 and "unrecognized arguments: --full" in p.stderr
 
 
 def test_unknown_ablation_lists_valid_names():

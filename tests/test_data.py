@@ -432,6 +432,7 @@ def test_tfds_imagenet_without_manual_files_says_what_to_do(tmp_path, monkeypatc
         data.load_split(cfg("tfds:nosuchset", tmp_path), "train")
 
 
+@pytest.mark.slow
 def test_folder_archive_and_synthetic_work_without_tensorflow(tmp_path):
     src = make_tree(tmp_path / "src", corrupt=False)
     arch = make_archive(src, tmp_path / "d.zip")

@@ -1,4 +1,4 @@
-"""Issue 9: several devices (towers, mirrored) and several machines (multiworker).
+"""Several devices (towers, mirrored) and several machines (multiworker).
 
 Device counts and clusters are fixed when TensorFlow or JAX initializes, so the
 checks that need two devices or two processes run in subprocesses
@@ -299,7 +299,8 @@ def test_multiworker_workers_agree_with_one_process(multiworker):
 
 def test_multiworker_state_resumes_on_one_device(multiworker):
     """The state file a worker wrote loads into a one-device model unchanged."""
-    from reproduce.train import _variables, build_training_model, load_state
+    from reproduce.checkpoint import state_variables
+    from reproduce.train import build_training_model, load_state
 
     from distribute_worker import SMOKE_RUN
 
@@ -313,7 +314,7 @@ def test_multiworker_state_resumes_on_one_device(multiworker):
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     info = load_state(state.parent.parent, model)
     assert info["completed_epochs"] == 1
-    got = [np.asarray(v.numpy()) for v in _variables(model)]
+    got = [np.asarray(v.numpy()) for v in state_variables(model)]
     assert _max_diff(got, _arrays(state, "m")) == 0.0
 
 

@@ -13,7 +13,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from ablations.registry import get_ablation
 from ablations.runner import Runner

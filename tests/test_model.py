@@ -1,9 +1,12 @@
 """The networks: the paper's shapes and parameter count, towers, every switch, CIFAR nets."""
 
+import inspect
+
+import keras
 import numpy as np
 import pytest
 
-import keras
+from reproduce import config as C
 from reproduce import model as M
 from reproduce.config import ModelConfig
 from reproduce.layers import LocallyConnected2D, LocalResponseNormalization
@@ -208,19 +211,14 @@ def test_smallest_input():
 # Every switch builds and trains: a covering design
 # --------------------------------------------------------------------------------------
 
-SWITCHES = {
-    "activation": ("relu", "tanh"),
-    "lrn": (True, False),
-    "lrn_convention": ("paper", "cuda-convnet"),
-    "pooling": ("overlap", "non_overlap"),
-    "towers": (2, 1),
-    "init": ("paper", "caffe"),
-    "dropout": (0.5, 0.0),
-    "weight_decay": (0.0, 5e-4),
-}
+# The switches of reproduce.model.alexnet. The values of its choices are the
+# product's own (declared on reproduce.config.ModelConfig), so a choice added there
+# makes test_design_covers_the_models_switches fail until the design covers it.
+CHOICES = {name: C.choices(f"model.{name}") for name in ("activation", "lrn_convention", "pooling", "towers", "init")}
+SWITCHES = {**CHOICES, "lrn": (True, False), "dropout": (0.5, 0.0), "weight_decay": (0.0, 5e-4)}
 # A strength-2 covering array: 6 runs in which every pair of values of every two
-# switches appears (columns: weight-3 binary words of length 6 with a leading 0;
-# any two such words show 00, 01, 10 and 11 somewhere).
+# two-valued switches appears (columns: weight-3 binary words of length 6 with a
+# leading 0; any two such words show 00, 01, 10 and 11 somewhere).
 _WORDS = ["000111", "001011", "001101", "001110", "010011", "010101", "010110", "011001"]
 DESIGN = [
     {key: values[int(_WORDS[col][row])] for col, (key, values) in enumerate(SWITCHES.items())}
@@ -228,12 +226,18 @@ DESIGN = [
 ]
 
 
-def test_design_covers_every_pair():
+def test_design_covers_the_models_switches():
+    params = inspect.signature(M.alexnet).parameters
+    assert set(SWITCHES) <= set(params)
+    # Every argument of alexnet that is a configuration choice is in the design...
+    assert {name for name in params if f"model.{name}" in C.ALLOWED} == set(CHOICES)
+    # ... with every value it allows, and every pair of values of every two switches.
     keys = list(SWITCHES)
     for i, a in enumerate(keys):
+        assert {run[a] for run in DESIGN} == set(SWITCHES[a]), a
         for b in keys[i + 1:]:
             seen = {(run[a], run[b]) for run in DESIGN}
-            assert len(seen) == 4, (a, b)
+            assert len(seen) == len(SWITCHES[a]) * len(SWITCHES[b]), (a, b)
 
 
 @pytest.mark.parametrize("switches", DESIGN, ids=lambda s: "-".join(str(v) for v in s.values()))
@@ -398,7 +402,9 @@ def test_cifar_local_shapes_and_count():
     assert [m.get_layer(n).filters for n in ("conv1", "conv2", "local3", "local4")] == [64, 64, 64, 32]
     lrn = m.get_layer("lrn1")  # the release's cmrnorm: size 9, scale 0.001 / size, pow 0.75, + 1
     assert (lrn.size, lrn.k, lrn.alpha, lrn.beta, lrn.convention) == (9, 1.0, 1e-3, 0.75, "cuda-convnet")
-    local = lambda cin, cout: 36 * (9 * cin * cout + cout)  # 6x6 positions, unshared
+    def local(cin, cout):  # 6x6 positions, unshared
+        return 36 * (9 * cin * cout + cout)
+
     expected = conv_params(5, 3, 64) + conv_params(5, 64, 64) + local(64, 64) + local(64, 32) + 6 * 6 * 32 * 10 + 10
     assert m.count_params() == expected == 2_112_970
 

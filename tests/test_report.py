@@ -173,8 +173,13 @@ def build_fixture(root: Path) -> Path:
     for s in (0, 1):
         make_run(root, "cifar10", "baseline", s, top1=60 + s, extra=shared)
         make_run(root, "cifar10", "no_lrn", s, top1=66 + 2 * s, extra=shared)
-    R.atomic_write_json(root / "bench.json", [{"name": "alexnet bf16", "images_per_s": 2500.5, "batch": 128},
-                                              {"name": "alexnet f32", "images_per_s": 1200.25, "batch": 128}])
+    from reproduce import benchfile  # bench.json's format has one owner
+
+    bench = {"backend": "jax", "device": "cpu", "batch": 128, "path": "step", "mfu": None, "steps": 10,
+             "date": "2025-01-01"}
+    benchfile.write(root / "bench.json", benchfile.BenchFile({}, [
+        {**bench, "variant": "alexnet bf16", "precision": "mixed_bfloat16", "images_per_s": 2500.5},
+        {**bench, "variant": "alexnet f32", "precision": "float32", "images_per_s": 1200.25}]))
     return root
 
 
@@ -429,7 +434,7 @@ def test_what_was_run(md):
 def test_commands_and_bench(md, full_md):
     assert COMMAND in md
     assert "python -m reports --runs" in md
-    assert "| alexnet bf16 | 2500.5 | 128 |" in full_md
+    assert "| 2500.5 | step | alexnet bf16 | mixed_bfloat16 | 128 |" in full_md
 
 
 def test_figures_and_pdf(report, pdf_text):

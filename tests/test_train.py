@@ -14,7 +14,7 @@ import pytest
 
 from reproduce import runs
 from reproduce.config import get_config
-from reproduce.train import TrainingDiverged, RunConflict, train
+from reproduce.train import RunConflict, TrainingDiverged, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -131,19 +131,44 @@ def _train_cmd(run_dir, epochs):
     ]
 
 
-def test_sigkill_mid_run_resumes_with_every_epoch_once(tmp_path):
-    d = tmp_path / "run"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(_train_cmd(d, 4), cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    state = d / runs.STATE / "state.npz"
+# A child process that trains the same run as _train_cmd and, half-way through the
+# second epoch, writes a marker file and waits there to be killed.
+_PAUSED_IN_EPOCH_2 = """
+import sys, time
+import keras
+from reproduce.config import get_config
+from reproduce.train import train
+
+class PauseInEpoch2(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch == 1 and batch == 5:
+            open(sys.argv[2], "w").close()
+            time.sleep(600)
+
+train(get_config("smoke", sys.argv[3:]), sys.argv[1], verbose=0, callbacks=[PauseInEpoch2()])
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_resumes_with_every_epoch_once(tmp_path):
+    d, marker = tmp_path / "run", tmp_path / "in-epoch-2"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+    overrides = ["train.epochs=4", "data.synthetic_train=320", "eval.ten_view=false"]
+    proc = subprocess.Popen([sys.executable, "-c", _PAUSED_IN_EPOCH_2, str(d), str(marker), *overrides],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
-    while not state.exists() and time.time() < deadline and proc.poll() is None:
+    while not marker.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-    time.sleep(0.3)  # somewhere inside epoch 2
+    assert marker.exists(), proc.stderr.read().decode()[-2000:] if proc.poll() is not None else "timeout"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    # Killed inside epoch 2 (index 1): epoch 1's row and state are on disk, nothing more.
+    assert [r["epoch"] for r in runs.read_metrics_rows(d)] == [0]
+    with np.load(runs.state_path(d)) as z:
+        assert json.loads(bytes(z["info"]).decode())["completed_epochs"] == 1
     assert not (d / runs.RESULT).exists()
     done = subprocess.run(_train_cmd(d, 4), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -152,30 +177,20 @@ def test_sigkill_mid_run_resumes_with_every_epoch_once(tmp_path):
     assert runs.is_finished(d)
 
 
-def test_a_resumed_run_continues_exactly(tmp_path, monkeypatch):
+def test_a_resumed_run_continues_exactly(tmp_path):
     """Interrupted after epoch 2 and resumed, a run ends where the uninterrupted one
     does: same data order, augmentation and dropout draws, weights and momentum."""
-    import reproduce.train as T
-
     cfg = _tiny_cfg(**{"train.epochs": 3, "eval.ten_view": False})
     straight = train(cfg, tmp_path / "a", verbose=0)
-
-    real = T._callbacks
 
     class Interrupt(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             if epoch == 1:
                 raise KeyboardInterrupt
 
-    def with_interrupt(*args, **kwargs):
-        cbs, *rest = real(*args, **kwargs)
-        return (cbs + [Interrupt()], *rest)
-
-    monkeypatch.setattr(T, "_callbacks", with_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "b", verbose=0)
+        train(cfg, tmp_path / "b", verbose=0, callbacks=[Interrupt()])
     assert len(runs.read_metrics_rows(tmp_path / "b")) == 2
-    monkeypatch.setattr(T, "_callbacks", real)
     resumed = train(cfg, tmp_path / "b", verbose=0)
 
     rows_a, rows_b = runs.read_metrics_rows(tmp_path / "a"), runs.read_metrics_rows(tmp_path / "b")

@@ -1,4 +1,4 @@
-"""The data pipeline (issue 3): sources -> uint8 SxS cache -> batches for `model.fit`.
+"""The data pipeline: sources -> uint8 SxS cache -> batches for `model.fit`.
 
 One value, `data.source`, picks the source:
 

@@ -137,3 +137,45 @@ class StreamBatches(keras.utils.PyDataset):
 
     def on_epoch_end(self) -> None:
         self.set_epoch(self.epoch + 1)
+
+
+class DerivedBatches(keras.utils.PyDataset):
+    """A PyDataset made from another one (`inner`): the same worker settings, its
+    epoch hooks forwarded, and by default the same batches. Subclasses change
+    which batches (`__len__`, `__getitem__`)."""
+
+    def __init__(self, inner):
+        super().__init__(
+            workers=getattr(inner, "workers", 1),
+            use_multiprocessing=getattr(inner, "use_multiprocessing", False),
+            max_queue_size=getattr(inner, "max_queue_size", 10),
+        )
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, i: int):
+        return self.inner[i]
+
+    def on_epoch_begin(self) -> None:
+        if hasattr(self.inner, "on_epoch_begin"):
+            self.inner.on_epoch_begin()
+
+    def on_epoch_end(self) -> None:
+        if hasattr(self.inner, "on_epoch_end"):
+            self.inner.on_epoch_end()
+
+
+class CycledBatches(DerivedBatches):
+    """`n` batches cycling over `inner`'s: an epoch of any length from a few batches."""
+
+    def __init__(self, inner, n: int):
+        super().__init__(inner)
+        self.n = int(n)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        return self.inner[i % len(self.inner)]

@@ -43,6 +43,34 @@ def max_bad_fraction() -> float:
     return MAX_BAD_FRACTION
 
 
+def check_bad_images(bad: list, n: int, where: str, split: str, builder) -> list:
+    """The names of the unreadable images to skip, with a warning naming them; a
+    DataError (after aborting `builder`, the cache entry being built) when they
+    are more than `max_bad_fraction()` of the split's `n` images. `bad` holds
+    (index, name, error message) triples."""
+    if not bad:
+        return []
+    frac = len(bad) / max(n, 1)
+    names = [name for _, name, _ in sorted(bad)]
+    shown = "\n  ".join(f"{name}: {msg}" for _, name, msg in sorted(bad)[:20])
+    more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+    limit = max_bad_fraction()
+    if frac > limit:
+        builder.abort()
+        raise DataError(
+            f"{len(bad)} of {n} images of split {split!r} in {where} cannot be read "
+            f"({100 * frac:.1f}% > the {100 * limit:g}% allowed):\n  {shown}{more}\n"
+            f"Replace or delete these files (or raise REPRODUCE_MAX_BAD_FRACTION if "
+            f"skipping them is acceptable)."
+        )
+    warnings.warn(
+        f"skipping {len(bad)} unreadable image(s) of split {split!r} in {where} "
+        f"({100 * frac:.2f}%, limit {100 * limit:g}%):\n  {shown}{more}",
+        stacklevel=4,
+    )
+    return names
+
+
 def is_image_name(name: str) -> bool:
     base = name.rsplit("/", 1)[-1]
     return not base.startswith(".") and base.lower().endswith(IMAGE_EXTENSIONS)

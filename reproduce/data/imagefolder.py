@@ -30,10 +30,10 @@ from reproduce.data import cache as cache_lib
 from reproduce.data import decode as dec
 from reproduce.data.common import (
     VAL_ALIASES,
-    check_same_classes,
     DataError,
+    check_bad_images,
+    check_same_classes,
     is_image_name,
-    max_bad_fraction,
     resolve_split,
     subsample_indices,
 )
@@ -129,30 +129,6 @@ def _item_list(classes: dict, where: str, split: str, max_n: int):
         )
     keep = subsample_indices(len(items), max_n)
     return class_names, [items[i] for i in keep], len(items)
-
-
-def _check_bad(bad: list, n: int, where: str, split: str, builder) -> list:
-    if not bad:
-        return []
-    frac = len(bad) / max(n, 1)
-    names = [name for _, name, _ in sorted(bad)]
-    shown = "\n  ".join(f"{name}: {msg}" for _, name, msg in sorted(bad)[:20])
-    more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
-    limit = max_bad_fraction()
-    if frac > limit:
-        builder.abort()
-        raise DataError(
-            f"{len(bad)} of {n} images of split {split!r} in {where} cannot be read "
-            f"({100 * frac:.1f}% > the {100 * limit:g}% allowed):\n  {shown}{more}\n"
-            f"Replace or delete these files (or raise REPRODUCE_MAX_BAD_FRACTION if "
-            f"skipping them is acceptable)."
-        )
-    warnings.warn(
-        f"skipping {len(bad)} unreadable image(s) of split {split!r} in {where} "
-        f"({100 * frac:.2f}%, limit {100 * limit:g}%):\n  {shown}{more}",
-        stacklevel=4,
-    )
-    return names
 
 
 class _Request:
@@ -404,7 +380,7 @@ def _build(src, kind, reqs, size: int, source: str) -> None:
     for r in reqs:
         rbad = by_out[r.out]
         try:
-            skipped = _check_bad(rbad, len(r.items), src.where, r.resolved, r.builder)
+            skipped = check_bad_images(rbad, len(r.items), src.where, r.resolved, r.builder)
         except DataError:
             for other in reqs:
                 other.builder.abort()

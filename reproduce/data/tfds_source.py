@@ -29,7 +29,7 @@ import numpy as np
 
 from reproduce.data import cache as cache_lib
 from reproduce.data import decode as dec
-from reproduce.data.common import DataError, resolve_split
+from reproduce.data.common import DataError, check_bad_images, resolve_split
 
 STREAM_MIN_EXAMPLES = 200_000
 # Streamed datasets: the mean image and pixel PCA come from all pixels of this many
@@ -219,8 +219,6 @@ def load_split(source: str, name: str, split: str, max_n: int, size: int, root: 
 
 
 def _build(source: str, s: _Split, size: int, final: Path) -> None:
-    from reproduce.data.imagefolder import _check_bad
-
     t0 = time.perf_counter()
     ds = s.load()
     # Pass 1 reads only the labels (records are not decoded): N for the allocation.
@@ -243,7 +241,7 @@ def _build(source: str, s: _Split, size: int, final: Path) -> None:
         builder.abort()
         raise
     bad = [(i, name, msg) for _, i, name, msg in bad]
-    skipped = _check_bad(bad, n, f"TFDS {s.name}", s.resolved, builder)
+    skipped = check_bad_images(bad, n, f"TFDS {s.name}", s.resolved, builder)
     builder.commit(labels.astype(np.int32), [i for i, _, _ in bad], {
         "source": source,
         "where": f"TFDS {s.name}",

@@ -1,0 +1,82 @@
+"""What the active Keras backend computes on, the precision it trains in there, and
+JAX's on-disk cache of compiled programs.
+
+The backend's own library (JAX or TensorFlow) is imported inside the function that
+asks it, so each backend runs where the other one is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Optional
+
+import keras
+
+from reproduce.config import Config
+from reproduce.data.cache import cache_root
+
+
+def accelerator() -> Optional[str]:
+    """'gpu'/'tpu' if the active backend sees one, else None."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        plat = jax.devices()[0].platform
+        return None if plat == "cpu" else plat
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return "gpu" if tf.config.list_physical_devices("GPU") else None
+    return None
+
+
+def device_description() -> str:
+    """E.g. '1 x NVIDIA H200' or 'CPU (AMD EPYC ..., 2 cores)': for env.json and the bench."""
+    backend = keras.backend.backend()
+    try:
+        if backend == "jax":
+            import jax
+
+            devs = jax.devices()
+            return f"{len(devs)} x {devs[0].device_kind}"
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            if gpus:
+                details = tf.config.experimental.get_device_details(gpus[0])
+                return f"{len(gpus)} x {details.get('device_name', 'GPU')}"
+    except Exception:  # pragma: no cover - description only
+        pass
+    name = ""
+    try:  # the CPU's model name, where Linux tells it
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"CPU ({name or platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def resolve_precision(cfg: Config) -> str:
+    """`train.precision`, with `auto` as mixed_bfloat16 on an accelerator, else float32."""
+    if cfg.train.precision != "auto":
+        return cfg.train.precision
+    return "mixed_bfloat16" if accelerator() else "float32"
+
+
+def persistent_compilation_cache() -> None:
+    """JAX: keep compiled programs on disk, so the runs of one configuration (its
+    seeds, a resumed run) compile once ($REPRODUCE_JAX_CACHE, default
+    <data cache root>/jax; empty disables)."""
+    if keras.backend.backend() != "jax":
+        return
+    import jax
+
+    path = os.environ.get("REPRODUCE_JAX_CACHE")
+    if path is None:
+        path = str(cache_root("") / "jax")
+    if path and not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

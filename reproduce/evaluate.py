@@ -1,0 +1,126 @@
+"""Error rates (§6): the training metrics, and the final evaluation on the centre
+crop and on the ten views of §4.1.
+
+The paper reports top-1 and top-5 error rates; "at test time, the network makes a
+prediction by extracting five 224x224 patches (the four corner patches and the
+center patch) as well as their horizontal reflections (hence ten patches in all),
+and averaging the predictions made by the network's softmax layer on the ten
+patches" (§4.1).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import keras
+import numpy as np
+
+from reproduce import distribute
+from reproduce.augment import ten_views
+from reproduce.config import Config
+from reproduce.data import ArrayBatches, Stream, subset
+
+VIEWS = 10  # four corners and the centre, and their reflections (§4.1)
+TRAIN_SAMPLE = 10_000  # training images evaluated for the overfitting gap
+
+
+@keras.saving.register_keras_serializable(package="reproduce")
+class TopKError(keras.metrics.SparseTopKCategoricalAccuracy):
+    """1 - top-k accuracy: the paper reports error rates (§6)."""
+
+    def result(self):
+        return 1.0 - super().result()
+
+
+def error_metrics() -> list:
+    """The metrics every run logs: top-1 and top-5 error (metrics.csv's columns)."""
+    return [TopKError(k=1, name="top1_err"), TopKError(k=5, name="top5_err")]
+
+
+@keras.saving.register_keras_serializable(package="reproduce")
+class TenViews(keras.layers.Layer):
+    """uint8 (B, S, S, 3) -> the ten CxC views of §4.1 minus the mean image, as
+    one batch of 10*B images, view-major (``reproduce.augment.ten_views``)."""
+
+    def __init__(self, crop_size: int, mean_image=None, **kwargs):
+        super().__init__(**kwargs)
+        self.crop_size = int(crop_size)
+        self.mean_image = None if mean_image is None else np.asarray(mean_image, np.float32)
+
+    def call(self, images):
+        c = self.crop_size
+        return keras.ops.reshape(ten_views(images, c, self.mean_image), (-1, c, c, 3))
+
+    def compute_output_shape(self, input_shape):
+        return (None, self.crop_size, self.crop_size, 3)
+
+    def get_config(self):
+        config = super().get_config()
+        mean = None if self.mean_image is None else self.mean_image.tolist()
+        config.update(crop_size=self.crop_size, mean_image=mean)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="reproduce")
+class AverageSoftmax(keras.layers.Layer):
+    """Logits of `views` x B view-major images -> the softmax averaged over the
+    views, per image (float32)."""
+
+    def __init__(self, views: int = VIEWS, **kwargs):
+        super().__init__(**kwargs)
+        self.views = int(views)
+
+    def call(self, logits):
+        p = keras.ops.softmax(keras.ops.cast(logits, "float32"), axis=-1)
+        p = keras.ops.reshape(p, (self.views, -1, keras.ops.shape(p)[-1]))
+        return keras.ops.mean(p, axis=0)
+
+    def compute_output_shape(self, input_shape):
+        return (None, input_shape[-1])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(views=self.views)
+        return config
+
+
+def build_ten_view_model(cfg: Config, net, stats) -> keras.Model:
+    """uint8 SxS -> ten CxC views (§4.1) -> net -> softmax averaged over views."""
+    d = cfg.data
+    mean = stats.mean_image if d.mean_subtract else None
+    inputs = keras.Input((d.image_size, d.image_size, 3), dtype="uint8")
+    views = TenViews(d.crop_size, mean, name="ten_views")(inputs)
+    probs = AverageSoftmax(VIEWS, dtype="float32", name="average_softmax")(net(views))
+    return distribute.place(keras.Model(inputs, probs))
+
+
+def _correct(scores: np.ndarray, labels: np.ndarray):
+    top5 = np.argsort(-scores, axis=1)[:, :5]
+    return top5[:, 0] == labels, (top5 == labels[:, None]).any(axis=1)
+
+
+def evaluate(cfg: Config, model, net, stats, arrays, ten_view: bool) -> dict:
+    """Per image of `arrays`: its label and whether the centre crop's (and the ten
+    views') top-1 and top-5 predictions are right (runs.VAL_CORRECT's arrays)."""
+    batches = ArrayBatches(arrays.images, None, cfg.eval.batch_size, shuffle=False)
+    labels = np.asarray(arrays.labels)
+    out = {"labels": labels}
+    logits = model.predict(batches, verbose=0)
+    out["top1_center"], out["top5_center"] = _correct(np.asarray(logits, np.float32), labels)
+    if ten_view:
+        tv = build_ten_view_model(cfg, net, stats)
+        b10 = ArrayBatches(arrays.images, None, max(1, cfg.eval.batch_size // VIEWS), shuffle=False)
+        probs = tv.predict(b10, verbose=0)
+        out["top1_10view"], out["top5_10view"] = _correct(np.asarray(probs, np.float32), labels)
+    return out
+
+
+def training_sample(cfg: Config, train):
+    """Up to TRAIN_SAMPLE training images (a seeded subset; a stream's first ones)
+    for the training error without augmentation or dropout: the overfitting gap."""
+    if isinstance(train, Stream):
+        sb = train.batches(250, shuffle=False)
+        parts = [sb[i] for i in range(min(len(sb), TRAIN_SAMPLE // 250))]
+        return SimpleNamespace(images=np.concatenate([p[0] for p in parts]),
+                               labels=np.concatenate([p[1] for p in parts]))
+    return subset(train, min(len(train), TRAIN_SAMPLE), seed=cfg.train.seed)
