@@ -198,10 +198,14 @@ def print_plan(plan: SuitePlan, preset: str, device: str, out=sys.stdout) -> Non
           f"{n_done} already finished ({len(plan.published)} of them published)"
           + (f", {len(plan.pending)} more decided as the suite goes" if plan.pending else ""),
           file=out)
+    capped = any(j.estimate_kind == "upper bound" for j in plan.todo)
     if plan.todo:
         print(f"[ablations] estimated time on this machine ({device}): "
-              f"{fmt_duration(plan.estimate_s)}"
+              + ("at most " if capped else "") + fmt_duration(plan.estimate_s)
               + (f" ({', '.join(kinds)})" if kinds else ""), file=out)
+        if capped:
+            print("    (runs that stop at a training-error target are counted at their "
+                  "train.epochs cap; they usually stop far sooner)", file=out)
         by_label: dict = {}
         for j in plan.todo:
             n, s = by_label.get(j.label, (0, 0.0))
@@ -212,8 +216,8 @@ def print_plan(plan: SuitePlan, preset: str, device: str, out=sys.stdout) -> Non
         print(f"    {p}", file=out)
     if plan.estimate_s > LONG_SUITE_S:
         smaller = SMALLER.get(preset)
-        print(f"[ablations] note: this suite would take about {fmt_duration(plan.estimate_s)} "
-              "here." + (f" PRESET={smaller} is the tier sized for this kind of machine."
+        print(f"[ablations] note: this suite would take {'up to' if capped else 'about'} "
+              f"{fmt_duration(plan.estimate_s)} here." + (f" PRESET={smaller} is the tier sized for this kind of machine."
                          if smaller else ""), file=out)
     out.flush()
 
