@@ -6,12 +6,16 @@ DATA_DIR ?=
 RUNS    ?= runs
 BACKEND ?= tensorflow
 SET     ?=
+WORKERS ?= 1
 VENV    ?= .venv
 PY      := $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
 
 # DATA_DIR (a folder in ImageFolder layout or an archive of one) replaces the
-# preset's TFDS source.
-DATA_SET := $(if $(DATA_DIR),data.source=$(abspath $(DATA_DIR)),)
+# preset's TFDS source. It is one shell word, quoted, so a path may hold spaces
+# (make's own path functions split at them); a relative path is made absolute.
+quote    = '$(subst ','\'',$(1))'
+DATA_ABS := $(if $(filter /%,$(DATA_DIR)),$(DATA_DIR),$(CURDIR)/$(DATA_DIR))
+DATA_SET := $(if $(DATA_DIR),$(call quote,data.source=$(DATA_ABS)),)
 OVERRIDES := $(strip $(DATA_SET) $(SET))
 SETARG  := $(if $(OVERRIDES),--set $(OVERRIDES),)
 RUN     := KERAS_BACKEND=$(BACKEND) REPRODUCE_RUNS=$(RUNS) $(PY)
@@ -21,13 +25,14 @@ RUN     := KERAS_BACKEND=$(BACKEND) REPRODUCE_RUNS=$(RUNS) $(PY)
 help:
 	@echo "make install                 create $(VENV) and install requirements.txt"
 	@echo "make reproduce [PRESET=...]  baseline + every ablation of the preset ($(SEEDS) seeds), then the report"
+	@echo "               [WORKERS=N]   ... with N workers, one per visible GPU (docs/distributed.md)"
 	@echo "make ablation NAME=no_lrn    one ablation (baseline + variant, SEEDS seeds), then the report"
 	@echo "make train                   one baseline run of PRESET"
 	@echo "make report                  Markdown + PDF report from $(RUNS)/ (no training code, no GPU)"
 	@echo "make publish                 finished runs of $(RUNS)/ into results/ (small files), then results/report.*"
 	@echo "make bench                   training throughput (synthetic and, with DATA_DIR, real data)"
 	@echo "make test                    the test suite on both Keras backends (tensorflow, jax)"
-	@echo "Variables: PRESET=$(PRESET) SEEDS=$(SEEDS) NAME DATA_DIR RUNS=$(RUNS) BACKEND=$(BACKEND) SET='key=value ...'"
+	@echo "Variables: PRESET=$(PRESET) SEEDS=$(SEEDS) NAME DATA_DIR RUNS=$(RUNS) BACKEND=$(BACKEND) WORKERS=$(WORKERS) SET='key=value ...'"
 
 install:
 	python3 -m venv $(VENV)
@@ -46,7 +51,7 @@ train:
 	$(RUN) -m reproduce train --preset $(PRESET) $(SETARG)
 
 reproduce:
-	$(RUN) -m ablations reproduce --preset $(PRESET) --seeds $(SEEDS) --runs $(RUNS) $(SETARG)
+	$(RUN) -m ablations reproduce --preset $(PRESET) --seeds $(SEEDS) --runs $(RUNS) $(if $(filter-out 1,$(WORKERS)),--workers $(WORKERS)) $(SETARG)
 	$(PY) -m reports --runs $(RUNS)
 
 ablation:
@@ -63,4 +68,4 @@ publish:
 	$(PY) -m reports --runs results --out results
 
 bench:
-	$(RUN) -m reproduce bench $(if $(DATA_DIR),--data $(abspath $(DATA_DIR)),)
+	$(RUN) -m reproduce bench $(if $(DATA_DIR),--data $(call quote,$(DATA_ABS)),)

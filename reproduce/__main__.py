@@ -19,7 +19,7 @@ from pathlib import Path
 
 from reproduce import config as config_lib
 from reproduce import runs
-from reproduce.logs import quiet_tensorflow
+from reproduce.logs import BackendError, check_backend, quiet_tensorflow
 
 EPILOG = textwrap.dedent(
     """\
@@ -55,7 +55,12 @@ def resolve(args) -> config_lib.Config:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] in (["train"], ["bench"]):
+    if argv[:1] in (["train"], ["bench"]) and "-h" not in argv and "--help" not in argv:
+        try:
+            check_backend()
+        except BackendError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         quiet_tensorflow()
     if argv[:1] == ["bench"]:
         # Before argparse: a REMAINDER positional does not take options that come
@@ -152,7 +157,7 @@ def _dispatch(args) -> int:
         }
         try:
             train_lib.train(cfg, run_dir, meta=meta, verbose=0 if args.quiet else 1)
-        except (train_lib.TrainingDiverged, train_lib.RunConflict, DataError) as e:
+        except (train_lib.TrainingDiverged, runs.RunDirError, DataError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
         print(run_dir)

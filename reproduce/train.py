@@ -20,6 +20,7 @@ ran, sets the weight-decay coefficient on weights only.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import math
@@ -40,8 +41,8 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
-class RunConflict(RuntimeError):
-    """The run directory holds a run of a different configuration."""
+class RunConflict(runs.RunDirError):
+    """The run directory holds a run of a different configuration, or a damaged one."""
 
 
 # --------------------------------------------------------------------------------------
@@ -315,8 +316,9 @@ def _callbacks(cfg, run_dir, model, state, n_train):
                     self.drops += 1
                     self.wait = 0
 
-    class Divergence(keras.callbacks.TerminateOnNaN):
-        """TerminateOnNaN, remembering where, so the message can say what diverged.
+    class Divergence(keras.callbacks.Callback):
+        """TerminateOnNaN's stop, remembering where, so the message can say what
+        diverged (TerminateOnNaN itself also prints a line of its own).
 
         async_safe: on JAX, Keras then runs the per-batch check in its callback
         thread instead of making the training loop wait for every step's loss
@@ -337,9 +339,10 @@ def _callbacks(cfg, run_dir, model, state, n_train):
 
         def on_batch_end(self, batch, logs=None):
             loss = (logs or {}).get("loss")
-            if loss is not None and not np.isfinite(float(loss)) and self.where is None:
-                self.where = {"epoch": self.epoch, "batch": batch, "loss": float(loss)}
-            super().on_batch_end(batch, logs)
+            if loss is not None and not np.isfinite(float(loss)):
+                if self.where is None:
+                    self.where = {"epoch": self.epoch, "batch": batch, "loss": float(loss)}
+                self.model.stop_training = True
 
     class EpochRecorder(keras.callbacks.Callback):
         """metrics.csv row, then the resumable state, after every completed epoch."""
@@ -456,10 +459,14 @@ def _check_same_run(cfg: Config, run_dir: Path, data_id: str) -> None:
         return
     try:
         stored = runs.read_json(existing)
+        if not isinstance(stored, dict):
+            raise ValueError(f"a JSON {type(stored).__name__}, not the configuration tree")
     except (OSError, ValueError) as e:
         raise RunConflict(
-            f"{existing} cannot be read ({e}). It describes the run in {run_dir}; if the "
-            "run has no result.json yet, delete that folder to start it again."
+            f"{existing} is damaged ({e}); it records which experiment the run in "
+            f"{run_dir} is. If this is the command that started that run, delete just "
+            f"{existing}: the same command then rewrites it and resumes from the saved "
+            f"state (if any). Otherwise delete the folder {run_dir} to start the run again."
         ) from None
     old_meta = stored.get("meta", {})
     mine = experiment_identity(cfg, data_id)
@@ -502,10 +509,9 @@ def train(cfg: Config, run_dir, meta: Optional[dict] = None, verbose: int = 1,
     run_dir = Path(run_dir)
     data_id = cfg.data_id()
     _check_same_run(cfg, run_dir, data_id)
-    if runs.is_finished(run_dir) and not runs.can_extend(run_dir, epoch_limit):
-        if verbose:
-            print(f"[reproduce] {run_dir} already finished; nothing to do.")
-        return runs.read_json(run_dir / runs.RESULT)
+    done = _finished_result(run_dir, epoch_limit, verbose)
+    if done is not None:
+        return done
     meta = dict(meta or {})
     meta.setdefault("command", " ".join(sys.argv))
     # distribute.scheme (§3.2 towers, mirrored, multiworker): entered before anything
@@ -514,14 +520,28 @@ def train(cfg: Config, run_dir, meta: Optional[dict] = None, verbose: int = 1,
     with distribute.scope(cfg):
         # Data first: a missing dataset stops here, before a run directory exists.
         data = data_lib.load(cfg.data)
-        prepare_run_dir(cfg, run_dir, meta, data_id)
-        keras.utils.set_random_seed(cfg.train.seed)
-        precision = resolve_precision(cfg)
-        keras.mixed_precision.set_global_policy(precision)
-        try:
-            return _train(cfg, run_dir, precision, verbose, data_lib, data, epoch_limit)
-        finally:
-            keras.mixed_precision.set_global_policy("float32")
+        data_lib.check_batches(data, cfg.train.batch_size)
+        with runs.lock(run_dir):  # one process per run: another one gets RunLocked
+            # Another process may have finished it while this one loaded the data.
+            done = _finished_result(run_dir, epoch_limit, verbose)
+            if done is not None:
+                return done
+            prepare_run_dir(cfg, run_dir, meta, data_id)
+            keras.utils.set_random_seed(cfg.train.seed)
+            precision = resolve_precision(cfg)
+            keras.mixed_precision.set_global_policy(precision)
+            try:
+                return _train(cfg, run_dir, precision, verbose, data_lib, data, epoch_limit)
+            finally:
+                keras.mixed_precision.set_global_policy("float32")
+
+
+def _finished_result(run_dir: Path, epoch_limit, verbose) -> Optional[dict]:
+    if runs.is_finished(run_dir) and not runs.can_extend(run_dir, epoch_limit):
+        if verbose:
+            print(f"[reproduce] {run_dir} already finished; nothing to do.")
+        return runs.read_json(run_dir / runs.RESULT)
+    return None
 
 
 def _persistent_compilation_cache() -> None:
@@ -607,17 +627,12 @@ def _train(cfg, run_dir, precision, verbose, data_lib, data, epoch_limit=None):
     if nan_cb.where is not None:
         w = nan_cb.where
         lr = float(np.asarray(model.optimizer.learning_rate))
-        msg = (
-            f"training diverged: the loss became {w['loss']} at epoch {w['epoch'] + 1}, "
-            f"batch {w['batch']} (learning rate {lr:g}, init {cfg.model.init!r}, "
-            f"precision {precision}). Try a smaller learning rate "
-            f"(--set train.learning_rate={cfg.train.learning_rate / 2:g})"
-            + (" or the caffe bias init (--set model.init=caffe)" if cfg.model.init == "paper" else "")
-            + f". The last completed epoch ({rec_epochs(run_dir)}) is kept in {run_dir}; "
-            "rerunning with the same configuration resumes from it, with other overrides "
-            "it starts a new run."
-        )
+        msg = _divergence_message(cfg, run_dir, w, lr, precision)
         runs.write_failure(run_dir, "diverged", {**w, "learning_rate": lr, "message": msg})
+        # The input pipeline stopped mid-epoch; freed now, not at interpreter exit
+        # (where TensorFlow logs an error about finalizing its iterator).
+        del train_batches, val_batches, batches, cbs
+        gc.collect()
         raise TrainingDiverged(msg)
 
     # Evaluation of the final weights (§6): centre crop and ten views on validation,
@@ -671,8 +686,35 @@ def _train(cfg, run_dir, precision, verbose, data_lib, data, epoch_limit=None):
     return result
 
 
-def rec_epochs(run_dir) -> int:
-    return len(runs.read_metrics_rows(run_dir))
+def _divergence_message(cfg: Config, run_dir: Path, w: dict, lr: float, precision: str) -> str:
+    """What diverged, a rate that can help, and exactly what is kept."""
+    from reproduce.config import PRESETS, get_config
+
+    used = cfg.train.learning_rate
+    preset = (runs.read_json(run_dir / runs.CONFIG).get("meta") or {}).get("preset")
+    known = get_config(preset) if preset in PRESETS else Config()
+    where = f"the {preset} preset's" if preset in PRESETS else "the paper's"
+    if known.train.learning_rate < used:
+        advice = f"{where} learning rate (--set train.learning_rate={known.train.learning_rate:g})"
+    else:
+        advice = f"a 10x smaller learning rate (--set train.learning_rate={used / 10:g})"
+    if cfg.model.init == "paper":
+        advice += " or the caffe bias init (--set model.init=caffe)"
+    done = len(runs.read_metrics_rows(run_dir))
+    if done == 0:
+        kept = (f"No epoch completed, so no weights were saved: {run_dir} holds the run's "
+                f"description and {runs.FAILURE}.")
+    else:
+        epochs = f"Epochs 1-{done} completed" if done > 1 else "Epoch 1 completed"
+        kept = (f"{epochs}: the weights after epoch {done} are kept in {run_dir / runs.STATE} "
+                f"and each epoch's row in {run_dir / runs.METRICS}; the same command "
+                f"resumes after epoch {done} at the same rate.")
+    return (
+        f"training diverged: the loss became {w['loss']} at epoch {w['epoch'] + 1}, "
+        f"batch {w['batch']} (learning rate {lr:g}, init {cfg.model.init!r}, "
+        f"precision {precision}). Try {advice}; a changed setting is a new experiment "
+        f"and starts from scratch in its own run folder. {kept}"
+    )
 
 
 def _save_conv1(run_dir, net) -> None:
