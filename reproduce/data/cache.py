@@ -101,6 +101,14 @@ def _stamp(p: Path) -> tuple:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
+def _why_unreadable(e: Exception) -> str:
+    # NumPy takes bytes that are neither .npy nor .npz for a pickle and says so,
+    # which reads as if the file held objects.
+    if "pickled" in str(e):
+        return "not a NumPy file"
+    return f"{type(e).__name__}: {e}"
+
+
 def _opened(path: Path):
     """(manifest, images memmap, labels) of an entry, or DataError saying what is wrong."""
     try:
@@ -121,7 +129,7 @@ def _opened(path: Path):
             arrays[name] = np.load(path / name, mmap_mode="r" if name == IMAGES else None,
                                    allow_pickle=False)
         except Exception as e:
-            raise DataError(f"{name} cannot be read ({type(e).__name__}: {e})") from None
+            raise DataError(f"{name} cannot be read ({_why_unreadable(e)})") from None
     images, labels = arrays[IMAGES], arrays[LABELS]
     size = m.get("image_size", images.shape[1] if images.ndim == 4 else 0)
     if images.dtype != np.uint8 or images.shape != (n, size, size, 3):
@@ -142,7 +150,7 @@ def _opened(path: Path):
         if stamp not in _VERIFIED:
             got = _crc32(path / name)
             if got != want:
-                raise DataError(f"{name} has checksum {got}, {want} when it was built")
+                raise DataError(f"{name} has changed since it was built ({got}, was {want})")
             _VERIFIED.add(stamp)
     return m, images, labels
 
@@ -327,7 +335,7 @@ def read_stats(path: Path) -> Optional[Stats]:
                 np.isfinite(a).all() for a in (st.mean_image, st.pca_eigvals, st.pca_eigvecs)):
             raise ValueError(f"arrays of shapes {shapes} or not finite")
     except Exception as e:
-        warnings.warn(f"the cache file {p} is damaged ({type(e).__name__}: {e}); "
+        warnings.warn(f"the cache file {p} is damaged ({_why_unreadable(e)}); "
                       "recomputing the statistics.", stacklevel=2)
         return None
     return st
