@@ -6,12 +6,16 @@ DATA_DIR ?=
 RUNS    ?= runs
 BACKEND ?= tensorflow
 SET     ?=
+WORKERS ?= 1
 VENV    ?= .venv
 PY      := $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
 
 # DATA_DIR (a folder in ImageFolder layout or an archive of one) replaces the
-# preset's TFDS source.
-DATA_SET := $(if $(DATA_DIR),data.source=$(abspath $(DATA_DIR)),)
+# preset's TFDS source. It is one shell word, quoted, so a path may hold spaces
+# (make's own path functions split at them); a relative path is made absolute.
+quote    = '$(subst ','\'',$(1))'
+DATA_ABS := $(if $(filter /%,$(DATA_DIR)),$(DATA_DIR),$(CURDIR)/$(DATA_DIR))
+DATA_SET := $(if $(DATA_DIR),$(call quote,data.source=$(DATA_ABS)),)
 OVERRIDES := $(strip $(DATA_SET) $(SET))
 SETARG  := $(if $(OVERRIDES),--set $(OVERRIDES),)
 RUN     := KERAS_BACKEND=$(BACKEND) REPRODUCE_RUNS=$(RUNS) $(PY)
@@ -21,6 +25,7 @@ RUN     := KERAS_BACKEND=$(BACKEND) REPRODUCE_RUNS=$(RUNS) $(PY)
 help:
 	@echo "make install                 create $(VENV) and install requirements.txt"
 	@echo "make reproduce [PRESET=...]  baseline + every ablation of the preset ($(SEEDS) seeds), then the report"
+	@echo "               [WORKERS=N]   ... with N workers, one per visible GPU (docs/distributed.md)"
 	@echo "make ablation NAME=no_lrn    one ablation (baseline + variant, SEEDS seeds), then the report"
 	@echo "make train                   one baseline run of PRESET"
 	@echo "make report                  Markdown + PDF report from $(RUNS)/ (no training code, no GPU)"
@@ -29,7 +34,7 @@ help:
 	@echo "make test                    the test suite on both Keras backends (tensorflow, jax)"
 	@echo "make export RUN_DIR=...      a finished run's model.keras (from its state if missing); SAVEDMODEL=dir: TF SavedModel"
 	@echo "make lint                    ruff check ."
-	@echo "Variables: PRESET=$(PRESET) SEEDS=$(SEEDS) NAME DATA_DIR RUNS=$(RUNS) BACKEND=$(BACKEND) SET='key=value ...'"
+	@echo "Variables: PRESET=$(PRESET) SEEDS=$(SEEDS) NAME DATA_DIR RUNS=$(RUNS) BACKEND=$(BACKEND) WORKERS=$(WORKERS) SET='key=value ...'"
 
 install:
 	python3 -m venv $(VENV)
@@ -52,7 +57,7 @@ train:
 	$(RUN) -m reproduce train --preset $(PRESET) $(SETARG)
 
 reproduce:
-	$(RUN) -m ablations reproduce --preset $(PRESET) --seeds $(SEEDS) --runs $(RUNS) $(SETARG)
+	$(RUN) -m ablations reproduce --preset $(PRESET) --seeds $(SEEDS) --runs $(RUNS) $(if $(filter-out 1,$(WORKERS)),--workers $(WORKERS)) $(SETARG)
 	$(PY) -m reports --runs $(RUNS)
 
 ablation:
@@ -69,10 +74,10 @@ publish:
 	$(PY) -m reports --runs results --out results
 
 bench:
-	$(RUN) -m reproduce bench $(if $(DATA_DIR),--data $(abspath $(DATA_DIR)),)
+	$(RUN) -m reproduce bench $(if $(DATA_DIR),--data $(call quote,$(DATA_ABS)),)
 
 # A finished run's model.keras (written from its training state if it has none) and,
 # with SAVEDMODEL=DIR, a TensorFlow SavedModel. RUN_DIR, not RUN: RUN is the command.
 export:
 	@test -n "$(RUN_DIR)" || { echo "usage: make export RUN_DIR=runs/<preset>/<label>-<fingerprint>/seed<k> [SAVEDMODEL=dir]"; exit 2; }
-	$(RUN) -m reproduce export $(RUN_DIR) $(if $(SAVEDMODEL),--savedmodel $(SAVEDMODEL),)
+	$(RUN) -m reproduce export $(call quote,$(RUN_DIR)) $(if $(SAVEDMODEL),--savedmodel $(call quote,$(SAVEDMODEL)),)

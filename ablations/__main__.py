@@ -8,6 +8,11 @@
 `run` and `reproduce` print the plan (runs to train, runs already finished here or
 published in results/, the estimated time on this machine) before training, and a
 progress line before each run. Then ``python -m reports`` builds the report.
+
+Several workers share one runs folder (docs/distributed.md):
+
+    python -m ablations reproduce --preset imagenette --workers 4     # one per GPU here
+    python -m ablations reproduce --preset imagenette --worker 2/8    # one of 8, anywhere
 """
 
 from __future__ import annotations
@@ -16,8 +21,8 @@ import argparse
 import sys
 
 from ablations.registry import ABLATIONS, for_preset
-from ablations.runner import Runner, default_published
-from reproduce.logs import quiet_tensorflow
+from ablations.runner import Runner, default_published, parse_worker
+from reproduce.logs import BackendError, check_backend, quiet_tensorflow
 
 
 def main(argv=None) -> int:
@@ -42,6 +47,12 @@ def main(argv=None) -> int:
         q.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
                        help="overrides applied to every arm, e.g. data.source=PATH")
         q.add_argument("--quiet", action="store_true")
+        if name != "plan":
+            q.add_argument("--worker", default=None, metavar="I/N",
+                           help="be worker I of N sharing the runs folder: take the runs "
+                                "no other process holds (see docs/distributed.md)")
+            q.add_argument("--workers", type=int, default=1, metavar="N",
+                           help="start N workers here, one per visible GPU, and wait for them")
     args = p.parse_args(argv)
 
     if args.cmd == "list":
@@ -52,14 +63,31 @@ def main(argv=None) -> int:
                   f"{'':18s} presets: {', '.join(a.presets)}\n")
         return 0
 
+    try:
+        check_backend()
+    except BackendError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if getattr(args, "workers", 1) != 1:
+        from ablations.workers import launch
+
+        try:
+            if args.workers < 1 or args.worker:
+                raise ValueError("--workers takes a count of 1 or more, and no --worker")
+            return launch(list(sys.argv[1:] if argv is None else argv), args.workers)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     quiet_tensorflow()
+    from reproduce import runs
     from reproduce.config import ConfigError
     from reproduce.data import DataError
 
     published = args.published if args.published is not None else default_published()
     try:
+        worker = parse_worker(args.worker) if getattr(args, "worker", None) else None
         runner = Runner(args.preset, args.seeds, args.runs, args.overrides,
-                        verbose=0 if args.quiet else 1, published=published)
+                        verbose=0 if args.quiet else 1, published=published, worker=worker)
         if args.cmd == "plan":
             from ablations.plan import fill_estimates, print_plan
             from reproduce import data as data_lib
@@ -71,11 +99,13 @@ def main(argv=None) -> int:
             print_plan(plan, args.preset, device_description())
             return 0
         plan = runner.run(args.names) if args.cmd == "run" else runner.run_all()
-    except (ValueError, ConfigError, DataError) as e:
+    except (ValueError, ConfigError, DataError, runs.RunDirError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"[ablations] trained {runner.trained} run(s); {len(plan.done)} already finished"
           + (f", {len(plan.published)} published" if plan.published else "")
+          + (f"; {len(runner.held)} left to the other processes that hold them"
+             if runner.held else "")
           + f"; {len(runner.failed)} failed")
     for d, msg in runner.failed:
         print(f"  FAILED {d}: {msg}", file=sys.stderr)

@@ -233,6 +233,7 @@ class Progress:
         self.t0 = time.perf_counter()
         self.spent_est = 0.0
         self.out = out
+        self._current = None
 
     def start(self, run_dir, label: str, seed: int) -> None:
         self.i += 1
@@ -244,6 +245,13 @@ class Progress:
               f"{fmt_duration(elapsed)} · ETA {fmt_duration(eta) if remaining else 'unknown'}"
               f" · {label} seed {seed}", file=self.out, flush=True)
         self._current = str(run_dir)
+
+    def drop(self, run_dir) -> None:
+        """A planned run this process will not train: another one has it."""
+        if self.est.pop(str(run_dir), False) is not False:
+            self.total -= 1
+            if self._current == str(run_dir):
+                self.i -= 1  # its line was printed: the next run takes its number
 
     def finish(self, run_dir) -> None:
         self.spent_est += self.est.pop(str(run_dir), None) or 0.0

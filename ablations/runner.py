@@ -6,6 +6,11 @@ already finished with the same configuration and seed is never repeated, an
 interrupted one resumes, and runs copied in from other machines accumulate.
 A run that fails (for example a diverged loss) is recorded in its directory and
 reported at the end; the other runs still go ahead.
+
+Several runners may share one runs root (`worker`, docs/distributed.md): each
+run is trained under its directory's lock (`reproduce.runs.lock`), and a runner
+that finds a run locked leaves it to its holder and goes on to the next, so every
+run is trained once however many runners there are, on however many machines.
 """
 
 from __future__ import annotations
@@ -49,6 +54,22 @@ def parse_seeds(seeds) -> list[int]:
     return out
 
 
+def parse_worker(spec) -> tuple[int, int]:
+    """`I/N`: this is worker I (0-based) of N."""
+    try:
+        i, n = (int(x) for x in str(spec).split("/"))
+    except ValueError:
+        i, n = -1, 0
+    if not 0 <= i < n:
+        raise ValueError(f"--worker {spec!r}: expected I/N with 0 <= I < N, e.g. 0/4 ... 3/4 "
+                         "(SLURM: --array=0-3 and --worker $SLURM_ARRAY_TASK_ID/4)")
+    return i, n
+
+
+class _ArmHeld(Exception):
+    """A Figure 1 grid run is held by another process: the arm is left to it."""
+
+
 def _with_seed(cfg: Config, seed: int) -> Config:
     cfg = cfg.copy()
     cfg.train.seed = seed
@@ -73,8 +94,12 @@ class Runner:
     committed to `results/` are not trained again)."""
 
     def __init__(self, preset: str, seeds, root=None, overrides=None, verbose: int = 1,
-                 command: Optional[str] = None, published=None):
+                 command: Optional[str] = None, published=None, worker=None):
         self.preset = preset
+        # (I, N): worker I of N first trains its share of the plan (every Nth run,
+        # from the I-th), then any run still left that no other process holds.
+        self.worker = worker
+        self._share: Optional[set] = None  # run dirs of this worker's first pass
         self.seeds = parse_seeds(seeds)
         self.root = Path(root) if root else runs.default_root()
         self.published = [Path(p) for p in (published or [])]
@@ -83,6 +108,8 @@ class Runner:
         self.command = command or "python -m ablations " + " ".join(sys.argv[1:])
         self.plan_ = SuitePlan()
         self.failed: list = []  # (run_dir, message)
+        self.held: dict = {}  # run_dir -> message: being trained by another process
+        self._held_now: Optional[str] = None
         self.trained = 0
         self._dry = False
         self._seen: set = set()
@@ -127,12 +154,21 @@ class Runner:
             if key not in self._seen:
                 self._seen.add(key)
                 (self.plan_.done if where == "done" else self.plan_.published).append(d)
+            self.held.pop(key, None)
+            if self._progress is not None:
+                self._progress.drop(d)  # finished by another process since the plan
             return result
         if self._dry:
             if key not in self._seen:
                 self._seen.add(key)
                 self.plan_.todo.append(Job(label, seed, d, cfg, epoch_limit))
             return None
+        if self._share is not None and key not in self._share:
+            self._held_now = key  # another worker's share, on this first pass
+            return None
+        holder = runs.holder(d)
+        if holder is not None:
+            return self._leave(d, f"{d} is being trained by another process ({holder})")
         from reproduce import train as train_lib
 
         import keras
@@ -150,15 +186,30 @@ class Runner:
         try:
             result = train_lib.train(cfg, d, meta=meta, verbose=self.verbose,
                                      epoch_limit=epoch_limit)
-        except train_lib.TrainingDiverged as e:
+        except runs.RunLocked as e:  # taken between the look above and the lock
+            return self._leave(d, str(e))
+        except (train_lib.TrainingDiverged, runs.RunDirError) as e:
+            # Diverged, or a damaged or foreign run directory: reported at the end.
             self.failed.append((d, str(e)))
             print(f"[ablations] FAILED {d}: {e}", file=sys.stderr)
             return None
         finally:
             if self._progress is not None:
                 self._progress.finish(d)
+        self._seen.add(key)  # a later walk finds it finished: not "already finished"
         self.trained += 1
         return result
+
+    def _leave(self, d: Path, why: str) -> None:
+        """Another process is training `d`: go on to the next run."""
+        key = str(d)
+        if key not in self.held:
+            print(f"[ablations] moving on: {why}", flush=True)
+        self.held[key] = why
+        self._held_now = key
+        if self._progress is not None:
+            self._progress.drop(d)
+        return None
 
     def run_baseline(self) -> None:
         cfg = self.baseline_config()
@@ -208,37 +259,52 @@ class Runner:
         is chosen; if it lies at the edge of the grid, the grid grows by
         GRID_EXTEND_FACTOR on that side first. Then the seeds run at that rate."""
         for label, cfg in ((ab.base_label, self.baseline_config(ab)), (ab.name, self.variant_config(ab))):
-            ranks: dict = {}
+            try:
+                self._run_lr_grid_arm(ab, label, cfg)
+            except _ArmHeld as e:
+                # Each grid run's epoch cap and the rate the seeds use depend on the
+                # grid runs before it: the arm is left to the process that holds one
+                # (it walks the grid in the same order and then trains the seeds), or,
+                # on a worker's first pass, to the worker whose share the run is.
+                if e.args[0] in self.held:
+                    print(f"[ablations] {label}: another process is training its "
+                          "learning-rate grid and then its seeds; moving on", flush=True)
 
-            def try_rate(lr: float) -> None:
-                c = cfg.copy()
-                c.train.learning_rate = float(lr)
-                reached = [r[0] for r in ranks.values() if r[0] != math.inf]
-                cap = int(min(reached)) if reached else None
-                r = self.run_one(f"{label}.grid", c, GRID_SEED, epoch_limit=cap)
-                ranks[float(lr)] = (grid_rank(r.get("epochs_to_target"), r.get("train_top1_err"))
-                                    if r else (math.inf, math.inf))
+    def _run_lr_grid_arm(self, ab: Ablation, label: str, cfg: Config) -> None:
+        ranks: dict = {}
 
-            for lr in grid_order(ab.lr_grid):
-                try_rate(lr)
-            for _ in range(GRID_MAX_EXTENSIONS):
-                best = min(ranks, key=lambda lr: (ranks[lr], lr))
-                if best == min(ranks) and ranks[best][0] != math.inf:
-                    try_rate(best / GRID_EXTEND_FACTOR)
-                elif best == max(ranks) and ranks[best][0] != math.inf:
-                    try_rate(best * GRID_EXTEND_FACTOR)
-                else:
-                    break
+        def try_rate(lr: float) -> None:
+            c = cfg.copy()
+            c.train.learning_rate = float(lr)
+            reached = [r[0] for r in ranks.values() if r[0] != math.inf]
+            cap = int(min(reached)) if reached else None
+            self._held_now = None
+            r = self.run_one(f"{label}.grid", c, GRID_SEED, epoch_limit=cap)
+            if self._held_now:
+                raise _ArmHeld(self._held_now)
+            ranks[float(lr)] = (grid_rank(r.get("epochs_to_target"), r.get("train_top1_err"))
+                                if r else (math.inf, math.inf))
+
+        for lr in grid_order(ab.lr_grid):
+            try_rate(lr)
+        for _ in range(GRID_MAX_EXTENSIONS):
             best = min(ranks, key=lambda lr: (ranks[lr], lr))
-            chosen = cfg.copy()
-            chosen.train.learning_rate = best
-            if self.verbose and not self._dry:
-                e = ranks[best][0]
-                print(f"[ablations] {label}: learning rate {best:g} chosen from "
-                      f"{', '.join(f'{lr:g}' for lr in sorted(ranks))} (epochs to target "
-                      f"{'not reached' if e == math.inf else int(e)})", flush=True)
-            for s in self.seeds:
-                self.run_one(label, chosen, s)
+            if best == min(ranks) and ranks[best][0] != math.inf:
+                try_rate(best / GRID_EXTEND_FACTOR)
+            elif best == max(ranks) and ranks[best][0] != math.inf:
+                try_rate(best * GRID_EXTEND_FACTOR)
+            else:
+                break
+        best = min(ranks, key=lambda lr: (ranks[lr], lr))
+        chosen = cfg.copy()
+        chosen.train.learning_rate = best
+        if self.verbose and not self._dry:
+            e = ranks[best][0]
+            print(f"[ablations] {label}: learning rate {best:g} chosen from "
+                  f"{', '.join(f'{lr:g}' for lr in sorted(ranks))} (epochs to target "
+                  f"{'not reached' if e == math.inf else int(e)})", flush=True)
+        for s in self.seeds:
+            self.run_one(label, chosen, s)
 
     # -- the suite ----------------------------------------------------------------------
 
@@ -282,16 +348,35 @@ class Runner:
 
     def _execute(self, names: Optional[list]) -> SuitePlan:
         abls = self._check(names if names is not None else [a.name for a in for_preset(self.preset)])
+        runs.check_writable(self.root)
+        plan = self.plan(names) if (self.verbose or self.worker) else None
+        if self.worker:
+            i, n = self.worker
+            self._share = {str(j.run_dir) for j in plan.todo[i::n]}
         if self.verbose:
-            plan = self.plan(names)
             from reproduce import data as data_lib
             from reproduce.train import device_description
 
             fill_estimates(plan, [self.root, *self.published], self.preset,
                            load_data=data_lib.load, verbose=True)
             print_plan(plan, self.preset, device_description())
-            self._progress = Progress(plan.todo)
-        self._walk(abls, names is None)
+            jobs = plan.todo
+            if self.worker:
+                jobs = [j for j in plan.todo if str(j.run_dir) in self._share]
+                print(f"[ablations] worker {i}/{n}: {len(jobs)} of these run(s) first, then "
+                      "any run left that no other process holds", flush=True)
+            self._progress = Progress(jobs)
+        while True:
+            trained = self.trained
+            self._walk(abls, names is None)
+            # After a worker's share: the runs left (other workers' shares, if they
+            # are slower or stopped; runs decided as the suite goes). Later walks
+            # take runs that came free (a holder stopped, a grid chose its rate);
+            # a walk costs only reading result files.
+            if self._share is not None:
+                self._share = None
+            elif not (self.held and self.trained > trained):
+                break
         self._progress = None
         return self.plan_
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from reproduce import config as config_lib
 from reproduce import runs
-from reproduce.logs import quiet_tensorflow
+from reproduce.logs import BackendError, check_backend, quiet_tensorflow
 
 EPILOG = textwrap.dedent(
     """\
@@ -57,7 +57,12 @@ def resolve(args) -> config_lib.Config:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] in (["train"], ["bench"]):
+    if argv[:1] in (["train"], ["bench"]) and "-h" not in argv and "--help" not in argv:
+        try:
+            check_backend()
+        except BackendError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         quiet_tensorflow()
     parser = argparse.ArgumentParser(
         prog="python -m reproduce",
@@ -173,7 +178,7 @@ def _dispatch(args) -> int:
         }
         try:
             train_lib.train(cfg, run_dir, meta=meta, verbose=0 if args.quiet else 1)
-        except (train_lib.TrainingDiverged, train_lib.RunConflict, DataError) as e:
+        except (train_lib.TrainingDiverged, runs.RunDirError, DataError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
         print(run_dir)

@@ -62,8 +62,9 @@ class LearningRate(keras.callbacks.Callback):
                 self.wait = 0
 
 
-class Divergence(keras.callbacks.TerminateOnNaN):
-    """TerminateOnNaN, remembering where, so the message can say what diverged.
+class Divergence(keras.callbacks.Callback):
+    """TerminateOnNaN's stop, remembering where, so the message can say what
+    diverged (TerminateOnNaN itself would also print a line of its own).
 
     async_safe: on JAX, Keras then runs the per-batch check in its callback
     thread instead of making the training loop wait for every step's loss
@@ -84,9 +85,10 @@ class Divergence(keras.callbacks.TerminateOnNaN):
 
     def on_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
-        if loss is not None and not np.isfinite(float(loss)) and self.where is None:
-            self.where = {"epoch": self.epoch, "batch": batch, "loss": float(loss)}
-        super().on_batch_end(batch, logs)
+        if loss is not None and not np.isfinite(float(loss)):
+            if self.where is None:
+                self.where = {"epoch": self.epoch, "batch": batch, "loss": float(loss)}
+            self.model.stop_training = True
 
 
 class EpochRecorder(keras.callbacks.Callback):

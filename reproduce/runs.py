@@ -21,6 +21,7 @@ Layout of one run (``run_dir(root, preset, label, config, seed)``)::
                            out; see reproduce.inference), written just before result.json
         failure.json       why the last attempt stopped (NaN loss, ...), if it did
         result.json        written last and atomically, only on success
+        .lock              held (flock) by the process training the run; see `lock`
 
 ``label`` is ``baseline`` or an ablation's name. Runs with the same preset,
 label, configuration fingerprint and seed are the same experiment: a finished
@@ -30,8 +31,11 @@ into the same root simply accumulate.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
+import errno
+import fcntl
 import io
 import json
 import os
@@ -42,11 +46,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
-
-class RunConflict(RuntimeError):
-    """The run directory holds a run of a different configuration, or a state
-    that cannot be resumed."""
-
 
 CONFIG = "config.json"
 ENV = "env.json"
@@ -95,12 +94,22 @@ RESULT_KEYS = [
 #   "n_val", "precision"
 
 
+def current_umask() -> int:
+    """The process's umask (reading it means setting it; it is put back at once)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
 def atomic_write_text(path: os.PathLike, text: str) -> None:
     """Write `text` so that `path` is either the old or the whole new file (kill -9 safe)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
     try:
+        # mkstemp makes the file 0600; a run store is shared, so the file gets the
+        # mode open() would give it.
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -174,6 +183,103 @@ def default_root() -> Path:
 
 def run_dir(root: os.PathLike, preset: str, label: str, fingerprint: str, seed: int) -> Path:
     return Path(root) / preset / f"{label}-{fingerprint}" / f"seed{seed}"
+
+
+class RunDirError(RuntimeError):
+    """A run directory that cannot be used as asked; the message names it and the fix."""
+
+
+class RunConflict(RunDirError):
+    """The run directory holds a run of a different configuration, a damaged one, or
+    a state that cannot be resumed."""
+
+
+class RunLocked(RunDirError):
+    """Another process is training this run."""
+
+
+LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def lock(path: os.PathLike):
+    """Hold the run directory `path` (created if need be) for this process.
+
+    An exclusive `fcntl.flock` on `path/.lock`: the kernel releases it when the
+    holder exits, however it ends (kill -9 included), so a lock is never stale;
+    the file stays and only tells who held it last. flock works across machines
+    on NFSv4 and on Lustre mounted with -o flock. Raises RunLocked (naming the
+    holder) at once if another process holds it, and RunDirError if the folder
+    cannot be written."""
+    path = Path(path)
+    fd = None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        # Every file is replaced through a new temporary one: the folder itself
+        # must take new files, not just the lock file that may be there already.
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as e:
+        if fd is not None:
+            os.close(fd)
+        raise RunDirError(
+            f"cannot write in {path} ({e.strerror or e}: {e.filename}): training writes its results "
+            "there. Make that folder writable, or train into another one (RUNS=... with "
+            "make, --runs or --run-dir on the command line)."
+        ) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise RunDirError(
+                    f"cannot lock {path / LOCK} ({e.strerror or e}): its file system does "
+                    "not support file locks (NFS needs its lock service; Lustre the "
+                    "'flock' mount option). Put the runs folder on one that does."
+                ) from None
+            holder = os.pread(fd, 512, 0).decode(errors="replace").strip()
+            raise RunLocked(
+                f"{path} is being trained by another process ({holder or 'unknown holder'}); "
+                "this one leaves it to that process. When that process ends, the run is "
+                "finished, or resumes where it stopped if you start it again."
+            ) from None
+        when = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()} since {when}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def holder(path: os.PathLike) -> Optional[str]:
+    """Who holds the lock of run directory `path` (as `lock` wrote it), or None if
+    no process does. A look, not a claim: `lock` is the claim."""
+    try:
+        fd = os.open(Path(path) / LOCK, os.O_RDONLY)
+    except OSError:
+        return None  # no lock file: never held
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return os.pread(fd, 512, 0).decode(errors="replace").strip() or "unknown holder"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def check_writable(root: os.PathLike) -> None:
+    """Raise RunDirError unless runs can be written under `root` (created later
+    if missing: its nearest existing ancestor must then be writable)."""
+    p = Path(root).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not (p.is_dir() and os.access(p, os.W_OK | os.X_OK)):
+        raise RunDirError(
+            f"cannot write in {p}: runs are stored under {Path(root)}. Make that folder "
+            "writable, or choose another (RUNS=... with make, --runs on the command line)."
+        )
 
 
 def is_finished(path: os.PathLike) -> bool:
@@ -439,9 +545,7 @@ def publish(src_root: os.PathLike, dst_root: os.PathLike) -> Published:
         try:
             for f in files:
                 shutil.copy2(f, tmp / f.name)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a store is shared
+            os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; a store is shared
             os.replace(tmp, dst)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

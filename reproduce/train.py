@@ -23,6 +23,7 @@ The parts: `reproduce.callbacks` (schedule, divergence check, per-epoch record),
 
 from __future__ import annotations
 
+import gc
 import sys
 import time
 from pathlib import Path
@@ -109,10 +110,14 @@ def _check_same_run(cfg: Config, run_dir: Path, data_id: str) -> None:
         return
     try:
         stored = runs.read_json(existing)
+        if not isinstance(stored, dict):
+            raise ValueError(f"a JSON {type(stored).__name__}, not the configuration tree")
     except (OSError, ValueError) as e:
         raise RunConflict(
-            f"{existing} cannot be read ({e}). It describes the run in {run_dir}; if the "
-            "run has no result.json yet, delete that folder to start it again."
+            f"{existing} is damaged ({e}); it records which experiment the run in "
+            f"{run_dir} is. If this is the command that started that run, delete just "
+            f"{existing}: the same command then rewrites it and resumes from the saved "
+            f"state (if any). Otherwise delete the folder {run_dir} to start the run again."
         ) from None
     old_meta = stored.get("meta", {})
     mine = experiment_identity(cfg, data_id)
@@ -158,10 +163,9 @@ def train(cfg: Config, run_dir, meta: Optional[dict] = None, verbose: int = 1,
     run_dir = Path(run_dir)
     data_id = cfg.data_id()
     _check_same_run(cfg, run_dir, data_id)
-    if runs.is_finished(run_dir) and not runs.can_extend(run_dir, epoch_limit):
-        if verbose:
-            print(f"[reproduce] {run_dir} already finished; nothing to do.")
-        return runs.read_json(run_dir / runs.RESULT)
+    done = _finished_result(run_dir, epoch_limit, verbose)
+    if done is not None:
+        return done
     meta = dict(meta or {})
     meta.setdefault("command", " ".join(sys.argv))
     persistent_compilation_cache()
@@ -170,14 +174,28 @@ def train(cfg: Config, run_dir, meta: Optional[dict] = None, verbose: int = 1,
     with distribute.scope(cfg):
         # Data first: a missing dataset stops here, before a run directory exists.
         data = data_lib.load(cfg.data)
-        prepare_run_dir(cfg, run_dir, meta, data_id)
-        keras.utils.set_random_seed(cfg.train.seed)
-        precision = resolve_precision(cfg)
-        keras.mixed_precision.set_global_policy(precision)
-        try:
-            return _train(cfg, run_dir, data, precision, verbose, epoch_limit, list(callbacks))
-        finally:
-            keras.mixed_precision.set_global_policy("float32")
+        data_lib.check_batches(data, cfg.train.batch_size)
+        with runs.lock(run_dir):  # one process per run: another one gets RunLocked
+            # Another process may have finished it while this one loaded the data.
+            done = _finished_result(run_dir, epoch_limit, verbose)
+            if done is not None:
+                return done
+            prepare_run_dir(cfg, run_dir, meta, data_id)
+            keras.utils.set_random_seed(cfg.train.seed)
+            precision = resolve_precision(cfg)
+            keras.mixed_precision.set_global_policy(precision)
+            try:
+                return _train(cfg, run_dir, data, precision, verbose, epoch_limit, list(callbacks))
+            finally:
+                keras.mixed_precision.set_global_policy("float32")
+
+
+def _finished_result(run_dir: Path, epoch_limit, verbose) -> Optional[dict]:
+    if runs.is_finished(run_dir) and not runs.can_extend(run_dir, epoch_limit):
+        if verbose:
+            print(f"[reproduce] {run_dir} already finished; nothing to do.")
+        return runs.read_json(run_dir / runs.RESULT)
+    return None
 
 
 def _training_batches(cfg: Config, train, initial_epoch: int):
@@ -214,11 +232,13 @@ def _train(cfg, run_dir, data, precision, verbose, epoch_limit, extra_callbacks)
 
     cbs = training_callbacks(cfg, run_dir, state, len(data.train))
     last_epoch = min(cfg.train.epochs, epoch_limit) if epoch_limit else cfg.train.epochs
+    train_batches = distribute.shard_batches(_training_batches(cfg, data.train, initial_epoch))
+    val_batches = data_lib.ArrayBatches(data.val.images, data.val.labels, cfg.eval.batch_size,
+                                        shuffle=False)
     if initial_epoch < last_epoch and not state.get("stopped", False):
         model.fit(
-            distribute.shard_batches(_training_batches(cfg, data.train, initial_epoch)),
-            validation_data=data_lib.ArrayBatches(data.val.images, data.val.labels,
-                                                  cfg.eval.batch_size, shuffle=False),
+            train_batches,
+            validation_data=val_batches,
             epochs=last_epoch,
             initial_epoch=initial_epoch,
             steps_per_epoch=cfg.train.steps_per_epoch or None,
@@ -228,6 +248,10 @@ def _train(cfg, run_dir, data, precision, verbose, epoch_limit, extra_callbacks)
             verbose=verbose if (verbose != 1 or sys.stdout.isatty()) else 2,
         )
     if cbs.divergence.where is not None:
+        # The input pipeline stopped mid-epoch; freed now, not at interpreter exit
+        # (where TensorFlow logs an error about finalizing its iterator).
+        del train_batches, val_batches
+        gc.collect()
         _diverged(cfg, run_dir, model, precision, cbs.divergence.where)
 
     # Evaluation of the final weights (§6): centre crop and ten views on validation,
@@ -283,18 +307,40 @@ def _train(cfg, run_dir, data, precision, verbose, epoch_limit, extra_callbacks)
 def _diverged(cfg, run_dir, model, precision, where: dict) -> None:
     """Record the failure and raise TrainingDiverged with what to try instead."""
     lr = float(np.asarray(model.optimizer.learning_rate))
-    msg = (
-        f"training diverged: the loss became {where['loss']} at epoch {where['epoch'] + 1}, "
-        f"batch {where['batch']} (learning rate {lr:g}, init {cfg.model.init!r}, "
-        f"precision {precision}). Try a smaller learning rate "
-        f"(--set train.learning_rate={cfg.train.learning_rate / 2:g})"
-        + (" or the caffe bias init (--set model.init=caffe)" if cfg.model.init == "paper" else "")
-        + f". The last completed epoch ({len(runs.read_metrics_rows(run_dir))}) is kept in "
-        f"{run_dir}; rerunning with the same configuration resumes from it, with other "
-        "overrides it starts a new run."
-    )
+    msg = _divergence_message(cfg, run_dir, where, lr, precision)
     runs.write_failure(run_dir, "diverged", {**where, "learning_rate": lr, "message": msg})
     raise TrainingDiverged(msg)
+
+
+def _divergence_message(cfg: Config, run_dir: Path, w: dict, lr: float, precision: str) -> str:
+    """What diverged, a rate that can help, and exactly what is kept."""
+    from reproduce.config import PRESETS, get_config
+
+    used = cfg.train.learning_rate
+    preset = (runs.read_json(run_dir / runs.CONFIG).get("meta") or {}).get("preset")
+    known = get_config(preset) if preset in PRESETS else Config()
+    where = f"the {preset} preset's" if preset in PRESETS else "the paper's"
+    if known.train.learning_rate < used:
+        advice = f"{where} learning rate (--set train.learning_rate={known.train.learning_rate:g})"
+    else:
+        advice = f"a 10x smaller learning rate (--set train.learning_rate={used / 10:g})"
+    if cfg.model.init == "paper":
+        advice += " or the caffe bias init (--set model.init=caffe)"
+    done = len(runs.read_metrics_rows(run_dir))
+    if done == 0:
+        kept = (f"No epoch completed, so no weights were saved: {run_dir} holds the run's "
+                f"description and {runs.FAILURE}.")
+    else:
+        epochs = f"Epochs 1-{done} completed" if done > 1 else "Epoch 1 completed"
+        kept = (f"{epochs}: the weights after epoch {done} are kept in {run_dir / runs.STATE} "
+                f"and each epoch's row in {run_dir / runs.METRICS}; the same command "
+                f"resumes after epoch {done} at the same rate.")
+    return (
+        f"training diverged: the loss became {w['loss']} at epoch {w['epoch'] + 1}, "
+        f"batch {w['batch']} (learning rate {lr:g}, init {cfg.model.init!r}, "
+        f"precision {precision}). Try {advice}; a changed setting is a new experiment "
+        f"and starts from scratch in its own run folder. {kept}"
+    )
 
 
 def _save_conv1(run_dir, net) -> None:

@@ -28,7 +28,8 @@ Public API (the trainer calls exactly these)::
 
     load(data_cfg) -> Data(train, val, stats, num_classes, class_names)
         train/val: ImageArrays (or Stream for large TFDS splits); checks that both
-        splits have the same classes.
+        splits have the same classes, two at least.
+    check_batches(data, batch_size)   DataError unless the training split holds a batch
     load_split(data_cfg, split) -> ImageArrays | Stream
         ImageArrays(images: uint8 (N,S,S,3) memmap, labels: int32 (N,),
                     class_names: list[str], split: str, source: str, cache_path)
@@ -64,6 +65,7 @@ from reproduce.data import cache as _cache
 from reproduce.data import synthetic as _synthetic
 from reproduce.data.common import (  # noqa: F401
     MAX_BAD_FRACTION,
+    check_classes,
     check_same_classes,
     Data,
     DataError,
@@ -75,7 +77,7 @@ from reproduce.data.pixelstats import compute_stats
 
 __all__ = [
     "load", "load_split", "load_stats", "subset", "ArrayBatches", "StreamBatches",
-    "ImageArrays", "Stats", "Data", "DataError", "decode_count", "Stream",
+    "ImageArrays", "Stats", "Data", "DataError", "decode_count", "Stream", "check_batches",
 ]
 
 
@@ -118,11 +120,12 @@ def _synthetic_split(cfg, split: str) -> ImageArrays:
     is_train = split == cfg.train_split
     n = cfg.synthetic_train if is_train else cfg.synthetic_val
     n = min(n, _max_for(cfg, split) or n)
+    names = [f"class{k}" for k in range(cfg.synthetic_classes)]
+    check_classes(split, names, "synthetic", "Set data.synthetic_classes to 2 or more.")
     images, labels = _synthetic.synthetic_arrays(
         n, cfg.synthetic_classes, cfg.image_size,
         seed=_synthetic.SEED if is_train else _synthetic.SEED + 1)
-    return ImageArrays(images, labels, [f"class{k}" for k in range(cfg.synthetic_classes)],
-                       split=split, source="synthetic")
+    return ImageArrays(images, labels, names, split=split, source="synthetic")
 
 
 def _load_splits(cfg, splits, same_classes: bool = False) -> list:
@@ -169,11 +172,26 @@ def load(data_cfg) -> Data:
     """Both splits, the training statistics and the classes: what training needs."""
     train, val = _load_splits(data_cfg, [data_cfg.train_split, data_cfg.val_split],
                               same_classes=True)
+    check_classes(train.split, train.class_names, data_cfg.source,
+                  "Point data.source at a dataset of two classes or more.")
     check_same_classes(train.split, train.class_names, val.split, val.class_names,
                        data_cfg.source)
     stats = _stats_of(data_cfg, train)
     return Data(train=train, val=val, stats=stats, num_classes=len(train.class_names),
                 class_names=list(train.class_names))
+
+
+def check_batches(data: Data, batch_size: int) -> None:
+    """Training drops an epoch's last partial batch (every step has one shape), so a
+    training split smaller than one batch would give epochs without a step."""
+    n = len(data.train)
+    if n < batch_size:
+        raise DataError(
+            f"the training split {data.train.split!r} of {data.train.source} has {n} "
+            f"image(s), fewer than one batch (train.batch_size={batch_size}): an epoch would "
+            f"have no training step. Use a smaller batch (--set train.batch_size={max(n, 1)}, "
+            f"or SET=train.batch_size={max(n, 1)} with make) or more training images."
+        )
 
 
 class IndexedImages:

@@ -101,6 +101,21 @@ def resolve_split(requested: str, available: Sequence[str], where: str) -> str:
     )
 
 
+FOLDER_CLASSES_FIX = ("Each class is a folder <split>/<class>/ holding its images: add the "
+                      "other classes' folders, or point data.source at the dataset's root.")
+
+
+def check_classes(split: str, class_names, where: str, fix: str = FOLDER_CLASSES_FIX) -> None:
+    """Classification needs two classes at least: with one, every prediction is
+    right and the error is 0.00% whatever the network learns."""
+    if len(class_names) < 2:
+        raise DataError(
+            f"split {split!r} in {where} has {len(class_names)} class "
+            f"({', '.join(map(repr, class_names)) or 'none'}); training needs at least two. "
+            + fix
+        )
+
+
 def check_same_classes(split_a: str, names_a, split_b: str, names_b, source: str) -> None:
     """Both splits must have the same class folders (labels index the sorted names)."""
     if list(names_a) == list(names_b):

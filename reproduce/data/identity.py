@@ -22,7 +22,6 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -93,11 +92,9 @@ def _read_memo(path: Path) -> dict:
 
 
 def _write_memo(path: Path, memo: dict) -> None:
+    from reproduce.runs import atomic_write_text  # standard library only, as here
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(memo, f, indent=0, sort_keys=True)
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(memo, indent=0, sort_keys=True))
     except OSError:
         pass  # a read-only cache only costs re-hashing

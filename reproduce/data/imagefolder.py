@@ -32,6 +32,7 @@ from reproduce.data.common import (
     VAL_ALIASES,
     DataError,
     check_bad_images,
+    check_classes,
     check_same_classes,
     is_image_name,
     resolve_split,
@@ -296,7 +297,7 @@ def load_splits(source: str, requests, size: int, root: Path, same_classes: bool
         r = _Request(split, max_n, final)
         r.identity = ident
         reqs.append(r)
-    missing = [r for r in reqs if not cache_lib.is_complete(r.final)]
+    missing = [r for r in reqs if not cache_lib.usable(r.final)]
     # Equal requests (e.g. train_split == val_split) are built once.
     todo = list({str(r.final): r for r in missing}.values())
     if todo:
@@ -307,6 +308,7 @@ def load_splits(source: str, requests, size: int, root: Path, same_classes: bool
                      if str(r.final) in planned else
                      (r.split, cache_lib.read_manifest(r.final)["split"],
                       cache_lib.read_manifest(r.final)["class_names"]) for r in reqs]
+            check_classes(names[0][1], names[0][2], src.where)  # before decoding
             for _, split, cls in names[1:]:
                 check_same_classes(names[0][1], names[0][2], split, cls, source)
         _build(src, kind, todo, size, source)

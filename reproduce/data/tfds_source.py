@@ -213,7 +213,7 @@ def load_split(source: str, name: str, split: str, max_n: int, size: int, root: 
     if _want_stream(n):
         return Stream(source, s, size, n)
     final = cache_lib.entry_path(root, "tfds_" + name, split, size, max_n, s.identity())
-    if not cache_lib.is_complete(final):
+    if not cache_lib.usable(final):
         _build(source, s, size, final)
     return cache_lib.open_entry(final, source)
 

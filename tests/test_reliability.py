@@ -1,0 +1,434 @@
+"""Faults a new user meets: each gets a clear message and loses nothing; one process
+per run; several workers share one runs folder."""
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import reproduce.data as data
+from reproduce import runs
+from reproduce.config import get_config
+from reproduce.data import DataError, cache
+from reproduce.train import TrainingDiverged, train
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_data import cfg as data_cfg, make_tree  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+BACKEND = keras.backend.backend()
+# Small enough for seconds per run on a CPU.
+TINY = ["data.synthetic_train=48", "data.synthetic_val=16", "eval.ten_view=false"]
+
+
+def _tiny(**over):
+    return get_config("smoke", [*TINY, *(f"{k}={v}" for k, v in over.items())])
+
+
+def _env(tmp_path, **extra):
+    return {**os.environ, "KERAS_BACKEND": BACKEND, "REPRODUCE_CACHE": str(tmp_path / "cache"),
+            "PYTHONUNBUFFERED": "1", **extra}
+
+
+def _cli(tmp_path, *args, env=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env or _env(tmp_path),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# -- the classes and the batch --------------------------------------------------------
+
+
+def test_one_class_is_refused_before_a_run_directory(tmp_path):
+    src = make_tree(tmp_path / "src", classes=("cat",), corrupt=False) / "mydata"
+    cfg = get_config("smoke", {"data.source": str(src), "data.cache_dir": str(tmp_path / "cache"),
+                               "data.val_split": "val"})
+    with pytest.raises(DataError, match=r"split 'train' in .*mydata has 1 class \('cat'\); "
+                                        r"training needs at least two"):
+        train(cfg, tmp_path / "run", verbose=0)
+    assert not (tmp_path / "run").exists()
+    assert not list((tmp_path / "cache").glob("*__S*"))  # refused before decoding
+    with pytest.raises(DataError, match="data.synthetic_classes to 2 or more"):
+        train(_tiny(**{"data.synthetic_classes": 1}), tmp_path / "run", verbose=0)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_training_split_smaller_than_a_batch_is_refused_before_a_run_directory(tmp_path):
+    cfg = _tiny(**{"data.synthetic_train": 10})
+    with pytest.raises(DataError) as e:
+        train(cfg, tmp_path / "run", verbose=0)
+    msg = str(e.value)
+    assert "has 10 image(s), fewer than one batch (train.batch_size=16)" in msg
+    assert "--set train.batch_size=10" in msg
+    assert not (tmp_path / "run").exists()
+
+
+# -- the data cache -------------------------------------------------------------------
+
+
+def _flip_one_byte(p: Path) -> None:
+    st = p.stat()
+    with open(p, "r+b") as f:
+        f.seek(st.st_size - 7)
+        b = f.read(1)
+        f.seek(st.st_size - 7)
+        f.write(bytes([b[0] ^ 0xFF]))
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))  # content alone differs
+
+
+DAMAGE = {
+    "truncated images.npy": lambda e: os.truncate(e / cache.IMAGES, (e / cache.IMAGES).stat().st_size // 2),
+    "a changed byte in images.npy": lambda e: _flip_one_byte(e / cache.IMAGES),
+    "garbage labels.npy": lambda e: (e / cache.LABELS).write_bytes(b"\x93NUMPY garbage" * 9),
+    "labels out of range": lambda e: np.save(e / cache.LABELS, np.full(9, 7, np.int32)),
+    "garbage manifest": lambda e: (e / cache.MANIFEST).write_bytes(b"\xff\xfe\x00garbage"),
+    "empty manifest": lambda e: (e / cache.MANIFEST).write_text("{}"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_cache_entry_is_named_and_rebuilt(tmp_path, damage, monkeypatch):
+    src = make_tree(tmp_path / "src", corrupt=False)
+    c = data_cfg(src, tmp_path, val_split="val")
+    good = data.load_split(c, "train")
+    entry = Path(good.cache_path)
+    images, labels = np.asarray(good.images).copy(), good.labels.copy()
+    assert json.loads((entry / cache.MANIFEST).read_text())["checksums"][cache.IMAGES].startswith("crc32:")
+    del good
+    DAMAGE[damage](entry)
+    monkeypatch.setattr(cache, "_VERIFIED", set())  # as a new process sees it
+    n0 = data.decode_count()
+    with pytest.warns(UserWarning, match=rf"the cache entry {re.escape(str(entry))} is damaged: "
+                                         r".*Rebuilding it from the source"):
+        again = data.load_split(c, "train")
+    assert data.decode_count() - n0 == 9
+    np.testing.assert_array_equal(np.asarray(again.images), images)
+    np.testing.assert_array_equal(again.labels, labels)
+    assert cache.damage(entry) is None
+
+
+def test_a_damaged_stats_file_is_named_and_recomputed(tmp_path):
+    src = make_tree(tmp_path / "src", corrupt=False)
+    c = data_cfg(src, tmp_path, val_split="val")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the val/validation fallback
+        ref = data.load_stats(c)
+        entry = Path(data.load_split(c, "train").cache_path)
+    (entry / cache.STATS).write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match=rf"{re.escape(str(entry / cache.STATS))} is damaged "
+                                         r"\(not a NumPy file\); recomputing"):
+        st = data.load_stats(c)
+    np.testing.assert_array_equal(st.mean_image, ref.mean_image)
+    assert cache.read_stats(entry) is not None  # replaced by a sound one
+
+
+# -- the run directory ----------------------------------------------------------------
+
+
+def test_a_held_run_directory_is_refused_until_its_holder_dies(tmp_path):
+    d = tmp_path / "run"
+    with runs.lock(d):
+        with pytest.raises(runs.RunLocked, match=rf"{re.escape(str(d))} is being trained by "
+                                                 rf"another process \(pid {os.getpid()} on host"):
+            with runs.lock(d):
+                pass
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom reproduce import runs\n"
+         f"with runs.lock({str(d)!r}):\n    print('held', flush=True)\n    time.sleep(120)"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(runs.RunLocked, match=f"pid {holder.pid} "):
+            with runs.lock(d):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with runs.lock(d):  # the kernel released it with the process: never stale
+        pass
+
+
+def test_two_make_train_on_the_same_run_train_it_once(tmp_path):
+    cmd = ["make", "-s", "train", "PRESET=smoke", f"RUNS={tmp_path / 'runs'}", f"PY={sys.executable}",
+           f"BACKEND={BACKEND}", "SET=eval.ten_view=false"]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=_env(tmp_path), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [(p.wait(timeout=600), *p.communicate()) for p in procs]
+    trained = [o for o in outs if "Epoch 1/2" in o[1]]
+    assert len(trained) == 1, outs
+    other = next(o for o in outs if o is not trained[0])
+    assert trained[0][0] == 0, trained[0][2][-2000:]
+    # The other one either found the run held (and said so) or already finished.
+    assert ((other[0] != 0 and "is being trained by another process (pid" in other[2]
+             and "Traceback" not in other[2])
+            or (other[0] == 0 and "already finished; nothing to do" in other[1])), other
+    (d,) = [p.parent for p in (tmp_path / "runs").rglob(runs.RESULT)]
+    assert [r["epoch"] for r in runs.read_metrics_rows(d)] == [0, 1]
+
+
+def test_run_files_follow_the_umask(tmp_path):
+    from reproduce.data import identity
+
+    def modes(umask):
+        d = tmp_path / f"u{umask:o}"
+        old = os.umask(umask)
+        try:
+            runs.write_config(d, {}, {"preset": "smoke"})
+            runs.write_env(d, {"host": "h"})
+            runs.write_metrics_rows(d, [{"epoch": 0, "loss": 1.0}])
+            runs.write_failure(d, "diverged")
+            with runs.lock(d):
+                pass
+            identity._write_memo(d / "identities.json", {"a": "b"})  # the data cache's too
+        finally:
+            os.umask(old)
+        return {p.name: stat.S_IMODE(p.stat().st_mode) for p in d.iterdir()}
+
+    assert set(modes(0o022).values()) == {0o644}
+    assert set(modes(0o077).values()) == {0o600}
+
+
+@contextlib.contextmanager
+def _read_only(folder: Path):
+    """`folder` made unwritable (as root: immutable, since root ignores modes)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o555)
+    immutable = os.geteuid() == 0 and shutil.which("chattr") is not None and subprocess.run(
+        ["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+    try:
+        try:
+            (folder / "probe").mkdir()
+        except OSError:
+            yield folder
+        else:
+            (folder / "probe").rmdir()
+            pytest.skip("cannot make a read-only folder here")
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        os.chmod(folder, 0o755)
+
+
+def test_a_read_only_runs_folder_is_a_clear_error(tmp_path):
+    with _read_only(tmp_path / "ro") as ro:
+        with pytest.raises(runs.RunDirError, match=rf"cannot write in {re.escape(str(ro))}/smoke.*"
+                                                   "Make that folder writable"):
+            train(_tiny(), ro / "smoke" / "seed0", verbose=0)
+        from ablations.runner import Runner
+
+        with pytest.raises(runs.RunDirError, match=rf"cannot write in {re.escape(str(ro))}: runs"):
+            Runner("smoke", 1, ro, overrides=TINY, verbose=0).run(["no_lrn"])
+    # An interrupted run whose folder became read-only (its lock file is there).
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / runs.LOCK).touch()
+    with _read_only(d):
+        with pytest.raises(runs.RunDirError, match=rf"cannot write in {re.escape(str(d))} "):
+            train(_tiny(), d, verbose=0)
+
+
+def test_train_names_a_damaged_config_json(tmp_path):
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / runs.CONFIG).write_text('{"data": {"source": "synth')  # cut short
+    p = _cli(tmp_path, "reproduce", "train", "--preset", "smoke", "--run-dir", str(d))
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    assert f"error: {d / runs.CONFIG} is damaged" in p.stderr
+    assert f"delete just {d / runs.CONFIG}" in p.stderr
+    assert (d / runs.CONFIG).read_text().startswith('{"data"')  # left as it was
+
+
+def test_the_runner_reports_a_damaged_run_and_trains_the_others(tmp_path):
+    from ablations.runner import Runner, _with_seed
+
+    r = Runner("smoke", "0,1", tmp_path, overrides=[*TINY, "train.epochs=1"], verbose=0)
+    bad = runs.run_dir(tmp_path, "smoke", "baseline", _with_seed(r.baseline_config(), 0).fingerprint(), 0)
+    bad.mkdir(parents=True)
+    (bad / runs.CONFIG).write_text("[]")
+    r.run_baseline()
+    assert [d for d, _ in r.failed] == [bad] and "is damaged" in r.failed[0][1]
+    assert r.trained == 1 and runs.is_finished(bad.parent / "seed1")
+
+
+# -- the backend ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cli", [("reproduce", "train", "--preset", "smoke"),
+                                 ("ablations", "run", "no_lrn", "--preset", "smoke")])
+def test_an_unsupported_backend_says_which_are(tmp_path, cli):
+    p = _cli(tmp_path, *cli, env=_env(tmp_path, KERAS_BACKEND="torch"), timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.startswith("error: Keras backend 'torch' (KERAS_BACKEND, or BACKEND= with make) "
+                               "is not supported here; use tensorflow or jax")
+    assert "pip install" in p.stderr
+
+
+def test_a_missing_backend_says_how_to_install_it(monkeypatch):
+    from reproduce import logs
+
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    monkeypatch.setattr(logs.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(logs.BackendError, match=r"'jax' is not installed .*pip install 'jax\[cpu\]'"):
+        logs.check_backend()
+
+
+# -- divergence -----------------------------------------------------------------------
+
+
+def test_divergence_at_a_huge_rate_suggests_the_presets_and_says_nothing_was_kept(tmp_path):
+    d = tmp_path / "run"
+    p = _cli(tmp_path, "reproduce", "train", "--preset", "smoke", "--run-dir", str(d), "--set",
+             "train.learning_rate=1e6", "eval.ten_view=false",
+             env=_env(tmp_path, TF_CPP_MIN_LOG_LEVEL="0"))
+    assert p.returncode == 1, p.stderr[-3000:]
+    err = p.stderr.strip().splitlines()
+    # The message is the last line: nothing from TensorFlow follows it.
+    assert err[-1].startswith("error: training diverged"), p.stderr[-3000:]
+    msg = err[-1]
+    assert "Try the smoke preset's learning rate (--set train.learning_rate=0.01)" in msg
+    assert f"No epoch completed, so no weights were saved: {d} holds the run's description" in msg
+    assert not (d / runs.STATE).exists()
+    assert "500000" not in msg and "Invalid loss" not in p.stdout
+
+
+def test_divergence_after_an_epoch_says_which_epochs_are_kept(tmp_path):
+    import keras
+
+    class HugeRateInEpoch2(keras.callbacks.Callback):
+        # runs after the trainer's schedule callback (extra callbacks come last)
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                self.model.optimizer.learning_rate.assign(1e12)
+
+    d = tmp_path / "run"
+    with pytest.raises(TrainingDiverged) as e:
+        train(_tiny(), d, meta={"preset": "smoke"}, verbose=0, callbacks=[HugeRateInEpoch2()])
+    msg = str(e.value)
+    assert "at epoch 2" in msg
+    assert "Try a 10x smaller learning rate (--set train.learning_rate=0.001)" in msg
+    assert f"Epoch 1 completed: the weights after epoch 1 are kept in {d / runs.STATE}" in msg
+    assert "resumes after epoch 1" in msg
+    assert [r["epoch"] for r in runs.read_metrics_rows(d)] == [0]
+
+
+# -- make with paths that hold spaces -------------------------------------------------
+
+
+def test_make_passes_a_data_dir_with_spaces_as_one_argument(tmp_path):
+    fake = tmp_path / "fakepy"
+    fake.write_text(f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n")
+    fake.chmod(0o755)
+    cwd = tmp_path / "here"
+    cwd.mkdir()
+    for data_dir, want in (("my data/it's.tar.xz", f"{cwd}/my data/it's.tar.xz"),
+                           ("/abs/my data", "/abs/my data")):
+        p = subprocess.run(["make", "-s", "-f", str(ROOT / "Makefile"), "train", "PRESET=smoke",
+                            f"DATA_DIR={data_dir}", f"PY={fake}", "SET=train.epochs=1 model.lrn=false"],
+                           cwd=cwd, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout) == ["-m", "reproduce", "train", "--preset", "smoke", "--set",
+                                        f"data.source={want}", "train.epochs=1", "model.lrn=false"]
+
+
+# -- several workers on one runs folder -----------------------------------------------
+
+
+def test_two_workers_share_a_suite_and_train_every_run_once(tmp_path):
+    root = tmp_path / "runs"
+    p = _cli(tmp_path, "ablations", "run", "no_lrn", "--preset", "smoke", "--seeds", "2",
+             "--runs", str(root), "--workers", "2", "--set", "eval.ten_view=false",
+             env=_env(tmp_path, CUDA_VISIBLE_DEVICES=""), timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "[ablations] starting 2 workers (no GPU visible" in p.stdout
+    for i in (0, 1):
+        assert f"[worker {i}/2] [ablations] worker {i}/2: 2 of these run(s) first" in p.stdout
+    results = sorted(root.rglob(runs.RESULT))
+    assert len(results) == 4
+    # Each training prints its first epoch once; each run's metrics hold each epoch once.
+    assert sum("Epoch 1/2" in ln for ln in p.stdout.splitlines()) == 4
+    for r in results:
+        assert [row["epoch"] for row in runs.read_metrics_rows(r.parent)] == [0, 1]
+    trained = [int(m) for m in re.findall(r"\] \[ablations\] trained (\d+) run\(s\)", p.stdout)]
+    assert len(trained) == 2 and sum(trained) == 4
+
+
+def test_workers_get_one_gpu_each_and_no_more_workers_than_gpus(tmp_path, monkeypatch, capfd):
+    from ablations import workers
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert workers.visible_gpus() == ["3", "5"]
+    with pytest.raises(ValueError, match=r"WORKERS=3 \(--workers\) but 2 GPU\(s\) are visible"):
+        workers.launch(["plan"], 3)
+    # Each worker is `python -m ablations <argv> --worker I/N`, on its own GPU.
+    fake = tmp_path / "ablations"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    (fake / "__main__.py").write_text(
+        "import os, sys\nprint(os.environ['CUDA_VISIBLE_DEVICES'], *sys.argv[1:])\n"
+        "sys.exit(3 if sys.argv[-1] == '1/2' else 0)\n")
+    monkeypatch.chdir(tmp_path)
+    assert workers.launch(["run", "no_lrn", "--workers", "2", "--seeds", "1"], 2) == 3
+    out = capfd.readouterr().out
+    assert "[worker 0/2] 3 run no_lrn --seeds 1 --worker 0/2" in out
+    assert "[worker 1/2] 5 run no_lrn --seeds 1 --worker 1/2" in out
+    assert "exit status 0/2: 0, 1/2: 3" in out
+
+
+def _fake_train(monkeypatch, needs=lambda lr: 8):
+    """reproduce.train.train replaced by a stand-in that finishes a run at once
+    (the target reached after needs(lr) epochs); returns the (label, seed, lr) trained."""
+    from reproduce import train as train_lib
+
+    calls = []
+
+    def fake(cfg, run_dir, meta=None, verbose=0, epoch_limit=None):
+        calls.append((meta["label"], cfg.train.seed, cfg.train.learning_rate))
+        n = needs(cfg.train.learning_rate)
+        result = {"status": "ok", "epochs": n, "epochs_to_target": n, "train_top1_err": 0.2,
+                  "censored": False}
+        runs.atomic_write_json(Path(run_dir) / runs.RESULT, result)
+        return result
+
+    monkeypatch.setattr(train_lib, "train", fake)
+    return calls
+
+
+def test_a_worker_takes_its_share_first_then_what_is_left(tmp_path, monkeypatch):
+    from ablations.runner import Runner
+
+    calls = _fake_train(monkeypatch)
+    r = Runner("smoke", 2, tmp_path, verbose=0, worker=(1, 2))
+    r.run(["no_lrn"])  # plan: baseline 0, baseline 1, no_lrn 0, no_lrn 1
+    assert [c[:2] for c in calls] == [("baseline", 1), ("no_lrn", 1), ("baseline", 0), ("no_lrn", 0)]
+    assert r.trained == 4 and not r.held
+
+
+def test_a_held_run_is_left_to_its_holder_and_a_held_grid_run_its_whole_arm(tmp_path, monkeypatch):
+    from ablations.registry import GRID_SEED, get_ablation
+    from ablations.runner import Runner, _with_seed
+
+    calls = _fake_train(monkeypatch)
+    r = Runner("cifar10", 1, tmp_path, verbose=0)
+    ab = get_ablation("fig1_tanh")
+    first = _with_seed(r.baseline_config(ab), GRID_SEED)
+    first.train.learning_rate = 0.005  # the grid's first rate (middle-out)
+    held = runs.run_dir(tmp_path, "cifar10", f"{ab.base_label}.grid", first.fingerprint(), GRID_SEED)
+    with runs.lock(held):
+        r.run(["fig1_tanh"])
+    assert calls and all(label.startswith(ab.name) for label, _, _ in calls), calls
+    assert list(r.held) == [str(held)] and r.trained == len(calls)
+    # Once the holder is gone, the same command takes the rest.
+    calls.clear()
+    r2 = Runner("cifar10", 1, tmp_path, verbose=0)
+    r2.run(["fig1_tanh"])
+    assert {label for label, _, _ in calls} == {f"{ab.base_label}.grid", ab.base_label}
