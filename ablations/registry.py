@@ -117,8 +117,8 @@ def grid_rank(epochs_to_target, train_err) -> tuple:
     return (float("inf") if epochs_to_target is None else int(epochs_to_target),
             float("inf") if train_err is None else float(train_err))
 
-IMAGENET_PRESETS = ("imagenet", "imagenette", "smoke")
-ALL = ("imagenet", "imagenette", "cifar10", "smoke")
+IMAGENET_PRESETS = ("imagenet", "imagenette", "imagenette-cpu", "imagenette-cpu-x2", "smoke")
+ALL = ("imagenet", "imagenette", "imagenette-cpu", "imagenette-cpu-x2", "cifar10", "smoke")
 
 _MISHKIN = "Mishkin et al. 2016, CaffeNet at 128 px on ImageNet"
 

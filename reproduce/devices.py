@@ -80,3 +80,15 @@ def persistent_compilation_cache() -> None:
     if path and not jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", path)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def xla(cfg) -> object:
+    """`jit_compile` for `model.compile` (training and the ten-view evaluation).
+
+    Keras' default (`jit_compile="auto"`) leaves XLA off for TensorFlow on a machine
+    without a GPU; for these nets XLA:CPU trains about twice as fast there
+    (experiments/perf/perf_log.md, "fit vs step"), so it is asked for explicitly on
+    one device. Distributed schemes keep Keras' choice: XLA compiles a function for
+    one device, and TensorFlow's mirrored variables on several devices fail inside
+    it (`reproduce.distribute.place` also turns it off for the towers)."""
+    return True if cfg.distribute.scheme == "none" else "auto"

@@ -19,6 +19,7 @@ from reproduce import distribute
 from reproduce.augment import ten_views
 from reproduce.config import Config
 from reproduce.data import ArrayBatches, Stream, subset
+from reproduce.devices import xla
 
 VIEWS = 10  # four corners and the centre, and their reflections (§4.1)
 TRAIN_SAMPLE = 10_000  # training images evaluated for the overfitting gap
@@ -91,7 +92,9 @@ def build_ten_view_model(cfg: Config, net, stats) -> keras.Model:
     inputs = keras.Input((d.image_size, d.image_size, 3), dtype="uint8")
     views = TenViews(d.crop_size, mean, name="ten_views")(inputs)
     probs = AverageSoftmax(VIEWS, dtype="float32", name="average_softmax")(net(views))
-    return distribute.place(keras.Model(inputs, probs))
+    model = keras.Model(inputs, probs)
+    model.compile(jit_compile=xla(cfg))
+    return distribute.place(model)
 
 
 def _correct(scores: np.ndarray, labels: np.ndarray):

@@ -38,7 +38,7 @@ from reproduce.augment import Augment
 from reproduce.callbacks import training_callbacks
 from reproduce.checkpoint import load_state, save_state
 from reproduce.config import Config, ConfigError, experiment_identity, fingerprint_of, validate
-from reproduce.devices import accelerator, device_description, persistent_compilation_cache, resolve_precision
+from reproduce.devices import accelerator, device_description, persistent_compilation_cache, resolve_precision, xla
 from reproduce.evaluate import error_metrics, evaluate, training_sample
 from reproduce.model import build_model
 from reproduce.runs import RunConflict
@@ -88,12 +88,16 @@ def build_training_model(cfg: Config, stats, num_classes: int, build_net=build_m
 
 
 def compile_model(model, cfg: Config, steps_per_execution: Optional[int] = None):
-    """The paper's optimizer (§5; decay is the kernels' L2 term), loss and metrics."""
+    """The paper's optimizer (§5; decay is the kernels' L2 term), loss and metrics,
+    compiled with XLA.
+
+    See `reproduce.devices.xla` for when XLA is asked for."""
     model.compile(
         optimizer=keras.optimizers.SGD(learning_rate=cfg.train.learning_rate, momentum=cfg.train.momentum),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=error_metrics(),
         steps_per_execution=steps_per_execution or cfg.train.steps_per_execution,
+        jit_compile=xla(cfg),
     )
     return model
 

@@ -710,6 +710,27 @@ def test_bias_init_is_measured_as_early_learning(report, md):
     assert "val top-1 err after epoch 1" in the_tests_table(md)
 
 
+def test_early_learning_is_the_mean_error_before_the_first_drop():
+    """A start that is faster anywhere before the first learning-rate drop counts:
+    the early measure is the mean validation error over those epochs."""
+    from reports import collect as C
+    from reports.analysis import early_epoch, early_values
+
+    def run(seed, schedule, steps, curve):
+        cfg = {"train": {"epochs": len(curve), "schedule": schedule, "step_epochs": steps}}
+        metrics = [{"epoch": e, "val_top1_err": v} for e, v in enumerate(curve)]
+        return R.Run(Path(f"/x/{seed}"), cfg, {"seed": seed}, {}, metrics, {"status": "ok"}, None)
+
+    curves = {0: [0.9, 0.7, 0.6, 0.5], 1: [0.9, 0.9, 0.65, 0.55]}
+    g = C.Group("p", "bias_init", "f", [run(s, "step", [3], c) for s, c in curves.items()])
+    assert early_epoch(g) == 3  # epochs 1-3 at the initial rate
+    assert early_values(g, 3) == pytest.approx({0: (0.9 + 0.7 + 0.6) / 3, 1: (0.9 + 0.9 + 0.65) / 3})
+    plateau = C.Group("p", "bias_init", "f", [run(0, "plateau", [], [0.5] * 90)])
+    assert early_epoch(plateau) == 22  # the first quarter when drops are not scheduled
+    short = C.Group("p", "bias_init", "f", [run(0, "step", [3], curves[0][:2])])
+    assert early_values(short, 3) == {}  # a seed without every early epoch is left out
+
+
 def test_setting_is_decided_by_the_data_source(tmp_path, full_md):
     # The main fixture: smoke on synthetic data, cifar10 on a lossy copy.
     smoke_pub = preset_section(full_md, "smoke").split("## 5. Published")[1]
