@@ -46,7 +46,7 @@ CANDIDATES = {
                     "train.step_epochs": [3]},
     # The four above were measured before the trainer compiled with XLA on a CPU
     # (it now trains ~1.9x faster there); the best of them, half width, with the
-    # time that XLA saves spent on two more epochs:
+    # time that XLA saves spent on two more epochs (chosen: experiments/README.md):
     "w050_e6_b64": {"model.width": 0.5, "train.epochs": 6, "train.batch_size": 64,
                     "train.step_epochs": [5]},
 }
