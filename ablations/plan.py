@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-# Evaluation after training (centre, ten views, a training sample) adds roughly
-# this share of the training time on the presets measured.
-EVAL_OVERHEAD = 0.08
+# An image's forward pass costs about this share of its training step (forward,
+# backward, update): what validation and the final evaluation cost per image.
+FORWARD_SHARE = 1 / 3
 # A suite longer than this on the machine it starts on gets a warning that names
 # a smaller preset.
 LONG_SUITE_S = 4 * 3600
@@ -158,6 +158,19 @@ def calibrate(cfg, data, steps: int = 6) -> tuple[float, float]:
     return steps * b / dt, 2 * (t0 - t_build)
 
 
+def _images_seen(job: Job, data) -> float:
+    """Training-step equivalents of a run: its training images, the validation
+    split after every epoch, and the final evaluation (centre crop and ten views of
+    the validation split, centre crop of a training sample), forward passes
+    counted at FORWARD_SHARE of a step."""
+    from reproduce.evaluate import TRAIN_SAMPLE, VIEWS
+
+    cfg, n_train, n_val = job.cfg, len(data.train), len(data.val)
+    epochs = _epochs_planned(cfg, job.epoch_limit)
+    forward = epochs * n_val + n_val * (1 + (VIEWS if cfg.eval.ten_view else 0)) + min(n_train, TRAIN_SAMPLE)
+    return epochs * _images_per_epoch(cfg, n_train) + FORWARD_SHARE * forward
+
+
 def fill_estimates(plan: SuitePlan, roots, preset: str, load_data=None, verbose: bool = True) -> None:
     """Give every job of `plan` an estimate (see the module docstring)."""
     if not plan.todo:
@@ -185,8 +198,7 @@ def fill_estimates(plan: SuitePlan, roots, preset: str, load_data=None, verbose:
                           "a few steps)...", flush=True)
                 rates[key] = calibrate(job.cfg, data)
             ips, fixed = rates[key]
-            per_epoch = _images_per_epoch(job.cfg, n_train) / ips
-            est = fixed + per_epoch * _epochs_planned(job.cfg, job.epoch_limit) * (1 + EVAL_OVERHEAD)
+            est = fixed + _images_seen(job, data) / ips
             kind = "upper bound" if job.cfg.train.stop_at_train_error else "calibrated"
         job.estimate_s, job.estimate_kind = est, kind
 

@@ -366,6 +366,17 @@ def test_gap_metric(report, md):
     assert table_row(sec, "`no_dropout`")[3] == fmt_pm(TRAIN_CLEAN["no_dropout"])
 
 
+def test_a_baseline_that_does_not_overfit_is_said_to_leave_no_room(report, tmp_path):
+    assert not any("not begun to overfit" in n for n in report.analyses["smoke"].comparison("no_dropout").notes)
+    root = tmp_path / "runs"
+    for s in (0, 1):  # validation error 1 point above the clean training error
+        make_run(root, "smoke", "baseline", s, top1=120 + s, train_clean=(120 + s) / N_IMG - 0.01)
+        make_run(root, "smoke", "no_dropout", s, top1=122 + s, train_clean=(122 + s) / N_IMG - 0.02)
+    comp = build_report(root, tmp_path / "out").analyses["smoke"].comparison("no_dropout")
+    note = next(n for n in comp.notes if "not begun to overfit" in n)
+    assert "+1.0 points" in note
+
+
 def test_claims_without_numbers_and_missing_arms(report):
     an = report.analyses["smoke"]
     assert all(r.verdict == S.NO_CLAIM and r.role == "none" for r in an.comparison("lrn_convention").rows)
