@@ -68,10 +68,11 @@ ablation:
 report:
 	$(PY) -m reports --runs $(RUNS)
 
-# Finished runs of RUNS (small files only) into results/, then results/report.*
+# Finished runs of RUNS (small files only) into results/, then results/report.* and
+# the README's results block.
 publish:
 	$(PY) -m reproduce publish --runs $(RUNS) --to results
-	$(PY) -m reports --runs results --out results
+	$(PY) -m reports --runs results --out results --readme README.md
 
 bench:
 	$(RUN) -m reproduce bench $(if $(DATA_DIR),--data $(call quote,$(DATA_ABS)),)

@@ -1,4 +1,4 @@
-"""python -m reports [--runs RUNS_ROOT] [--out OUT_DIR] [--preset P]"""
+"""python -m reports [--runs RUNS_ROOT] [--out OUT_DIR] [--preset P] [--readme README.md]"""
 
 from __future__ import annotations
 
@@ -18,12 +18,14 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", default=None, help=f"runs root (default: $REPRODUCE_RUNS or {default_root()})")
     ap.add_argument("--out", default=None, help="output folder, replaced as a whole (default: <runs root>/report)")
     ap.add_argument("--preset", default=None, help="only this preset's section")
+    ap.add_argument("--readme", default=None, metavar="README.md",
+                    help="also write the summary table into this file's results block")
     args = ap.parse_args(argv)
     from reproduce.config import PRESETS
 
     if args.preset is not None and args.preset not in PRESETS:
         ap.error(f"unknown preset {args.preset!r}; choose one of: {', '.join(PRESETS)}")
-    from reports.report import ReportError, build_report
+    from reports.report import ReportError, build_report, update_readme
 
     argv = sys.argv[1:] if argv is None else list(argv)
     command = shlex.join(["python", "-m", "reports", *argv])
@@ -36,6 +38,15 @@ def main(argv=None) -> int:
         print(f"skipped a damaged run: {e.path}: {e.problem}", file=sys.stderr)
     for path in (rep.markdown, rep.pdf, rep.runs_csv, rep.claims_csv, *(f.path for f in rep.figures)):
         print(f"wrote {path}")
+    if args.readme:
+        import os
+        from pathlib import Path
+
+        link = os.path.relpath(rep.out_dir, Path(args.readme).resolve().parent)
+        if not update_readme(Path(args.readme), rep, link):
+            print(f"error: {args.readme} has no results block to write into", file=sys.stderr)
+            return 2
+        print(f"wrote the results block of {args.readme}")
     return 0
 
 

@@ -627,6 +627,56 @@ def _summary_table(analyses: dict) -> list:
                             "claimed); see each preset's section 2 for the tests, detectable effects and notes.")]
 
 
+README_BEGIN = "<!-- results: written by `make publish` (python -m reports --readme) from results/; do not edit -->"
+README_END = "<!-- /results -->"
+
+
+def _provenance(an: A.PresetAnalysis) -> str:
+    """One line: where a preset's numbers come from."""
+    runs = [r for r in an.runs if C.is_counted(r)]
+    if not runs:
+        return f"`{an.preset}`: no finished runs."
+    bg = an.baseline_group()
+    ref = (bg.counted or bg.runs)[0] if bg is not None and (bg.counted or bg.runs) else runs[0]
+    wall = sum(float(r.result.get("wall_time_s") or 0) for r in runs)
+    dates = sorted((C.run_date(r)[:10] for r in runs if C.run_date(r)))
+    precisions = distinct(r.result.get("precision") or r.env.get("precision") for r in runs)
+    return (f"`{an.preset}`: {C.dataset_name(ref)}; {len(runs)} finished runs, seeds "
+            f"{', '.join(map(str, sorted({r.seed for r in runs})))}; "
+            f"{distinct(str(r.env.get('device')) for r in runs)}, "
+            f"{distinct(r.env.get('backend') for r in runs)}, {precisions}; "
+            f"{duration(wall)} of training and evaluation; "
+            + (dates[0] if dates and dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}" if dates else "undated")
+            + ".")
+
+
+def update_readme(readme: Path, report: "Report", report_link: str) -> bool:
+    """Replace the block between README_BEGIN and README_END in `readme` with the
+    report's summary table and where its numbers come from; False if the file has
+    no such block (nothing is written then)."""
+    text = Path(readme).read_text()
+    if README_BEGIN not in text or README_END not in text:
+        return False
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    doc = D.Document("")
+    table = _summary_table(report.analyses)
+    if table:
+        doc.add(*table[1:])  # without its heading: the README has its own
+    else:
+        doc.add(D.Para("No finished runs yet."))
+    doc.add(D.Bullets([_provenance(an) for an in report.analyses.values()]))
+    doc.add(D.Para(f"The whole report: [{report_link}/report.md]({report_link}/report.md) "
+                   f"([PDF]({report_link}/report.pdf)); per-run and per-claim tables: "
+                   f"[runs.csv]({report_link}/runs.csv), [claims.csv]({report_link}/claims.csv)."))
+    body = D.to_markdown(doc).strip()
+    body = body.split("\n", 1)[1].strip() if body.startswith("# ") or body.startswith("#\n") else body
+    atomic = Path(readme).with_name(f".{Path(readme).name}.tmp")
+    atomic.write_text(head + README_BEGIN + "\n" + body + "\n" + README_END + tail)
+    os.replace(atomic, readme)
+    return True
+
+
 def _damaged(damaged: list, root) -> list:
     if not damaged:
         return []

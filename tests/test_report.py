@@ -1096,3 +1096,22 @@ def test_pca_colour_citations():
     readme = " ".join((REPO / "README.md").read_text().split())
     assert "Caffe/Torch ports" not in readme
     assert "Caffe's reference model has no PCA colour augmentation" in readme
+
+
+def test_readme_block_is_written_from_the_report(fixture_root, tmp_path):
+    from reports.__main__ import main
+    from reports.report import README_BEGIN, README_END
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Project\n\nintro\n\n{README_BEGIN}\nold numbers\n{README_END}\n\n## More\n")
+    assert main(["--runs", str(fixture_root), "--out", str(tmp_path / "out"), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# Project\n\nintro\n\n") and text.endswith(f"{README_END}\n\n## More\n")
+    block = text.split(README_BEGIN)[1].split(README_END)[0]
+    assert "old numbers" not in block
+    assert "| Preset (data) | Claim, metric | Paper | Measured [95% CI] | Verdict | Note |" in block
+    assert "`no_lrn` §3.3" in block and "(out/report.md)" in block
+    assert "`smoke`: synthetic" in block  # where the numbers come from, per preset
+    readme.write_text("# no block\n")
+    assert main(["--runs", str(fixture_root), "--out", str(tmp_path / "out"), "--readme", str(readme)]) == 2
+    assert readme.read_text() == "# no block\n"
