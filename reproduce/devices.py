@@ -88,7 +88,8 @@ def xla(cfg) -> object:
     Keras' default (`jit_compile="auto"`) leaves XLA off for TensorFlow on a machine
     without a GPU; for these nets XLA:CPU trains about twice as fast there
     (experiments/perf/perf_log.md, "fit vs step"), so it is asked for explicitly on
-    one device. Distributed schemes keep Keras' choice: XLA compiles a function for
-    one device, and TensorFlow's mirrored variables on several devices fail inside
-    it (`reproduce.distribute.place` also turns it off for the towers)."""
-    return True if cfg.distribute.scheme == "none" else "auto"
+    one device (`train.xla`, default true). Distributed schemes keep Keras' choice:
+    XLA compiles a function for one device, and TensorFlow's mirrored variables on
+    several devices fail inside it (`reproduce.distribute.place` also turns it off
+    for the towers)."""
+    return True if cfg.train.xla and cfg.distribute.scheme == "none" else "auto"

@@ -82,10 +82,19 @@ def test_learns_generated_data(tmp_path):
             "train.learning_rate": 0.002,
             "eval.ten_view": False,
             "model.init": "caffe",
+            "train.xla": True,  # the default outside the smoke preset
         },
     )
-    result = train(cfg, tmp_path / "run", meta={"preset": "smoke", "label": "baseline"}, verbose=0)
+    seen = {}
+
+    class Compiled(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen["jit_compile"] = self.model.jit_compile
+
+    result = train(cfg, tmp_path / "run", meta={"preset": "smoke", "label": "baseline"}, verbose=0,
+                   callbacks=[Compiled()])
     assert 1 - result["val_top1_err"] > 0.9, result
+    assert seen["jit_compile"] is True  # XLA, also where Keras' default would not use it
 
 
 def test_run_directory_contents_and_skip(tmp_path):
