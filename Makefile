@@ -44,14 +44,15 @@ install:
 lint:
 	$(PY) -m ruff check .
 
-# The end-to-end subprocess tests (marked slow) run once, under TensorFlow.
+# The end-to-end subprocess tests (marked slow) and the tests of backend-independent
+# code (marked one_backend) run once, under TensorFlow.
 test: test-tf test-jax
 
 test-tf:
 	KERAS_BACKEND=tensorflow $(PY) -m pytest -q -n 2
 
 test-jax:
-	KERAS_BACKEND=jax $(PY) -m pytest -q -n 2 -m "not slow"
+	KERAS_BACKEND=jax $(PY) -m pytest -q -n 2 -m "not slow and not one_backend"
 
 train:
 	$(RUN) -m reproduce train --preset $(PRESET) $(SETARG)

@@ -88,7 +88,12 @@ class Divergence(keras.callbacks.Callback):
         if loss is not None and not np.isfinite(float(loss)):
             if self.where is None:
                 self.where = {"epoch": self.epoch, "batch": batch, "loss": float(loss)}
-            self.model.stop_training = True
+            # `self._model`, not `self.model`: on JAX the public property syncs
+            # the training state into the model's variables, and from this
+            # callback thread that races the training loop, which has already
+            # donated those buffers to the next step ("Buffer has been deleted
+            # or donated"). Setting the flag needs no state.
+            self._model.stop_training = True
 
 
 class EpochRecorder(keras.callbacks.Callback):

@@ -13,6 +13,9 @@ from ablations.registry import ABLATIONS, get_ablation
 from ablations.runner import Runner, parse_seeds
 from reproduce.config import PRESETS, diff
 
+# Code that runs no Keras model differently per backend: `make test` runs it once.
+pytestmark = pytest.mark.one_backend
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

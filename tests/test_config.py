@@ -4,6 +4,9 @@ import pytest
 
 from reproduce import config as C
 
+# Code that runs no Keras model differently per backend: `make test` runs it once.
+pytestmark = pytest.mark.one_backend
+
 
 def test_defaults_are_the_paper():
     cfg = C.Config()

@@ -21,6 +21,9 @@ from reproduce.config import DataConfig
 from reproduce.data import DataError, cache, decode
 from reproduce.data.pixelstats import compute_stats
 
+# Code that runs no Keras model differently per backend: `make test` runs it once.
+pytestmark = pytest.mark.one_backend
+
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ("apple", "bee", "cat")
 FORMATS = (("jpg", "JPEG"), ("png", "PNG"), ("webp", "WEBP"))

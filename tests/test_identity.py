@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from ablations.registry import get_ablation
 from ablations.runner import Runner
@@ -21,6 +22,9 @@ from reproduce import runs as R
 from reproduce.config import experiment_identity, fingerprint_of, get_config
 
 from tests.test_data import make_archive, make_tree
+
+# Code that runs no Keras model differently per backend: `make test` runs it once.
+pytestmark = pytest.mark.one_backend
 
 N = 40
 

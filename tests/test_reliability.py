@@ -321,6 +321,29 @@ def test_divergence_after_an_epoch_says_which_epochs_are_kept(tmp_path):
     assert [r["epoch"] for r in runs.read_metrics_rows(d)] == [0]
 
 
+def test_the_divergence_check_never_syncs_the_training_state_from_its_thread():
+    # On JAX the per-batch check runs in Keras' callback thread (async_safe), while
+    # the training loop donates the state's buffers to the next step; a state sync
+    # from that thread (what keras.callbacks.Callback.model does on JAX) assigns
+    # deleted buffers to the model's variables.
+    from reproduce.callbacks import Divergence
+
+    class Model:
+        stop_training = False
+
+        def jax_state_sync(self):
+            raise AssertionError("state synced from the callback thread")
+
+    cb, model = Divergence(), Model()
+    cb.set_model(model)
+    cb.on_epoch_begin(3)
+    cb.on_batch_end(7, {"loss": 1.5})
+    assert not model.stop_training and cb.where is None
+    cb.on_batch_end(8, {"loss": float("nan")})
+    assert model.stop_training
+    assert cb.where["epoch"] == 3 and cb.where["batch"] == 8
+
+
 # -- make with paths that hold spaces -------------------------------------------------
 
 

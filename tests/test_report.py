@@ -24,6 +24,9 @@ from reproduce.config import apply_overrides, get_config, validate
 from reports import build_report
 from reports import stats as S
 
+# Code that runs no Keras model differently per backend: `make test` runs it once.
+pytestmark = pytest.mark.one_backend
+
 REPO = Path(__file__).resolve().parents[1]
 N_IMG = 240  # validation images per run: errors are multiples of 1/240
 EPOCHS = 5

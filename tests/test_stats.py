@@ -12,6 +12,9 @@ from scipy import stats as sps
 from reports import stats as S
 from reports.collect import matches
 
+# Code that runs no Keras model differently per backend: `make test` runs it once.
+pytestmark = pytest.mark.one_backend
+
 NAN = float("nan")
 
 
