@@ -103,14 +103,18 @@ def test_model_file_loads_in_a_fresh_process_and_predicts_as_training_did(run, t
     assert info["input"] == ["uint8", [None, 36, 36, 3]]
     assert info["training_code"] == []
     expected = _training_probabilities(run)
-    # the comparison can see a wrong crop or mean: the outputs differ between images
-    assert expected.std(axis=0).max() > 0.01
-    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    # the comparison can see a wrong crop or mean: the outputs differ between
+    # images by far more than its tolerance (a short run can end near the class
+    # prior: measured std 1e-3 on JAX, 1e-1 on TensorFlow)
+    atol = 1e-5
+    assert expected.std(axis=0).max() > 10 * atol
+    np.testing.assert_allclose(probs, expected, atol=atol)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     vc = runs.load_run(run.dir).val_correct()
     np.testing.assert_array_equal(probs.argmax(axis=1) == run.labels, vc["top1_center"])
 
 
+@pytest.mark.slow  # TensorFlow -> JAX under `make test`; the other way by hand
 @pytest.mark.skipif(
     importlib.util.find_spec("jax" if keras.backend.backend() == "tensorflow" else "tensorflow")
     is None, reason="the other backend is not installed")

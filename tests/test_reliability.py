@@ -158,6 +158,7 @@ def test_a_held_run_directory_is_refused_until_its_holder_dies(tmp_path):
         pass
 
 
+@pytest.mark.slow
 def test_two_make_train_on_the_same_run_train_it_once(tmp_path):
     cmd = ["make", "-s", "train", "PRESET=smoke", f"RUNS={tmp_path / 'runs'}", f"PY={sys.executable}",
            f"BACKEND={BACKEND}", "SET=eval.ten_view=false"]
@@ -237,6 +238,7 @@ def test_a_read_only_runs_folder_is_a_clear_error(tmp_path):
             train(_tiny(), d, verbose=0)
 
 
+@pytest.mark.slow
 def test_train_names_a_damaged_config_json(tmp_path):
     d = tmp_path / "run"
     d.mkdir()
@@ -285,6 +287,7 @@ def test_a_missing_backend_says_how_to_install_it(monkeypatch):
 # -- divergence -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_divergence_at_a_huge_rate_suggests_the_presets_and_says_nothing_was_kept(tmp_path):
     d = tmp_path / "run"
     p = _cli(tmp_path, "reproduce", "train", "--preset", "smoke", "--run-dir", str(d), "--set",
@@ -366,6 +369,7 @@ def test_make_passes_a_data_dir_with_spaces_as_one_argument(tmp_path):
 # -- several workers on one runs folder -----------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_workers_share_a_suite_and_train_every_run_once(tmp_path):
     root = tmp_path / "runs"
     p = _cli(tmp_path, "ablations", "run", "no_lrn", "--preset", "smoke", "--seeds", "2",
