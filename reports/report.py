@@ -598,8 +598,11 @@ def _summary(an: A.PresetAnalysis) -> D.Para:
                   f"{len(an.missing)} (section 7).")
 
 
-def _summary_table(analyses: dict) -> list:
-    """The table a reader takes in at a glance: one row per claim of each preset."""
+def _summary_table(analyses: dict, unrun: Optional[dict] = None) -> list:
+    """The table a reader takes in at a glance: one row per claim of each preset.
+    With `unrun` (a dict), claims with an arm that has no finished run are left
+    out of the table and listed there instead, preset -> names (the README's
+    short form)."""
     rows = []
     for p, an in analyses.items():
         bg = an.baseline_group()
@@ -608,6 +611,9 @@ def _summary_table(analyses: dict) -> list:
         for comp in an.comparisons:
             r = comp.primary or next(iter(comp.rows), None)
             c = comp.claim
+            if unrun is not None and (r is None or not r.base or not r.variant):
+                unrun.setdefault(p, []).append(comp.name)
+                continue
             if r is None:
                 rows.append([f"{p} ({data})", f"{code(comp.name)} {c.section}", "-", "n/a", S.NOT_MEASURABLE,
                              _caveat_tag(c) or "no runs"])
@@ -641,7 +647,7 @@ def _provenance(an: A.PresetAnalysis) -> str:
     wall = sum(float(r.result.get("wall_time_s") or 0) for r in runs)
     dates = sorted((C.run_date(r)[:10] for r in runs if C.run_date(r)))
     precisions = distinct(r.result.get("precision") or r.env.get("precision") for r in runs)
-    return (f"`{an.preset}`: {C.dataset_name(ref)}; {len(runs)} finished runs, seeds "
+    return (f"`{an.preset}`: {C.dataset_name(ref)}; {len(runs)} finished run{'s' if len(runs) != 1 else ''}, seeds "
             f"{', '.join(map(str, sorted({r.seed for r in runs})))}; "
             f"{distinct(str(r.env.get('device')) for r in runs)}, "
             f"{distinct(r.env.get('backend') for r in runs)}, {precisions}; "
@@ -660,11 +666,15 @@ def update_readme(readme: Path, report: "Report", report_link: str) -> bool:
     head, rest = text.split(README_BEGIN, 1)
     _, tail = rest.split(README_END, 1)
     doc = D.Document("")
-    table = _summary_table(report.analyses)
+    unrun: dict = {}
+    table = _summary_table(report.analyses, unrun)
     if table:
         doc.add(*table[1:])  # without its heading: the README has its own
     else:
-        doc.add(D.Para("No finished runs yet."))
+        doc.add(D.Para("No claim has finished runs in both arms yet."))
+    if unrun:
+        doc.add(D.Para("Not measured yet (an arm has no finished run): " + "; ".join(
+            f"`{p}`: " + ", ".join(code(n) for n in names) for p, names in unrun.items()) + "."))
     doc.add(D.Bullets([_provenance(an) for an in report.analyses.values()]))
     doc.add(D.Para(f"The whole report: [{report_link}/report.md]({report_link}/report.md) "
                    f"([PDF]({report_link}/report.pdf)); per-run and per-claim tables: "

@@ -1114,7 +1114,13 @@ def test_readme_block_is_written_from_the_report(fixture_root, tmp_path):
     assert "old numbers" not in block
     assert "| Preset (data) | Claim, metric | Paper | Measured [95% CI] | Verdict | Note |" in block
     assert "`no_lrn` §3.3" in block and "(out/report.md)" in block
+    # claims with an arm that never ran are named once, not a table row of n/a each
+    unrun = block.split("Not measured yet (an arm has no finished run): ")[1].split("\n")[0]
+    assert unrun.startswith("`cifar10`: `fig1_tanh`, ") and "`smoke`" not in unrun
+    assert "| cifar10 (a lossy JPEG copy of CIFAR-10) | `fig1_tanh`" not in block
+    assert "| smoke (synthetic) | `fig1_tanh`" in block
     assert "`smoke`: synthetic" in block  # where the numbers come from, per preset
     readme.write_text("# no block\n")
     assert main(["--runs", str(fixture_root), "--out", str(tmp_path / "out"), "--readme", str(readme)]) == 2
     assert readme.read_text() == "# no block\n"
+
