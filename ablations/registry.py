@@ -117,8 +117,12 @@ def grid_rank(epochs_to_target, train_err) -> tuple:
     return (float("inf") if epochs_to_target is None else int(epochs_to_target),
             float("inf") if train_err is None else float(train_err))
 
-IMAGENET_PRESETS = ("imagenet", "imagenette", "imagenette-cpu", "imagenette-cpu-x2", "smoke")
-ALL = ("imagenet", "imagenette", "imagenette-cpu", "imagenette-cpu-x2", "cifar10", "smoke")
+IMAGENET_PRESETS = ("imagenet", "imagenette", "imagenette-cpu", "smoke")
+ALL = ("imagenet", "imagenette", "imagenette-cpu", "cifar10", "smoke")
+# The longer budget checks only the claims where a short one could read a slower
+# start as a worse end point (LRN's k = 2 scales early activations down; the bias
+# init is a claim about the start); ten-view testing comes free with its baseline.
+LONGER_BUDGET = ("imagenette-cpu-x2",)
 
 _MISHKIN = "Mishkin et al. 2016, CaffeNet at 128 px on ImageNet"
 
@@ -199,7 +203,7 @@ _register(
         name="no_lrn",
         description="no local response normalization",
         overrides={"model.lrn": False},
-        presets=ALL,
+        presets=ALL + LONGER_BUDGET,
         claims={
             "*": Claim(
                 "§3.3",
@@ -331,7 +335,7 @@ _register(
         name="single_view_eval",
         description="centre crop only instead of the ten-view average (same trained nets)",
         overrides={},
-        presets=ALL,
+        presets=ALL + LONGER_BUDGET,
         kind="eval",
         claims={
             "*": Claim(
@@ -360,7 +364,7 @@ _register(
         # The variant is whichever init the preset's baseline does not use.
         overrides={"model.init": "paper"},
         overrides_by_preset={"imagenet": {"model.init": "caffe"}},
-        presets=ALL,
+        presets=ALL + LONGER_BUDGET,
         claims={
             # Presets whose baseline uses Caffe's 0.1: the variant is the paper's bias 1,
             # which the paper says helps (a negative delta).
