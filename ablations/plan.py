@@ -8,13 +8,16 @@ Time per run comes from what this machine has measured, most specific first:
 3. otherwise a calibration: a few training steps of the preset's baseline net on
    this machine (the compile is timed apart), images/s times the run's images.
 
-Figures are estimates for planning; every run records its real wall time.
+Where several runs qualify, their median counts, so that one run slowed by a
+neighbour on the machine does not skew the rest. Figures are estimates for
+planning; every run records its real wall time.
 """
 
 from __future__ import annotations
 
 import math
 import socket
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -105,15 +108,19 @@ def history_estimate(job: Job, history: list, n_train: int) -> tuple[Optional[fl
         me = experiment_identity(job.cfg, job.cfg.data_id())
     except Exception:  # an unreadable source: no estimate from history
         me = None
+    # Medians, not means: a run that shared the machine with something else (a test
+    # suite, a second campaign) can take twice as long, and one such run should not
+    # double the estimate of every run after it.
     same = [r for r in history if r.label == job.label and wall(r) > 0 and me is not None
             and _identity(r) == me]
     if same and not job.cfg.train.stop_at_train_error:
-        return sum(map(wall, same)) / len(same), "history"
-    for pool in ([r for r in history if r.label == job.label],
-                 [r for r in history if r.label == "baseline"], history):
+        return statistics.median(map(wall, same)), "history"
+    # Then the same label at other settings, then the whole preset: the ablations
+    # of a preset differ little in cost per image, so more runs beat a closer match.
+    for pool in ([r for r in history if r.label == job.label], history):
         pool = [r for r in pool if wall(r) > 0 and r.metrics]
         if pool:
-            s = sum(map(per_image, pool)) / len(pool)
+            s = statistics.median(map(per_image, pool))
             if job.cfg.train.stop_at_train_error:
                 epochs = sum(len(r.metrics) for r in pool) / len(pool)
                 return s * epochs * _images_per_epoch(job.cfg, n_train), "scaled"

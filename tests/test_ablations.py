@@ -157,3 +157,32 @@ def test_fig1_grid_grows_when_the_best_rate_is_at_its_edge(tmp_path, monkeypatch
     relu_grid = [c[2] for c in calls if c[1] == GRID_SEED and c[0] == "fig1_tanh.base.grid"]
     assert relu_grid == [0.005, 0.01, 0.0025, 0.02, 0.04, 0.08, 0.16]
     assert [c[2] for c in calls if c[0] == "fig1_tanh.base"] == [0.08]
+
+
+def _finished_run(cfg, label, wall_s, epochs):
+    from reproduce import runs
+
+    return runs.Run(path=Path("unused"), config=cfg.to_dict(),
+                    meta={"preset": "smoke", "label": label, "data_id": cfg.data_id()},
+                    env={"host": "h", "n_train": 640}, metrics=[{"epoch": i} for i in range(epochs)],
+                    result={"status": "ok", "wall_time_s": wall_s}, failure=None)
+
+
+def test_the_estimate_takes_the_median_so_one_slowed_run_does_not_skew_it():
+    from ablations.plan import Job, history_estimate
+    from reproduce.config import get_config
+
+    cfg = get_config("smoke", ["train.epochs=4", "train.batch_size=64"])
+    job = Job("baseline", 3, Path("unused"), cfg)
+    # Three seeds of the same experiment, one of them slowed twice by a neighbour.
+    same = [_finished_run(get_config("smoke", ["train.epochs=4", "train.batch_size=64", f"train.seed={s}"]),
+                          "baseline", w, 4) for s, w in ((0, 100.0), (1, 110.0), (2, 400.0))]
+    assert history_estimate(job, same, 640) == (110.0, "history")
+    # Another label of the preset, 2 epochs instead of 4: scaled by images seen
+    # (per image: 50/1280, 55/1280, 300/1280 s; median 55/1280 s).
+    other = [_finished_run(get_config("smoke", ["train.epochs=2", "train.batch_size=64", "model.lrn=false"]),
+                           "no_lrn", w, 2) for w in (50.0, 55.0, 300.0)]
+    est, kind = history_estimate(job, other, 640)
+    assert kind == "scaled"
+    assert est == pytest.approx(55.0 / 1280 * 4 * 640)
+    assert history_estimate(job, [], 640) == (None, "")
