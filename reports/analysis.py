@@ -103,6 +103,7 @@ class Comparison:
     notes: list = field(default_factory=list)
     num_classes: Optional[int] = None
     setting: str = ""  # collect.setting_match of the baseline's data with the claim's
+    dataset: str = ""  # collect.dataset_name of the baseline's data
 
     @property
     def name(self) -> str:
@@ -375,6 +376,7 @@ def compare(preset: str, a: REG.Ablation, labels: dict, prefer_base: Optional[st
     bruns = pair.base.counted if pair.base else []
     vruns = pair.variant.counted if pair.variant else []
     comp.setting = C.setting_match(bruns[0] if bruns else None, claim.setting)
+    comp.dataset = C.dataset_name(bruns[0]) if bruns else ""
     k_classes, n_val = group_classes(pair.base)
     comp.num_classes = k_classes
 

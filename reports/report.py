@@ -314,7 +314,8 @@ def _main_table(an: A.PresetAnalysis) -> list:
     items = []
     for comp in an.comparisons:
         c = comp.claim
-        item = (f"{code(comp.name)} ({c.section}, measured on {c.setting}; here: {comp.setting}): \"{c.text}\" "
+        where = f"the paper measured it on {c.setting}" + (f", here on {comp.dataset}" if comp.dataset else "")
+        item = (f"{code(comp.name)} ({c.section}; {where}): \"{c.text}\" "
                 f"Variant: {comp.ablation.description}.")
         if c.bound == "at least":
             item += " The paper states a lower bound, so it is compared as one."

@@ -749,6 +749,11 @@ def test_setting_is_decided_by_the_data_source(tmp_path, full_md):
     # The main fixture: smoke on synthetic data, cifar10 on a lossy copy.
     smoke_pub = preset_section(full_md, "smoke").split("## 5. Published")[1]
     assert table_row(smoke_pub, "`no_lrn` top-1 delta (points of error)")[4].startswith("no: synthetic")
+    # The claims list names both data sets once each, in words.
+    claims = preset_section(full_md, "smoke").split("### The paper's claims")[1].split("\n\n")[1]
+    no_lrn = next(line for line in claims.splitlines() if line.startswith("- `no_lrn`"))
+    assert "(§3.3; the paper measured it on ILSVRC-2012 val, here on synthetic" in no_lrn
+    assert "no:" not in no_lrn and no_lrn.count("ILSVRC-2012") == 1
     # A cifar10 run on synthetic data is not "the same data set".
     root = tmp_path / "runs"
     for s in (0, 1):
