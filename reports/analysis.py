@@ -104,6 +104,8 @@ class Comparison:
     num_classes: Optional[int] = None
     setting: str = ""  # collect.setting_match of the baseline's data with the claim's
     dataset: str = ""  # collect.dataset_name of the baseline's data
+    # Caveats short enough for the one-line summary (README table), beside the claim's own.
+    tags: list = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -390,6 +392,8 @@ def compare(preset: str, a: REG.Ablation, labels: dict, prefer_base: Optional[st
         notes = [f"image CI: {why}"] if why else []
         comp.rows.append(delta_row(a.name, "gap", claim, b, v, ici, notes, label="gap: val top-1 - train top-1 (clean)"))
         if b and float(np.mean(list(b.values()))) < SMALL_GAP:
+            comp.tags.append(f"baseline gap {100 * float(np.mean(list(b.values()))):+.1f} pts: "
+                             "the budget ends before overfitting")
             comp.notes.append(
                 f"the baseline's own gap is {100 * float(np.mean(list(b.values()))):+.1f} points: at this "
                 "budget the net has not begun to overfit, so a claim about overfitting has little room to "

@@ -620,7 +620,8 @@ def _summary_table(analyses: dict, unrun: Optional[dict] = None) -> list:
                              _caveat_tag(c) or "no runs"])
                 continue
             paper = r.claimed_text + ("" if r.is_ratio or r.claimed_text == "no claim" else " pts")
-            note = "; ".join(x for x in (_caveat_tag(c), r.unmeasurable if r.role != "none" else "") if x)
+            note = "; ".join(x for x in (_caveat_tag(c), *comp.tags, r.unmeasurable if r.role != "none" else "")
+                             if x)
             rows.append([f"{p} ({data})", f"{code(comp.name)} {c.section}, {r.label}", paper,
                          measured_text(r, True), r.verdict, note])
     if not rows:

@@ -375,9 +375,14 @@ def test_a_baseline_that_does_not_overfit_is_said_to_leave_no_room(report, tmp_p
     for s in (0, 1):  # validation error 1 point above the clean training error
         make_run(root, "smoke", "baseline", s, top1=120 + s, train_clean=(120 + s) / N_IMG - 0.01)
         make_run(root, "smoke", "no_dropout", s, top1=122 + s, train_clean=(122 + s) / N_IMG - 0.02)
-    comp = build_report(root, tmp_path / "out").analyses["smoke"].comparison("no_dropout")
+    built = build_report(root, tmp_path / "out")
+    comp = built.analyses["smoke"].comparison("no_dropout")
     note = next(n for n in comp.notes if "not begun to overfit" in n)
     assert "+1.0 points" in note
+    # ... and the one-line summary says it beside the row, not only in the notes below.
+    summary = section(built.markdown.read_text(), "## Summary", "\n## ")
+    tag = table_row(summary, "smoke (synthetic)", "`no_dropout`")[5]
+    assert tag == "baseline gap +1.0 pts: the budget ends before overfitting"
 
 
 def test_claims_without_numbers_and_missing_arms(report):
