@@ -436,6 +436,21 @@ def compare(preset: str, a: REG.Ablation, labels: dict, prefer_base: Optional[st
         for r in comp.rows:  # the reason that matters; a lack of spread at chance is no surprise
             r.unmeasurable = "baseline at chance"
             r.notes = [n for n in r.notes if not n.startswith("no spread")]
+    elif not eval_kind:
+        # A learning baseline beside a variant that never learned: the delta is real, but
+        # its size is the baseline's whole progress, not a measure of the choice. Say so
+        # beside the row (a net that fails to start is not a net that learns slower).
+        var_err = result_values(pair.variant, "val_top1_err")
+        stuck = [s for s, e in var_err.items() if S.near_chance(e, k_classes, n_val)]
+        if var_err and len(stuck) == len(var_err):
+            vm = float(np.mean(list(var_err.values())))
+            comp.tags.append(f"variant at chance in {len(stuck)}/{len(var_err)} seeds ({vm:.1%}): it never "
+                             "started learning")
+            comp.notes.append(
+                f"every `{var_label}` seed ends at chance ({vm:.1%} top-1 error; chance is "
+                f"{1 - 1 / k_classes:.1%} with {k_classes} classes) while the baseline learns: the variant "
+                "failed to start within this budget, so the delta measures the baseline's progress, not "
+                "a slower start")
     return comp
 
 

@@ -1134,3 +1134,20 @@ def test_readme_block_is_written_from_the_report(fixture_root, tmp_path):
     assert main(["--runs", str(fixture_root), "--out", str(tmp_path / "out"), "--readme", str(readme)]) == 2
     assert readme.read_text() == "# no block\n"
 
+
+
+def test_a_variant_that_never_learned_is_said_beside_its_row(tmp_path):
+    """A learning baseline and a variant stuck at chance (4 classes: 75%) in every seed."""
+    root = tmp_path / "runs"
+    for s in (0, 1):
+        make_run(root, "smoke", "baseline", s, top1=8 + s, n_img=32, train_clean=0.2)
+        make_run(root, "smoke", "bias_init", s, top1=24, n_img=32, train_clean=0.75)
+        make_run(root, "smoke", "no_lrn", s, top1=10 + s, n_img=32, train_clean=0.25)
+    built = build_report(root, tmp_path / "out")
+    an = built.analyses["smoke"]
+    comp = an.comparison("bias_init")
+    assert comp.tags == ["variant at chance in 2/2 seeds (75.0%): it never started learning"]
+    assert any("failed to start" in n for n in comp.notes)
+    assert not an.comparison("no_lrn").tags  # a variant that learns gets no such tag
+    summary = section(built.markdown.read_text(), "## Summary", "\n## ")
+    assert table_row(summary, "smoke (synthetic)", "`bias_init`")[5] == comp.tags[0]
