@@ -115,14 +115,26 @@ def history_estimate(job: Job, history: list, n_train: int) -> tuple[Optional[fl
             and _identity(r) == me]
     if same and not job.cfg.train.stop_at_train_error:
         return statistics.median(map(wall, same)), "history"
-    # Then the same label at other settings, then the whole preset: the ablations
-    # of a preset differ little in cost per image, so more runs beat a closer match.
-    for pool in ([r for r in history if r.label == job.label], history):
+    # Then the same label at other settings, then (for a run that stops at a target)
+    # its arm's learning-rate grid, then the whole preset: the ablations of a preset
+    # differ little in cost per image, so more runs beat a closer match. The epochs
+    # of a run that stops at a target are not the preset's: Figure 1's tanh net needs
+    # several times the ReLU net's, and its grid has measured how many.
+    target = bool(job.cfg.train.stop_at_train_error)
+    grid = f"{job.label}.grid"
+    pools = [[r for r in history if r.label == job.label]]
+    if target and not job.label.endswith(".grid"):
+        pools.append([r for r in history if r.label == grid])
+    for pool in pools + [history]:
         pool = [r for r in pool if wall(r) > 0 and r.metrics]
         if pool:
             s = statistics.median(map(per_image, pool))
-            if job.cfg.train.stop_at_train_error:
-                epochs = sum(len(r.metrics) for r in pool) / len(pool)
+            if target:
+                reached = [r.result["epochs_to_target"] for r in pool if (r.result or {}).get("epochs_to_target")]
+                # The seeds run at the grid's fastest rate: its epochs, not the grid's mean.
+                epochs = (min(reached) if pool[0].label == grid and reached
+                          else sum(len(r.metrics) for r in pool) / len(pool))
+                epochs = min(epochs, _epochs_planned(job.cfg, job.epoch_limit))
                 return s * epochs * _images_per_epoch(job.cfg, n_train), "scaled"
             return s * _epochs_planned(job.cfg, job.epoch_limit) * _images_per_epoch(job.cfg, n_train), "scaled"
     return None, ""
@@ -243,7 +255,9 @@ def print_plan(plan: SuitePlan, preset: str, device: str, out=sys.stdout) -> Non
 
 class Progress:
     """`run i/n · elapsed · ETA` before each run; the ETA scales the remaining
-    estimates by how long the finished runs of this call took against theirs."""
+    estimates by how long the finished runs of this call took against theirs
+    (a run that failed, say diverged in its first epoch, tells nothing about the
+    speed of the others and is left out of the scale)."""
 
     def __init__(self, jobs: list, out=sys.stdout):
         self.est = {str(j.run_dir): j.estimate_s for j in jobs}
@@ -251,14 +265,17 @@ class Progress:
         self.i = 0
         self.t0 = time.perf_counter()
         self.spent_est = 0.0
+        self.spent_real = 0.0
+        self._t_run = self.t0
         self.out = out
         self._current = None
 
     def start(self, run_dir, label: str, seed: int) -> None:
         self.i += 1
-        elapsed = time.perf_counter() - self.t0
+        self._t_run = time.perf_counter()
+        elapsed = self._t_run - self.t0
         remaining = sum(v or 0.0 for k, v in self.est.items())
-        scale = elapsed / self.spent_est if self.spent_est > 0 else 1.0
+        scale = self.spent_real / self.spent_est if self.spent_est > 0 else 1.0
         eta = remaining * scale
         print(f"[ablations] run {self.i}/{max(self.total, self.i)} · elapsed "
               f"{fmt_duration(elapsed)} · ETA {fmt_duration(eta) if remaining else 'unknown'}"
@@ -272,5 +289,8 @@ class Progress:
             if self._current == str(run_dir):
                 self.i -= 1  # its line was printed: the next run takes its number
 
-    def finish(self, run_dir) -> None:
-        self.spent_est += self.est.pop(str(run_dir), None) or 0.0
+    def finish(self, run_dir, ok: bool = True) -> None:
+        est = self.est.pop(str(run_dir), None) or 0.0
+        if ok and est:
+            self.spent_est += est
+            self.spent_real += time.perf_counter() - self._t_run

@@ -133,8 +133,9 @@ class Runner:
 
     # -- running ------------------------------------------------------------------------
 
-    def _finished(self, label: str, cfg: Config, seed: int, epoch_limit):
-        """(run_dir under root, where it is finished: "done"/"published"/None, result)."""
+    def _finished(self, label: str, cfg: Config, seed: int, epoch_limit, diverged_is_final=False):
+        """(run_dir under root, where it is finished: "done"/"published"/None, result).
+        With `diverged_is_final`, a run that diverged counts as finished, with no result."""
         fp = cfg.fingerprint()
         d = runs.run_dir(self.root, self.preset, label, fp, seed)
         if runs.is_finished(d) and not runs.can_extend(d, epoch_limit):
@@ -143,12 +144,18 @@ class Runner:
             p = runs.run_dir(store, self.preset, label, fp, seed)
             if runs.is_finished(p) and not runs.can_extend(p, epoch_limit):
                 return d, "published", runs.read_json(p / runs.RESULT)
+        if diverged_is_final:
+            if runs.is_diverged(d):
+                return d, "done", None
+            for store in self.published:
+                if runs.is_diverged(runs.run_dir(store, self.preset, label, fp, seed)):
+                    return d, "published", None
         return d, None, None
 
     def run_one(self, label: str, cfg: Config, seed: int,
-                epoch_limit: Optional[int] = None) -> Optional[dict]:
+                epoch_limit: Optional[int] = None, diverged_is_final: bool = False) -> Optional[dict]:
         cfg = _with_seed(cfg, seed)
-        d, where, result = self._finished(label, cfg, seed, epoch_limit)
+        d, where, result = self._finished(label, cfg, seed, epoch_limit, diverged_is_final)
         key = str(d)
         if where is not None:
             if key not in self._seen:
@@ -183,9 +190,11 @@ class Runner:
         if self.verbose:
             cap = f" (at most {epoch_limit} epochs)" if epoch_limit else ""
             print(f"[ablations] {d}{cap}", flush=True)
+        ok = False
         try:
             result = train_lib.train(cfg, d, meta=meta, verbose=self.verbose,
                                      epoch_limit=epoch_limit)
+            ok = True
         except runs.RunLocked as e:  # taken between the look above and the lock
             return self._leave(d, str(e))
         except (train_lib.TrainingDiverged, runs.RunDirError) as e:
@@ -195,7 +204,7 @@ class Runner:
             return None
         finally:
             if self._progress is not None:
-                self._progress.finish(d)
+                self._progress.finish(d, ok)
         self._seen.add(key)  # a later walk finds it finished: not "already finished"
         self.trained += 1
         return result
@@ -279,7 +288,8 @@ class Runner:
             reached = [r[0] for r in ranks.values() if r[0] != math.inf]
             cap = int(min(reached)) if reached else None
             self._held_now = None
-            r = self.run_one(f"{label}.grid", c, GRID_SEED, epoch_limit=cap)
+            # A rate that diverged has given its answer (it does not train): not retried.
+            r = self.run_one(f"{label}.grid", c, GRID_SEED, epoch_limit=cap, diverged_is_final=True)
             if self._held_now:
                 raise _ArmHeld(self._held_now)
             ranks[float(lr)] = (grid_rank(r.get("epochs_to_target"), r.get("train_top1_err"))

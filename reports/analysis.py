@@ -526,7 +526,12 @@ def fig1_analysis(preset: str, a: REG.Ablation, labels: dict, comp: Comparison) 
                 cells.append(GridCell(lr, r, run_ttt(r, target), wall_s, "finished", bool(r.result.get("censored"))))
             elif at:
                 r = at[-1]
-                cells.append(GridCell(lr, r, None, None, C.run_status(r)))
+                fail = r.failure or {}
+                status = C.run_status(r)
+                if fail.get("reason") == "diverged":  # the rate's answer: it does not train
+                    e = fail.get("epoch")
+                    status = "diverged" + (f" (non-finite loss in epoch {int(e) + 1})" if isinstance(e, int) else "")
+                cells.append(GridCell(lr, r, None, None, status))
             else:
                 cells.append(GridCell(lr, None, None, None, "missing"))
         grid[arm] = cells

@@ -292,6 +292,18 @@ def is_finished(path: os.PathLike) -> bool:
         return False
 
 
+def is_diverged(path: os.PathLike) -> bool:
+    """Whether the run in `path` stopped on a NaN/inf loss (failure.json, reason
+    ``diverged``) and never finished. Training it again with the same config and
+    seed diverges again, so a learning-rate grid counts it as that rate's answer."""
+    if is_finished(path):
+        return False
+    try:
+        return read_json(Path(path) / FAILURE).get("reason") == "diverged"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def can_extend(path: os.PathLike, epoch_limit: Optional[int]) -> bool:
     """A finished run that was stopped by an epoch limit (``censored`` in
     result.json) before its target or its configured epochs, and may train on
@@ -499,6 +511,9 @@ def write_conv1(path: os.PathLike, **kernels) -> None:
 # What a published run keeps: everything the report reads, nothing it does not
 # (no weights, optimizer state, model file or TensorBoard logs).
 PUBLISHED_FILES = (CONFIG, ENV, METRICS, RESULT, VAL_CORRECT, CONV1)
+# A diverged run is published too (a rate that does not train is a finding, and a
+# learning-rate grid needs it to be decided on a fresh clone): its record only.
+DIVERGED_FILES = (CONFIG, ENV, METRICS, FAILURE)
 PUBLISHED_MAX_BYTES = 1 << 20
 
 
@@ -512,26 +527,32 @@ class Published:
 
 def publish(src_root: os.PathLike, dst_root: os.PathLike) -> Published:
     """Copy every finished run under `src_root` into `dst_root` (same relative
-    layout, `PUBLISHED_FILES` only). A run directory appears in the store whole
-    or not at all (built beside it, then renamed). A run already published is
-    never overwritten: finished runs do not change, so different contents mean
-    two machines ran the same experiment and seed, and the first one stays."""
+    layout, `PUBLISHED_FILES` only), and every diverged one (`DIVERGED_FILES`).
+    A run directory appears in the store whole or not at all (built beside it,
+    then renamed). A finished run already published is never overwritten:
+    finished runs do not change, so different contents mean two machines ran the
+    same experiment and seed, and the first one stays. A published divergence is
+    replaced by a finished run of the same experiment and seed."""
     import filecmp
     import shutil
 
     src_root, dst_root = Path(src_root), Path(dst_root)
     out = Published([], [], [], [])
     for run in iter_runs(src_root):
-        if not run.finished or run.failure is not None:
+        diverged = is_diverged(run.path)
+        if not diverged and (not run.finished or run.failure is not None):
             out.skipped.append((run.path, "not finished" if not run.finished else "failed"))
             continue
-        files = [run.path / f for f in PUBLISHED_FILES if (run.path / f).is_file()]
+        names = DIVERGED_FILES if diverged else PUBLISHED_FILES
+        files = [run.path / f for f in names if (run.path / f).is_file()]
         size = sum(f.stat().st_size for f in files)
         if size > PUBLISHED_MAX_BYTES:
             out.skipped.append((run.path, f"{size / 1e6:.1f} MB of files, over the "
                                           f"{PUBLISHED_MAX_BYTES / 1e6:.1f} MB a published run may hold"))
             continue
         dst = dst_root / run.path.relative_to(src_root)
+        if dst.exists() and not diverged and is_diverged(dst):
+            shutil.rmtree(dst)  # a finished run supersedes a recorded divergence
         if dst.exists():
             same = all((dst / f.name).is_file() and filecmp.cmp(f, dst / f.name, shallow=False)
                        for f in files)

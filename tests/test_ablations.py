@@ -159,6 +159,55 @@ def test_fig1_grid_grows_when_the_best_rate_is_at_its_edge(tmp_path, monkeypatch
     assert [c[2] for c in calls if c[0] == "fig1_tanh.base"] == [0.08]
 
 
+def test_a_diverged_grid_rate_is_decided_once_and_travels_with_the_published_runs(tmp_path, monkeypatch):
+    from ablations.registry import GRID_SEED
+    from reproduce import runs as R
+    from reproduce import train as train_lib
+
+    calls = []
+
+    def fake(cfg, run_dir, meta=None, verbose=0, epoch_limit=None):
+        lr, act = cfg.train.learning_rate, cfg.model.activation
+        calls.append((meta["label"], cfg.train.seed, lr))
+        R.write_config(run_dir, cfg.to_dict(), {**meta, "seed": cfg.train.seed, "fingerprint": cfg.fingerprint()})
+        R.write_env(run_dir, {"host": "h"})
+        if lr >= 0.02:  # as train() does: failure.json, then the error
+            R.write_failure(run_dir, "diverged", {"epoch": 0, "learning_rate": lr})
+            raise train_lib.TrainingDiverged(f"the loss became nan (learning rate {lr})")
+        n = {0.0025: 9, 0.005: 8, 0.01: 10}[lr] if act == "relu" else 30
+        R.write_metrics_rows(run_dir, [{"epoch": e, "top1_err": 0.3} for e in range(n)])
+        res = {"status": "ok", "epochs": n, "epochs_to_target": n, "train_top1_err": 0.25, "censored": False,
+               "val_top1_err": 0.3, "val_top5_err": 0.1, "val_top1_err_10view": None,
+               "val_top5_err_10view": None, "train_top5_err": 0.1, "train_top1_err_clean": 0.25,
+               "wall_time_s": 1.0, "images_per_s": 1.0}
+        R.write_result(run_dir, {k: res.get(k) for k in R.RESULT_KEYS} | res)
+        return res
+
+    monkeypatch.setattr(train_lib, "train", fake)
+    Runner("cifar10", 1, tmp_path / "runs", verbose=0).run(["fig1_tanh"])
+    diverged = [c for c in calls if c[2] >= 0.02]
+    assert {c[0] for c in diverged} == {"fig1_tanh.base.grid", "fig1_tanh.grid"}
+    assert [c[2] for c in calls if c[0] == "fig1_tanh.base"] == [0.005]  # the diverged edge is not "best"
+    # Resumed: the diverged rates are answers, not retried; nothing else is trained either.
+    calls.clear()
+    Runner("cifar10", 1, tmp_path / "runs", verbose=0).run(["fig1_tanh"])
+    assert calls == []
+    # Published, they travel: a fresh runs root with the store trains nothing.
+    res = R.publish(tmp_path / "runs", tmp_path / "results")
+    pub = [d for d in res.copied if (d / R.FAILURE).exists()]
+    assert len(pub) == 2 and all(sorted(p.name for p in d.iterdir()) == sorted(
+        f for f in R.DIVERGED_FILES if f != R.METRICS) for d in pub)
+    fresh = Runner("cifar10", 1, tmp_path / "fresh", verbose=0, published=[tmp_path / "results"])
+    assert fresh.plan(names=["fig1_tanh"], baseline=False).todo == []
+    # A finished run of the same experiment and seed replaces a published divergence.
+    src = next(d for d in (tmp_path / "runs").rglob(f"seed{GRID_SEED}") if (d / R.FAILURE).exists())
+    R.write_metrics_rows(src, [{"epoch": 0, "top1_err": 0.3}])
+    R.write_result(src, {k: 0.0 for k in R.RESULT_KEYS} | {"status": "ok"})
+    again = R.publish(tmp_path / "runs", tmp_path / "results")
+    dst = tmp_path / "results" / src.relative_to(tmp_path / "runs")
+    assert dst in again.copied and (dst / R.RESULT).exists() and not (dst / R.FAILURE).exists()
+
+
 def _finished_run(cfg, label, wall_s, epochs):
     from reproduce import runs
 
@@ -186,3 +235,45 @@ def test_the_estimate_takes_the_median_so_one_slowed_run_does_not_skew_it():
     assert kind == "scaled"
     assert est == pytest.approx(55.0 / 1280 * 4 * 640)
     assert history_estimate(job, [], 640) == (None, "")
+
+
+def test_a_run_to_a_target_is_estimated_from_its_own_arms_grid():
+    """The tanh seeds of Figure 1 need the epochs tanh's grid measured, not the
+    ReLU runs' few epochs that dominate the preset's history."""
+    from ablations.plan import Job, history_estimate
+    from reproduce.config import get_config
+
+    def cfg(*extra):
+        return get_config("smoke", ["train.epochs=60", "train.batch_size=64", "train.stop_at_train_error=0.25",
+                                    *extra])
+
+    def run(label, wall, epochs, reached):
+        r = _finished_run(cfg(), label, wall, epochs)
+        r.result["epochs_to_target"] = epochs if reached else None
+        return r
+
+    relu = [run("fig1_tanh.base", 8.0, 8, True) for _ in range(5)]  # 1 s an epoch, 8 epochs
+    grid = [run("fig1_tanh.grid", 60.0, 30, True), run("fig1_tanh.grid", 40.0, 20, False),
+            run("fig1_tanh.grid", 36.0, 18, True)]  # 2 s an epoch; the fastest rate needed 18
+    job = Job("fig1_tanh", 0, Path("unused"), cfg("model.activation=tanh"))
+    est, kind = history_estimate(job, relu + grid, 640)
+    assert kind == "scaled" and est == pytest.approx(2.0 * 18)
+    # Without its grid the preset's history is all there is.
+    assert history_estimate(job, relu, 640)[0] == pytest.approx(1.0 * 8)
+
+
+def test_the_eta_leaves_out_a_run_that_failed_at_once():
+    import io
+
+    from ablations.plan import Job, Progress
+    from reproduce.config import get_config
+
+    jobs = [Job("x", s, Path(f"/r/{s}"), get_config("smoke")) for s in range(3)]
+    for j in jobs:
+        j.estimate_s = 100.0
+    out = io.StringIO()
+    p = Progress(jobs, out)
+    p.start(jobs[0].run_dir, "x", 0)
+    p.finish(jobs[0].run_dir, ok=False)  # diverged in a moment: says nothing about speed
+    p.start(jobs[1].run_dir, "x", 1)
+    assert out.getvalue().splitlines()[-1].split(" · ")[2] == "ETA 3 min"  # 2 runs x 100 s, unscaled

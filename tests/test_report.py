@@ -204,6 +204,7 @@ def _grid_run(root, preset, base_label, lr, reach):
         "val_top5_err_10view": None, "train_top1_err": curve[-1]["top1_err"], "train_top5_err": 0.1,
         "train_top1_err_clean": curve[-1]["top1_err"], "wall_time_s": 10.0 * len(curve), "images_per_s": 64.0,
         "epochs_to_target": None if censored else reach, "censored": censored})
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -1151,3 +1152,18 @@ def test_a_variant_that_never_learned_is_said_beside_its_row(tmp_path):
     assert not an.comparison("no_lrn").tags  # a variant that learns gets no such tag
     summary = section(built.markdown.read_text(), "## Summary", "\n## ")
     assert table_row(summary, "smoke (synthetic)", "`bias_init`")[5] == comp.tags[0]
+
+
+def test_a_diverged_grid_rate_is_shown_as_diverged(tmp_path):
+    root = tmp_path / "runs"
+    for s in (0, 1):
+        make_run(root, "smoke", "fig1_tanh.base", s, curve=fig1_curve(3 + s), lr=0.01, epochs_to_target=3 + s)
+        make_run(root, "smoke", "fig1_tanh", s, curve=fig1_curve(15 + s), lr=0.02, epochs_to_target=15 + s)
+    _grid_run(root, "smoke", "fig1_tanh.base", 0.01, 3)
+    _grid_run(root, "smoke", "fig1_tanh", 0.02, 15)
+    bad = _grid_run(root, "smoke", "fig1_tanh.base", 0.02, 3)
+    (bad / R.RESULT).unlink()  # as train() leaves it: the record and failure.json, no result
+    R.write_failure(bad, "diverged", {"epoch": 0, "batch": 41, "learning_rate": 0.02})
+    md = build_report(root, tmp_path / "out").markdown.read_text()
+    grid = md.split("| lr | ReLU")[1].split("\n\n")[0]
+    assert "| 0.02 | diverged (non-finite loss in epoch 1) | n/a | 15 (chosen) |" in grid
