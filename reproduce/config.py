@@ -570,13 +570,17 @@ def _imagenette_cpu():
     TensorFlow, float32, 2-core AMD EPYC, 2026-12-01): at width 0.25 or batch 128
     most of such a budget went to the plateau of the N(0, 0.01) start (width 0.25,
     batch 128, 8 epochs: still at chance); half width at batch 64 left it in the
-    second epoch. Measured cost: 485 s per run in the pilot (151 img/s, XLA);
-    in the campaign (results/, 2026-12-01) 427-483 s per run with nothing else
-    running (763-868 s beside the test suite), so ~4 h for the 30-run suite.
+    second epoch. TensorFlow, not JAX: on this CPU Keras on JAX trained the net at
+    95 img/s, TensorFlow at 169 (experiments/README.md).
+    Measured cost (results/, 2026-12-01, TensorFlow, float32): the whole 30-run
+    suite took 3.45 h of training and evaluation; per run 325-868 s on a 2-core
+    AMD EPYC (median 472 s; the slowest beside the test suite) and 184-332 s on a
+    2-core Intel Xeon (median 271 s). The baseline (3 runs) is the costliest arm.
     Measured result (results/, seeds 0-2): 51.1 +- 1.3% top-1 validation error
     (ten views 50.3%; chance 90%), clean training error 49.3%: the budget ends
     long before the net overfits, which the overfitting claims need (see their
-    gap rows).
+    gap rows). The paper's bias 1 (`bias_init`) stays at chance (90.9%, one
+    class for every image) in all 3 seeds.
     """
 
 
@@ -587,9 +591,12 @@ def _imagenette_cpu_x2():
     could confuse (LRN, bias init). Command: ``python -m ablations run no_lrn
     bias_init --preset imagenette-cpu-x2 --seeds 1 --set
     data.source=../shared/data/imagenette-144-webp.tar.xz``. Cost (2026-12-01,
-    seed 0, nothing else running): 821 s for the baseline, 668 s without LRN.
+    seed 0, nothing else running): 821 s for the baseline, 668 s without LRN (AMD
+    EPYC), 522 s for the paper's bias 1 (Intel Xeon).
     Result (results/, seed 0): baseline 34.5% top-1 validation error (ten views
-    33.0%), no LRN 33.0%; at 6 epochs the same pair differed by 6.8 points.
+    33.0%), no LRN 33.0%; at 6 epochs the same pair differed by 6.8 points. The
+    paper's bias 1 is still at chance after 12 epochs (90.9%): it fails to start,
+    it does not merely start slower.
     """
 
 
