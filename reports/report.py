@@ -608,6 +608,9 @@ def _summary_table(analyses: dict, unrun: Optional[dict] = None) -> list:
     for p, an in analyses.items():
         bg = an.baseline_group()
         ref = (bg.counted or bg.runs)[0] if bg is not None and (bg.counted or bg.runs) else None
+        if ref is None:  # no baseline runs (a preset run for Figure 1 only): any arm names the data
+            ref = next((g.counted[0] for comp in an.comparisons for g in (comp.pair.base, comp.pair.variant)
+                        if g is not None and g.counted), None)
         data = C.dataset_name(ref) if ref is not None else "no runs"
         for comp in an.comparisons:
             r = comp.primary or next(iter(comp.rows), None)

@@ -1167,3 +1167,6 @@ def test_a_diverged_grid_rate_is_shown_as_diverged(tmp_path):
     md = build_report(root, tmp_path / "out").markdown.read_text()
     grid = md.split("| lr | ReLU")[1].split("\n\n")[0]
     assert "| 0.02 | diverged (non-finite loss in epoch 1) | n/a | 15 (chosen) |" in grid
+    # A preset run for Figure 1 alone has no baseline runs; its arms still name the data.
+    summary = section(md, "## Summary", "\n## ")
+    assert table_row(summary, "smoke (synthetic)", "`fig1_tanh`")
