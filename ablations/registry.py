@@ -109,6 +109,32 @@ def grid_order(rates) -> list:
     return sorted(rates, key=lambda r: (round(abs(math.log(r / mid)), 9), r))
 
 
+def next_grid_rate(rates, ranks: dict):
+    """The next grid rate to try, given the `grid_rank` of those tried (rate ->
+    rank), or None when every rate has been tried. The first two come from
+    `grid_order` (the middle); after that, the untried rate nearest the fastest so
+    far (in octaves), so that the rates likely to be fast run before the ones that
+    can only be capped; a tie goes to the side where the ranks improve (the side
+    away from the slower of the tried rates), else the lower rate."""
+    import math
+
+    order = grid_order(rates)
+    left = [r for r in order if not any(math.isclose(r, t) for t in ranks)]
+    if not left:
+        return None
+    if len(ranks) < 2:
+        return left[0]
+    best = min(ranks, key=lambda lr: (ranks[lr], lr))
+    worst = max(ranks, key=lambda lr: (ranks[lr], -lr))
+    away = 1.0 if worst < best else -1.0  # +1: towards higher rates
+
+    def key(r):
+        dist = round(abs(math.log2(r / best)), 9)
+        return (dist, 0 if math.copysign(1.0, math.log(r / best)) == away else 1, r)
+
+    return min(left, key=key)
+
+
 def grid_rank(epochs_to_target, train_err) -> tuple:
     """How a grid run ranks (lower is faster): epochs to the training-error target
     (None: not reached), then the training error at the last epoch run. Both are

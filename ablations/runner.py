@@ -28,8 +28,8 @@ from ablations.registry import (
     Ablation,
     for_preset,
     get_ablation,
-    grid_order,
     grid_rank,
+    next_grid_rate,
 )
 from ablations.plan import Job, Progress, SuitePlan, fill_estimates, print_plan
 from reproduce import runs
@@ -262,7 +262,8 @@ class Runner:
         """Figure 1 (§3.1): 'the learning rates for each network were chosen
         independently to make training as fast as possible'. Each arm tries the
         grid's rates on GRID_SEED (not a measured seed, so the reported runs are not
-        the ones picked for being fastest), from the middle outwards. A grid run
+        the ones picked for being fastest), the middle two first, then the untried
+        rate nearest the fastest so far (`next_grid_rate`). A grid run
         stops once it has used as many epochs as the fastest finished rate needed
         (it can at best tie; it is then censored). The fastest rate (`grid_rank`)
         is chosen; if it lies at the edge of the grid, the grid grows by
@@ -295,7 +296,7 @@ class Runner:
             ranks[float(lr)] = (grid_rank(r.get("epochs_to_target"), r.get("train_top1_err"))
                                 if r else (math.inf, math.inf))
 
-        for lr in grid_order(ab.lr_grid):
+        while (lr := next_grid_rate(ab.lr_grid, ranks)) is not None:
             try_rate(lr)
         for _ in range(GRID_MAX_EXTENSIONS):
             best = min(ranks, key=lambda lr: (ranks[lr], lr))

@@ -137,13 +137,33 @@ def test_fig1_grid_order_censoring_and_seeds(tmp_path, monkeypatch):
     assert [(c[0], c[2], c[3]) for c in grid] == [
         ("fig1_tanh.base.grid", 0.005, None), ("fig1_tanh.base.grid", 0.01, 8),
         ("fig1_tanh.base.grid", 0.0025, 8), ("fig1_tanh.base.grid", 0.02, 8),
+        # tanh: 0.01 beat 0.005, so the rate on that side (0.02) runs before 0.0025.
         ("fig1_tanh.grid", 0.005, None), ("fig1_tanh.grid", 0.01, 40),
-        ("fig1_tanh.grid", 0.0025, 30), ("fig1_tanh.grid", 0.02, 30),
+        ("fig1_tanh.grid", 0.02, 30), ("fig1_tanh.grid", 0.0025, 30),
     ]
     seeded = [(c[0], c[1], c[2], c[3]) for c in calls if c[1] != GRID_SEED]
     # ReLU: 0.0025 and 0.005 both need 8 epochs; 0.005 ends lower (0.25 - lr): chosen.
     assert seeded == [("fig1_tanh.base", 0, 0.005, None), ("fig1_tanh.base", 1, 0.005, None),
                       ("fig1_tanh", 0, 0.01, None), ("fig1_tanh", 1, 0.01, None)]
+
+
+def test_the_next_grid_rate_is_the_untried_one_nearest_the_fastest():
+    from ablations.registry import next_grid_rate
+
+    grid = (0.00125, 0.0025, 0.005, 0.01, 0.02)
+    assert next_grid_rate(grid, {}) == 0.005
+    assert next_grid_rate(grid, {0.005: (40, 0.3)}) in (0.0025, 0.01)
+    tried = {0.005: (40, 0.3), 0.0025: (60, 0.3)}
+    assert next_grid_rate(grid, tried) == 0.01  # one octave from the fastest, not 0.00125
+    tried[0.01] = (30, 0.2)
+    assert next_grid_rate(grid, tried) == 0.02
+    tried[0.02] = (25, 0.2)
+    assert next_grid_rate(grid, tried) == 0.00125
+    tried[0.00125] = (float("inf"), 0.5)
+    assert next_grid_rate(grid, tried) is None
+    # Equally near on both sides: away from the slower rate, where the ranks improve.
+    assert next_grid_rate(grid, {0.01: (30, 0.2), 0.00125: (40, 0.3)}) == 0.02
+    assert next_grid_rate(grid, {0.0025: (30, 0.2), 0.02: (40, 0.3)}) == 0.00125
 
 
 def test_fig1_grid_grows_when_the_best_rate_is_at_its_edge(tmp_path, monkeypatch):
@@ -155,7 +175,7 @@ def test_fig1_grid_grows_when_the_best_rate_is_at_its_edge(tmp_path, monkeypatch
                            {0.005: 40, 0.01: 30, 0.0025: 70, 0.02: 35}[lr])
     Runner("cifar10", 1, tmp_path, verbose=0).run(["fig1_tanh"])
     relu_grid = [c[2] for c in calls if c[1] == GRID_SEED and c[0] == "fig1_tanh.base.grid"]
-    assert relu_grid == [0.005, 0.01, 0.0025, 0.02, 0.04, 0.08, 0.16]
+    assert relu_grid == [0.005, 0.01, 0.02, 0.0025, 0.04, 0.08, 0.16]  # towards the faster side first
     assert [c[2] for c in calls if c[0] == "fig1_tanh.base"] == [0.08]
 
 
