@@ -145,11 +145,10 @@ class Runner:
             if runs.is_finished(p) and not runs.can_extend(p, epoch_limit):
                 return d, "published", runs.read_json(p / runs.RESULT)
         if diverged_is_final:
-            if runs.is_diverged(d):
-                return d, "done", None
-            for store in self.published:
-                if runs.is_diverged(runs.run_dir(store, self.preset, label, fp, seed)):
-                    return d, "published", None
+            for where, p in [("done", d)] + [("published", runs.run_dir(store, self.preset, label, fp, seed))
+                                             for store in self.published]:
+                if runs.is_diverged(p):  # with the result it had before, if it was an extension
+                    return d, where, runs.read_json(p / runs.RESULT) if runs.is_finished(p) else None
         return d, None, None
 
     def run_one(self, label: str, cfg: Config, seed: int,
@@ -197,8 +196,15 @@ class Runner:
             ok = True
         except runs.RunLocked as e:  # taken between the look above and the lock
             return self._leave(d, str(e))
-        except (train_lib.TrainingDiverged, runs.RunDirError) as e:
-            # Diverged, or a damaged or foreign run directory: reported at the end.
+        except train_lib.TrainingDiverged as e:
+            if diverged_is_final:  # a grid rate that does not train: an answer, not a failure
+                print(f"[ablations] {d} diverged: recorded as this learning rate's answer ({e})", flush=True)
+                return runs.read_json(d / runs.RESULT) if runs.is_finished(d) else None
+            self.failed.append((d, str(e)))
+            print(f"[ablations] FAILED {d}: {e}", file=sys.stderr)
+            return None
+        except runs.RunDirError as e:
+            # A damaged or foreign run directory: reported at the end.
             self.failed.append((d, str(e)))
             print(f"[ablations] FAILED {d}: {e}", file=sys.stderr)
             return None

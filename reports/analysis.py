@@ -436,7 +436,7 @@ def compare(preset: str, a: REG.Ablation, labels: dict, prefer_base: Optional[st
         for r in comp.rows:  # the reason that matters; a lack of spread at chance is no surprise
             r.unmeasurable = "baseline at chance"
             r.notes = [n for n in r.notes if not n.startswith("no spread")]
-    elif not eval_kind:
+    elif base_err and not eval_kind:
         # A learning baseline beside a variant that never learned: the delta is real, but
         # its size is the baseline's whole progress, not a measure of the choice. Say so
         # beside the row (a net that fails to start is not a net that learns slower).
@@ -525,7 +525,7 @@ def fig1_analysis(preset: str, a: REG.Ablation, labels: dict, comp: Comparison) 
                 wall_s = (r.result or {}).get("wall_time_s")
                 cells.append(GridCell(lr, r, run_ttt(r, target), wall_s, "finished", bool(r.result.get("censored"))))
             elif at:
-                r = at[-1]
+                r = sorted(at, key=lambda r: C._date_key(C.run_date(r)))[-1]
                 fail = r.failure or {}
                 status = C.run_status(r)
                 if fail.get("reason") == "diverged":  # the rate's answer: it does not train
@@ -545,9 +545,11 @@ def fig1_analysis(preset: str, a: REG.Ablation, labels: dict, comp: Comparison) 
         if best.ttt.reached and not math.isclose(best.lr, chosen):
             fig.notes.append(f"{arm}: the seeded runs used lr {chosen:g}, but the grid's fastest "
                              f"to {target:.0%} was lr {best.lr:g}")
-        rates = sorted(c.lr for c in done)
+        # A rate that diverged was tried: the grid is closed on that side (a higher rate
+        # would diverge too), so it counts for the edges.
+        rates = sorted(c.lr for c in grid[arm] if c.ttt is not None or c.status.startswith("diverged"))
         if len(rates) == 1 or math.isclose(chosen, rates[0]) or math.isclose(chosen, rates[-1]):
-            side = "only rate" if len(rates) == 1 else ("lowest" if math.isclose(chosen, rates[0]) else "highest")
+            side = "only" if len(rates) == 1 else ("lowest" if math.isclose(chosen, rates[0]) else "highest")
             fig.notes.append(f"{arm}: the chosen lr {chosen:g} is the {side} rate of the grid run "
                              f"({', '.join(f'{x:g}' for x in rates)}): a rate beyond it may be faster, so the "
                              f"{arm} arm may be slower than its best (the grid grows by x{REG.GRID_EXTEND_FACTOR:g} "

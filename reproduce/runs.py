@@ -293,11 +293,12 @@ def is_finished(path: os.PathLike) -> bool:
 
 
 def is_diverged(path: os.PathLike) -> bool:
-    """Whether the run in `path` stopped on a NaN/inf loss (failure.json, reason
-    ``diverged``) and never finished. Training it again with the same config and
-    seed diverges again, so a learning-rate grid counts it as that rate's answer."""
-    if is_finished(path):
-        return False
+    """Whether the last training of the run in `path` stopped on a NaN/inf loss
+    (failure.json, reason ``diverged``). Training it again with the same config
+    and seed diverges again, so a learning-rate grid counts it as that rate's
+    answer. A finished run that was extended (a higher epoch cap) and then
+    diverged keeps its result.json beside the failure: `write_result` removes
+    failure.json, so when both are there the failure is the newer."""
     try:
         return read_json(Path(path) / FAILURE).get("reason") == "diverged"
     except (OSError, ValueError, AttributeError):
@@ -540,10 +541,14 @@ def publish(src_root: os.PathLike, dst_root: os.PathLike) -> Published:
     out = Published([], [], [], [])
     for run in iter_runs(src_root):
         diverged = is_diverged(run.path)
+        if holder(run.path) is not None:
+            out.skipped.append((run.path, "being trained"))
+            continue
         if not diverged and (not run.finished or run.failure is not None):
             out.skipped.append((run.path, "not finished" if not run.finished else "failed"))
             continue
-        names = DIVERGED_FILES if diverged else PUBLISHED_FILES
+        # Finished and then diverged when extended: the result and the failure both.
+        names = (PUBLISHED_FILES + ((FAILURE,) if diverged else ())) if run.finished else DIVERGED_FILES
         files = [run.path / f for f in names if (run.path / f).is_file()]
         size = sum(f.stat().st_size for f in files)
         if size > PUBLISHED_MAX_BYTES:
@@ -551,7 +556,7 @@ def publish(src_root: os.PathLike, dst_root: os.PathLike) -> Published:
                                           f"{PUBLISHED_MAX_BYTES / 1e6:.1f} MB a published run may hold"))
             continue
         dst = dst_root / run.path.relative_to(src_root)
-        if dst.exists() and not diverged and is_diverged(dst):
+        if dst.exists() and not diverged and is_diverged(dst) and not is_finished(dst):
             shutil.rmtree(dst)  # a finished run supersedes a recorded divergence
         if dst.exists():
             same = all((dst / f.name).is_file() and filecmp.cmp(f, dst / f.name, shallow=False)

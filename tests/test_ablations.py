@@ -152,7 +152,7 @@ def test_the_next_grid_rate_is_the_untried_one_nearest_the_fastest():
 
     grid = (0.00125, 0.0025, 0.005, 0.01, 0.02)
     assert next_grid_rate(grid, {}) == 0.005
-    assert next_grid_rate(grid, {0.005: (40, 0.3)}) in (0.0025, 0.01)
+    assert next_grid_rate(grid, {0.005: (40, 0.3)}) == 0.0025  # the middle two: ties go to the lower
     tried = {0.005: (40, 0.3), 0.0025: (60, 0.3)}
     assert next_grid_rate(grid, tried) == 0.01  # one octave from the fastest, not 0.00125
     tried[0.01] = (30, 0.2)
@@ -204,7 +204,9 @@ def test_a_diverged_grid_rate_is_decided_once_and_travels_with_the_published_run
         return res
 
     monkeypatch.setattr(train_lib, "train", fake)
-    Runner("cifar10", 1, tmp_path / "runs", verbose=0).run(["fig1_tanh"])
+    first = Runner("cifar10", 1, tmp_path / "runs", verbose=0)
+    first.run(["fig1_tanh"])
+    assert first.failed == []  # an answer for the grid, not a failed run (exit status 0)
     diverged = [c for c in calls if c[2] >= 0.02]
     assert {c[0] for c in diverged} == {"fig1_tanh.base.grid", "fig1_tanh.grid"}
     assert [c[2] for c in calls if c[0] == "fig1_tanh.base"] == [0.005]  # the diverged edge is not "best"
@@ -219,13 +221,44 @@ def test_a_diverged_grid_rate_is_decided_once_and_travels_with_the_published_run
         f for f in R.DIVERGED_FILES if f != R.METRICS) for d in pub)
     fresh = Runner("cifar10", 1, tmp_path / "fresh", verbose=0, published=[tmp_path / "results"])
     assert fresh.plan(names=["fig1_tanh"], baseline=False).todo == []
-    # A finished run of the same experiment and seed replaces a published divergence.
+    # A finished run of the same experiment and seed replaces a published divergence;
+    # while a process trains it, it is not published at all.
     src = next(d for d in (tmp_path / "runs").rglob(f"seed{GRID_SEED}") if (d / R.FAILURE).exists())
+    with R.lock(src):
+        assert (src, "being trained") in R.publish(tmp_path / "runs", tmp_path / "results").skipped
     R.write_metrics_rows(src, [{"epoch": 0, "top1_err": 0.3}])
     R.write_result(src, {k: 0.0 for k in R.RESULT_KEYS} | {"status": "ok"})
     again = R.publish(tmp_path / "runs", tmp_path / "results")
     dst = tmp_path / "results" / src.relative_to(tmp_path / "runs")
     assert dst in again.copied and (dst / R.RESULT).exists() and not (dst / R.FAILURE).exists()
+
+
+def test_a_grid_run_that_diverges_when_extended_keeps_its_earlier_result(tmp_path, monkeypatch):
+    """A censored grid run extended under a higher cap, diverging on the way: not
+    retried on the next walk, and ranked by what it reached before."""
+    from ablations.registry import GRID_SEED
+    from reproduce import runs as R
+    from reproduce import train as train_lib
+    from reproduce.config import get_config
+
+    calls = []
+    monkeypatch.setattr(train_lib, "train", lambda *a, **k: calls.append(a) or {})
+    cfg = get_config("cifar10", ["model.arch=cifar_fig1", "train.stop_at_train_error=0.25"])
+    cfg.train.seed = GRID_SEED
+    r = Runner("cifar10", 1, tmp_path, verbose=0)
+    d = R.run_dir(tmp_path, "cifar10", "x.grid", cfg.fingerprint(), GRID_SEED)
+    R.write_config(d, cfg.to_dict(), {"preset": "cifar10", "label": "x.grid", "seed": GRID_SEED,
+                                      "fingerprint": cfg.fingerprint()})
+    earlier = {k: 0.0 for k in R.RESULT_KEYS} | {"status": "ok", "epochs": 8, "censored": True,
+                                                   "epochs_to_target": None, "train_top1_err": 0.3}
+    R.write_result(d, earlier)
+    R.write_failure(d, "diverged", {"epoch": 11})  # after the result: the extension diverged
+    assert R.can_extend(d, 20) and R.is_diverged(d)
+    assert r.run_one("x.grid", cfg, GRID_SEED, epoch_limit=20, diverged_is_final=True) == earlier
+    assert calls == []
+    # A seeded run (not a grid rate) in the same state is trained again.
+    r.run_one("x.grid", cfg, GRID_SEED, epoch_limit=20)
+    assert len(calls) == 1
 
 
 def _finished_run(cfg, label, wall_s, epochs):

@@ -1150,6 +1150,10 @@ def test_a_variant_that_never_learned_is_said_beside_its_row(tmp_path):
     assert comp.tags == ["variant at chance in 2/2 seeds (75.0%): it never started learning"]
     assert any("failed to start" in n for n in comp.notes)
     assert not an.comparison("no_lrn").tags  # a variant that learns gets no such tag
+    # Without baseline runs there is nothing to say the baseline learns.
+    for s in (0, 1):
+        make_run(root, "cifar10", "bias_init", s, top1=24, n_img=32, train_clean=0.75)
+    assert not build_report(root, tmp_path / "out2").analyses["cifar10"].comparison("bias_init").tags
     summary = section(built.markdown.read_text(), "## Summary", "\n## ")
     assert table_row(summary, "smoke (synthetic)", "`bias_init`")[5] == comp.tags[0]
 
@@ -1164,9 +1168,15 @@ def test_a_diverged_grid_rate_is_shown_as_diverged(tmp_path):
     bad = _grid_run(root, "smoke", "fig1_tanh.base", 0.02, 3)
     (bad / R.RESULT).unlink()  # as train() leaves it: the record and failure.json, no result
     R.write_failure(bad, "diverged", {"epoch": 0, "batch": 41, "learning_rate": 0.02})
-    md = build_report(root, tmp_path / "out").markdown.read_text()
+    rep = build_report(root, tmp_path / "out")
+    md = rep.markdown.read_text()
     grid = md.split("| lr | ReLU")[1].split("\n\n")[0]
     assert "| 0.02 | diverged (non-finite loss in epoch 1) | n/a | 15 (chosen) |" in grid
+    # ReLU's chosen 0.01 is the highest rate that trained, but 0.02 above it diverged:
+    # the grid is closed there, so no "a rate beyond it may be faster".
+    notes = " ".join(rep.analyses["smoke"].fig1.notes)
+    assert "relu: the chosen lr 0.01 is the lowest rate of the grid run (0.01, 0.02)" in notes
+    assert "is the highest" not in notes and "tanh: the chosen lr 0.02 is the only rate of the grid" in notes
     # A preset run for Figure 1 alone has no baseline runs; its arms still name the data.
     summary = section(md, "## Summary", "\n## ")
     assert table_row(summary, "smoke (synthetic)", "`fig1_tanh`")
