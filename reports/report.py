@@ -483,7 +483,8 @@ def _fig1_blocks(an: A.PresetAnalysis, out_dir: Path, fig) -> list:
                 c = by.get(arm, {}).get(lr)
                 mark = " (chosen)" if chosen is not None and math.isclose(lr, chosen) else ""
                 if c is None or c.ttt is None:
-                    row_ += [(c.status if c else "missing") + mark, "n/a"]
+                    # No cell: a rate only the other arm's grid grew to (an edge extension).
+                    row_ += [(c.status if c else "-") + mark, "n/a" if c else "-"]
                 elif c.censored and not c.ttt.reached:
                     row_ += [f"> {c.ttt.observed} (stopped: could not beat the fastest rate)" + mark,
                              num(c.wall_s, "{:.0f}")]
@@ -497,7 +498,7 @@ def _fig1_blocks(an: A.PresetAnalysis, out_dir: Path, fig) -> list:
                                       f"{REG.GRID_SEED}, apart from the measured ones); (chosen) marks the rate the "
                                       "seeded runs above used. §3.1: the rates were chosen independently per network "
                                       "to make training as fast as possible. A grid run stops once it can no longer "
-                                      "beat the fastest rate (> N: stopped after N epochs)."))
+                                      "beat the fastest rate (> N: stopped after N epochs); - : not in that arm's grid."))
     if f1.notes:
         blocks.append(D.Bullets(list(f1.notes)))
     return blocks

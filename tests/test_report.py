@@ -1163,20 +1163,25 @@ def test_a_diverged_grid_rate_is_shown_as_diverged(tmp_path):
     for s in (0, 1):
         make_run(root, "smoke", "fig1_tanh.base", s, curve=fig1_curve(3 + s), lr=0.01, epochs_to_target=3 + s)
         make_run(root, "smoke", "fig1_tanh", s, curve=fig1_curve(15 + s), lr=0.02, epochs_to_target=15 + s)
+    _grid_run(root, "smoke", "fig1_tanh.base", 0.005, 5)
     _grid_run(root, "smoke", "fig1_tanh.base", 0.01, 3)
     _grid_run(root, "smoke", "fig1_tanh", 0.02, 15)
-    bad = _grid_run(root, "smoke", "fig1_tanh.base", 0.02, 3)
-    (bad / R.RESULT).unlink()  # as train() leaves it: the record and failure.json, no result
-    R.write_failure(bad, "diverged", {"epoch": 0, "batch": 41, "learning_rate": 0.02})
+    for arm, lr in (("fig1_tanh.base", 0.02), ("fig1_tanh", 0.04)):  # tanh's grid grew to 0.04, which diverged
+        bad = _grid_run(root, "smoke", arm, lr, 3)
+        (bad / R.RESULT).unlink()  # as train() leaves it: the record and failure.json, no result
+        R.write_failure(bad, "diverged", {"epoch": 0, "batch": 41, "learning_rate": lr})
     rep = build_report(root, tmp_path / "out")
     md = rep.markdown.read_text()
     grid = md.split("| lr | ReLU")[1].split("\n\n")[0]
     assert "| 0.02 | diverged (non-finite loss in epoch 1) | n/a | 15 (chosen) |" in grid
-    # ReLU's chosen 0.01 is the highest rate that trained, but 0.02 above it diverged:
-    # the grid is closed there, so no "a rate beyond it may be faster".
+    # 0.04 is only in tanh's grid: "-" for ReLU, not "missing".
+    assert "| 0.04 | - | - | diverged (non-finite loss in epoch 1) | n/a |" in grid
+    assert "| 0.0025 | missing | n/a | missing | n/a |" in grid
+    # A diverged rate counts as tried when the edges of the grid are found: ReLU's 0.01
+    # lies between 0.005 and the diverged 0.02, tanh's 0.02 below the diverged 0.04.
     notes = " ".join(rep.analyses["smoke"].fig1.notes)
-    assert "relu: the chosen lr 0.01 is the lowest rate of the grid run (0.01, 0.02)" in notes
-    assert "is the highest" not in notes and "tanh: the chosen lr 0.02 is the only rate of the grid" in notes
+    assert "relu: the chosen lr" not in notes
+    assert "tanh: the chosen lr 0.02 is the lowest rate of the grid run (0.02, 0.04)" in notes
     # A preset run for Figure 1 alone has no baseline runs; its arms still name the data.
     summary = section(md, "## Summary", "\n## ")
     assert table_row(summary, "smoke (synthetic)", "`fig1_tanh`")
