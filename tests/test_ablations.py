@@ -220,7 +220,10 @@ def test_a_diverged_grid_rate_is_decided_once_and_travels_with_the_published_run
     assert len(pub) == 2 and all(sorted(p.name for p in d.iterdir()) == sorted(
         f for f in R.DIVERGED_FILES if f != R.METRICS) for d in pub)
     fresh = Runner("cifar10", 1, tmp_path / "fresh", verbose=0, published=[tmp_path / "results"])
-    assert fresh.plan(names=["fig1_tanh"], baseline=False).todo == []
+    done = fresh.plan(names=["fig1_tanh"], baseline=False)
+    assert done.todo == [] and done.pending == []  # both grids decided: nothing left to decide
+    open_grid = Runner("cifar10", 1, tmp_path / "empty", verbose=0, published=[])
+    assert len(open_grid.plan(names=["fig1_tanh"], baseline=False).pending) == 1
     # A finished run of the same experiment and seed replaces a published divergence;
     # while a process trains it, it is not published at all.
     src = next(d for d in (tmp_path / "runs").rglob(f"seed{GRID_SEED}") if (d / R.FAILURE).exists())
