@@ -94,9 +94,10 @@ def main(argv=None) -> int:
             from reproduce.train import device_description
 
             plan = runner.plan(args.names or None)
+            device = device_description()
             fill_estimates(plan, [runner.root, *runner.published], args.preset,
-                           load_data=data_lib.load)
-            print_plan(plan, args.preset, device_description())
+                           load_data=data_lib.load, device=device)
+            print_plan(plan, args.preset, device)
             return 0
         plan = runner.run(args.names) if args.cmd == "run" else runner.run_all()
     except (ValueError, ConfigError, DataError, runs.RunDirError) as e:

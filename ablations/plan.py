@@ -2,9 +2,10 @@
 
 Time per run comes from what this machine has measured, most specific first:
 
-1. finished runs of the same experiment (other seeds) made on this host;
-2. finished runs with the same label, then any run of the preset, on this host,
-   scaled by their epochs and training images;
+1. finished runs of the same experiment (other seeds) made on this host and
+   device (`host_history`);
+2. finished runs with the same label, then any run of the preset, on this host
+   and device, scaled by their epochs and training images;
 3. otherwise a calibration: a few training steps of the preset's baseline net on
    this machine (the compile is timed apart), images/s times the run's images.
 
@@ -79,8 +80,14 @@ def _epochs_planned(cfg, epoch_limit: Optional[int]) -> int:
     return min(cfg.train.epochs, epoch_limit) if epoch_limit else cfg.train.epochs
 
 
-def host_history(roots, preset: str) -> list:
-    """Finished runs of `preset` made on this host, from every root (runs.Run)."""
+def host_history(roots, preset: str, device: Optional[str] = None) -> list:
+    """Finished runs of `preset` made on this host, from every root (runs.Run).
+
+    A host name alone does not identify a machine: cloud VMs of one kind share it
+    ("vm") over CPUs that differ 2-3x in speed (the published Figure 1 runs: 50 s vs
+    133 s a tanh epoch on an Intel Xeon and an AMD EPYC with the same name). With
+    `device` (`reproduce.devices.device_description()`), a run that recorded its
+    device counts only if it is the same; runs that did not record one still count."""
     from reproduce import runs
 
     host = socket.gethostname()
@@ -88,7 +95,8 @@ def host_history(roots, preset: str) -> list:
     for root in roots:
         d = Path(root) / preset
         if d.is_dir():
-            out += [r for r in runs.iter_runs(d) if r.finished and r.env.get("host") == host]
+            out += [r for r in runs.iter_runs(d) if r.finished and r.env.get("host") == host
+                    and (device is None or r.env.get("device") in (None, device))]
     return out
 
 
@@ -190,11 +198,13 @@ def _images_seen(job: Job, data) -> float:
     return epochs * _images_per_epoch(cfg, n_train) + FORWARD_SHARE * forward
 
 
-def fill_estimates(plan: SuitePlan, roots, preset: str, load_data=None, verbose: bool = True) -> None:
-    """Give every job of `plan` an estimate (see the module docstring)."""
+def fill_estimates(plan: SuitePlan, roots, preset: str, load_data=None, verbose: bool = True,
+                   device: Optional[str] = None) -> None:
+    """Give every job of `plan` an estimate (see the module docstring); `device`
+    as in `host_history`."""
     if not plan.todo:
         return
-    history = host_history(roots, preset)
+    history = host_history(roots, preset, device)
     data_cache: dict = {}
 
     def data_for(cfg):

@@ -378,9 +378,10 @@ class Runner:
             from reproduce import data as data_lib
             from reproduce.train import device_description
 
+            device = device_description()
             fill_estimates(plan, [self.root, *self.published], self.preset,
-                           load_data=data_lib.load, verbose=True)
-            print_plan(plan, self.preset, device_description())
+                           load_data=data_lib.load, verbose=True, device=device)
+            print_plan(plan, self.preset, device)
             jobs = plan.todo
             if self.worker:
                 jobs = [j for j in plan.todo if str(j.run_dir) in self._share]

@@ -273,6 +273,29 @@ def _finished_run(cfg, label, wall_s, epochs):
                     result={"status": "ok", "wall_time_s": wall_s}, failure=None)
 
 
+def test_history_for_estimates_is_this_host_and_device(tmp_path):
+    """Cloud VMs share a host name over different CPUs: a run from another device
+    does not time this one; a run that recorded no device still counts."""
+    import socket
+
+    from ablations.plan import host_history
+    from reproduce import runs as R
+
+    here = socket.gethostname()
+    for name, env in (("same", {"host": here, "device": "CPU (A, 2 cores)"}),
+                      ("other_cpu", {"host": here, "device": "CPU (B, 2 cores)"}),
+                      ("no_device", {"host": here}),
+                      ("other_host", {"host": here + "-not", "device": "CPU (A, 2 cores)"})):
+        d = tmp_path / "smoke" / f"{name}-0123456789" / "seed0"
+        d.mkdir(parents=True)
+        R.write_config(d, {}, {"preset": "smoke", "label": name, "seed": 0})
+        R.write_env(d, env)
+        R.write_metrics_rows(d, [{"epoch": 0}])
+        R.write_result(d, {k: 1.0 for k in R.RESULT_KEYS} | {"status": "ok"})
+    assert sorted(r.label for r in host_history([tmp_path], "smoke", "CPU (A, 2 cores)")) == ["no_device", "same"]
+    assert sorted(r.label for r in host_history([tmp_path], "smoke")) == ["no_device", "other_cpu", "same"]
+
+
 def test_the_estimate_takes_the_median_so_one_slowed_run_does_not_skew_it():
     from ablations.plan import Job, history_estimate
     from reproduce.config import get_config
