@@ -661,14 +661,11 @@ def _analyze_preset(preset: str, labels: dict, root) -> PresetAnalysis:
             ref = used_here[0] if used_here else None
             superseded.append((g, C.config_diff(ref.flat, g.flat) if ref else {}))
 
-    # Missing: every (label, seed) an ablation needs, given the baseline's seeds.
+    # Missing: every (label, seed) an ablation needs, given the baseline's seeds; an
+    # ablation with a baseline arm of its own (Figure 1) needs the seeds either of its
+    # arms has, so a campaign run with more seeds lists what it has still to run.
     seen_seeds = sorted({r.seed for g in labels.get("baseline", []) for r in g.runs})
     expected = seen_seeds or list(DEFAULT_SEEDS)
-    needed = ["baseline"]
-    for a in ablations:
-        for lab in (a.base_label, a.name if a.kind == "train" else None):
-            if lab and lab not in needed:
-                needed.append(lab)
     chosen = {}
     for comp in comparisons:
         for lab, g in ((comp.base_label, comp.pair.base), (comp.variant_label, comp.pair.variant)):
@@ -676,11 +673,21 @@ def _analyze_preset(preset: str, labels: dict, root) -> PresetAnalysis:
                 chosen.setdefault(lab, g)
     if bg is not None:
         chosen["baseline"] = bg
+
+    def group(lab):
+        return chosen.get(lab) or C.current_group(labels.get(lab, []))
+
+    needed = {"baseline": expected}
+    for a in ablations:
+        arms = [lab for lab in (a.base_label, a.name if a.kind == "train" else None) if lab]
+        own = sorted({r.seed for lab in arms if (g := group(lab)) for r in g.runs})
+        for lab in arms:
+            needed.setdefault(lab, expected if a.base_label == "baseline" else (own or list(DEFAULT_SEEDS)))
     missing = []
-    for lab in needed:
-        g = chosen.get(lab) or C.current_group(labels.get(lab, []))
+    for lab, seeds in needed.items():
+        g = group(lab)
         by_seed = {r.seed: r for r in g.runs} if g else {}
-        for s in expected:
+        for s in seeds:
             r = by_seed.get(s)
             if r is None:
                 missing.append((lab, s, "absent"))

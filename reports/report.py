@@ -566,7 +566,8 @@ def _completeness(an: A.PresetAnalysis, root) -> list:
     if an.missing:
         blocks.append(D.Para(f"Runs the ablations of this preset need but that are absent or did not finish "
                              f"(seeds expected per arm: {', '.join(map(str, an.expected_seeds))}, those seen for "
-                             "the baseline or 0, 1, 2 by default):"))
+                             "the baseline or 0, 1, 2 by default; for an ablation with a baseline arm of its own, "
+                             "such as Figure 1, those seen in either of its arms):"))
         blocks.append(D.Table(["Label", "Seed", "Status"],
                               [[code(lab), str(s), st] for lab, s, st in an.missing], ["l", "r", "l"]))
     else:

@@ -1185,3 +1185,19 @@ def test_a_diverged_grid_rate_is_shown_as_diverged(tmp_path):
     # A preset run for Figure 1 alone has no baseline runs; its arms still name the data.
     summary = section(md, "## Summary", "\n## ")
     assert table_row(summary, "smoke (synthetic)", "`fig1_tanh`")
+
+
+def test_figure1_arms_are_expected_to_have_the_seeds_either_arm_has(tmp_path):
+    """A Figure 1 campaign with 5 seeds and no preset baseline: the arm behind lists
+    the seeds it still lacks, not the default 0, 1, 2."""
+    root = tmp_path / "runs"
+    for s in range(5):
+        make_run(root, "smoke", "fig1_tanh.base", s, curve=fig1_curve(3), lr=0.01, epochs_to_target=3)
+    for s in (0, 1):
+        make_run(root, "smoke", "fig1_tanh", s, curve=fig1_curve(15), lr=0.02, epochs_to_target=15)
+    rep = build_report(root, tmp_path / "out")
+    missing = {(lab, s) for lab, s, _ in rep.analyses["smoke"].missing}
+    assert {("fig1_tanh", s) for s in (2, 3, 4)} <= missing
+    assert not any(lab == "fig1_tanh.base" for lab, _ in missing)
+    assert ("baseline", 0) in missing and ("baseline", 3) not in missing  # the preset's own: 0, 1, 2
+    assert "| `fig1_tanh` | 4 | absent |" in rep.markdown.read_text().split("## 7. Completeness")[1]
