@@ -80,28 +80,38 @@ def _epochs_planned(cfg, epoch_limit: Optional[int]) -> int:
     return min(cfg.train.epochs, epoch_limit) if epoch_limit else cfg.train.epochs
 
 
-def host_history(roots, preset: str, device: Optional[str] = None) -> list:
-    """Finished runs of `preset` made on this host, from every root (runs.Run).
+def preset_history(roots, preset: str) -> list:
+    """Finished runs of `preset` from every root, made on any machine (runs.Run)."""
+    from reproduce import runs
+
+    out = []
+    for root in roots:
+        d = Path(root) / preset
+        if d.is_dir():
+            out += [r for r in runs.iter_runs(d) if r.finished]
+    return out
+
+
+def host_history(roots, preset: str, device: Optional[str] = None, runs_=None) -> list:
+    """Finished runs of `preset` made on this host, from every root (or of `runs_`,
+    a `preset_history` already read).
 
     A host name alone does not identify a machine: cloud VMs of one kind share it
     ("vm") over CPUs that differ 2-3x in speed (the published Figure 1 runs: 50 s vs
     133 s a tanh epoch on an Intel Xeon and an AMD EPYC with the same name). With
     `device` (`reproduce.devices.device_description()`), a run that recorded its
     device counts only if it is the same; runs that did not record one still count."""
-    from reproduce import runs
-
     host = socket.gethostname()
-    out = []
-    for root in roots:
-        d = Path(root) / preset
-        if d.is_dir():
-            out += [r for r in runs.iter_runs(d) if r.finished and r.env.get("host") == host
-                    and (device is None or r.env.get("device") in (None, device))]
-    return out
+    return [r for r in (preset_history(roots, preset) if runs_ is None else runs_)
+            if r.env.get("host") == host and (device is None or r.env.get("device") in (None, device))]
 
 
-def history_estimate(job: Job, history: list, n_train: int) -> tuple[Optional[float], str]:
-    """Seconds for `job` from finished runs on this host, or (None, "")."""
+def history_estimate(job: Job, history: list, n_train: int,
+                     everywhere: Optional[list] = None) -> tuple[Optional[float], str]:
+    """Seconds for `job` from finished runs on this host (`history`), or (None, "").
+    A run that stops at a target takes its epochs from `everywhere` (runs of the
+    preset on any machine; default `history`): epochs to a training error belong to
+    the experiment, seconds per image to the machine."""
     from reproduce.config import experiment_identity
 
     def wall(r):
@@ -133,14 +143,21 @@ def history_estimate(job: Job, history: list, n_train: int) -> tuple[Optional[fl
     pools = [[r for r in history if r.label == job.label]]
     if target and not job.label.endswith(".grid"):
         pools.append([r for r in history if r.label == grid])
+    target_epochs = None
+    if target:
+        anywhere = history if everywhere is None else everywhere
+        own = [len(r.metrics) for r in anywhere if r.label == job.label and r.metrics]
+        # The seeds run at the grid's fastest rate: its epochs, not the grid's mean.
+        reached = [r.result["epochs_to_target"] for r in anywhere
+                   if r.label == grid and (r.result or {}).get("epochs_to_target")]
+        target_epochs = (sum(own) / len(own) if own
+                         else min(reached) if reached and not job.label.endswith(".grid") else None)
     for pool in pools + [history]:
         pool = [r for r in pool if wall(r) > 0 and r.metrics]
         if pool:
             s = statistics.median(map(per_image, pool))
             if target:
-                reached = [r.result["epochs_to_target"] for r in pool if (r.result or {}).get("epochs_to_target")]
-                # The seeds run at the grid's fastest rate: its epochs, not the grid's mean.
-                epochs = (min(reached) if pool[0].label == grid and reached
+                epochs = (target_epochs if target_epochs is not None
                           else sum(len(r.metrics) for r in pool) / len(pool))
                 epochs = min(epochs, _epochs_planned(job.cfg, job.epoch_limit))
                 return s * epochs * _images_per_epoch(job.cfg, n_train), "scaled"
@@ -204,7 +221,8 @@ def fill_estimates(plan: SuitePlan, roots, preset: str, load_data=None, verbose:
     as in `host_history`."""
     if not plan.todo:
         return
-    history = host_history(roots, preset, device)
+    everywhere = preset_history(roots, preset)
+    history = host_history(roots, preset, device, runs_=everywhere)
     data_cache: dict = {}
 
     def data_for(cfg):
@@ -217,7 +235,7 @@ def fill_estimates(plan: SuitePlan, roots, preset: str, load_data=None, verbose:
     for job in plan.todo:
         data = data_for(job.cfg) if load_data else None
         n_train = len(data.train) if data is not None else 0
-        est, kind = history_estimate(job, history, n_train)
+        est, kind = history_estimate(job, history, n_train, everywhere)
         if est is None and data is not None:
             key = (job.cfg.model.arch, job.cfg.model.width, job.cfg.model.towers,
                    job.cfg.data.image_size, job.cfg.data.crop_size, job.cfg.train.batch_size)

@@ -339,6 +339,10 @@ def test_a_run_to_a_target_is_estimated_from_its_own_arms_grid():
     assert kind == "scaled" and est == pytest.approx(2.0 * 18)
     # Without its grid the preset's history is all there is.
     assert history_estimate(job, relu, 640)[0] == pytest.approx(1.0 * 8)
+    # The grid ran on another machine: its epochs still count, timed at this one's speed.
+    assert history_estimate(job, relu, 640, everywhere=relu + grid) == (pytest.approx(1.0 * 18), "scaled")
+    seeds_elsewhere = [run("fig1_tanh", 99.0, 40, True), run("fig1_tanh", 99.0, 44, True)]
+    assert history_estimate(job, relu, 640, everywhere=relu + grid + seeds_elsewhere)[0] == pytest.approx(1.0 * 42)
 
 
 def test_the_eta_leaves_out_a_run_that_failed_at_once():
