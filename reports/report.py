@@ -429,7 +429,8 @@ def _fig1_blocks(an: A.PresetAnalysis, out_dir: Path, fig) -> list:
     for arm, runs, ttt, lr in (("ReLU", f1.base_runs, f1.base_ttt, f1.base_lr),
                                ("tanh", f1.variant_runs, f1.variant_ttt, f1.variant_lr)):
         m, sd, n = S.mean_sd([t.bound for t in ttt.values()])
-        walls = [float(r.result.get("wall_time_s") or math.nan) for r in runs]
+        walls = [float(r.result.get("wall_time_s") or math.nan) for r in runs
+                 if f1.wall_device is None or A.run_device(r) == f1.wall_device]
         wm, wsd, _ = S.mean_sd(walls)
         rows.append([arm, num(lr, "{:g}"), str(n),
                      "n/a" if n == 0 else (f"{m:.1f} ± {sd:.1f}" if n >= 2 else f"{m:.1f}"),
@@ -463,7 +464,8 @@ def _fig1_blocks(an: A.PresetAnalysis, out_dir: Path, fig) -> list:
         wall = ""
         if f1.wall_ratio is not None and math.isfinite(f1.wall_ratio.estimate):
             w = f1.wall_ratio
-            wall = (f" Wall-time ratio (tanh / ReLU, time to target): {at_least}x{w.estimate:.2f}"
+            on = f", runs on {f1.wall_device}" if f1.wall_device else ""
+            wall = (f" Wall-time ratio (tanh / ReLU, time to target{on}): {at_least}x{w.estimate:.2f}"
                     + (f", 95% CI [x{w.lo:.2f}, x{w.hi:.2f}]." if w.ok else "."))
         blocks.append(D.Para(
             f"Epochs to {f1.target:.0%} training error, tanh / ReLU: {at_least}x{r.estimate:.2f} (geometric mean, "

@@ -79,7 +79,8 @@ def correct_arrays(k_wrong: int, seed: int, n: int = N_IMG) -> np.ndarray:
 
 def make_run(root, preset, label, seed, *, top1=None, top5=None, top1_10v=None, train_clean=0.3,
              extra=None, curve=None, finished=True, failure=None, date="2025-03-01T10:00:00+00:00",
-             wall=100.0, kernels=False, epochs_to_target=None, lr=None, n_img=N_IMG, classes=4, val_correct=True):
+             wall=100.0, kernels=False, epochs_to_target=None, lr=None, n_img=N_IMG, classes=4, val_correct=True,
+             device="cpu"):
     extra = dict(EXTRA if extra is None else extra)
     if lr is not None:
         extra["train.learning_rate"] = lr
@@ -91,7 +92,7 @@ def make_run(root, preset, label, seed, *, top1=None, top5=None, top1_10v=None, 
             "overrides": [f"{k}={v}" for k, v in extra.items()], "command": COMMAND if preset == "smoke"
             else f"python -m ablations run --preset {preset}"}
     R.write_config(path, cfg.to_dict(), meta)
-    R.write_env(path, {"date": date, "host": "fixture-host", "processor": "x86_64", "device": "cpu",
+    R.write_env(path, {"date": date, "host": "fixture-host", "processor": "x86_64", "device": device,
                        "backend": "jax", "versions": {"keras": "3.6.0", "jax": "0.4.35"}, "python": "3.11.7",
                        "git": {"commit": "0123456789abcdef", "dirty": False}, "num_classes": classes})
     top1 = 120 if top1 is None else top1
@@ -1201,3 +1202,31 @@ def test_figure1_arms_are_expected_to_have_the_seeds_either_arm_has(tmp_path):
     assert not any(lab == "fig1_tanh.base" for lab, _ in missing)
     assert ("baseline", 0) in missing and ("baseline", 3) not in missing  # the preset's own: 0, 1, 2
     assert "| `fig1_tanh` | 4 | absent |" in rep.markdown.read_text().split("## 7. Completeness")[1]
+
+
+def test_figure1_wall_times_compare_runs_on_one_device(tmp_path):
+    """Epochs compare across machines, seconds do not: a tanh seed run on a slower
+    CPU is left out of the wall-time ratio (and said so), not averaged in."""
+    root = tmp_path / "runs"
+    for s in range(3):
+        make_run(root, "smoke", "fig1_tanh.base", s, curve=fig1_curve(3), lr=0.01, epochs_to_target=3,
+                 wall=10.0 * (1 + 0.01 * s), device="CPU (A, 2 cores)")
+    for s, dev, wall in ((0, "CPU (A, 2 cores)", 60.0), (1, "CPU (A, 2 cores)", 61.0), (2, "CPU (B, 2 cores)", 400.0)):
+        make_run(root, "smoke", "fig1_tanh", s, curve=fig1_curve(15), lr=0.02, epochs_to_target=15, wall=wall,
+                 device=dev)
+    rep = build_report(root, tmp_path / "out")
+    f1 = rep.analyses["smoke"].fig1
+    assert f1.wall_device == "CPU (A, 2 cores)"
+    assert f1.wall_ratio.estimate == pytest.approx(np.exp(np.mean(np.log([60.0, 61.0])) - np.mean(
+        np.log([10.0, 10.1, 10.2]))))
+    assert any("1 run(s) on other devices are left out" in n for n in f1.notes)
+    md = rep.markdown.read_text()
+    assert "Wall-time ratio (tanh / ReLU, time to target, runs on CPU (A, 2 cores))" in md
+    assert "| tanh | 0.02 | 3 | 15.0 ± 0.0 | s0: 15, s1: 15, s2: 15 | 60 ± 1 |" in md  # seed 2's 400 s left out
+    # Arms with no device in common: no wall-time ratio at all.
+    root2 = tmp_path / "runs2"
+    for s in range(2):
+        make_run(root2, "smoke", "fig1_tanh.base", s, curve=fig1_curve(3), lr=0.01, epochs_to_target=3, device="A")
+        make_run(root2, "smoke", "fig1_tanh", s, curve=fig1_curve(15), lr=0.02, epochs_to_target=15, device="B")
+    f1 = build_report(root2, tmp_path / "out2").analyses["smoke"].fig1
+    assert f1.wall_ratio is None and any("ran on different devices" in n for n in f1.notes)
