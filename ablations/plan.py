@@ -9,6 +9,10 @@ Time per run comes from what this machine has measured, most specific first:
 3. otherwise a calibration: a few training steps of the preset's baseline net on
    this machine (the compile is timed apart), images/s times the run's images.
 
+Seconds per image are this machine's; the epochs of a run that stops at a
+training error (Figure 1) are the experiment's, so they come from every
+machine's runs (`epochs_to_target`).
+
 Where several runs qualify, their median counts, so that one run slowed by a
 neighbour on the machine does not skew the rest. Figures are estimates for
 planning; every run records its real wall time.
@@ -106,6 +110,21 @@ def host_history(roots, preset: str, device: Optional[str] = None, runs_=None) -
             if r.env.get("host") == host and (device is None or r.env.get("device") in (None, device))]
 
 
+def epochs_to_target(job: Job, runs_: list) -> Optional[float]:
+    """For a run that stops at a training error: the epochs it will take, from
+    `runs_` (any machine's): its label's runs (mean epochs run), else the fastest
+    rate of its learning-rate grid (the seeds run at that rate); None if unknown."""
+    if not job.cfg.train.stop_at_train_error:
+        return None
+    own = [len(r.metrics) for r in runs_ if r.label == job.label and r.metrics]
+    if own:
+        return sum(own) / len(own)
+    grid = f"{job.label}.grid"
+    reached = [r.result["epochs_to_target"] for r in runs_
+               if r.label == grid and (r.result or {}).get("epochs_to_target")]
+    return min(reached) if reached and not job.label.endswith(".grid") else None
+
+
 def history_estimate(job: Job, history: list, n_train: int,
                      everywhere: Optional[list] = None) -> tuple[Optional[float], str]:
     """Seconds for `job` from finished runs on this host (`history`), or (None, "").
@@ -143,15 +162,7 @@ def history_estimate(job: Job, history: list, n_train: int,
     pools = [[r for r in history if r.label == job.label]]
     if target and not job.label.endswith(".grid"):
         pools.append([r for r in history if r.label == grid])
-    target_epochs = None
-    if target:
-        anywhere = history if everywhere is None else everywhere
-        own = [len(r.metrics) for r in anywhere if r.label == job.label and r.metrics]
-        # The seeds run at the grid's fastest rate: its epochs, not the grid's mean.
-        reached = [r.result["epochs_to_target"] for r in anywhere
-                   if r.label == grid and (r.result or {}).get("epochs_to_target")]
-        target_epochs = (sum(own) / len(own) if own
-                         else min(reached) if reached and not job.label.endswith(".grid") else None)
+    target_epochs = epochs_to_target(job, history if everywhere is None else everywhere)
     for pool in pools + [history]:
         pool = [r for r in pool if wall(r) > 0 and r.metrics]
         if pool:
@@ -202,15 +213,16 @@ def calibrate(cfg, data, steps: int = 6) -> tuple[float, float]:
     return steps * b / dt, 2 * (t0 - t_build)
 
 
-def _images_seen(job: Job, data) -> float:
-    """Training-step equivalents of a run: its training images, the validation
-    split after every epoch, and the final evaluation (centre crop and ten views of
-    the validation split, centre crop of a training sample), forward passes
-    counted at FORWARD_SHARE of a step."""
+def _images_seen(job: Job, data, epochs: Optional[float] = None) -> float:
+    """Training-step equivalents of a run of `epochs` (default: as configured): its
+    training images, the validation split after every epoch, and the final
+    evaluation (centre crop and ten views of the validation split, centre crop of a
+    training sample), forward passes counted at FORWARD_SHARE of a step."""
     from reproduce.evaluate import TRAIN_SAMPLE, VIEWS
 
     cfg, n_train, n_val = job.cfg, len(data.train), len(data.val)
-    epochs = _epochs_planned(cfg, job.epoch_limit)
+    planned = _epochs_planned(cfg, job.epoch_limit)
+    epochs = planned if epochs is None else min(epochs, planned)
     forward = epochs * n_val + n_val * (1 + (VIEWS if cfg.eval.ten_view else 0)) + min(n_train, TRAIN_SAMPLE)
     return epochs * _images_per_epoch(cfg, n_train) + FORWARD_SHARE * forward
 
@@ -245,8 +257,11 @@ def fill_estimates(plan: SuitePlan, roots, preset: str, load_data=None, verbose:
                           "a few steps)...", flush=True)
                 rates[key] = calibrate(job.cfg, data)
             ips, fixed = rates[key]
-            est = fixed + _images_seen(job, data) / ips
-            kind = "upper bound" if job.cfg.train.stop_at_train_error else "calibrated"
+            # A run to a target whose epochs some machine has measured: those epochs at
+            # this machine's rate; one with none measured: its epoch cap, a bound.
+            epochs = epochs_to_target(job, everywhere)
+            est = fixed + _images_seen(job, data, epochs) / ips
+            kind = "upper bound" if job.cfg.train.stop_at_train_error and epochs is None else "calibrated"
         job.estimate_s, job.estimate_kind = est, kind
 
 

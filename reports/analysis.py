@@ -151,6 +151,7 @@ class Fig1:
     grid: dict  # "relu"/"tanh" -> [GridCell] sorted by lr
     notes: list = field(default_factory=list)
     wall_device: Optional[str] = None  # the one device whose runs the wall times compare
+    arm_walls: dict = field(default_factory=dict)  # "relu"/"tanh" -> {seed: wall s} on wall_device
 
 
 @dataclass
@@ -462,24 +463,28 @@ def run_device(r) -> Optional[str]:
 def _one_device(bruns, vruns, wb: dict, wv: dict):
     """Seconds compare only on one machine (the same code ran 2-3x apart on two CPUs
     with one host name): keep the wall times (seed -> s) of the device both arms
-    ran on most, as (device, wb, wv, note); no shared device, no wall times."""
+    ran on most, as (device, wb, wv, note). Runs that recorded no device are kept
+    only when no run did; arms with no device in common keep no wall times."""
     dev_b = {r.seed: run_device(r) for r in bruns if r.seed in wb}
     dev_v = {r.seed: run_device(r) for r in vruns if r.seed in wv}
-    devices = set(dev_b.values()) | set(dev_v.values())
-    if len(devices) <= 1:
-        return next(iter(devices), None), wb, wv, None
-    shared = set(dev_b.values()) & set(dev_v.values())
+    known = (set(dev_b.values()) | set(dev_v.values())) - {None}
+    if not known:
+        return None, wb, wv, None
+    shared = ((set(dev_b.values()) & set(dev_v.values())) if dev_b and dev_v
+              else set(dev_b.values()) | set(dev_v.values())) - {None}
     if not shared:
-        return None, {}, {}, ("wall times: the ReLU and tanh runs ran on different devices, so no wall-time "
-                              "ratio is given (seconds are not comparable across machines)")
+        return None, {}, {}, ("wall times: the ReLU and tanh runs ran on different devices, so no wall times "
+                              "or wall-time ratio are given (seconds are not comparable across machines)")
     dev = max(shared, key=lambda d: (min(list(dev_b.values()).count(d), list(dev_v.values()).count(d)),
                                      str(d)))
     keep_b = {s: x for s, x in wb.items() if dev_b[s] == dev}
     keep_v = {s: x for s, x in wv.items() if dev_v[s] == dev}
     left = len(wb) + len(wv) - len(keep_b) - len(keep_v)
-    return dev, keep_b, keep_v, (f"wall times: only the runs on {dev} (ReLU {len(keep_b)}, tanh {len(keep_v)}) "
-                                 f"are compared; {left} run(s) on other devices are left out of the wall-time "
-                                 "columns, since seconds are not comparable across machines (epochs are)")
+    note = None if not left else (
+        f"wall times: only the runs on {dev} (ReLU {len(keep_b)}, tanh {len(keep_v)}) are compared; {left} "
+        "run(s) on other or unrecorded devices are left out of the wall-time columns, since seconds are not "
+        "comparable across machines (epochs are)")
+    return dev, keep_b, keep_v, note
 
 
 def fig1_analysis(preset: str, a: REG.Ablation, labels: dict, comp: Comparison) -> Fig1:
@@ -504,16 +509,15 @@ def fig1_analysis(preset: str, a: REG.Ablation, labels: dict, comp: Comparison) 
         if e is not None and t.reached and int(e) != t.epochs:
             notes.append(f"`{r.label}` seed {r.seed}: result.json says {e} epochs to target, "
                          f"the logged curve {t.epochs}; the curve is used")
-    ratio = wall = wall_device = None
+    ratio = wall = None
     n = min(len(bt), len(vt))
+    wb, wv = result_values(comp.pair.base, "wall_time_s"), result_values(comp.pair.variant, "wall_time_s")
+    wall_device, wb, wv, note = _one_device(bruns, vruns, {s: x for s, x in wb.items() if x > 0},
+                                            {s: x for s, x in wv.items() if x > 0})
+    if note:
+        notes.append(note)
     if bt and vt:
         ratio = S.ratio_interval({s: t.bound for s, t in bt.items()}, {s: t.bound for s, t in vt.items()}, LEVEL)
-        wb, wv = result_values(comp.pair.base, "wall_time_s"), result_values(comp.pair.variant, "wall_time_s")
-        wb = {s: x for s, x in wb.items() if x > 0}
-        wv = {s: x for s, x in wv.items() if x > 0}
-        wall_device, wb, wv, note = _one_device(bruns, vruns, wb, wv)
-        if note:
-            notes.append(note)
         if wb and wv:
             wall = S.ratio_interval(wb, wv, LEVEL)
     base_cens = [s for s, t in bt.items() if not t.reached]
@@ -567,7 +571,7 @@ def fig1_analysis(preset: str, a: REG.Ablation, labels: dict, comp: Comparison) 
                 cells.append(GridCell(lr, None, None, None, "missing"))
         grid[arm] = cells
     fig = Fig1(a, target, bruns, vruns, bt, vt, ratio, wall, lr_of(bruns), lr_of(vruns), grid, notes,
-               wall_device)
+               wall_device, {"relu": wb, "tanh": wv})
     for arm, chosen in (("relu", fig.base_lr), ("tanh", fig.variant_lr)):
         done = [c for c in grid[arm] if c.ttt is not None]
         if not done or chosen is None:
@@ -714,7 +718,7 @@ def _analyze_preset(preset: str, labels: dict, root) -> PresetAnalysis:
         arms = [lab for lab in (a.base_label, a.name if a.kind == "train" else None) if lab]
         own = sorted({r.seed for lab in arms if (g := group(lab)) for r in g.runs})
         for lab in arms:
-            needed.setdefault(lab, expected if a.base_label == "baseline" else (own or list(DEFAULT_SEEDS)))
+            needed.setdefault(lab, expected if a.base_label == "baseline" else sorted(set(own) | set(expected)))
     missing = []
     for lab, seeds in needed.items():
         g = group(lab)

@@ -426,18 +426,17 @@ def _fig1_blocks(an: A.PresetAnalysis, out_dir: Path, fig) -> list:
                           "line and band: mean ± 1 sd over seeds, drawn over the epochs every seed ran "
                           "(runs stop at the target)."))
     rows = []
-    for arm, runs, ttt, lr in (("ReLU", f1.base_runs, f1.base_ttt, f1.base_lr),
-                               ("tanh", f1.variant_runs, f1.variant_ttt, f1.variant_lr)):
+    for arm, ttt, lr, key in (("ReLU", f1.base_ttt, f1.base_lr, "relu"), ("tanh", f1.variant_ttt, f1.variant_lr, "tanh")):
         m, sd, n = S.mean_sd([t.bound for t in ttt.values()])
-        walls = [float(r.result.get("wall_time_s") or math.nan) for r in runs
-                 if f1.wall_device is None or A.run_device(r) == f1.wall_device]
+        walls = list(f1.arm_walls.get(key, {}).values())
         wm, wsd, _ = S.mean_sd(walls)
         rows.append([arm, num(lr, "{:g}"), str(n),
                      "n/a" if n == 0 else (f"{m:.1f} ± {sd:.1f}" if n >= 2 else f"{m:.1f}"),
                      ", ".join(f"s{s}: {t}" for s, t in sorted(ttt.items())) or "n/a",
                      "n/a" if not walls else (f"{wm:.0f} ± {wsd:.0f}" if len(walls) >= 2 else f"{wm:.0f}")])
     blocks.append(D.Table(["Activation", "lr", "n", f"Epochs to {f1.target:.0%} (mean ± sd)", "Per seed",
-                           "Wall time to target (s)"], rows, ["l", "r", "r", "r", "l", "r"]))
+                           "Wall time to target (s)"], rows, ["l", "r", "r", "r", "l", "r"],
+                          caption=f"Wall times: the runs on {f1.wall_device}." if f1.wall_device else ""))
     r = f1.ratio
     row = next((x for c in an.comparisons for x in c.rows if x.metric == "epochs"), None)
     if r is not None and row is not None:
@@ -478,6 +477,19 @@ def _fig1_blocks(an: A.PresetAnalysis, out_dir: Path, fig) -> list:
     lrs = sorted({c.lr for cells in f1.grid.values() for c in cells})
     if lrs:
         by = {arm: {c.lr: c for c in cells} for arm, cells in f1.grid.items()}
+        # Seconds compare on one device only: a grid run's wall time from another one
+        # (or none recorded) is marked, and the device named below the table.
+        devs = [A.run_device(c.run) for cells in f1.grid.values() for c in cells if c.wall_s is not None]
+        ref = f1.wall_device or (max(set(devs) - {None}, key=devs.count) if set(devs) - {None} else None)
+        elsewhere: set = set()
+
+        def wall_text(c) -> str:
+            dev = A.run_device(c.run)
+            if ref is None or c.wall_s is None or dev == ref:
+                return num(c.wall_s, "{:.0f}")
+            elsewhere.add(dev or "a device not recorded")
+            return num(c.wall_s, "{:.0f}") + "*"
+
         grid_rows = []
         for lr in lrs:
             row_ = [f"{lr:g}"]
@@ -489,9 +501,9 @@ def _fig1_blocks(an: A.PresetAnalysis, out_dir: Path, fig) -> list:
                     row_ += [(c.status if c else "-") + mark, "n/a" if c else "-"]
                 elif c.censored and not c.ttt.reached:
                     row_ += [f"> {c.ttt.observed} (stopped: could not beat the fastest rate)" + mark,
-                             num(c.wall_s, "{:.0f}")]
+                             wall_text(c)]
                 else:
-                    row_ += [str(c.ttt) + mark, num(c.wall_s, "{:.0f}")]
+                    row_ += [str(c.ttt) + mark, wall_text(c)]
             grid_rows.append(row_)
         blocks.append(D.Table(["lr", f"ReLU: epochs to {f1.target:.0%}", "ReLU: wall s",
                                f"tanh: epochs to {f1.target:.0%}", "tanh: wall s"], grid_rows,
@@ -500,7 +512,9 @@ def _fig1_blocks(an: A.PresetAnalysis, out_dir: Path, fig) -> list:
                                       f"{REG.GRID_SEED}, apart from the measured ones); (chosen) marks the rate the "
                                       "seeded runs above used. §3.1: the rates were chosen independently per network "
                                       "to make training as fast as possible. A grid run stops once it can no longer "
-                                      "beat the fastest rate (> N: stopped after N epochs); - : not in that arm's grid."))
+                                      "beat the fastest rate (> N: stopped after N epochs); - : not in that arm's grid."
+                                      + (f" Wall s on {ref}; * on {', '.join(sorted(elsewhere))}, not comparable."
+                                         if elsewhere else "")))
     if f1.notes:
         blocks.append(D.Bullets(list(f1.notes)))
     return blocks
@@ -567,9 +581,9 @@ def _completeness(an: A.PresetAnalysis, root) -> list:
     blocks = [D.Heading(2, "7. Completeness")]
     if an.missing:
         blocks.append(D.Para(f"Runs the ablations of this preset need but that are absent or did not finish "
-                             f"(seeds expected per arm: {', '.join(map(str, an.expected_seeds))}, those seen for "
-                             "the baseline or 0, 1, 2 by default; for an ablation with a baseline arm of its own, "
-                             "such as Figure 1, those seen in either of its arms):"))
+                             f"(seeds expected per arm: those seen for the baseline, or 0, 1, 2 by default: here "
+                             f"{', '.join(map(str, an.expected_seeds))}; an ablation with a baseline arm of its own, "
+                             "such as Figure 1, also expects the seeds either of its arms has):"))
         blocks.append(D.Table(["Label", "Seed", "Status"],
                               [[code(lab), str(s), st] for lab, s, st in an.missing], ["l", "r", "l"]))
     else:

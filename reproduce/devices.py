@@ -40,7 +40,8 @@ def device_description() -> str:
             import jax
 
             devs = jax.devices()
-            return f"{len(devs)} x {devs[0].device_kind}"
+            if devs[0].platform != "cpu":  # on a CPU, JAX says only "cpu": the model name below
+                return f"{len(devs)} x {devs[0].device_kind}"
         if backend == "tensorflow":
             import tensorflow as tf
 

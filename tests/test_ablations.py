@@ -345,6 +345,32 @@ def test_a_run_to_a_target_is_estimated_from_its_own_arms_grid():
     assert history_estimate(job, relu, 640, everywhere=relu + grid + seeds_elsewhere)[0] == pytest.approx(1.0 * 42)
 
 
+def test_a_new_machine_times_known_target_epochs_at_its_calibrated_rate(tmp_path, monkeypatch):
+    """No history on this host and device, but the tanh grid ran elsewhere: the
+    estimate is the grid's epochs at this machine's measured rate, not the cap."""
+    import types
+
+    from ablations import plan as P
+    from reproduce.config import get_config
+
+    cfg = get_config("smoke", ["train.epochs=60", "train.batch_size=64", "train.stop_at_train_error=0.25",
+                               "model.activation=tanh"])
+    elsewhere = _finished_run(cfg, "fig1_tanh.grid", 36.0, 18)
+    elsewhere.result["epochs_to_target"] = 18
+    monkeypatch.setattr(P, "preset_history", lambda roots, preset: [elsewhere])  # host "h": not this one
+    monkeypatch.setattr(P, "calibrate", lambda cfg, data: (64.0, 5.0))  # 64 img/s, 5 s fixed
+    data = types.SimpleNamespace(train=range(640), val=range(64))
+    jobs = [P.Job("fig1_tanh", 0, tmp_path / "a", cfg), P.Job("fig1_tanh.base", 0, tmp_path / "b", cfg)]
+    plan = P.SuitePlan(todo=jobs)
+    P.fill_estimates(plan, [tmp_path], "smoke", load_data=lambda d: data, verbose=False, device="CPU (X, 2 cores)")
+    known, unknown = plan.todo
+    assert known.estimate_kind == "calibrated"
+    assert known.estimate_s == pytest.approx(5.0 + P._images_seen(known, data, 18) / 64.0)
+    assert unknown.estimate_kind == "upper bound"  # its own arm has no grid: the 60-epoch cap
+    assert unknown.estimate_s == pytest.approx(5.0 + P._images_seen(unknown, data) / 64.0)
+    assert known.estimate_s < unknown.estimate_s / 3
+
+
 def test_the_eta_leaves_out_a_run_that_failed_at_once():
     import io
 

@@ -127,3 +127,14 @@ def test_jax_bench_runs_without_tensorflow(tmp_path):
     _check_rows(saved.rows, ["step", "fit"])
     assert saved.meta["backend"] == "jax" and saved.rows[0]["mfu"] is None  # a CPU: no known peak
     assert "| step |" in p.stdout and "| fit |" in p.stdout
+
+
+def test_a_cpu_is_named_by_its_model_on_either_backend():
+    """JAX calls every CPU "cpu": runs on two different CPUs must not look like one
+    device (the estimates and the report's wall times compare per device)."""
+    from reproduce.devices import accelerator, device_description
+
+    if accelerator():
+        pytest.skip("an accelerator is visible")
+    desc = device_description()
+    assert desc.startswith("CPU (") and desc.endswith(f", {os.cpu_count()} cores)"), desc

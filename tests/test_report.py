@@ -187,7 +187,7 @@ def build_fixture(root: Path) -> Path:
     return root
 
 
-def _grid_run(root, preset, base_label, lr, reach):
+def _grid_run(root, preset, base_label, lr, reach, device="cpu"):
     """A grid run: the arm's configuration at one learning rate, labelled <arm label>.grid."""
     label = base_label + ".grid"
     cfg = config_for(preset, base_label, {**EXTRA, "train.learning_rate": lr})
@@ -196,7 +196,7 @@ def _grid_run(root, preset, base_label, lr, reach):
     path = R.run_dir(root, preset, label, fp, GRID_SEED)
     R.write_config(path, cfg.to_dict(), {"preset": preset, "label": label, "seed": GRID_SEED, "fingerprint": fp,
                                          "command": f"python -m ablations grid fig1_tanh --preset {preset}"})
-    R.write_env(path, {"date": "2025-02-01T00:00:00+00:00", "device": "cpu"})
+    R.write_env(path, {"date": "2025-02-01T00:00:00+00:00", "device": device})
     censored = reach == "censored"  # stopped after 3 epochs: the fastest rate had needed 3
     curve = fig1_curve(None)[:3] if censored else fig1_curve(reach)
     R.write_metrics_rows(path, [{"val_top1_err": 0.5, **r} for r in curve])
@@ -1214,15 +1214,21 @@ def test_figure1_wall_times_compare_runs_on_one_device(tmp_path):
     for s, dev, wall in ((0, "CPU (A, 2 cores)", 60.0), (1, "CPU (A, 2 cores)", 61.0), (2, "CPU (B, 2 cores)", 400.0)):
         make_run(root, "smoke", "fig1_tanh", s, curve=fig1_curve(15), lr=0.02, epochs_to_target=15, wall=wall,
                  device=dev)
+    _grid_run(root, "smoke", "fig1_tanh.base", 0.01, 3, device="CPU (A, 2 cores)")
+    _grid_run(root, "smoke", "fig1_tanh", 0.02, 15, device="CPU (B, 2 cores)")
     rep = build_report(root, tmp_path / "out")
     f1 = rep.analyses["smoke"].fig1
     assert f1.wall_device == "CPU (A, 2 cores)"
     assert f1.wall_ratio.estimate == pytest.approx(np.exp(np.mean(np.log([60.0, 61.0])) - np.mean(
         np.log([10.0, 10.1, 10.2]))))
-    assert any("1 run(s) on other devices are left out" in n for n in f1.notes)
+    assert any("1 run(s) on other or unrecorded devices are left out" in n for n in f1.notes)
     md = rep.markdown.read_text()
     assert "Wall-time ratio (tanh / ReLU, time to target, runs on CPU (A, 2 cores))" in md
     assert "| tanh | 0.02 | 3 | 15.0 ± 0.0 | s0: 15, s1: 15, s2: 15 | 60 ± 1 |" in md  # seed 2's 400 s left out
+    # The grid's wall times: one from the other CPU is starred and its device named.
+    grid = md.split("| lr | ReLU")[1].split("\n\n")[0] + md.split("| lr | ReLU")[1].split("\n\n")[1]
+    assert "| 0.02 | missing | n/a | 15 (chosen) | 150* |" in grid and "| 0.01 | 3 (chosen) | 30 | missing" in grid
+    assert "Wall s on CPU (A, 2 cores); * on CPU (B, 2 cores), not comparable." in grid
     # Arms with no device in common: no wall-time ratio at all.
     root2 = tmp_path / "runs2"
     for s in range(2):
