@@ -101,8 +101,8 @@ def host_history(roots, preset: str, device: Optional[str] = None, runs_=None) -
     a `preset_history` already read).
 
     A host name alone does not identify a machine: cloud VMs of one kind share it
-    ("vm") over CPUs that differ 2-3x in speed (the published Figure 1 runs: 50 s vs
-    133 s a tanh epoch on an Intel Xeon and an AMD EPYC with the same name). With
+    ("vm") over CPUs that differ 2-3x in speed (the published Figure 1 runs: a median
+    tanh epoch of 49 s on an Intel Xeon, 138 s on an AMD EPYC, same host name). With
     `device` (`reproduce.devices.device_description()`), a run that recorded its
     device counts only if it is the same; runs that did not record one still count."""
     host = socket.gethostname()
