@@ -433,7 +433,8 @@ def _fig1_blocks(an: A.PresetAnalysis, out_dir: Path, fig) -> list:
         rows.append([arm, num(lr, "{:g}"), str(n),
                      "n/a" if n == 0 else (f"{m:.1f} ± {sd:.1f}" if n >= 2 else f"{m:.1f}"),
                      ", ".join(f"s{s}: {t}" for s, t in sorted(ttt.items())) or "n/a",
-                     "n/a" if not walls else (f"{wm:.0f} ± {wsd:.0f}" if len(walls) >= 2 else f"{wm:.0f}")])
+                     "n/a" if not walls else (f"{wm:.0f} ± {wsd:.0f}" if len(walls) >= 2 else f"{wm:.0f}")
+                     + (f" (n = {len(walls)})" if walls and len(walls) != n else "")])
     blocks.append(D.Table(["Activation", "lr", "n", f"Epochs to {f1.target:.0%} (mean ± sd)", "Per seed",
                            "Wall time to target (s)"], rows, ["l", "r", "r", "r", "l", "r"],
                           caption=f"Wall times: the runs on {f1.wall_device}." if f1.wall_device else ""))

@@ -1224,7 +1224,8 @@ def test_figure1_wall_times_compare_runs_on_one_device(tmp_path):
     assert any("1 run(s) on other or unrecorded devices are left out" in n for n in f1.notes)
     md = rep.markdown.read_text()
     assert "Wall-time ratio (tanh / ReLU, time to target, runs on CPU (A, 2 cores))" in md
-    assert "| tanh | 0.02 | 3 | 15.0 ± 0.0 | s0: 15, s1: 15, s2: 15 | 60 ± 1 |" in md  # seed 2's 400 s left out
+    assert "| tanh | 0.02 | 3 | 15.0 ± 0.0 | s0: 15, s1: 15, s2: 15 | 60 ± 1 (n = 2) |" in md  # seed 2's 400 s left out
+    assert "| ReLU | 0.01 | 3 | 3.0 ± 0.0 | s0: 3, s1: 3, s2: 3 | 10 ± 0 |" in md
     # The grid's wall times: one from the other CPU is starred and its device named.
     grid = md.split("| lr | ReLU")[1].split("\n\n")[0] + md.split("| lr | ReLU")[1].split("\n\n")[1]
     assert "| 0.02 | missing | n/a | 15 (chosen) | 150* |" in grid and "| 0.01 | 3 (chosen) | 30 | missing" in grid
