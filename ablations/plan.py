@@ -3,7 +3,7 @@
 Time per run comes from what this machine has measured, most specific first:
 
 1. finished runs of the same experiment (other seeds) made on this host and
-   device (`host_history`);
+   device (`on_this_machine`);
 2. finished runs with the same label, then any run of the preset, on this host
    and device, scaled by their epochs and training images;
 3. otherwise a calibration: a few training steps of the preset's baseline net on
@@ -11,7 +11,7 @@ Time per run comes from what this machine has measured, most specific first:
 
 Seconds per image are this machine's; the epochs of a run that stops at a
 training error (Figure 1) are the experiment's, so they come from every
-machine's runs (`epochs_to_target`).
+machine's runs (`expected_epochs`).
 
 Where several runs qualify, their median counts, so that one run slowed by a
 neighbour on the machine does not skew the rest. Figures are estimates for
@@ -96,21 +96,19 @@ def preset_history(roots, preset: str) -> list:
     return out
 
 
-def host_history(roots, preset: str, device: Optional[str] = None, runs_=None) -> list:
-    """Finished runs of `preset` made on this host, from every root (or of `runs_`,
-    a `preset_history` already read).
-
-    A host name alone does not identify a machine: cloud VMs of one kind share it
-    ("vm") over CPUs that differ 2-3x in speed (the published Figure 1 runs: a median
-    tanh epoch of 49 s on an Intel Xeon, 138 s on an AMD EPYC, same host name). With
-    `device` (`reproduce.devices.device_description()`), a run that recorded its
-    device counts only if it is the same; runs that did not record one still count."""
+def on_this_machine(runs_: list, device: Optional[str] = None) -> list:
+    """The runs of `runs_` made on this host and, with `device`
+    (`reproduce.devices.device_description()`), on this device: a host name alone
+    does not identify a machine, since cloud VMs of one kind share it ("vm") over
+    CPUs 2-3x apart (the published Figure 1 runs: a median tanh epoch of 49 s on an
+    Intel Xeon, 138 s on an AMD EPYC, same host name). Runs that recorded no device
+    still count."""
     host = socket.gethostname()
-    return [r for r in (preset_history(roots, preset) if runs_ is None else runs_)
+    return [r for r in runs_
             if r.env.get("host") == host and (device is None or r.env.get("device") in (None, device))]
 
 
-def epochs_to_target(job: Job, runs_: list) -> Optional[float]:
+def expected_epochs(job: Job, runs_: list) -> Optional[float]:
     """For a run that stops at a training error: the epochs it will take, from
     `runs_` (any machine's): its label's runs (mean epochs run), else the fastest
     rate of its learning-rate grid (the seeds run at that rate); None if unknown."""
@@ -162,7 +160,7 @@ def history_estimate(job: Job, history: list, n_train: int,
     pools = [[r for r in history if r.label == job.label]]
     if target and not job.label.endswith(".grid"):
         pools.append([r for r in history if r.label == grid])
-    target_epochs = epochs_to_target(job, history if everywhere is None else everywhere)
+    target_epochs = expected_epochs(job, history if everywhere is None else everywhere)
     for pool in pools + [history]:
         pool = [r for r in pool if wall(r) > 0 and r.metrics]
         if pool:
@@ -230,11 +228,11 @@ def _images_seen(job: Job, data, epochs: Optional[float] = None) -> float:
 def fill_estimates(plan: SuitePlan, roots, preset: str, load_data=None, verbose: bool = True,
                    device: Optional[str] = None) -> None:
     """Give every job of `plan` an estimate (see the module docstring); `device`
-    as in `host_history`."""
+    as in `on_this_machine`."""
     if not plan.todo:
         return
     everywhere = preset_history(roots, preset)
-    history = host_history(roots, preset, device, runs_=everywhere)
+    history = on_this_machine(everywhere, device)
     data_cache: dict = {}
 
     def data_for(cfg):
@@ -259,7 +257,7 @@ def fill_estimates(plan: SuitePlan, roots, preset: str, load_data=None, verbose:
             ips, fixed = rates[key]
             # A run to a target whose epochs some machine has measured: those epochs at
             # this machine's rate; one with none measured: its epoch cap, a bound.
-            epochs = epochs_to_target(job, everywhere)
+            epochs = expected_epochs(job, everywhere)
             est = fixed + _images_seen(job, data, epochs) / ips
             kind = "upper bound" if job.cfg.train.stop_at_train_error and epochs is None else "calibrated"
         job.estimate_s, job.estimate_kind = est, kind

@@ -112,7 +112,6 @@ class Runner:
         self._held_now: Optional[str] = None
         self.trained = 0
         self._dry = False
-        self._grid_open = False  # plan(): a grid still has runs to train
         self._seen: set = set()
         self._progress: Optional[Progress] = None
 
@@ -297,10 +296,7 @@ class Runner:
             cap = int(min(reached)) if reached else None
             self._held_now = None
             # A rate that diverged has given its answer (it does not train): not retried.
-            n_todo = len(self.plan_.todo)
             r = self.run_one(f"{label}.grid", c, GRID_SEED, epoch_limit=cap, diverged_is_final=True)
-            if self._dry and len(self.plan_.todo) > n_todo:
-                self._grid_open = True  # a grid run to train: the seeds' rate is not known yet
             if self._held_now:
                 raise _ArmHeld(self._held_now)
             ranks[float(lr)] = (grid_rank(r.get("epochs_to_target"), r.get("train_top1_err"))
@@ -354,12 +350,12 @@ class Runner:
         that depend on results not yet there (the Figure 1 seeds, before the
         grid has chosen their rate) are listed at the rate known so far."""
         abls = self._check(names if names is not None else [a.name for a in for_preset(self.preset)])
-        self._dry, self.plan_, self._seen, self._grid_open = True, SuitePlan(), set(), False
+        self._dry, self.plan_, self._seen = True, SuitePlan(), set()
         try:
             self._walk(abls, names is None if baseline is None else baseline)
         finally:
             self._dry = False
-        if self._grid_open:
+        if any(j.label.endswith(".grid") for j in self.plan_.todo):  # the seeds' rate is not known yet
             self.plan_.pending.append(
                 "(Figure 1: grid rates stop early once they cannot win; the grid may grow "
                 f"by x{GRID_EXTEND_FACTOR:g} at an edge, up to {GRID_MAX_EXTENSIONS} more rates per arm)")

@@ -278,7 +278,7 @@ def test_history_for_estimates_is_this_host_and_device(tmp_path):
     does not time this one; a run that recorded no device still counts."""
     import socket
 
-    from ablations.plan import host_history
+    from ablations.plan import on_this_machine, preset_history
     from reproduce import runs as R
 
     here = socket.gethostname()
@@ -292,8 +292,10 @@ def test_history_for_estimates_is_this_host_and_device(tmp_path):
         R.write_env(d, env)
         R.write_metrics_rows(d, [{"epoch": 0}])
         R.write_result(d, {k: 1.0 for k in R.RESULT_KEYS} | {"status": "ok"})
-    assert sorted(r.label for r in host_history([tmp_path], "smoke", "CPU (A, 2 cores)")) == ["no_device", "same"]
-    assert sorted(r.label for r in host_history([tmp_path], "smoke")) == ["no_device", "other_cpu", "same"]
+    runs_ = preset_history([tmp_path], "smoke")
+    assert len(runs_) == 4
+    assert sorted(r.label for r in on_this_machine(runs_, "CPU (A, 2 cores)")) == ["no_device", "same"]
+    assert sorted(r.label for r in on_this_machine(runs_)) == ["no_device", "other_cpu", "same"]
 
 
 def test_the_estimate_takes_the_median_so_one_slowed_run_does_not_skew_it():
