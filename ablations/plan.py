@@ -101,8 +101,9 @@ def on_this_machine(runs_: list, device: Optional[str] = None) -> list:
     (`reproduce.devices.device_description()`), on this device: a host name alone
     does not identify a machine, since cloud VMs of one kind share it ("vm") over
     CPUs 2-3x apart (the published Figure 1 runs: a median tanh epoch of 49 s on an
-    Intel Xeon, 138 s on an AMD EPYC, same host name). Runs that recorded no device
-    still count."""
+    Intel Xeon, 138 s on an AMD EPYC, same host name), and a bare CPU model name
+    does not either (55 s on another "AMD EPYC"; devices now name the CPU's family
+    and model numbers). Runs that recorded no device still count."""
     host = socket.gethostname()
     return [r for r in runs_
             if r.env.get("host") == host and (device is None or r.env.get("device") in (None, device))]

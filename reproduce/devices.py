@@ -51,13 +51,30 @@ def device_description() -> str:
                 return f"{len(gpus)} x {details.get('device_name', 'GPU')}"
     except Exception:  # pragma: no cover - description only
         pass
-    name = ""
-    try:  # the CPU's model name, where Linux tells it
+    try:  # the CPU's model, where Linux tells it
         with open("/proc/cpuinfo") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+            name = cpu_name(f.read())
     except OSError:
-        pass
+        name = ""
     return f"CPU ({name or platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def cpu_name(cpuinfo: str) -> str:
+    """The first CPU of a /proc/cpuinfo text: its model name and, where given, its
+    family and model numbers ('AMD EPYC, family 25 model 17'); '' if it has none.
+    Cloud VMs often show a bare 'AMD EPYC' or 'Intel Xeon Processor' for CPU
+    generations whose speeds differ by 2-3x; the numbers tell them apart."""
+    fields = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            break  # the first processor's block ends here
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name", "")
+    family, model = fields.get("cpu family"), fields.get("model")
+    if name and family and model:
+        return f"{name}, family {family} model {model}"
+    return name
 
 
 def resolve_precision(cfg: Config) -> str:

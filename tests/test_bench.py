@@ -138,3 +138,20 @@ def test_a_cpu_is_named_by_its_model_on_either_backend():
         pytest.skip("an accelerator is visible")
     desc = device_description()
     assert desc.startswith("CPU (") and desc.endswith(f", {os.cpu_count()} cores)"), desc
+
+
+def test_two_cpus_of_one_model_name_are_told_apart_by_family_and_model():
+    """Cloud VMs name different CPU generations alike ('AMD EPYC'); a device that
+    the estimates and the report's wall times compare by must tell them apart."""
+    from reproduce.devices import cpu_name
+
+    def cpuinfo(model):  # two processors, as Linux writes them
+        block = (f"processor\t: {{}}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\n"
+                 f"model\t\t: {model}\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2\n")
+        return block.format(0) + "\n" + block.format(1).replace(f": {model}\n", ": 99\n")
+
+    assert cpu_name(cpuinfo(17)) == "AMD EPYC, family 25 model 17"
+    assert cpu_name(cpuinfo(1)) == "AMD EPYC, family 25 model 1"
+    # No family/model lines (e.g. some ARM kernels): the model name alone; none: ''.
+    assert cpu_name("processor\t: 0\nmodel name\t: Neoverse-V2\n") == "Neoverse-V2"
+    assert cpu_name("processor\t: 0\nCPU part\t: 0xd4f\n") == ""
