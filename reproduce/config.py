@@ -636,10 +636,11 @@ def _cifar10():
     Cost on a 2-core CPU (measured 2026-11-28, TensorFlow, float32): 439 img/s,
     ~2 min per epoch, ~80 min per run. One GPU: not measured. Result: the LRN
     claim not measured yet. Figure 1 (``make ablation NAME=fig1_tanh
-    PRESET=cifar10 SEEDS=5``, measured 2026-12-01/02 on 2-core CPUs, TensorFlow,
-    float32): tanh needs x6.07 [x5.63, x6.55] the epochs of ReLU to reach 25%
-    training error (5 ReLU, 3 tanh seeds; the paper: x6); a ReLU seed takes
-    ~6 min, a tanh seed ~37 min on an Intel Xeon and ~100 min on an AMD EPYC.
+    PRESET=cifar10 SEEDS=5``, measured 2026-12-01/03 on 2-core CPUs, TensorFlow,
+    float32): tanh needs x6.06 [x5.64, x6.52] the epochs of ReLU to reach 25%
+    training error (5 seeds per arm; the paper: x6); a ReLU seed takes ~6 min,
+    a tanh seed ~37 min on an Intel Xeon and 38-100 min on two AMD EPYC VMs; the
+    whole campaign with both learning-rate grids took 8.1 h.
     """
 
 
