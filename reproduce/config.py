@@ -639,7 +639,7 @@ def _cifar10():
     PRESET=cifar10 SEEDS=5``, measured 2026-12-01/03 on 2-core CPUs, TensorFlow,
     float32): tanh needs x6.06 [x5.64, x6.52] the epochs of ReLU to reach 25%
     training error (5 seeds per arm; the paper: x6); a ReLU seed takes ~6 min,
-    a tanh seed ~37 min on an Intel Xeon and 38-100 min on two AMD EPYC VMs; the
+    a tanh seed ~37 min on an Intel Xeon and 38-103 min on two AMD EPYC VMs; the
     whole campaign with both learning-rate grids took 8.1 h.
     """
 
