@@ -12,7 +12,7 @@ It reads runs only through `reproduce.runs` and the claims from
     rep = build_report("runs", "runs/report")      # -> reports.report.Report
     rep.analyses["imagenette"].comparison("no_lrn").rows[0].seed_ci
 
-Modules: `stats` (intervals, bootstrap, Holm's correction, detectable effects,
+Modules: `stats` (intervals, bootstrap, Bonferroni correction and simultaneous intervals, detectable effects,
 verdicts, epochs to target), `collect` (grouping runs by preset/label/fingerprint,
 data set and class count), `analysis` (the numbers), `figures` (PNG plots),
 `document` (Markdown and PDF rendering), `export` (the CSV tables), `report`

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -38,16 +38,22 @@ SMALL_GAP = 0.05
 # Top-5 error with this many classes or fewer is near 0 and says nothing
 # comparable with the paper's 1000-class top-5.
 TOP5_MIN_CLASSES = 10
-HOLM = ("Holm's step-down correction over the claims of a preset, one test per claim from its "
-        "primary metric (top-1 error; the overfitting gap; early error for bias_init; the epoch "
-        "ratio for Figure 1); top-5 and other secondary rows are reported, not tested")
+MULTIPLICITY = ("Bonferroni's correction over the claims of a preset that are tested, one test per claim from "
+                "its primary metric (top-1 error; the overfitting gap; early error for bias_init; the epoch "
+                "ratio for Figure 1), with simultaneous intervals at level 1 - 0.05/m beside the verdicts, so "
+                "that an interval excludes 0 exactly when its claim is significant; top-5 and other secondary "
+                "rows are reported with per-claim 95% intervals, not tested")
+# An effect measured on a longer budget of the same net (registry.BUDGET_SERIES) at
+# less than this fraction of its size on a shorter one (or of the other sign)
+# makes the shorter budget's verdict `budget-limited`.
+BUDGET_SHRINK = 0.5
 
 
 @dataclass
 class Row:
     """One compared quantity of one ablation.
 
-    role: "primary" (the claim's test, in the preset's Holm family), "secondary"
+    role: "primary" (the claim's test, in the preset's correction family), "secondary"
     (reported, not tested: top-5 beside top-1, final error beside early error), or
     "none" (the paper makes no claim). ci is the interval the test uses: the seed
     interval, or the image bootstrap when the seeds show no spread; for the epoch
@@ -75,6 +81,16 @@ class Row:
     verdict: str = ""
     notes: list = field(default_factory=list)
     label: str = ""  # the metric as printed, e.g. "val top-1 err after epoch 7"
+    # A verdict given without a test (stats.WITHHELD), and why.
+    withheld: str = ""
+    withheld_why: str = ""
+    level: float = LEVEL  # of `ci`: simultaneous (1 - alpha/m) for a tested primary row
+    # The interval the test uses, at a given level (None: `ci` is all there is).
+    interval_at: Optional[Callable] = field(default=None, repr=False, compare=False)
+    # Where the paired and Welch tests disagree on significance: what each says.
+    fragile: str = ""
+    # Across budgets (registry.BUDGET_SERIES): [(preset, epochs, estimate)], shortest first.
+    budgets: list = field(default_factory=list)
 
     @property
     def p(self) -> float:
@@ -106,6 +122,8 @@ class Comparison:
     dataset: str = ""  # collect.dataset_name of the baseline's data
     # Caveats short enough for the one-line summary (README table), beside the claim's own.
     tags: list = field(default_factory=list)
+    # Arms with seeds at chance: label -> Collapse.
+    collapse: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -114,6 +132,23 @@ class Comparison:
     @property
     def primary(self) -> Optional[Row]:
         return next((r for r in self.rows if r.role == "primary"), None)
+
+
+@dataclass
+class Collapse:
+    """An arm's seeds that ended at chance (a net that predicts about one class),
+    with the fraction of fc7 units that never fire where the run recorded it."""
+
+    seeds: list  # the seeds at chance
+    n: int  # the arm's seeds
+    error: float  # their mean top-1 error
+    dead_fc7: dict = field(default_factory=dict)  # seed -> fraction of dead fc7 units
+
+    def text(self, label: str) -> str:
+        t = f"`{label}` at chance in {len(self.seeds)}/{self.n} seeds ({self.error:.1%})"
+        if self.dead_fc7:
+            t += ", dead fc7 units " + ", ".join(f"{100 * v:.0f}%" for _, v in sorted(self.dead_fc7.items()))
+        return t
 
 
 @dataclass
@@ -152,6 +187,25 @@ class Fig1:
     notes: list = field(default_factory=list)
     wall_device: Optional[str] = None  # the one device whose runs the wall times compare
     arm_walls: dict = field(default_factory=dict)  # "relu"/"tanh" -> {seed: wall s} on wall_device
+    # The ratio under each way of counting (see `fig1_rules`); its spread is the range
+    # the report gives, since the choice of rule moves the ratio more than the seeds do.
+    rules: list = field(default_factory=list)
+
+    @property
+    def rule_range(self) -> Optional[tuple]:
+        ests = [r.estimate for r in self.rules if r.estimate is not None and math.isfinite(r.estimate)]
+        return (min(ests), max(ests)) if ests else None
+
+
+@dataclass
+class CountingRule:
+    """The Figure 1 ratio (tanh / ReLU epochs to target) under one counting rule."""
+
+    name: str
+    estimate: Optional[float]
+    ci: Optional[S.RatioSummary]  # None: one pair, no interval
+    n: int  # pairs
+    per_seed: dict = field(default_factory=dict)  # seed -> (ReLU, tanh) values
 
 
 @dataclass
@@ -168,7 +222,7 @@ class PresetAnalysis:
     not_counted: list  # runs
     superseded: list  # (Group, diff from the group used for that label)
     used: set  # (label, fingerprint) of the groups in the tables
-    family: int = 0  # claims in the Holm family (primary rows with a test)
+    family: int = 0  # claims in the correction family (primary rows with a test)
     notes: list = field(default_factory=list)  # preset-wide
 
     def comparison(self, name: str) -> Optional[Comparison]:
@@ -242,6 +296,14 @@ def early_label(k: int) -> str:
     return "val top-1 err after epoch 1" if k == 1 else f"mean val top-1 err over epochs 1-{k}"
 
 
+def run_fractional_ttt(run, target: float) -> Optional[float]:
+    """Fractional epochs to the target (`stats.fractional_epochs_to_target`), the
+    curve starting at chance before training; None if never reached."""
+    rows = sorted((r for r in run.metrics if r.get("top1_err") is not None), key=lambda r: int(r["epoch"]))
+    k = C.num_classes(run) or 10
+    return S.fractional_epochs_to_target([float(r["top1_err"]) for r in rows], target, 1.0 - 1.0 / k)
+
+
 def run_ttt(run, target: float) -> S.TimeToTarget:
     """Epochs to the training-error target, from the logged curve (else result.json)."""
     rows = [r for r in run.metrics if r.get("top1_err") is not None]
@@ -312,37 +374,45 @@ def _claimed_text(claim: REG.Claim, metric: str) -> tuple[Optional[float], str, 
     return None, ("> 0" if claim.direction > 0 else "< 0"), True
 
 
-def delta_row(name, metric, claim, base, variant, image_ci, notes=(), role="primary", label="") -> Row:
+def delta_row(name, metric, claim, base, variant, image_ci_at=None, notes=(), role="primary", label="") -> Row:
     """A row for `variant - base` over seeds. When every seed gives the same
     difference the t interval would be a point: the image bootstrap is used
-    instead where it exists, else the row is not measurable."""
+    instead where it exists, else the row is not measurable. `image_ci_at`:
+    level -> the image bootstrap interval (None: no per-image results)."""
     claimed, text, has_claim = _claimed_text(claim, metric)
     seed = S.delta_interval(base, variant, LEVEL)
+    image_ci = image_ci_at(LEVEL) if image_ci_at is not None else None
     ci, notes = seed, list(notes)
+    by_images = False
     if not seed.ok and seed.reason.startswith("no spread"):
         if image_ci is not None and image_ci.ok:
-            ci = image_ci
+            ci, by_images = image_ci, True
             notes.append(f"{seed.reason}, so the interval and test are the paired bootstrap over validation "
                          "images, which reflects the finite validation set only, not training noise")
         else:
             notes.append(f"{seed.reason} and there is no image-level interval: no interval is given "
                          "(a zero-width one would claim a precision the runs do not have)")
+    def interval_at(level: float) -> S.Interval:
+        return image_ci_at(level) if by_images else S.delta_interval(base, variant, level)
+
     row = Row(name, metric, claimed, text, claim.direction, base, variant, seed, image_ci, ci,
-              role=role if has_claim else "none", bound=claim.bound, notes=notes, label=label)
+              role=role if has_claim else "none", bound=claim.bound, notes=notes, label=label,
+              interval_at=interval_at)
     _power(row, seed)
     return row
 
 
-def _power(row: Row, seed_ci: S.Interval) -> None:
+def _power(row: Row, seed_ci: S.Interval, alpha: float = S.ALPHA) -> None:
     """The row's detectable effect (at its interval's spread) and the seeds the
-    paper's effect would need (at the seeds' spread)."""
+    paper's effect would need (at the seeds' spread), for a test at `alpha`."""
     if not row.ci.ok:
         row.unmeasurable = row.ci.reason or "no interval"
-    row.mde = S.mde(row.ci.se, row.ci.df) if row.ci.ok else S.NAN
-    row.seeds_needed = S.seeds_needed(row.paper_effect, seed_ci)
+    row.mde = S.mde(row.ci.se, row.ci.df, alpha) if row.ci.ok else S.NAN
+    row.seeds_needed = S.seeds_needed(row.paper_effect, seed_ci, alpha)
 
 
 def _image_ci(base_runs, var_runs, base_key, var_key, shift=0.0):
+    """(level -> the paired image bootstrap interval, "") or (None, why not)."""
     b, why_b = wrong_matrix(base_runs, base_key)
     v, why_v = wrong_matrix(var_runs, var_key)
     if b is None or v is None:
@@ -350,7 +420,7 @@ def _image_ci(base_runs, var_runs, base_key, var_key, shift=0.0):
     (bm, bl), (vm, vl) = b, v
     if bm.shape[1] != vm.shape[1] or (bl is not None and vl is not None and not np.array_equal(bl, vl)):
         return None, "the arms' validation sets differ"
-    return S.paired_bootstrap(bm, vm, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, LEVEL, shift), ""
+    return (lambda level: S.paired_bootstrap(bm, vm, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, level, shift)), ""
 
 
 def compare(preset: str, a: REG.Ablation, labels: dict, prefer_base: Optional[str] = None) -> Comparison:
@@ -438,22 +508,63 @@ def compare(preset: str, a: REG.Ablation, labels: dict, prefer_base: Optional[st
         for r in comp.rows:  # the reason that matters; a lack of spread at chance is no surprise
             r.unmeasurable = "baseline at chance"
             r.notes = [n for n in r.notes if not n.startswith("no spread")]
-    elif base_err and not eval_kind:
-        # A learning baseline beside a variant that never learned: the delta is real, but
-        # its size is the baseline's whole progress, not a measure of the choice. Say so
-        # beside the row (a net that fails to start is not a net that learns slower).
-        var_err = result_values(pair.variant, "val_top1_err")
-        stuck = [s for s, e in var_err.items() if S.near_chance(e, k_classes, n_val)]
-        if var_err and len(stuck) == len(var_err):
-            vm = float(np.mean(list(var_err.values())))
-            comp.tags.append(f"variant at chance in {len(stuck)}/{len(var_err)} seeds ({vm:.1%}): it never "
-                             "started learning")
-            comp.notes.append(
-                f"every `{var_label}` seed ends at chance ({vm:.1%} top-1 error; chance is "
-                f"{1 - 1 / k_classes:.1%} with {k_classes} classes) while the baseline learns: the variant "
-                "failed to start within this budget, so the delta measures the baseline's progress, not "
-                "a slower start")
+        return comp
+    _withhold(comp, pair, claim, k_classes, n_val, eval_kind)
     return comp
+
+
+def collapse_of(group: Optional[C.Group], k_classes, n_val) -> Optional[Collapse]:
+    """The group's seeds at chance (None: none, or no class count to judge by)."""
+    err = result_values(group, "val_top1_err")
+    stuck = sorted(s for s, e in err.items() if S.near_chance(e, k_classes, n_val))
+    if not stuck:
+        return None
+    dead = {}
+    for r in group.counted:
+        v = (r.result or {}).get("fc7_dead_fraction")
+        if r.seed in stuck and isinstance(v, (int, float)) and math.isfinite(v):
+            dead[r.seed] = float(v)
+    return Collapse(stuck, len(err), float(np.mean([err[s] for s in stuck])), dead)
+
+
+def _withhold(comp: Comparison, pair, claim: REG.Claim, k_classes, n_val, eval_kind: bool) -> None:
+    """Verdicts the comparison cannot give, decided before any test: an arm that
+    collapsed to chance in some seed (a net that failed to train says nothing about
+    the choice; the delta would measure the other arm's progress), a confounded
+    claim, and an overfitting claim while the baseline does not yet overfit."""
+    arms = [(comp.base_label, pair.base)] + ([] if eval_kind else [(comp.variant_label, pair.variant)])
+    for label, g in arms:
+        col = collapse_of(g, k_classes, n_val)
+        if col is not None:
+            comp.collapse[label] = col
+    primary = [r for r in comp.rows if r.role == "primary"]
+    if comp.collapse:
+        texts = [col.text(label) for label, col in comp.collapse.items()]
+        comp.tags.append("collapsed: " + "; ".join(texts))
+        comp.notes.append(
+            "an arm ended at chance in some seed (" + "; ".join(texts) + f"; chance is {1 - 1 / k_classes:.1%} "
+            f"with {k_classes} classes): training collapsed there, so the comparison says nothing about the "
+            "claim and no verdict is given; the collapse rate is the outcome to report")
+    # A confound is a flaw of the design, known before any run: it is named first.
+    if claim.confounded:
+        for r in primary:
+            r.withheld, r.withheld_why = S.CONFOUNDED, claim.caveat.split(":", 1)[-1].strip()
+        return
+    if comp.collapse:
+        for r in primary:
+            r.withheld, r.withheld_why = S.COLLAPSED, "; ".join(col.text(lab) for lab, col in comp.collapse.items())
+        return
+    if claim.regulariser:
+        gap = gap_values(pair.base)
+        if gap and float(np.mean(list(gap.values()))) < SMALL_GAP:
+            g = 100 * float(np.mean(list(gap.values())))
+            why = (f"the baseline's gap (val - clean train top-1 error) is {g:+.1f} points, under "
+                   f"{100 * SMALL_GAP:.0f}: the net has not begun to overfit, so a claim about overfitting cannot "
+                   "show at this budget, and more seeds would not settle it")
+            if not any(t.startswith("baseline gap") for t in comp.tags):
+                comp.tags.append(f"baseline gap {g:+.1f} pts: the budget ends before overfitting")
+            for r in primary:
+                r.withheld, r.withheld_why = S.NOT_TESTABLE, why
 
 
 def run_device(r) -> Optional[str]:
@@ -531,7 +642,10 @@ def fig1_analysis(preset: str, a: REG.Ablation, labels: dict, comp: Comparison) 
     row = Row(a.name, "epochs", claimed, text, claim.direction,
               {s: t.bound for s, t in bt.items()}, {s: t.bound for s, t in vt.items()},
               ratio if ratio is not None else S.RatioSummary(*(S.NAN,) * 5, "n/a", n), None, log_ci,
-              lower_bound_only=bool(var_cens), notes=notes, label=f"epochs to {target:.0%} train err")
+              lower_bound_only=bool(var_cens), notes=notes, label=f"epochs to {target:.0%} train err",
+              interval_at=(lambda level: S.ratio_interval({s: t.bound for s, t in bt.items()},
+                                                          {s: t.bound for s, t in vt.items()}, level).log)
+              if ratio is not None else None)
     _power(row, log_ci)
     if base_cens:
         row.unmeasurable = f"ReLU seeds {base_cens} never reached {target:.0%}"
@@ -593,7 +707,44 @@ def fig1_analysis(preset: str, a: REG.Ablation, labels: dict, comp: Comparison) 
     if grid_seeds and len(grid_seeds) == 1:
         fig.notes.append(f"the learning rates were picked on a single selection seed ({sorted(grid_seeds)[0]}): "
                          "rates whose epochs to target are close may rank differently on another seed")
+    fig.rules = fig1_rules(fig)
     return fig
+
+
+def fig1_rules(fig: Fig1) -> list:
+    """The tanh / ReLU ratio under each counting rule: whole epochs (the primary
+    test), the crossing interpolated within its epoch, and with the selection
+    seed's grid runs at the chosen rates counted as one more pair, or alone (they
+    were picked for being fastest, so they are kept out of the test)."""
+    if fig.ratio is None:
+        return []
+    pair = lambda b, v: {s: (b[s], v[s]) for s in sorted(set(b) & set(v))}  # noqa: E731
+    bi = {s: t.bound for s, t in fig.base_ttt.items()}
+    vi = {s: t.bound for s, t in fig.variant_ttt.items()}
+    rules = [CountingRule("whole epochs: the first epoch at or under the target (the test)", fig.ratio.estimate,
+                          fig.ratio, len(set(bi) & set(vi)), pair(bi, vi))]
+    bf = {r.seed: run_fractional_ttt(r, fig.target) for r in fig.base_runs}
+    vf = {r.seed: run_fractional_ttt(r, fig.target) for r in fig.variant_runs}
+    bf = {s: x for s, x in bf.items() if x}
+    vf = {s: x for s, x in vf.items() if x}
+    if bf and vf:
+        rf = S.ratio_interval(bf, vf, LEVEL)
+        rules.append(CountingRule("the crossing interpolated within its epoch (linear, from chance before "
+                                  "training)", rf.estimate, rf, len(set(bf) & set(vf)), pair(bf, vf)))
+
+    def selected(arm, lr):
+        cell = next((c for c in fig.grid.get(arm, []) if lr is not None and math.isclose(c.lr, lr)), None)
+        return cell.ttt.epochs if cell is not None and cell.ttt is not None and cell.ttt.reached else None
+
+    sb, sv = selected("relu", fig.base_lr), selected("tanh", fig.variant_lr)
+    if sb and sv:
+        rp = S.ratio_interval({**bi, REG.GRID_SEED: sb}, {**vi, REG.GRID_SEED: sv}, LEVEL)
+        rules.append(CountingRule(f"whole epochs, the selection seed {REG.GRID_SEED} counted as one more pair",
+                                  rp.estimate, rp, len(set(bi) & set(vi)) + 1,
+                                  {**pair(bi, vi), REG.GRID_SEED: (sb, sv)}))
+        rules.append(CountingRule(f"the selection seed {REG.GRID_SEED} alone (its grid runs at the chosen rates)",
+                                  sv / sb, None, 1, {REG.GRID_SEED: (sb, sv)}))
+    return rules
 
 
 # --------------------------------------------------------------------------------------
@@ -602,21 +753,35 @@ def fig1_analysis(preset: str, a: REG.Ablation, labels: dict, comp: Comparison) 
 
 
 def judge(comparisons: list) -> int:
-    """Holm's correction over the primary rows with a test, then each row's
-    direction, magnitude and verdict (see `reports.stats`). Returns the family size."""
+    """Bonferroni's correction over the primary rows with a test, each such row's
+    interval recomputed at the simultaneous level (so that it excludes 0 exactly
+    when the row is significant), then each row's direction, magnitude and verdict
+    (see `reports.stats`). Returns the family size."""
     family = {(c.name, r.metric): r.p for c in comparisons for r in c.rows
-              if r.role == "primary" and not r.unmeasurable and math.isfinite(r.p)}
-    adjusted = S.holm(family)
+              if r.role == "primary" and not r.unmeasurable and not r.withheld and math.isfinite(r.p)}
+    adjusted = S.bonferroni(family)
+    m = len(family)
+    level = S.simultaneous_level(m)
+    alpha = 1.0 - level
     for c in comparisons:
         for r in c.rows:
             r.p_adj = adjusted.get((c.name, r.metric), S.NAN)
             if r.role == "none":
                 r.direction_verdict, r.magnitude, r.verdict = "-", "-", S.NO_CLAIM
                 continue
+            if r.role == "primary" and r.withheld:  # the reason that matters, with or without an interval
+                r.direction_verdict = r.magnitude = "-"
+                r.verdict = r.withheld
+                r.mde, r.seeds_needed = S.NAN, None  # more seeds would not settle it
+                continue
             if r.unmeasurable:
                 r.direction_verdict = r.magnitude = r.verdict = S.NOT_MEASURABLE
                 r.mde, r.seeds_needed = S.NAN, None  # no power statement about a comparison that cannot be made
                 continue
+            if r.role == "primary" and (c.name, r.metric) in family and r.interval_at is not None and m > 1:
+                # seed_ci stays the per-claim 95% interval (described, not tested).
+                r.ci, r.level = r.interval_at(level), level
+                _power(r, r.ci, alpha)
             r.magnitude = S.magnitude_verdict(r.ci, r.paper_effect, r.direction, r.mde, bound=r.bound,
                                               lower_bound_only=r.lower_bound_only)
             if r.role == "secondary":
@@ -624,7 +789,30 @@ def judge(comparisons: list) -> int:
                 continue
             r.direction_verdict = S.direction_verdict(r.ci.estimate, r.p_adj, r.direction)
             r.verdict = S.claim_verdict(r.direction_verdict, r.magnitude)
-    return len(family)
+            r.fragile = _fragility(r, m)
+            if r.fragile:
+                r.notes.append(f"fragile: {r.fragile}")
+    return m
+
+
+def _fragility(r: Row, m: int) -> str:
+    """For a paired comparison: what the paired and Welch tests (each after the
+    same correction) say, when they disagree on significance; else ""."""
+    if r.ci.method != "paired t" or not math.isfinite(r.p_adj):
+        return ""
+    b, v = r.base, r.variant
+    if r.is_ratio:
+        b = {s: math.log(x) for s, x in b.items()}
+        v = {s: math.log(x) for s, x in v.items()}
+    welch = S.welch_interval(list(b.values()), list(v.values()))
+    if not math.isfinite(welch.p):
+        return ""
+    p_w = min(1.0, m * welch.p)
+    if (r.p_adj < S.ALPHA) == (p_w < S.ALPHA):
+        return ""
+    word = lambda p: "significant" if p < S.ALPHA else "not significant"  # noqa: E731
+    return (f"the paired t test is {word(r.p_adj)} (adjusted p {r.p_adj:.3f}) but Welch's t, which ignores the "
+            f"pairing by seed, is {word(p_w)} (adjusted p {p_w:.3f})")
 
 
 def analyze_preset(preset: str, labels: dict, root) -> PresetAnalysis:
@@ -740,3 +928,45 @@ def _analyze_preset(preset: str, labels: dict, root) -> PresetAnalysis:
                          key=lambda r: (r.label, r.seed, str(r.path)))
     an.expected_seeds, an.missing, an.not_counted, an.superseded = expected, missing, not_counted, superseded
     return an
+
+
+def _budget_epochs(comp: Comparison) -> Optional[int]:
+    eps = [r.config.get("train", {}).get("epochs") for r in (comp.pair.base.counted if comp.pair.base else [])]
+    eps = [e for e in eps if isinstance(e, int)]
+    return max(eps) if eps else None
+
+
+def budget_limits(analyses: dict) -> None:
+    """Across the presets of a budget series (registry.BUDGET_SERIES): a claim whose
+    effect at the longest budget measured is under `BUDGET_SHRINK` of its size at a
+    shorter one, or of the other sign, is `budget-limited` at the shorter one; the
+    row keeps its test and shows both budgets. A short budget can read a slower
+    start as a worse (or better) end point: the verdict there is about the budget."""
+    for series in REG.BUDGET_SERIES:
+        present = [p for p in series if p in analyses]
+        names = {c.name for p in present for c in analyses[p].comparisons}
+        for name in sorted(names):
+            points = []
+            for p in present:
+                comp = analyses[p].comparison(name)
+                r = comp.primary if comp is not None else None
+                e = _budget_epochs(comp) if comp is not None else None
+                if r is None or r.is_ratio or e is None or not math.isfinite(r.ci.estimate):
+                    continue
+                points.append((e, p, comp, r))
+            if len(points) < 2:
+                continue
+            points.sort(key=lambda x: x[0])
+            e_long, p_long, _, r_long = points[-1]
+            budgets = [(p, e, r.ci.estimate) for e, p, _, r in points]
+            for e, p, comp, r in points[:-1]:
+                short, long_ = r.ci.estimate, r_long.ci.estimate
+                if e >= e_long or short == 0 or r.verdict in (*S.WITHHELD, S.NOT_MEASURABLE, S.NO_CLAIM):
+                    continue
+                if short * long_ < 0 or abs(long_) < BUDGET_SHRINK * abs(short):
+                    r.verdict = S.BUDGET_LIMITED
+                    r.budgets = budgets
+                    across = ", ".join(f"{100 * d:+.2f} at {ep} epochs ({q})" for q, ep, d in budgets)
+                    comp.tags.append(f"budget-limited: {across}")
+                    r.notes.append(f"budget-limited: the effect shrinks as the budget grows ({across}); the test "
+                                   f"at {e} epochs measures the budget, not the end point the paper compares")

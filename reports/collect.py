@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
@@ -24,13 +25,16 @@ from typing import Iterable, Optional
 from reproduce import runs as R
 from reproduce.config import (
     PRESETS,
+    RENAMED,
     Config,
     ConfigError,
     apply_overrides,
     canonical_flat,
     experiment_identity,
+    flatten,
     fingerprint_of,
     get_config,
+    valid_keys,
     validate,
 )
 
@@ -157,6 +161,36 @@ def load(root, damaged: Optional[list] = None) -> dict:
             yield run
 
     return group_runs(readable())
+
+
+def oddities(run: R.Run) -> list:
+    """What in a readable run's files this code does not expect, as short phrases
+    (none for a run written by this code): configuration keys it does not know
+    (written by newer code, or by hand) or that were removed since (older code,
+    `reproduce.config.RENAMED` maps them to None), and result.json values that are
+    not finite numbers (NaN, infinity: the comparisons leave them out)."""
+    out = []
+    flat = flatten(run.config)
+    known = set(valid_keys())
+    unknown = sorted(k for k in flat if k not in known and k not in RENAMED)
+    removed = sorted(k for k in flat if k in RENAMED and RENAMED[k] is None)
+    if unknown:
+        out.append("config.json has key(s) this code does not know (newer code, or edited by hand): "
+                   + ", ".join(f"`{k}`" for k in unknown))
+    if removed:
+        out.append("config.json has key(s) removed since it was written (older code), ignored: "
+                   + ", ".join(f"`{k}`" for k in removed))
+    bad = sorted(k for k, v in (run.result or {}).items() if isinstance(v, float) and not math.isfinite(v))
+    if bad:
+        out.append("result.json holds non-finite values: " + ", ".join(
+            f"`{k}` = {run.result[k]}" for k in bad))
+    return out
+
+
+def odd_runs(grouped: dict) -> list:
+    """[(run, [oddities])] of every run in `group_runs`' output that has any, by path."""
+    runs = [r for labels in grouped.values() for groups in labels.values() for g in groups for r in g.runs]
+    return [(r, o) for r in sorted(runs, key=lambda r: str(r.path)) if (o := oddities(r))]
 
 
 # --------------------------------------------------------------------------------------
@@ -354,7 +388,52 @@ def relpath(path: Path, root) -> str:
     try:
         return str(Path(path).relative_to(Path(root)))
     except ValueError:
-        return str(path)
+        return portable(str(path))
+
+
+# The repository the report is built from: absolute paths inside it are printed
+# relative to it.
+REPO = Path(__file__).resolve().parents[1]
+# An absolute path (or ~/..., ./..., ../...) standing as a word of its own: not the
+# tail of a relative path, a number ("3/4") or a URL ("https://...").
+_PATH_WORD = re.compile(r"(?<![\w.~/:$-])(?:~|\.\.?)?/[^\s'\"`,;=()\[\]{}<>|]+")
+
+
+def is_local_source(source: str) -> bool:
+    """A `data.source` naming files on a disk (not TFDS, not synthetic data)."""
+    return bool(source) and source != "synthetic" and not source.startswith("tfds:")
+
+
+def portable(text: str, data_sources: Iterable[str] = (), repo: Optional[Path] = None) -> str:
+    """`text` (a command line, a folder) with no path of the machine it ran on, so a
+    committed report reads the same wherever it was built: a local data source
+    (any of `data_sources`, as recorded in `data.source`) becomes its file name (the
+    report names the file's digest beside it), an absolute path inside the
+    repository becomes relative to it, and any other absolute or home path becomes
+    its base name. Relative paths that are not data are kept."""
+    repo = os.path.normpath(str(repo if repo is not None else REPO))
+    sources = {os.path.normpath(os.path.expanduser(s)) for s in data_sources if is_local_source(str(s))}
+
+    def rewrite(m: "re.Match") -> str:
+        word, trail = m.group(0), ""
+        while len(word) > 1 and word[-1] in ".:":  # the sentence's full stop, not the path's
+            word, trail = word[:-1], word[-1] + trail
+        norm = os.path.normpath(os.path.expanduser(word))
+        if norm in sources:
+            return os.path.basename(norm) + trail
+        if not os.path.isabs(norm):
+            return word + trail
+        if norm == repo:
+            return "." + trail
+        if norm.startswith(repo + os.sep):
+            return os.path.relpath(norm, repo) + trail
+        return (os.path.basename(norm) or word) + trail
+
+    text = str(text)
+    for s in sorted(sources, key=len, reverse=True):  # a relative data path ("shared/x.tar") too
+        if not s.startswith(("/", ".")):
+            text = re.sub(r"(?<![\w./~-])" + re.escape(s) + r"(?![\w/-]|\.\w)", os.path.basename(s), text)
+    return _PATH_WORD.sub(rewrite, text)
 
 
 def preset_order(presets: Iterable[str]) -> list:

@@ -153,9 +153,15 @@ def to_pdf(doc: Document, path: Path) -> None:
         pdf.set_font(family, style, size)
         pdf.multi_cell(0, h or size * 0.5, _plain(s), new_x="LMARGIN", new_y="NEXT")
 
+    def caption_height(s, size=8.0):
+        pdf.set_font("Helvetica", "", size)
+        return pdf.multi_cell(0, size * 0.5, _plain(s), dry_run=True, output="HEIGHT")
+
     def fig_width(b):
+        """(width, aspect) of a figure on the page, small enough that the figure and
+        its caption fit on one page together."""
         aspect = b.height_in / b.width_in if b.width_in else 0.7
-        return min(width, 25.4 * b.width_in * 1.1, (height - 12) / aspect), aspect
+        return min(width, 25.4 * b.width_in * 1.1, (height - 4 - caption_height(b.caption)) / aspect), aspect
 
     text(doc.title, 16, "B", h=9)
     pdf.ln(2)
@@ -166,7 +172,7 @@ def to_pdf(doc: Document, path: Path) -> None:
             need = 45 if b.level >= 3 else 30
             if isinstance(nxt, Figure) and Path(nxt.path).exists():
                 w, aspect = fig_width(nxt)
-                need = max(need, w * aspect + 12)  # the heading and the whole figure below it
+                need = max(need, w * aspect + caption_height(nxt.caption) + 12)  # the heading, figure, caption
             if b.level == 1 and pdf.page_no() >= 1 and pdf.get_y() > pdf.t_margin + 30:
                 pdf.add_page()
             elif pdf.get_y() > pdf.h - pdf.b_margin - need:
@@ -193,9 +199,11 @@ def to_pdf(doc: Document, path: Path) -> None:
                 text(f"[missing figure: {b.rel}]")
                 continue
             w, aspect = fig_width(b)
-            if pdf.get_y() + w * aspect > pdf.h - pdf.b_margin:
+            # A caption belongs with its figure: both move to a new page if they do not fit together.
+            if pdf.get_y() + w * aspect + 1 + caption_height(b.caption) > pdf.h - pdf.b_margin:
                 pdf.add_page()
             pdf.image(str(b.path), x=pdf.l_margin + (width - w) / 2, w=w)
+            pdf.ln(1)
             text(b.caption, 8)
             pdf.ln(2)
         elif isinstance(b, Code):

@@ -14,8 +14,8 @@ import json
 import math
 from pathlib import Path
 
-from reports import analysis as A
 from reports import collect as C
+from reports import stats as S
 
 RUN_COLUMNS = [
     "preset", "label", "seed", "fingerprint", "status", "counted", "epochs", "epochs_configured",
@@ -27,8 +27,8 @@ _POINTS = ("val_top1_err", "val_top5_err", "val_top1_err_10view", "val_top5_err_
            "train_top1_err_clean")
 CLAIM_COLUMNS = [
     "preset", "ablation", "section", "metric", "role", "unit", "paper", "bound", "measured", "ci_low", "ci_high",
-    "ci_method", "level", "p", "p_holm", "holm_family", "mde", "seeds_needed", "n_base", "n_variant",
-    "direction", "size", "verdict", "not_measurable_because", "setting", "caveat",
+    "ci_method", "level", "p", "p_adjusted", "family", "mde", "seeds_needed", "n_base", "n_variant",
+    "direction", "size", "verdict", "fragile", "withheld_because", "not_measurable_because", "setting", "caveat",
 ]
 
 
@@ -94,18 +94,22 @@ def claim_rows(analyses: dict) -> list:
             c = comp.claim
             for r in comp.rows:
                 ratio = r.is_ratio
-                shown = r.seed_ci if ratio else r.ci
+                shown = r.ci  # the interval beside the verdict (log epochs for a ratio)
                 scale = (lambda x: x) if ratio else (lambda x: 100.0 * x)  # noqa: E731
+                if ratio:
+                    shown = S.Interval(*(math.exp(x) if math.isfinite(x) else x
+                                         for x in (shown.estimate, shown.lo, shown.hi)), shown.method)
                 mde = (math.exp(r.mde) if ratio else 100.0 * r.mde) if math.isfinite(r.mde) else None
                 rows.append({
                     "preset": preset, "ablation": comp.name, "section": c.section, "metric": r.label or r.metric,
                     "role": r.role, "unit": "ratio" if ratio else "points",
                     "paper": None if r.claimed is None else scale(r.claimed), "bound": r.bound,
                     "measured": scale(shown.estimate), "ci_low": scale(shown.lo), "ci_high": scale(shown.hi),
-                    "ci_method": r.ci.method, "level": A.LEVEL, "p": r.p, "p_holm": r.p_adj,
-                    "holm_family": an.family if r.role == "primary" else None, "mde": mde,
+                    "ci_method": r.ci.method, "level": r.level, "p": r.p, "p_adjusted": r.p_adj,
+                    "family": an.family if r.role == "primary" else None, "mde": mde,
                     "seeds_needed": r.seeds_needed, "n_base": len(r.base), "n_variant": len(r.variant),
                     "direction": r.direction_verdict, "size": r.magnitude, "verdict": r.verdict,
+                    "fragile": r.fragile, "withheld_because": r.withheld_why if r.withheld else "",
                     "not_measurable_because": r.unmeasurable, "setting": comp.setting, "caveat": c.caveat,
                 })
     return rows

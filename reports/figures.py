@@ -123,9 +123,34 @@ def learning_curves(comparisons: list, path: Path, title: str) -> Optional[Figur
     return _save(fig, path)
 
 
+# The delta chart's axis: effects of a few points are what most claims are about
+# (§3.3: LRN 1.4 points, §3.4: overlapping pools 0.4 points), so the axis always spans
+# at least +-DELTA_LEAST points and never more than +-DELTA_CLIP: a larger effect
+# (a variant that failed to learn: +30 points) is drawn at the edge with its value
+# written, instead of squashing every other row into a line at 0.
+DELTA_LEAST = 5.0
+DELTA_CLIP = 10.0
+
+
+def delta_limit(values, least: float = DELTA_LEAST, clip: float = DELTA_CLIP) -> float:
+    """Half-width of the delta axis, in points: the largest |value| of at most `clip`
+    (values beyond are clipped), at least `least`, plus a margin."""
+    inside = [abs(v) for v in values if v is not None and math.isfinite(v) and abs(v) <= clip]
+    return 1.08 * max([least, *inside])
+
+
+def _measured(r) -> bool:
+    """Whether a row has anything to draw (a measured delta or an interval)."""
+    return math.isfinite(r.ci.estimate) or r.ci.ok or (r.image_ci is not None and r.image_ci.ok)
+
+
 def delta_chart(rows: list, path: Path, title: str) -> Optional[FigureFile]:
     """One point per (ablation, metric): the seed CI (thick), the image bootstrap CI
-    (thin, below), and the paper's claimed delta (red x)."""
+    (thin, below), and the paper's claimed delta (red x). Rows with nothing measured
+    are left out, and with none left no figure is drawn. The axis is
+    `delta_limit` of the values: what lies beyond is drawn at the edge as a
+    triangle, its value written beside it."""
+    rows = [r for r in rows if _measured(r)]
     panels = {
         "top-1 error, gap, early error": [r for r in rows if r.metric in ("top-1", "gap", "early")],
         "top-5 error": [r for r in rows if r.metric == "top-5"],
@@ -134,22 +159,55 @@ def delta_chart(rows: list, path: Path, title: str) -> Optional[FigureFile]:
     if not panels:
         return None
     plt, sns = _plt()
-    height = 1.2 + 0.42 * max(len(v) for v in panels.values())
+    height = max(2.6, 1.4 + 0.42 * max(len(v) for v in panels.values()))  # room for a two-row legend
     fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), height), squeeze=False)
     blue, orange = sns.color_palette("colorblind", 2)
+    any_clipped = False
     for ax, (name, rs) in zip(axes.flat, panels.items()):
+        values = []
+        for r in rs:
+            values += [r.ci.estimate, r.ci.lo, r.ci.hi] if r.ci.ok else [r.ci.estimate]
+            if r.image_ci is not None and r.image_ci.ok:
+                values += [r.image_ci.lo, r.image_ci.hi]
+            if r.claimed is not None:
+                values.append(r.claimed)
+        lim = delta_limit([100 * v for v in values if v is not None])
+        edge = 0.965 * lim  # markers sit just inside the axis
+
+        def at(x):
+            return max(-edge, min(edge, x))
+
         ys = np.arange(len(rs))[::-1]
         ax.axvline(0, color="0.3", linewidth=0.8)
         for y, r in zip(ys, rs):
             ci = r.ci  # the interval the test uses (seeds, or images when the seeds show no spread)
-            if math.isfinite(ci.estimate):
-                ax.plot(100 * ci.estimate, y, "o", color=blue, zorder=3)
+            est = 100 * ci.estimate
+            clipped = []  # the values drawn at an edge, written out
+            if math.isfinite(est):
+                if abs(est) <= edge:
+                    ax.plot(est, y, "o", color=blue, zorder=3)
+                else:
+                    ax.plot(at(est), y, ">" if est > 0 else "<", color=blue, markersize=9, zorder=3, clip_on=False)
+                    clipped.append((est, f"{est:+.1f}" + (f" [{100 * ci.lo:+.1f}, {100 * ci.hi:+.1f}]"
+                                                          if ci.ok else "")))
             if ci.ok:
-                ax.hlines(y, 100 * ci.lo, 100 * ci.hi, color=blue, linewidth=3, zorder=2)
+                lo, hi = 100 * ci.lo, 100 * ci.hi
+                ax.hlines(y, at(lo), at(hi), color=blue, linewidth=3, zorder=2)
+                if abs(est) <= edge:  # an interval running off the axis: its end written
+                    clipped += [(v, f"{v:+.1f}") for v in (lo, hi) if abs(v) > edge]
             if r.image_ci is not None and r.image_ci.ok:
-                ax.hlines(y - 0.22, 100 * r.image_ci.lo, 100 * r.image_ci.hi, color=orange, linewidth=1.2)
+                ax.hlines(y - 0.22, at(100 * r.image_ci.lo), at(100 * r.image_ci.hi), color=orange, linewidth=1.2)
             if r.claimed is not None:
-                ax.plot(100 * r.claimed, y, "x", color="crimson", markersize=8, mew=2, zorder=4)
+                c = 100 * r.claimed
+                ax.plot(at(c), y, "x", color="crimson", markersize=8, mew=2, zorder=4)
+                if abs(c) > edge:
+                    clipped.append((c, f"paper {c:+.1f}"))
+            for v, text in clipped:
+                any_clipped = True
+                ax.annotate(text, (at(v), y), xytext=(-6 if v > 0 else 6, 5), textcoords="offset points",
+                            ha="right" if v > 0 else "left", va="bottom", fontsize=7, color=blue)
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-0.7, len(rs) - 0.4)
         ax.set_yticks(ys)
         ax.set_yticklabels([f"{r.ablation}" + (f" ({r.metric})" if r.metric in ("gap", "early") else "")
                             for r in rs])
@@ -158,13 +216,18 @@ def delta_chart(rows: list, path: Path, title: str) -> Optional[FigureFile]:
     from matplotlib.lines import Line2D
 
     handles = [
-        Line2D([], [], color=blue, marker="o", linewidth=3, label="measured, 95% CI of the test"),
+        Line2D([], [], color=blue, marker="o", linewidth=3, label="measured, the interval its test uses"),
         Line2D([], [], color=orange, linewidth=1.2, label="95% bootstrap CI over images"),
         Line2D([], [], color="crimson", marker="x", linestyle="", mew=2, label="paper's claimed delta"),
     ]
-    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    if any_clipped:
+        handles.append(Line2D([], [], color=blue, marker=">", linestyle="", markersize=8,
+                              label=f"beyond \u00b1{DELTA_CLIP:g} points: at the edge, value written"))
+    ncol = min(len(handles), 2 * len(panels))  # one panel: two columns, so the legend fits its width
+    legend_rows = math.ceil(len(handles) / ncol)
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     fig.suptitle(_wrap(title, fig.get_size_inches()[0], 11), fontsize=11)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.tight_layout(rect=(0, min(0.4, (0.12 + 0.2 * legend_rows) / height), 1, 1))
     return _save(fig, path)
 
 
@@ -240,18 +303,20 @@ def conv1_grid(kernels: dict, path: Path, title: str) -> Optional[FigureFile]:
 
 
 def figure1(fig1, path: Path, title: str) -> Optional[FigureFile]:
-    """The paper's Figure 1: training error vs epochs, ReLU solid, tanh dashed,
-    the target as a dotted line, +-1 sd seed bands."""
+    """The paper's Figure 1: training error vs epochs, ReLU solid blue, tanh dashed
+    orange (the colour-blind palette: the arms differ in hue and in line style),
+    the target as a dotted grey line, +-1 sd seed bands."""
     if not fig1.base_runs and not fig1.variant_runs:
         return None
     plt, sns = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     b = _curve_frame(fig1.base_runs, "top1_err", "ReLU")
     v = _curve_frame(fig1.variant_runs, "top1_err", "tanh")
+    relu, tanh = sns.color_palette("colorblind", 2)
     lr = lambda x: f", lr {x:g}" if x is not None else ""  # noqa: E731
-    _band(ax, b, "black", "-", f"ReLU{lr(fig1.base_lr)} (n={b.seed.nunique()})", seeds_too=True)
-    _band(ax, v, "0.35", "--", f"tanh{lr(fig1.variant_lr)} (n={v.seed.nunique()})", seeds_too=True)
-    ax.axhline(100 * fig1.target, color="crimson", linestyle=":", linewidth=1.2,
+    _band(ax, b, relu, "-", f"ReLU{lr(fig1.base_lr)} (n={b.seed.nunique()})", seeds_too=True)
+    _band(ax, v, tanh, "--", f"tanh{lr(fig1.variant_lr)} (n={v.seed.nunique()})", seeds_too=True)
+    ax.axhline(100 * fig1.target, color="0.25", linestyle=":", linewidth=1.2,
                label=f"{fig1.target:.0%} training error")
     ax.set_xlabel("epochs")
     _integer_epochs(ax)

@@ -6,8 +6,10 @@ The report is a pure function of the run directories (read through
 
 from __future__ import annotations
 
+import fcntl
 import math
 import os
+import re
 import shlex
 import shutil
 import tempfile
@@ -131,6 +133,19 @@ def distinct(values) -> str:
 # --------------------------------------------------------------------------------------
 
 
+def preset_description(doc: str, limit: int = 240) -> str:
+    """The opening of a preset's docstring in whole sentences: its first paragraph,
+    as many sentences as fit in `limit` characters (at least the first)."""
+    para = " ".join((doc or "").strip().split("\n\n", 1)[0].split())
+    sentences = re.split(r"(?<=[.!?])\s+(?=[A-Z`(])", para)
+    out = sentences[0]
+    for s in sentences[1:]:
+        if len(out) + 1 + len(s) > limit:
+            break
+        out += " " + s
+    return out
+
+
 def _what_was_run(an: A.PresetAnalysis) -> list:
     runs = an.runs
     blocks = [D.Heading(2, "1. What was run")]
@@ -140,7 +155,13 @@ def _what_was_run(an: A.PresetAnalysis) -> list:
     if ref is not None:
         data = ref.config.get("data", {})
         src = str(data.get("source", "?"))
-        line = f"Dataset: {code(src)}, images {data.get('image_size')} px, crops {data.get('crop_size')} px"
+        # Local files by name and content digest, never by where they lay on the machine that ran.
+        ident = C.data_id(ref)
+        shown = code(src)
+        if C.is_local_source(src):
+            shown = code(C.portable(src, [src])) + (f" (content digest {code(ident)})" if ident.startswith(
+                ("sha256:", "files:")) else " (no content digest recorded)")
+        line = f"Dataset: {shown}, images {data.get('image_size')} px, crops {data.get('crop_size')} px"
         if data.get("max_train") or data.get("max_val"):
             line += (f", subset: at most {data.get('max_train') or 'all'} training and "
                      f"{data.get('max_val') or 'all'} validation images")
@@ -149,7 +170,7 @@ def _what_was_run(an: A.PresetAnalysis) -> list:
             line += (f". Note: this is {lossy[0]} (the shared-data copy), not the original files; "
                      "errors are not directly comparable with results on the original images")
         items.append(line + ".")
-    doc = PRESETS[an.preset].doc.splitlines()[0] if an.preset in PRESETS and PRESETS[an.preset].doc else ""
+    doc = preset_description(PRESETS[an.preset].doc) if an.preset in PRESETS else ""
     items.append(f"Preset: {code(an.preset)}" + (f" - {doc}" if doc else ""))
     items.append("Hardware: device " + distinct(str(r.env.get("device")) if r.env.get("device") is not None
                                                  else None for r in runs)
@@ -215,11 +236,24 @@ def _ratio(x: float) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"x{x:.2f}"
 
 
+def level_text(row: A.Row) -> str:
+    """The level of the interval beside a verdict, e.g. "99.4% simultaneous"."""
+    if math.isclose(row.level, A.LEVEL):
+        return f"{row.level:.0%}"
+    return f"{100 * row.level:.1f}% simultaneous"
+
+
+def verdict_text(row: A.Row) -> str:
+    return row.verdict + (" (fragile)" if row.fragile else "")
+
+
 def measured_text(row: A.Row, with_method: bool = False) -> str:
     """The measured effect and the interval the test uses, e.g. "+2.50 [+1.10, +3.90]"."""
     if row.is_ratio:
-        r = row.seed_ci
-        text = _ratio(r.estimate) + (f" [{_ratio(r.lo)}, {_ratio(r.hi)}]" if r.ok else " (no interval)")
+        ci = row.ci
+        exp = lambda x: math.exp(x) if x is not None and math.isfinite(x) else S.NAN  # noqa: E731
+        text = _ratio(exp(ci.estimate)) + (f" [{_ratio(exp(ci.lo))}, {_ratio(exp(ci.hi))}]" if ci.ok
+                                           else " (no interval)")
         return ("at least " + text) if row.lower_bound_only else text
     ci = row.ci
     text = pts(ci.estimate) + (f" [{pts(ci.lo)}, {pts(ci.hi)}]" if ci.ok else " (no interval)")
@@ -253,7 +287,8 @@ def _main_table(an: A.PresetAnalysis) -> list:
         "baseline in points (percentage points of error; for Figure 1 the ratio of epochs, variant / "
         "baseline). **95% CI (seeds)**: Student t on the per-seed differences when both arms have "
         "the same seeds (paired), Welch's t otherwise; it includes training noise and is the interval "
-        "the tests use. When every seed gives the same difference no t interval exists (it would have "
+        "the tests start from (the verdicts use the simultaneous intervals of the next table). When every "
+        "seed gives the same difference no t interval exists (it would have "
         "zero width); the paired bootstrap over validation images is used instead where per-image "
         "results exist, else the row is `not measurable`. **95% CI (images)**: percentile bootstrap "
         f"over validation images ({A.BOOTSTRAP_RESAMPLES} resamples, seed {A.BOOTSTRAP_SEED}, pooled over "
@@ -278,11 +313,15 @@ def _main_table(an: A.PresetAnalysis) -> list:
                 "ten-view error, variant = centre-crop error of the same baseline runs."))
 
     blocks.append(D.Heading(3, "Tests"))
+    level = S.simultaneous_level(an.family)
     blocks.append(D.Para(
-        f"**Multiple comparisons**: {A.HOLM}; here m = {an.family} claim(s) with a test. **p (Holm)**: the "
-        "adjusted two-sided p-value of \"no difference\" (secondary rows: the unadjusted p, in brackets). "
-        "**Direction**: the claimed sign is significant when the adjusted p < 0.05. **MDE**: the minimum "
-        f"detectable effect, the smallest true difference that a two-sided test at α = {S.ALPHA:g} finds "
+        f"**Multiple comparisons**: {A.MULTIPLICITY}; here m = {an.family} claim(s) with a test, so the "
+        f"intervals beside the verdicts are {100 * level:.1f}% intervals. **p (adj.)**: the "
+        "Bonferroni-adjusted two-sided p-value of \"no difference\" (secondary rows: the unadjusted p, in "
+        "brackets). **Direction**: the claimed sign is significant when the adjusted p < 0.05, which is when "
+        "the simultaneous interval excludes 0. **Fragile**: a paired comparison whose verdict Welch's t (which "
+        "ignores the pairing by seed) would not share. **MDE**: the minimum "
+        f"detectable effect, the smallest true difference that a two-sided test at α = {S.ALPHA:g}/m finds "
         f"with {S.POWER:.0%} power at the observed spread (noncentral t with the interval's degrees of "
         "freedom; normal for the image bootstrap), in points (a ratio for Figure 1). **Seeds for paper**: "
         "seeds per arm at which the MDE reaches the paper's effect, at the observed spread. **Size**: the "
@@ -293,20 +332,25 @@ def _main_table(an: A.PresetAnalysis) -> list:
         "`direction reproduced, size differs/unresolved`; `contradicted` = significant the other way; "
         "`underpowered` = not significant and the paper's effect is below the MDE; `not reproduced` = not "
         "significant and the interval excludes the paper's effect; `not measurable` = no interval, or the "
-        "baseline is at chance."))
+        f"baseline is at chance. Withheld without a test (no p, MDE or seeds): `{S.COLLAPSED}` = an arm ended "
+        f"at chance in some seed; `{S.CONFOUNDED}` = the arms differ in more than the claim's choice; "
+        f"`{S.NOT_TESTABLE}` = a claim about overfitting while the baseline does not yet overfit (its gap is "
+        f"under {100 * A.SMALL_GAP:.0f} points). `{S.BUDGET_LIMITED}` = the effect shrinks to under "
+        f"{A.BUDGET_SHRINK:.0%} of its size (or changes sign) on a longer budget of the same net: the verdict at "
+        "the short budget is about the budget."))
     rows = []
     for comp in an.comparisons:
         for r in comp.rows:
             p = fmt_p(r.p_adj) if r.role == "primary" else (f"({fmt_p(r.p)})" if r.role == "secondary" else "-")
             paper = f"{comp.claim.section}: {r.claimed_text}"
-            rows.append([code(comp.name), r.label, paper, measured_text(r, True), p, mde_text(r), seeds_text(r),
-                         r.direction_verdict, r.magnitude, r.verdict])
+            rows.append([code(comp.name), r.label, paper, measured_text(r, True), level_text(r), p, mde_text(r),
+                         seeds_text(r), r.direction_verdict, r.magnitude, verdict_text(r)])
         if not comp.rows:
-            rows.append([code(comp.name), "-", comp.claim.section, "n/a", "n/a", "n/a", "n/a",
+            rows.append([code(comp.name), "-", comp.claim.section, "n/a", "-", "n/a", "n/a", "n/a",
                          S.NOT_MEASURABLE, S.NOT_MEASURABLE, S.NOT_MEASURABLE])
     blocks.append(D.Table(
-        ["Ablation", "Metric", "Paper", "Measured [95% CI]", "p (Holm)", "MDE", "Seeds for paper", "Direction",
-         "Size", "Verdict"], rows, ["l", "l", "l", "r", "r", "r", "r", "l", "l", "l"],
+        ["Ablation", "Metric", "Paper", "Measured [CI]", "CI level", "p (adj.)", "MDE", "Seeds for paper",
+         "Direction", "Size", "Verdict"], rows, ["l", "l", "l", "r", "l", "r", "r", "r", "l", "l", "l"],
         caption="Measured: the delta (points) or ratio with the interval the test uses; \"(images)\" marks the "
                 "image bootstrap, \"at least\" a ratio bounded by censored runs."))
 
@@ -345,6 +389,8 @@ def _main_table(an: A.PresetAnalysis) -> list:
     notes = list(an.notes)
     notes += [f"{code(c.name)}: {n}" for c in an.comparisons for n in c.notes]
     notes += [f"{code(c.name)} {r.metric}: {n}" for c in an.comparisons for r in c.rows for n in r.notes]
+    notes += [f"{code(c.name)} {r.metric}: {r.verdict}: {r.withheld_why}" for c in an.comparisons for r in c.rows
+              if r.withheld and r.withheld_why and r.verdict == r.withheld]
     if notes:
         blocks.append(D.Heading(3, "Notes"))
         blocks.append(D.Bullets(notes))
@@ -391,8 +437,11 @@ def _figures(an: A.PresetAnalysis, out_dir: Path, figs: list) -> list:
                           "where runs of an arm have different lengths)."))
     rows = [r for c in an.comparisons for r in c.rows if r.metric in ("top-1", "top-5", "gap", "early")]
     f2 = F.delta_chart(rows, fdir / f"{p}_deltas.png", f"{p}: variant - baseline")
-    blocks.append(_figure(f2, out_dir, f"Measured deltas ({p}) with 95% intervals over seeds (thick) and "
-                          "over validation images (thin); x = the paper's claimed delta."))
+    blocks.append(_figure(f2, out_dir, f"Measured deltas ({p}) with the interval each test uses (thick; its "
+                          "level in section 2) and the 95% interval over validation images (thin); x = the paper's "
+                          "claimed delta. The axis shows effects of "
+                          f"a few points: what lies beyond ±{F.DELTA_CLIP:g} points is drawn at its edge as a "
+                          "triangle, with the value written."))
     bg = an.baseline_group()
     kernels, src = None, None
     for r in (bg.counted if bg else []):
@@ -472,8 +521,28 @@ def _fig1_blocks(an: A.PresetAnalysis, out_dir: Path, fig) -> list:
             f"{spread}), 95% CI " + (f"[x{r.lo:.2f}, x{r.hi:.2f}]" if r.ok else "n/a")
             + f" ({r.method} on log epochs, n = {r.n}"
             + (", a lower bound: censored tanh runs count the epochs they ran" if row.lower_bound_only else "")
-            + f"). Direction (Holm-adjusted p {fmt_p(row.p_adj)}): {row.direction_verdict}; verdict: "
-            f"**{row.verdict}**. Against the paper: {cmp6}.{wall}"))
+            + f"). Direction (adjusted p {fmt_p(row.p_adj)}): {row.direction_verdict}; verdict: "
+            f"**{verdict_text(row)}**. Against the paper: {cmp6}.{wall}"))
+    if f1.rules:
+        rng = f1.rule_range
+        blocks.append(D.Para(
+            "How the epochs are counted moves the ratio more than its interval over seeds suggests, so the "
+            "ratio is given under each counting rule; the range over rules"
+            + (f" is **{_ratio(rng[0])} to {_ratio(rng[1])}**" if rng else " is not available")
+            + (f" (the paper: x{f1.ablation.claim(an.preset).ratio:g})" if f1.ablation.claim(an.preset).ratio else "")
+            + ". The test above uses whole epochs; the selection seed's runs were picked for being fastest, so "
+            "they stay out of the test."))
+        rule_rows = []
+        for rule in f1.rules:
+            ci = rule.ci
+            rule_rows.append([rule.name, _ratio(rule.estimate),
+                              f"[{_ratio(ci.lo)}, {_ratio(ci.hi)}]" if ci is not None and ci.ok else "n/a",
+                              str(rule.n),
+                              ", ".join(f"s{s}: {_epochs_pair(b, v)}" for s, (b, v) in sorted(rule.per_seed.items()))])
+        blocks.append(D.Table(["Counting rule", "tanh / ReLU", "95% CI (seeds)", "Pairs", "Per seed (ReLU, tanh)"],
+                              rule_rows, ["l", "r", "r", "r", "l"],
+                              caption="Fractional crossings: the training-error curve taken as linear within each "
+                                      "epoch, starting from chance before the first."))
     # The learning-rate grid.
     lrs = sorted({c.lr for cells in f1.grid.values() for c in cells})
     if lrs:
@@ -519,6 +588,11 @@ def _fig1_blocks(an: A.PresetAnalysis, out_dir: Path, fig) -> list:
     if f1.notes:
         blocks.append(D.Bullets(list(f1.notes)))
     return blocks
+
+
+def _epochs_pair(b: float, v: float) -> str:
+    fmt = lambda x: f"{x:g}" if float(x).is_integer() else f"{x:.2f}"  # noqa: E731
+    return f"({fmt(b)}, {fmt(v)})"
 
 
 def _published(an: A.PresetAnalysis) -> list:
@@ -568,14 +642,17 @@ def _published(an: A.PresetAnalysis) -> list:
 
 def _commands(an: A.PresetAnalysis, report_cmd: str) -> list:
     seen, lines = set(), []
+    sources = {str(r.config.get("data", {}).get("source", "")) for r in an.runs}
     for r in sorted(an.runs, key=lambda r: (r.label, r.seed, str(r.path))):
-        c = command_text(r.meta.get("command"))
+        c = C.portable(command_text(r.meta.get("command")), sources)
         if c and c not in seen:
             seen.add(c)
             lines.append(c)
     return [D.Heading(2, "6. Commands"),
-            D.Para("The commands recorded in the runs (deduplicated), then the command that built this report."),
-            D.Code(lines or ["(no command recorded in the runs)"]), D.Code([report_cmd])]
+            D.Para("The commands recorded in the runs (deduplicated), then the command that built this report. "
+                   "Paths are shown relative to the repository, data files by name (their digest is in section 1), "
+                   "other folders by their last name."),
+            D.Code(lines or ["(no command recorded in the runs)"]), D.Code([C.portable(report_cmd, sources)])]
 
 
 def _completeness(an: A.PresetAnalysis, root) -> list:
@@ -618,12 +695,23 @@ def _summary(an: A.PresetAnalysis) -> D.Para:
                   f"{len(an.missing)} (section 7).")
 
 
+def fig1_range_text(an: A.PresetAnalysis) -> str:
+    """Figure 1's ratio as a range over counting rules, e.g. "x5.40-x6.41 over 4 counting rules"."""
+    f1 = an.fig1
+    rng = f1.rule_range if f1 is not None else None
+    if rng is None or len(f1.rules) < 2:
+        return ""
+    return f"{_ratio(rng[0])}-{_ratio(rng[1])} over {len(f1.rules)} counting rules"
+
+
 def _summary_table(analyses: dict, unrun: Optional[dict] = None) -> list:
-    """The table a reader takes in at a glance: one row per claim of each preset.
-    With `unrun` (a dict), claims with an arm that has no finished run are left
-    out of the table and listed there instead, preset -> names (the README's
-    short form)."""
-    rows = []
+    """The table a reader takes in at a glance: one row per tested claim of each
+    preset, claims measured at the paper's own scale (Figure 1) first. Claims
+    with an arm that has no finished run, and rows where the paper makes no
+    claim, are listed in one line each below the table. With `unrun` (a dict),
+    the never-run claims are returned there instead, preset -> names (the
+    README's short form)."""
+    own_scale, rows, no_claim, never = [], [], [], {}
     for p, an in analyses.items():
         bg = an.baseline_group()
         ref = (bg.counted or bg.runs)[0] if bg is not None and (bg.counted or bg.runs) else None
@@ -634,27 +722,45 @@ def _summary_table(analyses: dict, unrun: Optional[dict] = None) -> list:
         for comp in an.comparisons:
             r = comp.primary or next(iter(comp.rows), None)
             c = comp.claim
-            if unrun is not None and (r is None or not r.base or not r.variant):
-                unrun.setdefault(p, []).append(comp.name)
+            if r is None or not r.base or not r.variant:
+                never.setdefault(p, []).append(comp.name)
                 continue
-            if r is None:
-                rows.append([f"{p} ({data})", f"{code(comp.name)} {c.section}", "-", "n/a", S.NOT_MEASURABLE,
-                             _caveat_tag(c) or "no runs"])
+            if r.role == "none":
+                no_claim.append(f"{code(comp.name)} ({p}): {measured_text(r, True)}")
                 continue
-            paper = r.claimed_text + ("" if r.is_ratio or r.claimed_text == "no claim" else " pts")
-            note = "; ".join(x for x in (_caveat_tag(c), *comp.tags, r.unmeasurable if r.role != "none" else "")
+            paper = r.claimed_text + ("" if r.is_ratio else " pts")
+            measured = measured_text(r, True)
+            if r.is_ratio and fig1_range_text(an):
+                measured = f"{measured}; {fig1_range_text(an)}"
+            note = "; ".join(x for x in (_caveat_tag(c), *comp.tags, r.unmeasurable if r.role != "none" else "",
+                                         r.fragile and "fragile: paired and Welch tests disagree")
                              if x)
-            rows.append([f"{p} ({data})", f"{code(comp.name)} {c.section}, {r.label}", paper,
-                         measured_text(r, True), r.verdict, note])
-    if not rows:
+            row = [f"{p} ({data})", f"{code(comp.name)} {c.section}, {r.label}", paper, measured,
+                   level_text(r), verdict_text(r), note]
+            at_paper_scale = r.is_ratio or comp.setting.startswith("yes") or c.setting.startswith("CIFAR-10")
+            (own_scale if at_paper_scale else rows).append(row)
+    blocks = []
+    if own_scale or rows:
+        blocks.append(D.Table(
+            ["Preset (data)", "Claim, metric", "Paper", "Measured [CI]", "CI level", "Verdict", "Note"],
+            own_scale + rows, ["l", "l", "l", "r", "l", "l", "l"],
+            caption=f"One row per tested claim, those at the paper's own scale (Figure 1, CIFAR-10) first: its "
+                    f"primary metric, variant - baseline in points of error (a ratio for Figure 1, with its range "
+                    f"over counting rules). Verdicts after {A.MULTIPLICITY}. `reproduced` needs the claimed sign "
+                    "significant and the paper's size inside an adequately powered interval (or no size "
+                    "claimed); withheld verdicts (collapsed, confounded, not testable) give no test. See each "
+                    "preset's section 2 for the tests, detectable effects and notes."))
+    if no_claim:
+        blocks.append(D.Para("No claim in the paper (measured, not tested): " + "; ".join(no_claim) + "."))
+    if never:
+        if unrun is not None:
+            unrun.update(never)
+        else:
+            blocks.append(D.Para("Not measured yet (an arm has no finished run): " + "; ".join(
+                f"`{p}`: " + ", ".join(code(n) for n in names) for p, names in never.items()) + "."))
+    if not blocks:
         return []
-    return [D.Heading(1, "Summary"),
-            D.Table(["Preset (data)", "Claim, metric", "Paper", "Measured [95% CI]", "Verdict", "Note"], rows,
-                    ["l", "l", "l", "r", "l", "l"],
-                    caption=f"One row per claim: its primary metric, variant - baseline in points of error (a "
-                            f"ratio for Figure 1). Verdicts after {A.HOLM}. `reproduced` needs the claimed sign "
-                            "significant and the paper's size inside an adequately powered interval (or no size "
-                            "claimed); see each preset's section 2 for the tests, detectable effects and notes.")]
+    return [D.Heading(1, "Summary"), *blocks]
 
 
 README_BEGIN = "<!-- results: written by `make publish` (python -m reports --readme) from results/; do not edit -->"
@@ -721,6 +827,18 @@ def _damaged(damaged: list, root) -> list:
             D.Table(["File", "What is wrong"], rows, ["l", "l"])]
 
 
+def _odd(grouped: dict, root) -> list:
+    odd = C.odd_runs(grouped)
+    if not odd:
+        return []
+    rows = [[code(C.relpath(r.path, root)), "; ".join(o)] for r, o in odd]
+    return [D.Heading(1, "Runs written by other code (used, check them)"),
+            D.Para(f"{len(odd)} run(s) hold what this code does not expect. They are counted as usual, but a "
+                   "configuration with unknown keys is grouped by the fingerprint it recorded and not compared "
+                   "key by key, and non-finite results are left out of the comparisons."),
+            D.Table(["Run", "What is odd"], rows, ["l", "l"])]
+
+
 def _bench(root: Path) -> list:
     p = Path(root) / "bench.json"
     if not p.exists():
@@ -767,11 +885,12 @@ def build_report(runs_root=None, out_dir=None, preset: Optional[str] = None,
     damaged runs. Raises `ReportError` for a missing runs folder or an output
     folder that cannot be written.
     """
-    root = Path(runs_root) if runs_root is not None else R.default_root()
+    # An empty --runs or --out (RUNS= with make) is unset, not the current folder.
+    root = Path(runs_root) if runs_root not in (None, "") else R.default_root()
     if not root.is_dir():
         raise ReportError(f"runs folder {root} " + ("is not a folder" if root.exists() else "does not exist")
                           + ": pass the folder holding the run directories with --runs (or $REPRODUCE_RUNS)")
-    out = Path(out_dir) if out_dir is not None else root / "report"
+    out = Path(out_dir) if out_dir not in (None, "") else root / "report"
     _check_out(out)
     if command is None:
         command = f"python -m reports --runs {shlex.quote(str(root))} --out {shlex.quote(str(out))}" + (
@@ -780,14 +899,19 @@ def build_report(runs_root=None, out_dir=None, preset: Optional[str] = None,
     grouped = C.load(root, damaged)
     presets = [preset] if preset else C.preset_order(grouped)
     analyses = {p: A.analyze_preset(p, grouped.get(p, {}), root) for p in presets if grouped.get(p) or preset}
+    A.budget_limits(analyses)
 
     build = _new_folder(out)
+    held = _hold(build)  # until the swap: a concurrent build does not take it for stale
     try:
+        _remove_stale(out)
         report = _write(build, root, command, preset, grouped, analyses, damaged)
         _swap_in(build, out)
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
         raise
+    finally:
+        os.close(held)
     report.out_dir, report.markdown, report.pdf = out, out / "report.md", out / "report.pdf"
     report.runs_csv, report.claims_csv = out / "runs.csv", out / "claims.csv"
     report.figures = [F.FigureFile(out / f.path.relative_to(build), f.width_in, f.height_in) for f in report.figures]
@@ -798,17 +922,19 @@ def _write(build: Path, root: Path, command: str, preset, grouped: dict, analyse
     doc = D.Document(TITLE)
     report = Report(build, build / "report.md", build / "report.pdf", document=doc, analyses=analyses,
                     damaged=damaged)
-    doc.add(D.Para(f"Runs root: {code(root)}. Built by {code(command)} from the run directories alone "
+    doc.add(D.Para(f"Runs root: {code(C.portable(str(root)))}. Built by {code(C.portable(command))} from the run "
+                   "directories alone "
                    "(results, metrics, per-image correctness and kernels); it loads no training code. "
                    "Tables for pandas: `runs.csv` (one row per run) and `claims.csv` (one row per claim and metric) "
                    "beside this file."))
     if not grouped:
-        doc.add(D.Para(f"No runs found under {code(root)} (no run directory with config.json)."))
+        doc.add(D.Para(f"No runs found under {code(C.portable(str(root)))} (no run directory with config.json)."))
     elif preset and preset not in grouped:
-        doc.add(D.Para(f"No runs of preset {code(preset)} under {code(root)}; presets present: "
+        doc.add(D.Para(f"No runs of preset {code(preset)} under {code(C.portable(str(root)))}; presets present: "
                        f"{', '.join(code(p) for p in C.preset_order(grouped))}."))
     doc.add(*_summary_table(analyses))
     doc.add(*_damaged(damaged, root))
+    doc.add(*_odd(grouped, root))
     if len(analyses) > 1:
         doc.add(D.Para("Presets in this report (one section each): " + ", ".join(code(p) for p in analyses) + "."))
     for p, an in analyses.items():
@@ -865,6 +991,39 @@ def _new_folder(out: Path) -> Path:
                           "choose a writable folder with --out") from None
 
 
+def _hold(folder: Path) -> int:
+    """An open descriptor of `folder` with an exclusive flock on it (kept across the
+    renames of the swap: a lock belongs to the folder, not its name); the kernel
+    drops it when the build ends, however it ends."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        pass  # no locks on this file system: then stale folders are left, never a live one removed
+    return fd
+
+
+def _remove_stale(out: Path) -> list:
+    """Remove the build folders (".<out>.new-*", ".<out>.old-*") that a killed build
+    left beside `out`; a folder a running build holds (`_hold`) is left alone.
+    Returns the folders removed."""
+    removed = []
+    for p in sorted(out.parent.glob(f".{out.name}.new-*")) + sorted(out.parent.glob(f".{out.name}.old-*")):
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # held: a build in progress (or no locks here: left, to be safe)
+        finally:
+            os.close(fd)
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
+
+
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
     try:
@@ -907,9 +1066,13 @@ def _swap_in(build: Path, out: Path) -> None:
             shutil.rmtree(build)  # now the previous report
         else:
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.rename(out, old / "report")
-            os.rename(build, out)
-            shutil.rmtree(old)
+            held = _hold(old)
+            try:
+                os.rename(out, old / "report")
+                os.rename(build, out)
+                shutil.rmtree(old)
+            finally:
+                os.close(held)
     except OSError as e:
         raise ReportError(f"cannot replace the report folder {out}: {e.strerror or e}; choose a writable "
                           "folder with --out") from None

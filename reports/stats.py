@@ -18,8 +18,12 @@ Conventions
 
 From intervals to verdicts (the report applies them per preset)
 ----------------------------------------------------------------
-1. `holm` adjusts the p-values of the claims of one preset (one p-value per
-   claim, from its primary metric).
+1. `bonferroni` adjusts the p-values of the claims of one preset (one p-value
+   per claim, from its primary metric), and `simultaneous_level` gives the level
+   of the intervals printed beside the verdicts: a Bonferroni interval at
+   ``1 - alpha/m`` excludes the null exactly when the adjusted p < alpha, so an
+   interval and its verdict never disagree (Holm's step-down test is a little
+   more powerful but has no intervals that match it).
 2. `direction_verdict`: the sign is significant when the adjusted p < alpha.
 3. `magnitude_verdict`: the paper's value against the interval, judged only when
    the comparison could detect the paper's effect (`mde`, the minimum detectable
@@ -67,8 +71,16 @@ NOT_SIGNIFICANT = "not significant"
 NOT_MEASURABLE = "not measurable"
 NO_CLAIM = "no claim"
 SECONDARY = "secondary (not tested)"
+# Verdicts withheld before any test: the comparison cannot speak to the claim.
+COLLAPSED = "collapsed (training diverged; claim untested)"  # an arm at chance in some seed
+CONFOUNDED = "confounded: untested"  # the arms differ in more than the claim's choice
+NOT_TESTABLE = "not testable at this budget"  # an overfitting claim, and the baseline does not overfit
+# Given after the test, across budgets: the effect shrinks as the budget grows.
+BUDGET_LIMITED = "budget-limited"
 VERDICTS = (REPRODUCED, DIRECTION_ONLY, SIZE_UNRESOLVED, NOT_SIGNIFICANT, UNDERPOWERED, NOT_REPRODUCED,
-            CONTRADICTED, NOT_MEASURABLE, NO_CLAIM, SECONDARY)
+            CONTRADICTED, BUDGET_LIMITED, COLLAPSED, CONFOUNDED, NOT_TESTABLE, NOT_MEASURABLE, NO_CLAIM,
+            SECONDARY)
+WITHHELD = (COLLAPSED, CONFOUNDED, NOT_TESTABLE)
 
 # Below this, a standard deviation is float noise around zero (errors are
 # fractions; a 50,000-image validation set resolves 2e-5).
@@ -248,23 +260,22 @@ def paired_bootstrap(
 # --------------------------------------------------------------------------------------
 
 
-def holm(pvalues: Mapping) -> dict:
-    """Holm's step-down adjusted p-values, ``{key: adjusted p}``.
+def bonferroni(pvalues: Mapping) -> dict:
+    """Bonferroni-adjusted p-values, ``{key: min(1, m p)}`` over the m finite ones.
 
-    The m finite p-values are sorted, p_(1) <= ... <= p_(m); the adjusted value of
-    the i-th is ``max over j <= i of min(1, (m - j + 1) p_(j))``. Rejecting where
-    the adjusted p < alpha controls the family-wise error rate at alpha under any
-    dependence (Holm 1979). Keys whose p is not finite are returned as nan and do
-    not count in m."""
-    finite = sorted(((p, k) for k, p in pvalues.items() if p is not None and math.isfinite(p)),
-                    key=lambda x: x[0])
-    m = len(finite)
-    out = {k: NAN for k in pvalues}
-    running = 0.0
-    for i, (p, k) in enumerate(finite):
-        running = max(running, min(1.0, (m - i) * p))
-        out[k] = running
-    return out
+    Rejecting where the adjusted p < alpha controls the family-wise error rate at
+    alpha under any dependence; keys whose p is not finite are returned as nan and
+    do not count in m. Its intervals are `simultaneous_level`'s."""
+    m = sum(1 for p in pvalues.values() if p is not None and math.isfinite(p))
+    return {k: (min(1.0, m * p) if p is not None and math.isfinite(p) else NAN) for k, p in pvalues.items()}
+
+
+def simultaneous_level(m: int, alpha: float = ALPHA) -> float:
+    """The confidence level of intervals that hold together for a family of m
+    claims at family-wise level 1 - alpha (Bonferroni): ``1 - alpha/m``. Each
+    such interval excludes the null exactly when `bonferroni`'s adjusted p <
+    alpha. A family of one (or none) is the ordinary 1 - alpha."""
+    return 1.0 - alpha / max(1, int(m))
 
 
 def power(effect: float, se: float, df: float, alpha: float = ALPHA) -> float:
@@ -463,6 +474,24 @@ def epochs_to_target(
         if err is not None and math.isfinite(err) and err <= target:
             return TimeToTarget(int(e), observed)
     return TimeToTarget(None, observed)
+
+
+def fractional_epochs_to_target(errors: Sequence[Optional[float]], target: float, start: float) -> Optional[float]:
+    """When a training-error curve crosses ``target``, in fractional epochs: the
+    curve is taken as linear within each epoch, from ``start`` (the error before
+    training: chance) through ``errors[i]`` after epoch i + 1. None when it never
+    gets there. Integer counting (`epochs_to_target`) rounds this up to the epoch
+    that contains the crossing."""
+    prev = start
+    for i, err in enumerate(errors):
+        if err is None or not math.isfinite(err):
+            return None
+        if err <= target:
+            if prev <= target:  # only the start can be: already there before training
+                return float(i)
+            return i + (prev - target) / (prev - err)
+        prev = err
+    return None
 
 
 @dataclass(frozen=True)

@@ -284,13 +284,8 @@ def scipy_p(row) -> float:
     return sps.ttest_ind(list(row.variant.values()), list(row.base.values()), equal_var=False).pvalue
 
 
-def hand_holm(p: dict) -> dict:
-    order = sorted(p, key=p.get)
-    out, running = {}, 0.0
-    for i, k in enumerate(order):
-        running = max(running, min(1.0, (len(order) - i) * p[k]))
-        out[k] = running
-    return out
+def hand_bonferroni(p: dict) -> dict:
+    return {k: min(1.0, len(p) * v) for k, v in p.items()}
 
 
 # --------------------------------------------------------------------------------------
@@ -305,7 +300,9 @@ def test_paired_delta_matches_scipy(report, md, pdf_text):
     v = np.array([NO_LRN_TOP1[s] for s in (0, 1, 2)]) / N_IMG
     res = sps.ttest_rel(v, b)
     ci = res.confidence_interval(0.95)
-    assert row.seed_ci.method == "paired t" and row.ci is row.seed_ci
+    # seed_ci: the per-claim 95% interval; ci: the same test's simultaneous interval beside the verdict.
+    assert row.seed_ci.method == row.ci.method == "paired t"
+    assert (row.ci.lo, row.ci.hi) == pytest.approx(tuple(res.confidence_interval(row.level)), abs=1e-12)
     assert row.seed_ci.estimate == pytest.approx((v - b).mean(), abs=1e-12)
     assert (row.seed_ci.lo, row.seed_ci.hi) == pytest.approx((ci.low, ci.high), abs=1e-12)
     assert row.p == pytest.approx(res.pvalue)
@@ -383,8 +380,9 @@ def test_a_baseline_that_does_not_overfit_is_said_to_leave_no_room(report, tmp_p
     assert "+1.0 points" in note
     # ... and the one-line summary says it beside the row, not only in the notes below.
     summary = section(built.markdown.read_text(), "## Summary", "\n## ")
-    tag = table_row(summary, "smoke (synthetic)", "`no_dropout`")[5]
-    assert tag == "baseline gap +1.0 pts: the budget ends before overfitting"
+    cells = table_row(summary, "smoke (synthetic)", "`no_dropout`")
+    assert cells[5] == S.NOT_TESTABLE
+    assert cells[6] == "baseline gap +1.0 pts: the budget ends before overfitting"
 
 
 def test_claims_without_numbers_and_missing_arms(report):
@@ -512,15 +510,18 @@ def test_identical_differences_without_images_are_not_measurable(tmp_path):
 # --------------------------------------------------------------------------------------
 
 
-def test_holm_over_claims_matches_scipy_and_hand_holm(report, md):
+def test_bonferroni_over_claims_matches_scipy_and_hand_bonferroni(report, md):
     an = report.analyses["smoke"]
-    rows = {c.name: c.primary for c in an.comparisons if c.primary is not None and not c.primary.unmeasurable}
-    assert set(rows) == {"tanh", "fig1_tanh", "no_lrn", "no_overlap_pool", "no_pca_color", "no_crop_flip",
+    rows = {c.name: c.primary for c in an.comparisons if c.primary is not None and not c.primary.unmeasurable
+            and not c.primary.withheld}
+    # tanh is confounded: measured, not tested, so not in the family.
+    assert primary(an, "tanh").verdict == S.CONFOUNDED
+    assert set(rows) == {"fig1_tanh", "no_lrn", "no_overlap_pool", "no_pca_color", "no_crop_flip",
                          "no_dropout", "single_view_eval", "bias_init"}
     raw = {k: scipy_p(r) for k, r in rows.items()}
     for k, r in rows.items():
         assert r.p == pytest.approx(raw[k], rel=1e-9), k
-    adjusted = hand_holm(raw)
+    adjusted = hand_bonferroni(raw)
     for k, r in rows.items():
         assert r.p_adj == pytest.approx(adjusted[k], rel=1e-9), k
     assert an.family == len(rows)
@@ -530,15 +531,15 @@ def test_holm_over_claims_matches_scipy_and_hand_holm(report, md):
     assert sv.direction_verdict == S.DIR_NS and sv.verdict != S.REPRODUCED
     # Secondary rows carry no adjusted p and are not in the family; the method is named.
     assert all(math.isnan(r.p_adj) for c in an.comparisons for r in c.rows if r.role != "primary")
-    assert "Holm's step-down correction" in md and f"m = {len(rows)} claim(s)" in md
+    assert "Bonferroni's correction" in md and f"m = {len(rows)} claim(s)" in md
     cells = table_row(the_tests_table(md), "`single_view_eval`", "top-1")
-    assert cells[4] == f"{adjusted['single_view_eval']:.3f}"
+    assert cells[5] == f"{adjusted['single_view_eval']:.3f}"
 
 
-def _mde_by_noncentral_t(se, df):
+def _mde_by_noncentral_t(se, df, alpha=0.05):
     from scipy.optimize import brentq
 
-    tc = sps.t.ppf(0.975, df)
+    tc = sps.t.ppf(1 - alpha / 2, df)
     return se * brentq(lambda d: sps.nct.sf(tc, df, d) - 0.8, 0.1, 100)
 
 
@@ -549,26 +550,34 @@ def test_detectable_effect_and_underpowered(report, md):
     v = np.array([124, 125]) / N_IMG
     se = math.sqrt(b.var(ddof=1) / 3 + v.var(ddof=1) / 2)
     df = sps.ttest_ind(v, b, equal_var=False).df
-    assert row.mde == pytest.approx(_mde_by_noncentral_t(se, df), rel=1e-4)
+    alpha = 1 - row.level  # the test at the corrected level: 0.05 / m
+    assert alpha == pytest.approx(0.05 / an.family)
+    assert row.mde == pytest.approx(_mde_by_noncentral_t(se, df, alpha), rel=1e-4)
     assert 0.004 < row.mde  # the paper's +0.4 points are below what 3 vs 2 seeds detect here
     assert row.magnitude == S.MAG_UNDERPOWERED and row.verdict == S.UNDERPOWERED
     cells = table_row(the_tests_table(md), "`no_overlap_pool`", "top-1")
-    assert cells[5] == f"{100 * row.mde:.2f}" and cells[9] == S.UNDERPOWERED
-    assert int(cells[6]) == row.seeds_needed > 3
+    assert cells[6] == f"{100 * row.mde:.2f}" and cells[10] == S.UNDERPOWERED
+    assert int(cells[7]) == row.seeds_needed > 3
     # Paired: no_lrn's MDE from its per-seed differences.
     nl = primary(an, "no_lrn")
     d = (np.array([NO_LRN_TOP1[s] for s in (0, 1, 2)]) - np.array([BASE_TOP1[s] for s in (0, 1, 2)])) / N_IMG
-    assert nl.mde == pytest.approx(_mde_by_noncentral_t(d.std(ddof=1) / math.sqrt(3), 2), rel=1e-4)
+    assert nl.mde == pytest.approx(_mde_by_noncentral_t(d.std(ddof=1) / math.sqrt(3), 2, 1 - nl.level), rel=1e-4)
 
 
-def test_direction_and_size_are_separate(report, md):
-    """no_lrn: significant as claimed, but the interval lies above the paper's +1.4."""
-    row = primary(report.analyses["smoke"], "no_lrn")
-    assert row.ci.lo > 0.014
+def test_direction_and_size_are_separate(report, tmp_path):
+    """no_lrn alone (a family of one): significant as claimed, but the interval lies
+    above the paper's +1.4."""
+    root = tmp_path / "runs"
+    for s, d in ((0, 9), (1, 11), (2, 10)):
+        make_run(root, "smoke", "baseline", s, top1=BASE_TOP1[s])
+        make_run(root, "smoke", "no_lrn", s, top1=BASE_TOP1[s] + d)
+    built = build_report(root, tmp_path / "out")
+    row = primary(built.analyses["smoke"], "no_lrn")
+    assert built.analyses["smoke"].family == 1 and row.ci.lo > 0.014
     assert row.direction_verdict == S.DIR_CLAIMED and row.magnitude == S.MAG_LARGER
     assert row.verdict == S.DIRECTION_ONLY
-    cells = table_row(the_tests_table(md), "`no_lrn`", "top-1")
-    assert cells[7:10] == [S.DIR_CLAIMED, S.MAG_LARGER, S.DIRECTION_ONLY]
+    cells = table_row(the_tests_table(built.markdown.read_text()), "`no_lrn`", "top-1")
+    assert cells[8:11] == [S.DIR_CLAIMED, S.MAG_LARGER, S.DIRECTION_ONLY]
     # Qualitative claims need no size: the gap claims are reproduced on direction alone.
     gap = primary(report.analyses["smoke"], "no_crop_flip")
     assert gap.magnitude == S.MAG_NONE and gap.verdict == S.REPRODUCED
@@ -607,7 +616,7 @@ def test_runs_at_chance_get_no_verdict(tmp_path):
         assert any("at chance" in n for n in an.comparison(name).notes)
     assert not any(r.metric == "top-5" for c in an.comparisons for r in c.rows)
     text = rep.markdown.read_text()
-    assert "Top-5 error is left out" in text and "Holm's step-down correction" in text
+    assert "Top-5 error is left out" in text and "Bonferroni's correction" in text
     for word in ("| no difference |", "| reproduced |", "| contradicted |"):
         assert word not in text
     assert (rep.out_dir / "runs.csv").exists() and (rep.out_dir / "claims.csv").exists()
@@ -708,7 +717,9 @@ def test_confounds_are_named(report, md, full_md):
     assert tanh in md  # in the claim's notes
     summary = section(full_md, "## Summary", "\n## ")
     assert "`tanh`" in table_row(summary, "smoke (synthetic)", "`tanh`")[1]
-    assert table_row(summary, "smoke (synthetic)", "`tanh`")[5] == "Confounded"
+    cells = table_row(summary, "smoke (synthetic)", "`tanh`")
+    # The design's flaw is named first (a collapsed seed of the fixture's tanh arm comes after it).
+    assert cells[5] == S.CONFOUNDED and cells[6].split(";")[0] == "Confounded"
     # cifar10 no_lrn: said beside the number in the published-numbers table.
     cifar = preset_section(full_md, "cifar10")
     published = table_row(cifar.split("## 5. Published")[1], "`no_lrn` top-1 delta (points of error)")
@@ -785,12 +796,13 @@ def test_summary_table_comes_first(report, full_md):
     first_table = full_md.index("\n| ")
     assert full_md.index("## Summary") < first_table < full_md.index("## Preset")
     summary = section(full_md, "## Summary", "\n## ")
-    assert summary.splitlines()[2].startswith("| Preset (data) | Claim, metric | Paper | Measured [95% CI] | Verdict |")
+    assert summary.splitlines()[2].startswith("| Preset (data) | Claim, metric | Paper | Measured [CI] | CI level | "
+                                              "Verdict |")
     row = primary(report.analyses["smoke"], "no_lrn")
     cells = table_row(summary, "smoke (synthetic)", "`no_lrn`")
     assert cells[2] == "+1.4 pts"
     assert cells[3] == f"{100 * row.ci.estimate:+.2f} [{100 * row.ci.lo:+.2f}, {100 * row.ci.hi:+.2f}]"
-    assert cells[4] == row.verdict
+    assert cells[4] == f"{100 * row.level:.1f}% simultaneous" and cells[5].startswith(row.verdict)
 
 
 def test_csv_exports_load_with_pandas(report):
@@ -813,7 +825,7 @@ def test_csv_exports_load_with_pandas(report):
     c = claims[(claims.preset == "smoke") & (claims.ablation == "no_lrn") & (claims.role == "primary")].iloc[0]
     assert c.paper == pytest.approx(1.4) and c.unit == "points"
     assert (c.measured, c.ci_low, c.ci_high) == pytest.approx((100 * row.ci.estimate, 100 * row.ci.lo, 100 * row.ci.hi))
-    assert c.p_holm == pytest.approx(row.p_adj) and c.holm_family == an.family
+    assert c.p_adjusted == pytest.approx(row.p_adj) and c.family == an.family and c.level == pytest.approx(row.level)
     assert c.mde == pytest.approx(100 * row.mde) and c.verdict == row.verdict and c.n_base == 3
     f1 = claims[(claims.preset == "smoke") & (claims.ablation == "fig1_tanh")].iloc[0]
     assert f1.unit == "ratio" and f1.paper == 6 and f1.measured == pytest.approx(an.fig1.ratio.estimate)
@@ -922,7 +934,8 @@ print("LOADED", loaded, "TRIED", tried)
     text = (out / "report.md").read_text()
     assert "## Preset smoke" in text and "## Preset cifar10" in text
     assert (out / "report.pdf").stat().st_size > 50_000
-    assert f"python -m reports --runs {fixture_root} --out {out}" in text
+    # As run, with the machine's folders by their last name (the report is committed).
+    assert f"python -m reports --runs {fixture_root.name} --out {out.name}" in text and str(fixture_root) not in text
     assert f"wrote {out / 'claims.csv'}" in p.stdout
 
 
@@ -1124,7 +1137,7 @@ def test_readme_block_is_written_from_the_report(fixture_root, tmp_path):
     assert text.startswith("# Project\n\nintro\n\n") and text.endswith(f"{README_END}\n\n## More\n")
     block = text.split(README_BEGIN)[1].split(README_END)[0]
     assert "old numbers" not in block
-    assert "| Preset (data) | Claim, metric | Paper | Measured [95% CI] | Verdict | Note |" in block
+    assert "| Preset (data) | Claim, metric | Paper | Measured [CI] | CI level | Verdict | Note |" in block
     assert "`no_lrn` §3.3" in block and "(out/report.md)" in block
     # claims with an arm that never ran are named once, not a table row of n/a each
     unrun = block.split("Not measured yet (an arm has no finished run): ")[1].split("\n")[0]
@@ -1148,15 +1161,16 @@ def test_a_variant_that_never_learned_is_said_beside_its_row(tmp_path):
     built = build_report(root, tmp_path / "out")
     an = built.analyses["smoke"]
     comp = an.comparison("bias_init")
-    assert comp.tags == ["variant at chance in 2/2 seeds (75.0%): it never started learning"]
-    assert any("failed to start" in n for n in comp.notes)
+    assert comp.tags == ["collapsed: `bias_init` at chance in 2/2 seeds (75.0%)"]
+    assert primary(an, "bias_init").verdict == S.COLLAPSED
+    assert any("training collapsed there" in n for n in comp.notes)
     assert not an.comparison("no_lrn").tags  # a variant that learns gets no such tag
     # Without baseline runs there is nothing to say the baseline learns.
     for s in (0, 1):
         make_run(root, "cifar10", "bias_init", s, top1=24, n_img=32, train_clean=0.75)
     assert not build_report(root, tmp_path / "out2").analyses["cifar10"].comparison("bias_init").tags
     summary = section(built.markdown.read_text(), "## Summary", "\n## ")
-    assert table_row(summary, "smoke (synthetic)", "`bias_init`")[5] == comp.tags[0]
+    assert table_row(summary, "smoke (synthetic)", "`bias_init`")[6] == comp.tags[0]
 
 
 def test_a_diverged_grid_rate_is_shown_as_diverged(tmp_path):
@@ -1237,3 +1251,47 @@ def test_figure1_wall_times_compare_runs_on_one_device(tmp_path):
         make_run(root2, "smoke", "fig1_tanh", s, curve=fig1_curve(15), lr=0.02, epochs_to_target=15, device="B")
     f1 = build_report(root2, tmp_path / "out2").analyses["smoke"].fig1
     assert f1.wall_ratio is None and any("ran on different devices" in n for n in f1.notes)
+
+
+# --------------------------------------------------------------------------------------
+# Runs written by newer or older code
+# --------------------------------------------------------------------------------------
+
+
+def test_runs_written_by_other_code_are_noted(tmp_path, monkeypatch):
+    import json
+
+    from reproduce import config as CFG
+
+    for s in range(3):
+        make_run(tmp_path, "smoke", "baseline", s, top1=BASE_TOP1[s])
+        odd = make_run(tmp_path, "smoke", "no_lrn", s, top1=NO_LRN_TOP1[s])
+    newer = _run_path(tmp_path, "no_lrn", 1)
+    cfg = json.loads((newer / "config.json").read_text())
+    cfg["model"]["fancy_norm"] = True  # a key of newer code
+    (newer / "config.json").write_text(json.dumps(cfg))
+    monkeypatch.setitem(CFG.RENAMED, "train.old_knob", None)  # a key this code has removed
+    cfg = json.loads((odd / "config.json").read_text())
+    cfg["train"]["old_knob"] = 3
+    (odd / "config.json").write_text(json.dumps(cfg))
+    res = json.loads((odd / "result.json").read_text())
+    (odd / "result.json").write_text(json.dumps({**res, "val_top5_err": float("nan")}))
+
+    rep = build_report(tmp_path, tmp_path / "out")
+    assert rep.damaged == []
+    text = rep.markdown.read_text()
+    assert "# Runs written by other code (used, check them)" in text
+    listing = section(text, "# Runs written by other code", "\n#")
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in listing.splitlines()
+            if line.startswith("| `smoke/")}
+    assert rows == {
+        f"`{newer.relative_to(tmp_path)}`": "config.json has key(s) this code does not know (newer code, or "
+                                            "edited by hand): `model.fancy_norm`",
+        f"`{odd.relative_to(tmp_path)}`": "config.json has key(s) removed since it was written (older code), "
+                                          "ignored: `train.old_knob`; result.json holds non-finite values: "
+                                          "`val_top5_err` = nan",
+    }
+    # A run written by this code is not listed; without odd runs there is no such section.
+    clean = tmp_path / "clean"
+    make_run(clean, "smoke", "baseline", 0)
+    assert "Runs written by other code" not in build_report(clean, tmp_path / "out2").markdown.read_text()

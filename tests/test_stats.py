@@ -157,44 +157,34 @@ def test_paired_bootstrap_chunking_is_invisible():
 
 
 # --------------------------------------------------------------------------------------
-# Holm's correction
+# Bonferroni's correction and its simultaneous intervals
 # --------------------------------------------------------------------------------------
 
 
-def test_holm_hand_worked():
-    """m = 4. Sorted: 0.005 x 4 = 0.02; 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 = 0.04,
-    raised to the running maximum 0.06. At alpha 0.05 only the first two are rejected,
-    although all four are below 0.05 on their own."""
-    adj = S.holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.005})
-    assert adj == pytest.approx({"a": 0.03, "b": 0.06, "c": 0.06, "d": 0.02})
-    assert sorted(k for k, p in adj.items() if p < 0.05) == ["a", "d"]
-
-
-def test_holm_caps_at_one_and_skips_missing():
-    adj = S.holm({"a": 0.4, "b": 0.3, "c": float("nan"), "d": None})
-    # m = 2 (nan and None are not tested): 0.3 x 2 = 0.6; 0.4 x 1 -> max(0.6, 0.4) = 0.6.
-    assert adj["a"] == pytest.approx(0.6) and adj["b"] == pytest.approx(0.6)
+def test_bonferroni_hand_worked_caps_at_one_and_skips_missing():
+    adj = S.bonferroni({"a": 0.01, "b": 0.04, "c": float("nan"), "d": None, "e": 0.6})
+    # m = 3 (nan and None are not tested).
+    assert adj["a"] == pytest.approx(0.03) and adj["b"] == pytest.approx(0.12) and adj["e"] == 1.0
     assert math.isnan(adj["c"]) and math.isnan(adj["d"])
-    assert S.holm({"a": 0.7, "b": 0.8}) == pytest.approx({"a": 1.0, "b": 1.0})
-    assert S.holm({"a": 0.02}) == {"a": 0.02}  # a family of one is not adjusted
+    assert S.bonferroni({"a": 0.02}) == {"a": 0.02}  # a family of one is not adjusted
 
 
-def test_holm_agrees_with_its_definition_as_a_rejection_rule():
-    """Holm rejects H_(1..k) for the largest k with p_(j) <= alpha / (m - j + 1) for all
-    j <= k; the adjusted p-values reject exactly those at every alpha."""
+def test_simultaneous_intervals_exclude_zero_exactly_when_the_adjusted_p_rejects():
+    """The reason for Bonferroni here: the interval printed beside each verdict agrees
+    with it, for every family size and every data set."""
     rng = np.random.default_rng(0)
-    for _ in range(200):
-        p = dict(enumerate(rng.uniform(0, 0.2, size=rng.integers(1, 9))))
-        adj = S.holm(p)
-        order = sorted(p, key=p.get)
-        m = len(order)
-        for alpha in (0.01, 0.05, 0.1):
-            rejected = set()
-            for j, k in enumerate(order):
-                if p[k] > alpha / (m - j):
-                    break
-                rejected.add(k)
-            assert {k for k in p if adj[k] <= alpha} == rejected
+    for _ in range(300):
+        m = int(rng.integers(1, 9))
+        level = S.simultaneous_level(m)
+        assert level == pytest.approx(1 - 0.05 / m)
+        n = int(rng.integers(2, 6))
+        b = rng.normal(0.5, 0.02, n)
+        v = b + rng.normal(rng.uniform(-0.03, 0.03), 0.01, n)
+        iv = S.paired_t_interval(b, v, level)
+        p_adj = S.bonferroni({"x": iv.p, **{i: 0.5 for i in range(m - 1)}})["x"]
+        assert (p_adj < 0.05) == (iv.lo > 0 or iv.hi < 0)
+        ref = sps.ttest_rel(v, b).confidence_interval(level)
+        assert (iv.lo, iv.hi) == pytest.approx((ref.low, ref.high), rel=1e-9, abs=1e-12)
 
 
 # --------------------------------------------------------------------------------------
@@ -329,7 +319,7 @@ def test_claim_verdict(direction, magnitude, expected):
 
 
 def test_verdicts_listed():
-    assert len(set(S.VERDICTS)) == len(S.VERDICTS) == 10
+    assert len(set(S.VERDICTS)) == len(S.VERDICTS) == 14
     assert "no difference" not in S.VERDICTS
 
 
