@@ -4,6 +4,9 @@ SEEDS   ?= 3
 NAME    ?=
 DATA_DIR ?=
 RUNS    ?= runs
+# An empty RUNS= is unset: as a folder it would be this one, and runs would land
+# among the sources (override: a command-line value beats a plain assignment).
+override RUNS := $(if $(strip $(RUNS)),$(strip $(RUNS)),runs)
 BACKEND ?= tensorflow
 SET     ?=
 WORKERS ?= 1
@@ -20,7 +23,7 @@ OVERRIDES := $(strip $(DATA_SET) $(SET))
 SETARG  := $(if $(OVERRIDES),--set $(OVERRIDES),)
 RUN     := KERAS_BACKEND=$(BACKEND) REPRODUCE_RUNS=$(RUNS) $(PY)
 
-.PHONY: help install lint test test-tf test-jax train reproduce ablation report publish bench export
+.PHONY: help install lint test test-tf test-jax train reproduce ablation report publish bench export tensorboard
 
 help:
 	@echo "make install                 create $(VENV) and install requirements.txt"
@@ -32,7 +35,8 @@ help:
 	@echo "make publish                 finished runs of $(RUNS)/ into results/ (small files), then results/report.*"
 	@echo "make bench                   training throughput (synthetic and, with DATA_DIR, real data)"
 	@echo "make test                    the test suite on both Keras backends (tensorflow, jax)"
-	@echo "make export RUN_DIR=...      a finished run's model.keras (from its state if missing); SAVEDMODEL=dir: TF SavedModel"
+	@echo "make export RUN_DIR=...      a finished run's model.keras (from its state if missing); SAVEDMODEL=dir: TF SavedModel (FORCE=1 replaces one)"
+	@echo "make tensorboard             TensorBoard on $(RUNS)/ (logs of runs trained with BACKEND=tensorflow)"
 	@echo "make lint                    ruff check ."
 	@echo "Variables: PRESET=$(PRESET) SEEDS=$(SEEDS) NAME DATA_DIR RUNS=$(RUNS) BACKEND=$(BACKEND) WORKERS=$(WORKERS) SET='key=value ...'"
 
@@ -81,5 +85,10 @@ bench:
 # A finished run's model.keras (written from its training state if it has none) and,
 # with SAVEDMODEL=DIR, a TensorFlow SavedModel. RUN_DIR, not RUN: RUN is the command.
 export:
-	@test -n "$(RUN_DIR)" || { echo "usage: make export RUN_DIR=runs/<preset>/<label>-<fingerprint>/seed<k> [SAVEDMODEL=dir]"; exit 2; }
-	$(RUN) -m reproduce export $(call quote,$(RUN_DIR)) $(if $(SAVEDMODEL),--savedmodel $(call quote,$(SAVEDMODEL)),)
+	@test -n "$(RUN_DIR)" || { echo "usage: make export RUN_DIR=runs/<preset>/<label>-<fingerprint>/seed<k> [SAVEDMODEL=dir [FORCE=1]]"; exit 2; }
+	$(RUN) -m reproduce export $(call quote,$(RUN_DIR)) $(if $(SAVEDMODEL),--savedmodel $(call quote,$(SAVEDMODEL)),) $(if $(FORCE),--force,)
+
+# The per-epoch TensorBoard logs of the runs under RUNS. Runs trained on the JAX
+# backend write none (metrics.csv holds the same numbers; see README.md).
+tensorboard:
+	$(if $(wildcard $(VENV)/bin/tensorboard),$(VENV)/bin/tensorboard,tensorboard) --logdir $(call quote,$(RUNS))

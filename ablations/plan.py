@@ -7,7 +7,10 @@ Time per run comes from what this machine has measured, most specific first:
 2. finished runs with the same label, then any run of the preset, on this host
    and device, scaled by their epochs and training images;
 3. otherwise a calibration: a few training steps of the preset's baseline net on
-   this machine (the compile is timed apart), images/s times the run's images.
+   this machine (the compile is timed apart), images/s times the run's images,
+   plus what every epoch costs whatever its images (the validation pass's start,
+   the checkpoint, metrics.csv and the other callbacks: a few tenths of a second,
+   which on the smoke preset's 4-step epochs is most of an epoch).
 
 Seconds per image are this machine's; the epochs of a run that stops at a
 training error (Figure 1) are the experiment's, so they come from every
@@ -92,7 +95,8 @@ def preset_history(roots, preset: str) -> list:
     for root in roots:
         d = Path(root) / preset
         if d.is_dir():
-            out += [r for r in runs.iter_runs(d) if r.finished]
+            # A damaged run tells nothing about time; the report lists it.
+            out += [r for r in runs.iter_runs(d, damaged=[]) if r.finished]
     return out
 
 
@@ -184,12 +188,13 @@ def _identity(run) -> Optional[dict]:
         return None
 
 
-def calibrate(cfg, data, steps: int = 6) -> tuple[float, float]:
-    """(training images/s, fixed seconds per run) of `cfg`'s net on this machine:
-    `steps` timed steps after one step that builds and compiles, through the
-    trainer's own model and compile, on uint8 batches of the data's image size.
-    A run builds and compiles twice (training, then evaluation): that, twice the
-    first step's time, is its fixed cost."""
+def calibrate(cfg, data, steps: int = 6) -> tuple[float, float, float]:
+    """(training images/s, fixed seconds per run, fixed seconds per epoch) of `cfg`'s
+    net on this machine: `steps` timed steps after one step that builds and
+    compiles, through the trainer's own model and compile, on uint8 batches of the
+    data's image size. A run builds and compiles twice (training, then
+    evaluation): that, twice the first step's time, is its fixed cost. The cost
+    per epoch is measured by `_epoch_cost`."""
     import keras
     import numpy as np
 
@@ -208,8 +213,50 @@ def calibrate(cfg, data, steps: int = 6) -> tuple[float, float]:
     for _ in range(steps):
         model.train_on_batch(x, y)
     dt = time.perf_counter() - t0
+    ips = steps * b / dt
+    per_epoch = _epoch_cost(model, cfg, x, y, ips)
     keras.backend.clear_session()
-    return steps * b / dt, 2 * (t0 - t_build)
+    return ips, 2 * (t0 - t_build), per_epoch
+
+
+def _epoch_cost(model, cfg, x, y, ips: float, epochs: int = 3) -> float:
+    """Seconds an epoch costs beyond its training steps and validation images: a
+    `fit` of one-step epochs with the trainer's own callbacks (metrics.csv, the
+    checkpoint, TensorBoard where it is written) into a scratch folder and a
+    one-batch validation pass, timed from one epoch's end to the next (the first
+    epoch compiles the validation step and is left out)."""
+    import tempfile
+
+    import keras
+
+    from reproduce.callbacks import training_callbacks
+
+    ends: list = []
+    clock = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: ends.append(time.perf_counter()))
+    nv = min(len(x), cfg.eval.batch_size)
+    cfg = cfg.copy()
+    cfg.train.stop_at_train_error = 0.0  # every epoch runs, whatever its error
+    with tempfile.TemporaryDirectory(prefix="plan-epoch-") as tmp:
+        cbs = training_callbacks(cfg, tmp, {}, len(x))
+        model.fit(x, y, batch_size=len(x), epochs=epochs, validation_data=(x[:nv], y[:nv]),
+                  validation_batch_size=nv, callbacks=[*cbs.all, clock], shuffle=False, verbose=0)
+    gaps = [b - a for a, b in zip(ends[1:], ends[2:])]
+    if not gaps:  # stopped early (a loss that turned NaN): nothing measured
+        return 0.0
+    return max(0.0, statistics.median(gaps) - (len(x) + FORWARD_SHARE * nv) / ips)
+
+
+def _epochs_run(job: Job, epochs: Optional[float] = None) -> float:
+    """The epochs a run trains: `epochs` (expected) within its plan, else as planned."""
+    planned = _epochs_planned(job.cfg, job.epoch_limit)
+    return planned if epochs is None else min(epochs, planned)
+
+
+def calibrated_estimate(job: Job, data, rate: tuple, epochs: Optional[float] = None) -> float:
+    """Seconds for `job` from a calibration `rate` = (images/s, seconds per run,
+    seconds per epoch): its fixed cost, every epoch's fixed cost, and its images."""
+    ips, fixed, per_epoch = rate
+    return fixed + per_epoch * _epochs_run(job, epochs) + _images_seen(job, data, epochs) / ips
 
 
 def _images_seen(job: Job, data, epochs: Optional[float] = None) -> float:
@@ -220,8 +267,7 @@ def _images_seen(job: Job, data, epochs: Optional[float] = None) -> float:
     from reproduce.evaluate import TRAIN_SAMPLE, VIEWS
 
     cfg, n_train, n_val = job.cfg, len(data.train), len(data.val)
-    planned = _epochs_planned(cfg, job.epoch_limit)
-    epochs = planned if epochs is None else min(epochs, planned)
+    epochs = _epochs_run(job, epochs)
     forward = epochs * n_val + n_val * (1 + (VIEWS if cfg.eval.ten_view else 0)) + min(n_train, TRAIN_SAMPLE)
     return epochs * _images_per_epoch(cfg, n_train) + FORWARD_SHARE * forward
 
@@ -255,11 +301,10 @@ def fill_estimates(plan: SuitePlan, roots, preset: str, load_data=None, verbose:
                     print(f"[ablations] measuring this machine's training rate ({job.label}, "
                           "a few steps)...", flush=True)
                 rates[key] = calibrate(job.cfg, data)
-            ips, fixed = rates[key]
             # A run to a target whose epochs some machine has measured: those epochs at
             # this machine's rate; one with none measured: its epoch cap, a bound.
             epochs = expected_epochs(job, everywhere)
-            est = fixed + _images_seen(job, data, epochs) / ips
+            est = calibrated_estimate(job, data, rates[key], epochs)
             kind = "upper bound" if job.cfg.train.stop_at_train_error and epochs is None else "calibrated"
         job.estimate_s, job.estimate_kind = est, kind
 

@@ -37,7 +37,7 @@ from reproduce.config import Config, apply_overrides, validate
 
 
 def parse_seeds(seeds) -> list[int]:
-    """`3` means seeds 0, 1, 2; `0,4,7` means exactly those."""
+    """`3` means seeds 0, 1, 2; `0,4,7` means exactly those; `0,` the seed 0 alone."""
     if isinstance(seeds, int):
         seeds = str(seeds)
     s = str(seeds).strip()
@@ -49,6 +49,9 @@ def parse_seeds(seeds) -> list[int]:
     except ValueError:
         raise ValueError(f"SEEDS={seeds!r} is neither a count (3 = seeds 0, 1, 2) nor a "
                          "comma-separated list of seeds (0,4,7)") from None
+    if not out and "," not in s:  # a count of zero: probably meant the seed 0
+        raise ValueError(f"SEEDS={seeds!r} is a count (3 = seeds 0, 1, 2), so it means no "
+                         "seeds at all; for seed 0 alone write SEEDS=0, (a list of one seed)")
     if not out or min(out) < 0:
         raise ValueError(f"SEEDS={seeds!r}: need at least one seed, none negative")
     return out
@@ -234,7 +237,7 @@ class Runner:
     def _check_overrides(self, ab: Ablation) -> None:
         """A user override of a key the ablation itself changes would make the two
         arms identical (or change the question): refuse it."""
-        touched = set(ab.variant_overrides(self.preset)) | set(ab.base_overrides)
+        touched = set(ab.variant_overrides(self.preset)) | set(ab.both_arms_overrides(self.preset))
         if ab.lr_grid:
             touched.add("train.learning_rate")
         mine = {o.split("=", 1)[0].strip() for o in self.overrides}

@@ -49,6 +49,16 @@ CANDIDATES = {
     # time that XLA saves spent on two more epochs (chosen: experiments/README.md):
     "w050_e6_b64": {"model.width": 0.5, "train.epochs": 6, "train.batch_size": 64,
                     "train.step_epochs": [5]},
+    # A longer tier, for the claims about overfitting (dropout, crops and flips,
+    # PCA colour): the baseline must reach <= 40% validation error with a clean
+    # train/validation gap of >= 5 points. Half width at batch 64 as above, with
+    # lr / 10 at about 70% and 90% of the budget.
+    "w050_e16_b64": {"model.width": 0.5, "train.epochs": 16, "train.batch_size": 64,
+                     "train.step_epochs": [11, 14]},
+    "w050_e20_b64": {"model.width": 0.5, "train.epochs": 20, "train.batch_size": 64,
+                     "train.step_epochs": [14, 18]},
+    "w050_e24_b64": {"model.width": 0.5, "train.epochs": 24, "train.batch_size": 64,
+                     "train.step_epochs": [17, 21]},
 }
 
 

@@ -111,6 +111,8 @@ def main(argv=None) -> int:
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory")
     p.add_argument("--savedmodel", default=None, metavar="DIR",
                    help="also export a TensorFlow SavedModel (Keras' model.export) into DIR")
+    p.add_argument("--force", action="store_true",
+                   help="replace a SavedModel (any files) already in DIR")
 
     args, rest = parser.parse_known_args(argv)
     if args.cmd == "bench":
@@ -141,7 +143,13 @@ def _dispatch(args) -> int:
         if not src.is_dir():
             print(f"error: no runs folder {src} (set RUNS= to where the runs are)", file=sys.stderr)
             return 2
-        res = runs.publish(src, args.to)
+        try:
+            res = runs.publish(src, args.to)
+        except runs.RunDirError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        for d in res.removed:
+            print(f"  removed {d}: left half-copied by a publish that was stopped")
         print(f"published {len(res.copied)} run(s) from {src} into {args.to}; "
               f"{len(res.unchanged)} already there; {len(res.skipped)} not publishable")
         for d, why in res.kept:
@@ -167,9 +175,6 @@ def _dispatch(args) -> int:
         from reproduce.data import DataError
 
         root = args.runs or runs.default_root()
-        run_dir = args.run_dir or runs.run_dir(
-            root, args.preset, args.label, cfg.fingerprint(), cfg.train.seed
-        )
         meta = {
             "preset": args.preset,
             "label": args.label,
@@ -177,6 +182,10 @@ def _dispatch(args) -> int:
             "command": "python -m reproduce " + " ".join(sys.argv[1:]),
         }
         try:
+            # The fingerprint lists a local dataset's files: a DataError names a bad one.
+            run_dir = args.run_dir or runs.run_dir(
+                root, args.preset, args.label, cfg.fingerprint(), cfg.train.seed
+            )
             train_lib.train(cfg, run_dir, meta=meta, verbose=0 if args.quiet else 1)
         except (train_lib.TrainingDiverged, runs.RunDirError, DataError) as e:
             print(f"error: {e}", file=sys.stderr)

@@ -29,6 +29,8 @@ here back ``python -m reproduce evaluate / predict / export``.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,21 +304,88 @@ def predict_images(loaded: Loaded, paths: Sequence, top: int = TOP, batch_size: 
 # --------------------------------------------------------------------------------------
 
 
-def export_savedmodel(loaded: Loaded, out_dir) -> Path:
+EXPORT_TMP = ".export-"  # `.<target>.export-<pid>-<random>`: an export being written
+
+
+def _check_export_target(out_dir: Path, force: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunError(
+            f"--savedmodel {out_dir}: that is a file, and a SavedModel is a folder. Give "
+            "the path of a new folder (it is created), or remove the file.")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise RunError(
+            f"--savedmodel {out_dir}: the folder is not empty (an earlier export?). Give "
+            "--force to replace it (make export ... FORCE=1), or another folder.")
+
+
+def _remove_stale_exports(out_dir: Path) -> None:
+    """Temp folders of exports whose process is gone (killed half-way)."""
+    prefix = f".{out_dir.name}{EXPORT_TMP}"
+    for p in out_dir.parent.glob(prefix + "*"):
+        pid = p.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's process
+    return True
+
+
+def export_savedmodel(loaded: Loaded, out_dir, force: bool = False) -> Path:
     """A TensorFlow SavedModel for TF Serving / TFLite, through Keras' `model.export`
     (either backend; JAX converts through jax2tf).
 
     Its `serve` signature takes uint8 (batch, S, S, 3) and returns the probabilities.
+    It is written into a temporary folder beside `out_dir` and renamed into place,
+    so a killed export never leaves a half-written SavedModel where a server would
+    load it. A non-empty `out_dir` is replaced only with `force`.
     """
     import importlib.util
 
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).absolute()
+    _check_export_target(out_dir, force)
     # On JAX, Keras converts the model with jax2tf: TensorFlow must be installed.
     if importlib.util.find_spec("tensorflow") is None:
         raise RunError("exporting a SavedModel needs TensorFlow; install it "
                        "(pip install tensorflow) or export on a machine that has it.")
-    os.makedirs(out_dir.parent, exist_ok=True)
-    loaded.model.export(str(out_dir), format="tf_saved_model", verbose=False)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_exports(out_dir)
+        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent,
+                                    prefix=f".{out_dir.name}{EXPORT_TMP}{os.getpid()}-"))
+    except OSError as e:
+        raise RunError(
+            f"--savedmodel {out_dir}: cannot write in {out_dir.parent} ({e.strerror or e}). "
+            "Give a folder you can write to.") from None
+    old = None
+    try:
+        loaded.model.export(str(tmp), format="tf_saved_model", verbose=False)
+        os.chmod(tmp, 0o777 & ~runs.current_umask())  # mkdtemp makes it private
+        if out_dir.is_dir() and any(out_dir.iterdir()):  # force: set the old one aside
+            old = out_dir.with_name(f".{out_dir.name}{EXPORT_TMP}{os.getpid()}-old")
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)  # over a missing or empty folder
+    except Exception as e:
+        # TensorFlow's own file errors (tf.errors.OpError) are not OSErrors.
+        if not isinstance(e, OSError) and not type(e).__module__.startswith("tensorflow"):
+            raise
+        if old is not None and not out_dir.exists():
+            os.replace(old, out_dir)  # put the previous export back
+            old = None
+        raise RunError(
+            f"--savedmodel {out_dir}: writing the SavedModel failed "
+            f"({getattr(e, 'strerror', None) or e}); "
+            f"nothing was left there. Check the folder's permissions and free space.") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     return out_dir
 
 
@@ -384,6 +453,8 @@ def _predict_cmd(args) -> int:
 def _export_cmd(args) -> int:
     run_dir = Path(args.run_dir)
     finished_run(run_dir)
+    if args.savedmodel:  # before any work: a bad target is known at once
+        _check_export_target(Path(args.savedmodel).absolute(), getattr(args, "force", False))
     if all((run_dir / f).is_file() for f in (runs.MODEL, runs.CLASSES)):
         print(f"{run_dir / runs.MODEL} is there already")
     else:
@@ -391,7 +462,7 @@ def _export_cmd(args) -> int:
         print(f"wrote {run_dir / runs.MODEL} and {runs.CLASSES} from the training state")
     loaded = load(run_dir)
     if args.savedmodel:
-        out = export_savedmodel(loaded, args.savedmodel)
+        out = export_savedmodel(loaded, args.savedmodel, force=getattr(args, "force", False))
         s = loaded.image_size
         print(f"wrote the SavedModel {out}: signature 'serve', uint8 (batch, {s}, {s}, 3) RGB "
               f"-> probabilities of the {len(loaded.class_names)} classes of {run_dir / runs.CLASSES}")

@@ -43,7 +43,7 @@ import platform
 import socket
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -178,7 +178,9 @@ def read_run_json(path: os.PathLike) -> dict:
 
 
 def default_root() -> Path:
-    return Path(os.environ.get("REPRODUCE_RUNS", "runs"))
+    """$REPRODUCE_RUNS, else ./runs. An empty value counts as unset: as a path it
+    would be the current folder, and runs would land among the sources."""
+    return Path(os.environ.get("REPRODUCE_RUNS", "").strip() or "runs")
 
 
 def run_dir(root: os.PathLike, preset: str, label: str, fingerprint: str, seed: int) -> Path:
@@ -228,27 +230,35 @@ def lock(path: os.PathLike):
             "make, --runs or --run-dir on the command line)."
         ) from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise RunDirError(
-                    f"cannot lock {path / LOCK} ({e.strerror or e}): its file system does "
-                    "not support file locks (NFS needs its lock service; Lustre the "
-                    "'flock' mount option). Put the runs folder on one that does."
-                ) from None
-            holder = os.pread(fd, 512, 0).decode(errors="replace").strip()
+        held_by = _claim(fd, path / LOCK, "(NFS needs its lock service; Lustre the 'flock' mount option). Put "
+                         "the runs folder on one that does.")
+        if held_by is not None:
             raise RunLocked(
-                f"{path} is being trained by another process ({holder or 'unknown holder'}); "
+                f"{path} is being trained by another process ({held_by or 'unknown holder'}); "
                 "this one leaves it to that process. When that process ends, the run is "
                 "finished, or resumes where it stopped if you start it again."
-            ) from None
-        when = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()} since {when}\n".encode(), 0)
+            )
         yield path
     finally:
         os.close(fd)  # releases the lock
+
+
+def _claim(fd: int, lock_file: Path, fix: str) -> Optional[str]:
+    """Take the exclusive flock on the open `lock_file` and write who holds it
+    (pid, host, since when) into it; None when taken, else what the holder wrote
+    (the lock is another process's). A file system without locks is a
+    RunDirError whose message ends with `fix`."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            raise RunDirError(f"cannot lock {lock_file} ({e.strerror or e}): its file system does not "
+                              f"support file locks {fix}") from None
+        return os.pread(fd, 512, 0).decode(errors="replace").strip()
+    when = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()} since {when}\n".encode(), 0)
+    return None
 
 
 def holder(path: os.PathLike) -> Optional[str]:
@@ -516,6 +526,48 @@ PUBLISHED_FILES = (CONFIG, ENV, METRICS, RESULT, VAL_CORRECT, CONV1)
 # learning-rate grid needs it to be decided on a fresh clone): its record only.
 DIVERGED_FILES = (CONFIG, ENV, METRICS, FAILURE)
 PUBLISHED_MAX_BYTES = 1 << 20
+# Held (flock) in the destination by the publish writing into it; see `publish_lock`.
+PUBLISH_LOCK = ".publish.lock"
+# The temporary folder a run is copied into before it is renamed into place.
+PUBLISH_TMP = ".publish-"
+
+
+class PublishLocked(RunDirError):
+    """Another process is publishing into the same store."""
+
+
+@contextlib.contextmanager
+def publish_lock(dst_root: os.PathLike):
+    """Hold the store `dst_root` (created if need be) for one publish: an exclusive
+    flock on `dst_root/.publish.lock`, released by the kernel however the holder
+    ends. Raises `PublishLocked` at once if another publish holds it: two
+    publishes would copy the same runs and race to rename them into place."""
+    dst_root = Path(dst_root)
+    dst_root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(dst_root / PUBLISH_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        who = _claim(fd, dst_root / PUBLISH_LOCK, "; publish into a folder on one that does.")
+        if who is not None:
+            raise PublishLocked(
+                f"another publish is running into {dst_root} ({who or 'unknown holder'}); "
+                "wait for it to finish, then publish again (runs it has copied are not copied twice)."
+            )
+        yield dst_root
+    finally:
+        os.close(fd)
+
+
+def remove_stale_publish_folders(dst_root: os.PathLike) -> list:
+    """Remove the temporary run folders (".seed<k>.publish-*") that a publish killed
+    mid-copy left in the store `dst_root`; call it holding `publish_lock`, so that
+    no live publish owns any of them. Returns the folders removed."""
+    import shutil
+
+    dst_root = Path(dst_root)
+    stale = sorted(p for p in dst_root.rglob(f".*{PUBLISH_TMP}*") if p.is_dir())
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
 
 
 @dataclass
@@ -523,7 +575,8 @@ class Published:
     copied: list  # destination run directories written now
     unchanged: list  # already in the store, identical
     kept: list  # (destination, why): already in the store with other contents, left as is
-    skipped: list  # (source, why): not finished, failed, or too large
+    skipped: list  # (source, why): not finished, failed, too large, or damaged
+    removed: list = field(default_factory=list)  # stale temporary folders of a killed publish
 
 
 def publish(src_root: os.PathLike, dst_root: os.PathLike) -> Published:
@@ -533,13 +586,24 @@ def publish(src_root: os.PathLike, dst_root: os.PathLike) -> Published:
     then renamed). A finished run already published is never overwritten:
     finished runs do not change, so different contents mean two machines ran the
     same experiment and seed, and the first one stays. A published divergence is
-    replaced by a finished run of the same experiment and seed."""
+    replaced by a finished run of the same experiment and seed.
+
+    One publish at a time per store (`publish_lock`; a second raises
+    `PublishLocked`); it first removes what a killed one left half-copied. A run
+    that cannot be read is skipped and listed, the rest published."""
+    with publish_lock(dst_root):
+        return _publish(Path(src_root), Path(dst_root))
+
+
+def _publish(src_root: Path, dst_root: Path) -> Published:
     import filecmp
     import shutil
 
-    src_root, dst_root = Path(src_root), Path(dst_root)
-    out = Published([], [], [], [])
-    for run in iter_runs(src_root):
+    out = Published([], [], [], [], remove_stale_publish_folders(dst_root))
+    damaged: list = []
+    runs_ = list(iter_runs(src_root, damaged))
+    out.skipped += [(e.path, f"damaged: {e.problem}") for e in damaged]
+    for run in runs_:
         diverged = (run.failure or {}).get("reason") == "diverged"  # iter_runs has read failure.json
         if holder(run.path) is not None:
             out.skipped.append((run.path, "being trained"))
@@ -567,7 +631,7 @@ def publish(src_root: os.PathLike, dst_root: os.PathLike) -> Published:
                 out.kept.append((dst, f"differs from {run.path}; the published copy is kept"))
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.publish-"))
+        tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}{PUBLISH_TMP}"))
         try:
             for f in files:
                 shutil.copy2(f, tmp / f.name)
@@ -645,19 +709,52 @@ def load_run(path: os.PathLike) -> Run:
         raise RunFileError(path / CONFIG, f"its `{bad[0]}` entry is not an object")
     opt = lambda name: read_run_json(path / name) if (path / name).exists() else None  # noqa: E731
     env = opt(ENV) or {}
-    return Run(path, cfg, meta, env, read_metrics_rows(path), opt(RESULT), opt(FAILURE))
+    result = opt(RESULT)
+    if result is not None:
+        _check_result(path / RESULT, result)
+    return Run(path, cfg, meta, env, read_metrics_rows(path), result, opt(FAILURE))
+
+
+# Keys of result.json that hold a number or null (None). "status" is text, and
+# "precision" (written later) names a dtype.
+RESULT_NUMBERS = [k for k in RESULT_KEYS if k != "status"] + ["n_val"]
+
+
+def _check_result(p: Path, result: dict) -> None:
+    """A result.json whose numbers are text ("abc") or booleans is damaged: every
+    mean, interval and table would trip over it. NaN and infinity are numbers
+    (JSON as Python writes it); the report notes them apart."""
+    for k in RESULT_NUMBERS:
+        v = result.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise RunFileError(p, f"`{k}` = {v!r} is not a number")
+
+
+def is_hidden(path: os.PathLike, root: os.PathLike) -> bool:
+    """Whether `path` lies in a hidden folder below `root` (a name starting with
+    "."): the temporary folders that publishing and the report build beside their
+    targets (".seed0.publish-*", ".results.new-*"), whole or half-written, never a
+    run."""
+    try:
+        parts = Path(path).relative_to(root).parts
+    except ValueError:
+        return False
+    return any(part.startswith(".") for part in parts)
 
 
 def iter_runs(root: os.PathLike, damaged: Optional[list] = None) -> Iterator[Run]:
     """Every run directory below root, sorted by path: each directory holding
-    config.json, or a run's result.json or metrics.csv without one.
+    config.json, or a run's result.json or metrics.csv without one. Hidden folders
+    (`is_hidden`: a publish or report build in progress, or one a kill left
+    behind) are not runs.
 
     A run that cannot be read is appended to `damaged` as its `RunFileError` and
     skipped; without a `damaged` list the error is raised."""
     root = Path(root)
     if not root.exists():
         return
-    dirs = {p.parent for name in (CONFIG, RESULT, METRICS) for p in root.rglob(name)}
+    dirs = {p.parent for name in (CONFIG, RESULT, METRICS) for p in root.rglob(name)
+            if not is_hidden(p.parent, root)}
     for d in sorted(dirs):
         try:
             run = load_run(d)

@@ -48,6 +48,14 @@ def test_seeds():
             parse_seeds(bad)
 
 
+def test_seeds_0_is_zero_seeds_and_says_how_to_ask_for_seed_0():
+    assert parse_seeds("0,") == [0]
+    with pytest.raises(ValueError) as e:
+        parse_seeds("0")
+    assert str(e.value) == ("SEEDS='0' is a count (3 = seeds 0, 1, 2), so it means no seeds at all; "
+                            "for seed 0 alone write SEEDS=0, (a list of one seed)")
+
+
 @pytest.mark.parametrize("name", sorted(ABLATIONS))
 def test_every_ablation_builds_and_takes_one_smoke_step(name):
     from reproduce.data import Stats
@@ -360,16 +368,17 @@ def test_a_new_machine_times_known_target_epochs_at_its_calibrated_rate(tmp_path
     elsewhere = _finished_run(cfg, "fig1_tanh.grid", 36.0, 18)
     elsewhere.result["epochs_to_target"] = 18
     monkeypatch.setattr(P, "preset_history", lambda roots, preset: [elsewhere])  # host "h": not this one
-    monkeypatch.setattr(P, "calibrate", lambda cfg, data: (64.0, 5.0))  # 64 img/s, 5 s fixed
+    # 64 img/s, 5 s fixed per run, 0.5 s per epoch
+    monkeypatch.setattr(P, "calibrate", lambda cfg, data: (64.0, 5.0, 0.5))
     data = types.SimpleNamespace(train=range(640), val=range(64))
     jobs = [P.Job("fig1_tanh", 0, tmp_path / "a", cfg), P.Job("fig1_tanh.base", 0, tmp_path / "b", cfg)]
     plan = P.SuitePlan(todo=jobs)
     P.fill_estimates(plan, [tmp_path], "smoke", load_data=lambda d: data, verbose=False, device="CPU (X, 2 cores)")
     known, unknown = plan.todo
     assert known.estimate_kind == "calibrated"
-    assert known.estimate_s == pytest.approx(5.0 + P._images_seen(known, data, 18) / 64.0)
+    assert known.estimate_s == pytest.approx(5.0 + 18 * 0.5 + P._images_seen(known, data, 18) / 64.0)
     assert unknown.estimate_kind == "upper bound"  # its own arm has no grid: the 60-epoch cap
-    assert unknown.estimate_s == pytest.approx(5.0 + P._images_seen(unknown, data) / 64.0)
+    assert unknown.estimate_s == pytest.approx(5.0 + 60 * 0.5 + P._images_seen(unknown, data) / 64.0)
     assert known.estimate_s < unknown.estimate_s / 3
 
 

@@ -1,5 +1,7 @@
 """The configuration tree: paper defaults, presets, strict typed dotted overrides."""
 
+import typing
+
 import pytest
 
 from reproduce import config as C
@@ -135,3 +137,75 @@ def test_renamed_keys_are_migrated(monkeypatch):
         C.experiment_identity(old)
     monkeypatch.setitem(C.RENAMED, "model.normalize", "model.lrn")
     assert C.experiment_identity(old) == C.experiment_identity(cfg)
+
+
+# -- values no range used to catch, and keys typed under another name -------------------
+
+
+def _numeric_keys():
+    out = []
+    for key, (hint, choices, _) in C._DECLARED.items():
+        base = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+        if choices is None and base[0] in (int, float, list):
+            out.append(key)
+    return out
+
+
+def test_every_numeric_key_has_a_finite_range():
+    keys = _numeric_keys()
+    assert "train.learning_rate" in keys and "data.max_train" in keys and "train.step_epochs" in keys
+    assert [k for k in keys if k not in C.RANGES] == []
+    for key in keys:
+        rng = C.RANGES[key]
+        assert float("nan") not in rng and float("inf") not in rng and float("-inf") not in rng, key
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.learning_rate=-0.01", "train.learning_rate=-0.01 must be > 0"),
+        ("train.learning_rate=nan", "train.learning_rate=nan must be a finite number > 0"),
+        ("train.momentum=1", "train.momentum=1.0 must be in [0, 1)"),
+        ("model.dropout=nan", "model.dropout=nan must be a finite number in [0, 1)"),
+        ("model.width=inf", "model.width=inf must be a finite number > 0"),
+        ("data.max_train=-1", "data.max_train=-1 must be an integer >= 0"),
+        ("data.max_val=-5", "data.max_val=-5 must be an integer >= 0"),
+        ("train.seed=-1", "train.seed=-1 must be an integer in [0, 2147483647]"),
+        ("train.weight_decay=nan", "train.weight_decay=nan must be a finite number >= 0"),
+        ("train.stop_at_train_error=1.5", "train.stop_at_train_error=1.5 must be in [0, 1]"),
+        ("train.step_epochs=0,5", "train.step_epochs=[0, 5]: 0 is not allowed; every element "
+                                  "must be an integer >= 1"),
+        ("model.lrn_beta=-inf", "model.lrn_beta=-inf must be a finite number >= 0"),
+    ],
+)
+def test_out_of_range_values_name_the_key_and_the_range(override, message):
+    with pytest.raises(C.ConfigError) as e:
+        C.get_config("smoke", [override])
+    assert str(e.value) == message
+
+
+def test_a_config_built_in_code_is_range_checked_too():
+    cfg = C.get_config("smoke")
+    cfg.train.learning_rate = float("nan")  # set directly: no parsing involved
+    with pytest.raises(C.ConfigError, match=r"train\.learning_rate=nan must be a finite"):
+        C.validate(cfg)
+
+
+@pytest.mark.parametrize(
+    "typed, meant",
+    [
+        ("train.lr", "train.learning_rate"),
+        ("lr", "train.learning_rate"),
+        ("train.base_lr", "train.learning_rate"),
+        ("train.wd", "train.weight_decay"),
+        ("train.bs", "train.batch_size"),
+        ("train.batch", "train.batch_size"),
+        ("model.act", "model.activation"),
+        ("train.epoch", "train.epochs"),
+        ("model.lnr", "model.lrn"),  # a misspelling still finds its key
+    ],
+)
+def test_an_unknown_key_suggests_the_key_meant_by_its_words_and_aliases(typed, meant):
+    with pytest.raises(C.ConfigError) as e:
+        C.get_config("smoke", [f"{typed}=1"])
+    assert f"did you mean {meant}" in str(e.value)

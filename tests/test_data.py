@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 import reproduce.data as data
-from reproduce.config import DataConfig
+from reproduce.config import DataConfig, data_identity
 from reproduce.data import DataError, cache, decode
 from reproduce.data.pixelstats import compute_stats
 
@@ -464,3 +464,171 @@ print("ok")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                        timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
+
+
+# --------------------------------------------------------------------------------------
+# Inputs that used to give wrong data without a word
+# --------------------------------------------------------------------------------------
+
+
+def test_a_link_loop_in_a_data_folder_is_refused_naming_it(tmp_path):
+    src = make_tree(tmp_path / "src", corrupt=False) / "mydata"
+    loop = src / "train" / "apple" / "loop"
+    loop.symlink_to("..")  # train/apple/loop -> train: every class again, as "apple"
+    with pytest.raises(DataError) as e:
+        data.load(cfg(src, tmp_path))
+    msg = str(e.value)
+    assert f"{loop} links to {(src / 'train').resolve()}, a folder that contains it" in msg
+    assert "Remove the link" in msg
+    # The folder's identity (the experiment fingerprint) reads the same listing.
+    with pytest.raises(DataError, match="a folder that contains it"):
+        data_identity(str(src))
+    assert not list((tmp_path / "cache").glob("mydata__*"))  # nothing was decoded
+
+
+def test_links_to_folders_are_followed_and_counted_by_the_identity_too(tmp_path):
+    src = make_tree(tmp_path / "src", corrupt=False) / "mydata"
+    elsewhere = tmp_path / "disk2" / "more_apples"
+    shutil.move(src / "train" / "apple", elsewhere)
+    (src / "train" / "apple").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "deeper").symlink_to(tmp_path / "disk2" / "extra", target_is_directory=True)
+    (tmp_path / "disk2" / "extra").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "disk2" / "extra" / "x.png")
+    d = data.load(cfg(src, tmp_path))
+    assert len(d.train) == 10  # 3 classes x 3, and the image behind the second link
+    np.testing.assert_array_equal(d.train.labels, [0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
+    # The identity sees exactly these files: adding one behind the link changes it.
+    before = data_identity(str(src))
+    Image.new("RGB", (8, 8)).save(tmp_path / "disk2" / "extra" / "y.png")
+    from reproduce.data.identity import _folder_digest
+
+    _folder_digest.cache_clear()  # memoized by the root folder's mtime, which did not change
+    assert data_identity(str(src)) != before
+    from reproduce.data.identity import image_files
+
+    assert sorted(n for n in image_files(src / "train") if n.startswith("apple/")) == [
+        "apple/00.jpg", "apple/01.png", "apple/02.webp", "apple/deeper/x.png", "apple/deeper/y.png"]
+
+
+def _png16(path: Path, a: np.ndarray) -> None:
+    im = Image.fromarray(a.astype(np.uint16))
+    assert im.mode == "I;16"
+    im.save(path, format="PNG")
+
+
+def test_a_16_bit_png_is_scaled_to_8_bits_not_clipped(tmp_path):
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 65536, (8, 8), dtype=np.uint16)
+    a[0, :4] = [0, 65535, 257, 32896]  # -> 0, 255, 1, 128
+    p = tmp_path / "deep.png"
+    _png16(p, a)
+    with Image.open(p) as im:
+        assert im.mode == "I;16"  # what Pillow gives for a 16-bit grayscale PNG
+    want = np.round(a / 257.0).astype(np.uint8)  # v * 255 / 65535
+    got = decode.decode_image(p.read_bytes(), 8)
+    np.testing.assert_array_equal(got, np.repeat(want[:, :, None], 3, axis=2))
+    # the same pixels through a folder, in training
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (tmp_path / "src" / split / c).mkdir(parents=True)
+            _png16(tmp_path / "src" / split / c / "x.png", a)
+    arr = data.load_split(cfg(tmp_path / "src", tmp_path), "train")
+    np.testing.assert_array_equal(arr.images[0], np.repeat(want[:, :, None], 3, axis=2))
+
+
+def _huge_member_header(name: str, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    return info.tobuf(format=tarfile.PAX_FORMAT)
+
+
+@pytest.mark.parametrize("ext", ["tar.gz", "tar"])
+def test_a_huge_archive_member_is_refused_from_its_header_without_reading_it(
+        tmp_path, ext, monkeypatch):
+    """A 3 GB member (its tar header says so; a .tar.gz of it is tiny) is refused
+    before a byte of it is read: reading first used gigabytes of memory."""
+    src = make_tree(tmp_path / "src", corrupt=False)
+    member = "mydata/train/apple/huge.png"
+    size = 3 << 30
+    small = make_archive(src, tmp_path / "small.tar")
+    with tarfile.open(small) as t:  # the members, without the end-of-archive blocks
+        end = max(m.offset_data + -(-m.size // 512) * 512 for m in t.getmembers())
+    body = small.read_bytes()[:end]
+    out = tmp_path / f"data.{ext}"
+    if ext == "tar":  # a sparse file: the 3 GB cost no disk
+        with open(out, "wb") as f:
+            f.write(body + _huge_member_header(member, size))
+            f.truncate(f.tell() + size + 1024)
+    else:
+        import gzip
+
+        out.write_bytes(gzip.compress(body + _huge_member_header(member, size)))  # header only
+    read = []
+    real_extractfile = tarfile.TarFile.extractfile
+    monkeypatch.setattr(tarfile.TarFile, "extractfile",
+                        lambda self, m: read.append(m.name) or real_extractfile(self, m))
+    with pytest.raises(DataError) as e:
+        data.load(cfg(out, tmp_path))
+    msg = str(e.value)
+    assert (f"the member 'mydata/train/apple/huge.png' of the archive {out} is 3,072.0 MiB "
+            f"({size} bytes), more than the 64.0 MiB one image file may have") in msg
+    assert "Remove it from the archive" in msg
+    assert member not in read
+
+
+def test_the_image_size_cap_applies_to_zip_members_and_folder_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(decode, "MAX_IMAGE_BYTES", 1024)
+    src = make_tree(tmp_path / "src", corrupt=False)
+    big = src / "mydata" / "train" / "apple" / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(big)
+    assert big.stat().st_size > 1024 and all(
+        p.stat().st_size <= 1024 for p in src.rglob("0*.*"))
+    with pytest.raises(DataError, match=r"the member 'train/apple/big.png' of the archive .*d.zip "
+                                        r"is [0-9.]+ KiB \([0-9]+ bytes\), more than the 1.0 KiB"):
+        data.load(cfg(make_archive(src / "mydata", tmp_path / "d.zip"), tmp_path))
+    # a folder: that file is an unreadable one, named (one of 10: tolerated at 20%)
+    monkeypatch.setenv("REPRODUCE_MAX_BAD_FRACTION", "0.2")
+    with pytest.warns(UserWarning, match=r"big.png: ValueError: the file is .* more than the"):
+        d = data.load(cfg(src, tmp_path))
+    assert len(d.train) == 9
+
+
+def test_a_bad_worker_count_names_the_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPRODUCE_DATA_WORKERS", "abc")
+    with pytest.raises(DataError, match=r"REPRODUCE_DATA_WORKERS='abc' is not a whole number"):
+        decode.num_workers()
+
+
+def test_a_cache_built_under_a_raised_tolerance_says_so_when_reused(tmp_path, monkeypatch):
+    src = make_tree(tmp_path / "src")  # one unreadable image of 10 in train
+    monkeypatch.setenv("REPRODUCE_MAX_BAD_FRACTION", "0.2")
+    with pytest.warns(UserWarning, match="skipping 1 unreadable"):
+        data.load_split(cfg(src, tmp_path), "train")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # within the limit it was built under: silent
+        data.load_split(cfg(src, tmp_path), "train")
+    monkeypatch.delenv("REPRODUCE_MAX_BAD_FRACTION")
+    with pytest.warns(UserWarning) as rec:
+        arr = data.load_split(cfg(src, tmp_path), "train")
+    (msg,) = [str(w.message) for w in rec]
+    assert (f"the cache entry {arr.cache_path} was built skipping 1 of 10 unreadable images "
+            f"(10.0%), more than the 1% allowed now") in msg
+    assert "REPRODUCE_MAX_BAD_FRACTION" in msg and "delete it to rebuild" in msg
+
+
+@pytest.mark.parametrize("ext", ["", "tar"])
+def test_empty_class_folders_are_named_when_left_out(tmp_path, ext):
+    src = make_tree(tmp_path / "src", corrupt=False)
+    for split in ("train", "val"):
+        (src / "mydata" / split / "dog").mkdir()
+        (src / "mydata" / split / "dog" / "readme.txt").write_text("no images yet")
+        (src / "mydata" / split / "emu").mkdir()
+    source = make_archive(src, tmp_path / f"d.{ext}") if ext else src
+    for _ in range(2):  # built, then read from the cache: said both times
+        with pytest.warns(UserWarning) as rec:
+            d = data.load(cfg(source, tmp_path))
+        msgs = [str(w.message) for w in rec if "class folder" in str(w.message)]
+        assert len(msgs) == 2  # train and val
+        assert "2 class folder(s) of split 'train'" in msgs[0] and "dog, emu" in msgs[0]
+        assert "hold no images and are left out" in msgs[0]
+        assert d.class_names == list(CLASSES)

@@ -347,3 +347,77 @@ def test_savedmodel_export_serves_the_same_probabilities(run, tmp_path, capsys):
     got = served.serve(tf.constant(run.images)).numpy()
     want = inference.load(run.dir).model.predict(run.images, verbose=0)
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+# -- SavedModel export: the target folder ------------------------------------------------
+
+
+def _export(run, out, *extra):
+    return main(["export", str(run.dir), "--savedmodel", str(out), *extra])
+
+
+needs_tf = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
+                              reason="a SavedModel needs TensorFlow")
+
+
+def test_savedmodel_export_refuses_a_file_and_an_unwritable_folder(run, tmp_path, capsys):
+    target = tmp_path / "model.pb"
+    target.write_text("not a folder")
+    assert _export(run, target) == 1
+    err = capsys.readouterr().err
+    assert f"--savedmodel {target}: that is a file, and a SavedModel is a folder" in err
+    assert "Traceback" not in err and target.read_text() == "not a folder"
+    if os.geteuid() == 0:
+        return  # root writes anywhere: no unwritable folder to test
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        assert _export(run, locked / "serving") == 1
+        err = capsys.readouterr().err
+        assert f"--savedmodel {locked / 'serving'}: cannot write in {locked}" in err
+    finally:
+        locked.chmod(0o700)
+
+
+@needs_tf
+def test_savedmodel_export_into_a_folder_it_cannot_create_is_a_clear_error(run, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert _export(run, blocker / "serving") == 1  # its parent is a file
+    err = capsys.readouterr().err
+    assert f"--savedmodel {blocker / 'serving'}: cannot write in {blocker}" in err
+    assert "Give a folder you can write to" in err
+
+
+@needs_tf
+def test_savedmodel_export_never_overwrites_without_force_and_leaves_no_partial_export(
+        run, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "serving"
+    out.mkdir()
+    (out / "keep.txt").write_text("an earlier export")
+    assert _export(run, out) == 1
+    err = capsys.readouterr().err
+    assert f"--savedmodel {out}: the folder is not empty" in err and "--force" in err
+    assert "FORCE=1" in err and (out / "keep.txt").read_text() == "an earlier export"
+
+    # An export that dies half-way (here: after writing a file into the temporary
+    # folder) leaves the target as it was and no temporary folder.
+    real = keras.Model.export
+
+    def dies(self, path, *a, **k):
+        Path(path, "saved_model.pb").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(keras.Model, "export", dies)
+    with pytest.raises(KeyboardInterrupt):
+        _export(run, out, "--force")
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["serving"]
+    # A temporary folder of a killed export (its process gone) is removed by the next.
+    stale = tmp_path / f".serving{inference.EXPORT_TMP}999999999-abc"
+    stale.mkdir()
+    monkeypatch.setattr(keras.Model, "export", real)
+    assert _export(run, out, "--force") == 0
+    assert (out / "saved_model.pb").is_file() and not (out / "keep.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["serving"]

@@ -329,7 +329,7 @@ def test_the_divergence_check_never_syncs_the_training_state_from_its_thread():
     # the training loop donates the state's buffers to the next step; a state sync
     # from that thread (what keras.callbacks.Callback.model does on JAX) assigns
     # deleted buffers to the model's variables.
-    from reproduce.callbacks import Divergence
+    from reproduce.callbacks import BatchDivergence
 
     class Model:
         stop_training = False
@@ -337,7 +337,7 @@ def test_the_divergence_check_never_syncs_the_training_state_from_its_thread():
         def jax_state_sync(self):
             raise AssertionError("state synced from the callback thread")
 
-    cb, model = Divergence(), Model()
+    cb, model = BatchDivergence(), Model()
     cb.set_model(model)
     cb.on_epoch_begin(3)
     cb.on_batch_end(7, {"loss": 1.5})
@@ -459,3 +459,205 @@ def test_a_held_run_is_left_to_its_holder_and_a_held_grid_run_its_whole_arm(tmp_
     r2 = Runner("cifar10", 1, tmp_path, verbose=0)
     r2.run(["fig1_tanh"])
     assert {label for label, _, _ in calls} == {f"{ab.base_label}.grid", ab.base_label}
+
+
+# -- data the pipeline used to misread, and settings that were not checked ------------------
+# (link loops, 16-bit PNGs, huge archive members, empty class folders, a raised
+# bad-file tolerance, REPRODUCE_DATA_WORKERS: tests/test_data.py; ranges and key
+# suggestions: tests/test_config.py; the SavedModel target: tests/test_inference.py)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.learning_rate=-0.01", "train.learning_rate=-0.01 must be > 0"),
+    ("data.max_train=-1", "data.max_train=-1 must be an integer >= 0"),
+    ("train.seed=-1", "train.seed=-1 must be an integer in [0, 2147483647]"),
+    ("model.dropout=nan", "model.dropout=nan must be a finite number in [0, 1)"),
+])
+def test_out_of_range_settings_stop_train_before_a_run_directory(tmp_path, override, message):
+    cfg = _tiny()
+    key, value = override.split("=")
+    section, name = key.split(".")
+    setattr(getattr(cfg, section), name, type(getattr(getattr(cfg, section), name))(value))
+    with pytest.raises(ValueError) as e:  # a ConfigError
+        train(cfg, tmp_path / "run", verbose=0)
+    assert str(e.value) == message
+    assert not (tmp_path / "run").exists()
+
+
+def test_forced_streaming_trains_and_evaluates(tmp_path, monkeypatch):
+    """REPRODUCE_STREAM=1 streams the training split; the validation split stays in
+    the cache (the evaluation indexes it), so a run finishes."""
+    pytest.importorskip("tensorflow")
+    tfds = pytest.importorskip("tensorflow_datasets")
+    monkeypatch.setenv("REPRODUCE_STREAM", "1")
+    cfg = get_config("smoke", ["data.source=tfds:cifar10", "data.val_split=test",
+                               f"data.cache_dir={tmp_path / 'cache'}", "eval.ten_view=false",
+                               "train.epochs=1"])
+    with tfds.testing.mock_data(num_examples=32):
+        d = data.load(cfg.data)
+        assert isinstance(d.train, data.Stream) and not isinstance(d.val, data.Stream)
+        result = train(cfg, tmp_path / "run", verbose=0)
+    assert result["status"] == "ok" and result["epochs"] == 1 and result["n_val"] == 32
+    assert runs.is_finished(tmp_path / "run")
+
+
+# -- half-written folders, damaged result files, an empty RUNS, the smoke suite's cost --
+
+
+def _two_finished_runs(root: Path) -> list:
+    from test_report import make_run
+
+    return [make_run(root, "smoke", "baseline", s, top1=120 + s) for s in (0, 1)]
+
+
+def test_a_publish_killed_mid_copy_is_no_run_and_the_next_publish_removes_it(tmp_path):
+    from ablations.plan import preset_history
+    from reports import collect
+
+    src, store = tmp_path / "runs", tmp_path / "results"
+    r0, r1 = _two_finished_runs(src)
+    # What a publish killed while copying seed 0 leaves: its files in a hidden folder.
+    stale = store / r0.relative_to(src).parent / f".{r0.name}{runs.PUBLISH_TMP}k1ll3d"
+    stale.mkdir(parents=True)
+    for name in ("config.json", "env.json", "metrics.csv", "result.json"):
+        shutil.copy2(r0 / name, stale / name)
+    assert list(runs.iter_runs(store)) == []
+    assert collect.load(store) == {} and preset_history([store], "smoke") == []
+
+    res = runs.publish(src, store)
+    assert res.removed == [stale] and not stale.exists()
+    assert sorted(res.copied) == sorted(store / r.relative_to(src) for r in (r0, r1))
+    assert sorted(r.path for r in runs.iter_runs(store)) == sorted(res.copied)
+
+
+def test_a_second_publish_into_the_same_store_is_refused_while_one_runs(tmp_path, capsys):
+    from reproduce.__main__ import main
+
+    src, store = tmp_path / "runs", tmp_path / "results"
+    _two_finished_runs(src)
+    with runs.publish_lock(store):
+        with pytest.raises(runs.PublishLocked, match=r"another publish is running into .*results "
+                                                     rf"\(pid {os.getpid()} on host "):
+            runs.publish(src, store)
+        assert main(["publish", "--runs", str(src), "--to", str(store)]) == 2
+        assert "error: another publish is running into" in capsys.readouterr().err
+        assert not list(store.rglob("result.json"))  # nothing copied, no ENOTEMPTY
+    assert len(runs.publish(src, store).copied) == 2  # once it has ended
+
+
+def test_a_result_json_with_a_non_number_is_skipped_as_damaged_and_the_rest_published(tmp_path):
+    from reports import build_report
+
+    src, store = tmp_path / "runs", tmp_path / "results"
+    r0, r1 = _two_finished_runs(src)
+    res = json.loads((r1 / "result.json").read_text())
+    (r1 / "result.json").write_text(json.dumps({**res, "val_top1_err": "abc"}))
+
+    with pytest.raises(runs.RunFileError, match=r"result\.json: `val_top1_err` = 'abc' is not a number; "
+                                                "restore the file"):
+        runs.load_run(r1)
+    out = runs.publish(src, store)
+    assert out.copied == [store / r0.relative_to(src)]
+    assert out.skipped == [(r1 / "result.json", "damaged: `val_top1_err` = 'abc' is not a number")]
+    rep = build_report(src, tmp_path / "report")
+    assert [e.path for e in rep.damaged] == [r1 / "result.json"]
+    assert "`val_top1_err` = 'abc' is not a number" in rep.markdown.read_text()
+    build_report(store, store)  # make publish's report of the store
+
+
+def test_a_killed_report_build_is_removed_by_the_next_and_ignored_by_git(tmp_path):
+    from reports import build_report
+    from reports import report as RP
+
+    _two_finished_runs(tmp_path / "runs")
+    out = tmp_path / "results"
+    stale_new, stale_old = tmp_path / ".results.new-k1ll3d", tmp_path / ".results.old-k1ll3d"
+    live = tmp_path / ".results.new-running"  # another build, still writing
+    for d in (stale_new, stale_old, live):
+        d.mkdir()
+        (d / "report.md").write_text("half a report")
+    held = RP._hold(live)
+    try:
+        build_report(tmp_path / "runs", out)
+    finally:
+        os.close(held)
+    assert not stale_new.exists() and not stale_old.exists()
+    assert (live / "report.md").exists()
+    assert (out / "report.md").exists()
+    for name in (".results.new-k1ll3d/", "results/smoke/x/.seed0.publish-ab12/", "results/.publish.lock"):
+        p = subprocess.run(["git", "check-ignore", "-q", "--no-index", name], cwd=ROOT)
+        assert p.returncode == 0, f"{name} is not ignored by git"
+
+
+def test_an_empty_runs_setting_means_the_default_folder(tmp_path, monkeypatch):
+    from reports import build_report
+
+    monkeypatch.setenv("REPRODUCE_RUNS", "")
+    assert runs.default_root() == Path("runs")
+    monkeypatch.chdir(tmp_path)
+    _two_finished_runs(tmp_path / "runs")
+    rep = build_report("", "")  # --runs '' --out ''
+    assert rep.out_dir == Path("runs") / "report" and (tmp_path / "runs/report/report.md").exists()
+    assert not (tmp_path / "report.md").exists()
+    for target in ("reproduce", "report", "publish"):
+        p = subprocess.run(["make", "-n", "-f", str(ROOT / "Makefile"), target, "RUNS="], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        assert "--runs runs" in p.stdout, p.stdout
+        assert "--runs  " not in p.stdout and "REPRODUCE_RUNS= " not in p.stdout
+
+
+def test_the_smoke_figure1_arms_train_a_few_short_runs(tmp_path):
+    from collections import Counter
+
+    from ablations.registry import get_ablation
+    from ablations.runner import Runner
+
+    a = get_ablation("fig1_tanh")
+    for cfg in (a.base_config("smoke"), a.variant_config("smoke")):
+        assert cfg.train.epochs == 2 and cfg.train.stop_at_train_error == 0.25
+    # Figure 1 itself is left as measured.
+    for cfg in (a.base_config("cifar10"), a.variant_config("cifar10")):
+        assert cfg.train.epochs == 100 and cfg.train.stop_at_train_error == 0.25
+    plan = Runner("smoke", 3, tmp_path / "runs", published=[]).plan(["fig1_tanh"])
+    labels = Counter(j.label for j in plan.todo)
+    assert labels == {"fig1_tanh.base.grid": 4, "fig1_tanh.grid": 4, "fig1_tanh.base": 3, "fig1_tanh": 3}
+    assert all(j.cfg.train.epochs == 2 for j in plan.todo)
+
+
+def test_the_plan_counts_a_fixed_cost_per_epoch(tmp_path, monkeypatch):
+    """Validation's start, the checkpoint and the callbacks cost every epoch the
+    same, whatever its images: on the smoke preset's 4-step epochs, most of it."""
+    import types
+
+    from ablations import plan as P
+
+    cfg = get_config("smoke", ["train.epochs=40"])
+    monkeypatch.setattr(P, "preset_history", lambda roots, preset: [])
+    monkeypatch.setattr(P, "calibrate", lambda cfg, data: (640.0, 5.0, 0.25))  # 0.25 s per epoch
+    d = types.SimpleNamespace(train=range(64), val=range(32))
+    plan = P.SuitePlan(todo=[P.Job("baseline", 0, tmp_path / "a", cfg)])
+    P.fill_estimates(plan, [tmp_path], "smoke", load_data=lambda _: d, verbose=False, device="CPU")
+    (job,) = plan.todo
+    images = 40 * 64 + P.FORWARD_SHARE * (40 * 32 + 32 * 11 + 64)  # epochs, validation, final evaluation
+    assert job.estimate_s == pytest.approx(5.0 + 40 * 0.25 + images / 640.0)
+
+
+def test_the_docs_say_the_scheme_is_not_part_of_the_fingerprint():
+    from reproduce.config import NOT_IDENTITY
+
+    assert "distribute.scheme" in NOT_IDENTITY
+    assert get_config("smoke").fingerprint() == get_config("smoke", ["distribute.scheme=mirrored"]).fingerprint()
+    doc = " ".join((ROOT / "docs" / "distributed.md").read_text().split())
+    assert "`distribute.scheme` is not part of the configuration fingerprint" in doc
+    assert "is currently part of the configuration fingerprint" not in doc
+
+
+def test_make_tensorboard_shows_the_runs_folder_and_the_readme_says_which_backend_logs(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}  # under `make test`
+    p = subprocess.run(["make", "--no-print-directory", "-n", "-f", str(ROOT / "Makefile"), "tensorboard",
+                        "RUNS=/some/runs"], cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
+    assert p.returncode == 0, p.stderr
+    assert re.search(r"tensorboard --logdir '/some/runs'$", p.stdout.strip()), p.stdout
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "`tensorboard/` (TensorFlow backend only" in readme and "`make tensorboard`" in readme

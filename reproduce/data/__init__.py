@@ -53,7 +53,8 @@ Public API (the trainer calls exactly these)::
 
 Environment: REPRODUCE_CACHE (cache root), REPRODUCE_DATA_WORKERS (decode
 processes; default: CPUs), REPRODUCE_MAX_BAD_FRACTION (corrupt images tolerated per
-split, default 0.01), REPRODUCE_STREAM=1/0 (force streaming/caching of TFDS),
+split, default 0.01), REPRODUCE_STREAM=1/0 (force streaming/caching of a TFDS training split;
+validation splits are always cached),
 TFDS_DATA_DIR, TFDS_MANUAL_DIR.
 """
 
@@ -136,8 +137,10 @@ def _load_splits(cfg, splits, same_classes: bool = False) -> list:
     if kind == "tfds":
         from reproduce.data import tfds_source
 
+        # The validation split is never streamed: the trainer's evaluation indexes it.
         return [tfds_source.load_split(cfg.source, cfg.source[5:], s, _max_for(cfg, s),
-                                       cfg.image_size, root) for s in splits]
+                                       cfg.image_size, root, stream_ok=s != cfg.val_split)
+                for s in splits]
     from reproduce.data import imagefolder
 
     return imagefolder.load_splits(cfg.source, [(s, _max_for(cfg, s)) for s in splits],

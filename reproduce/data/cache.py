@@ -49,7 +49,7 @@ from typing import Optional
 
 import numpy as np
 
-from reproduce.data.common import DataError, ImageArrays, Stats
+from reproduce.data.common import DataError, ImageArrays, Stats, max_bad_fraction
 
 CACHE_FORMAT = 1  # bump when the decode or the layout changes
 COMPLETE = "COMPLETE"
@@ -206,6 +206,26 @@ def open_entry(path: Path, source: str) -> ImageArrays:
         source=source,
         cache_path=str(path),
     )
+
+
+def warn_if_over_tolerance(path: Path, manifest: dict) -> None:
+    """Warn when a reused entry skipped more unreadable images than is allowed now.
+
+    The limit (`max_bad_fraction`) is checked when an entry is built; an entry
+    built under a raised REPRODUCE_MAX_BAD_FRACTION would otherwise be reused by
+    every later run as if the limit had been met."""
+    skipped = manifest.get("skipped") or []
+    if not skipped:
+        return
+    total = int(manifest.get("n", 0)) + len(skipped)
+    frac, limit = len(skipped) / max(total, 1), max_bad_fraction()
+    if frac > limit:
+        warnings.warn(
+            f"the cache entry {path} was built skipping {len(skipped)} of {total} unreadable "
+            f"images ({100 * frac:.1f}%), more than the {100 * limit:g}% allowed now: a raised "
+            f"REPRODUCE_MAX_BAD_FRACTION was in force when it was built. It is reused as it "
+            f"is; delete it to rebuild under the current limit (which then names the files), "
+            f"or replace the unreadable files.", stacklevel=4)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -28,7 +28,7 @@ import threading
 import time
 import traceback
 import zipfile
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -37,6 +37,11 @@ import numpy as np
 PARALLEL_MIN = 1000
 CHUNK_ITEMS = 128  # images per worker task
 CHUNK_BYTES = 16 << 20  # ... or this many encoded bytes, whichever comes first
+# The largest encoded image file read into memory. A photo is a few MB (an
+# ImageNet JPEG ~110 kB, a 50-megapixel camera JPEG ~25 MB); anything larger is
+# not an image of this pipeline, and reading it first would exhaust the memory (a
+# compressed archive cannot tell a member's real content before reading it).
+MAX_IMAGE_BYTES = 64 << 20
 
 # Decodes done by this process and by workers on its behalf (tests count them to
 # prove a second load reads the cache).
@@ -50,12 +55,48 @@ def decode_count() -> int:
 def num_workers() -> int:
     env = os.environ.get("REPRODUCE_DATA_WORKERS")
     if env:
-        return max(1, int(env))
+        try:
+            return max(1, int(env))
+        except ValueError:
+            from reproduce.data.common import DataError
+
+            raise DataError(
+                f"REPRODUCE_DATA_WORKERS={env!r} is not a whole number: set it to the "
+                f"number of decode processes (e.g. REPRODUCE_DATA_WORKERS=4), or unset it "
+                f"to use one per CPU."
+            ) from None
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS
         n = os.cpu_count() or 1
     return max(1, min(n, 32))
+
+
+def too_big(nbytes: int, what: str, fix: str) -> Optional[str]:
+    """The message for an image file larger than MAX_IMAGE_BYTES, else None."""
+    if nbytes <= MAX_IMAGE_BYTES:
+        return None
+    return (f"{what} is {_size(nbytes)} ({nbytes} bytes), more than the "
+            f"{_size(MAX_IMAGE_BYTES)} one image file may have "
+            f"(reproduce.data.decode.MAX_IMAGE_BYTES): it is not read. {fix}")
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / (1 << 20):,.1f} MiB" if nbytes >= 1 << 20 else f"{nbytes / 1024:,.1f} KiB"
+
+
+# Pillow's modes for one 16-bit channel (16-bit grayscale PNGs; "I" is how some
+# Pillow versions open them). Pillow's own conversion to RGB clips them at 255.
+_MODES_16 = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _to_8bit(img):
+    """A 16-bit grayscale image as 8-bit "L", scaled (v * 255 / 65535, rounded),
+    not clipped: clipping turns everything above 255 of 65535 white."""
+    from PIL import Image
+
+    a = np.clip(np.asarray(img).astype(np.int64), 0, 65535)
+    return Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8), "L")
 
 
 def decode_image(data: bytes, size: int) -> np.ndarray:
@@ -67,6 +108,8 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
         # result still has both sides >= size (large ImageNet photos decode several
         # times faster; the final resample below still does the antialiasing).
         img.draft("RGB", (size, size))
+        if img.mode in _MODES_16:
+            img = _to_8bit(img)
         if img.mode != "RGB":
             img = img.convert("RGB")
         w, h = img.size
@@ -103,6 +146,10 @@ def _read(reader: tuple, payload) -> bytes:
         return payload
     if kind == "file":
         with open(os.path.join(where, payload), "rb") as f:
+            msg = too_big(os.fstat(f.fileno()).st_size, "the file",
+                          "Remove it from the data folder.")
+            if msg:
+                raise ValueError(msg)
             return f.read()
     if kind == "zip":
         z = _OPEN.get(("zip", where))

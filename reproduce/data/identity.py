@@ -10,10 +10,11 @@ not. So:
   under the file's real path, size and modification time, so a 50 MB archive is
   read once, not once per run;
 * a folder (ImageFolder layout) is named by the SHA-256 of its image files'
-  relative paths and sizes: reading every byte of an ImageNet-sized folder would
-  cost minutes, and re-encoded or renamed images change sizes or names.
+  relative paths and sizes (the files `image_files` lists, which the loader
+  reads too): reading every byte of an ImageNet-sized folder would cost
+  minutes, and re-encoded or renamed images change sizes or names.
 
-Standard library only.
+Standard library only (NumPy only on the way to a DataError).
 """
 
 from __future__ import annotations
@@ -69,18 +70,69 @@ def _file_digest(path: Path) -> str:
 @functools.lru_cache(maxsize=32)
 def _folder_digest(root: str, _mtime_ns: int) -> str:
     h = hashlib.sha256()
-    entries = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")
-        for name in filenames:
-            if name.startswith(".") or not name.lower().endswith(_IMAGE_SUFFIXES):
-                continue
-            full = os.path.join(dirpath, name)
-            entries.append((os.path.relpath(full, root).replace(os.sep, "/"),
-                            os.path.getsize(full)))
+    entries = [(rel, os.path.getsize(os.path.join(root, rel))) for rel in image_files(root)]
     for rel, size in sorted(entries):
         h.update(f"{rel}\t{size}\n".encode())
     return h.hexdigest()[:16]
+
+
+def _skipped(name: str) -> bool:
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def image_files(top) -> list:
+    """The image files below the folder `top`, as '/'-separated paths relative to
+    it: what the ImageFolder loader reads (`reproduce.data.imagefolder`) and what
+    the folder's identity is computed from, so both see the same files.
+
+    Hidden files and folders and `__MACOSX` are skipped. Links to folders are
+    followed (a class folder may live on another disk), but a link back to a folder
+    that contains it (`train/a/loop -> ..`) would list the images above it again
+    and again, under the wrong class: a DataError names it.
+    """
+    top = os.fspath(top)
+    out: list = []
+    # (logical path, real path) of the folders from `top` down to the current one.
+    chain = [(top, os.path.realpath(top))]
+
+    def walk(logical: str, rel: str) -> None:
+        try:
+            entries = sorted(os.scandir(logical), key=lambda e: e.name)
+        except OSError as e:
+            raise _data_error(f"cannot list the folder {logical}: {e.strerror or e}. Check "
+                              "its permissions (or remove it).") from None
+        for e in entries:
+            if _skipped(e.name):
+                continue
+            sub = f"{rel}/{e.name}" if rel else e.name
+            if not e.is_dir():
+                if e.name.lower().endswith(_IMAGE_SUFFIXES):
+                    out.append(sub)
+                continue
+            real = os.path.realpath(e.path)
+            for logical_above, real_above in chain:
+                if real_above == real or real_above.startswith(real.rstrip(os.sep) + os.sep):
+                    seen_as = "" if os.path.abspath(logical_above) == real else f" ({logical_above})"
+                    raise _data_error(
+                        f"{e.path} links to {real}, a folder that contains it{seen_as}: "
+                        "following it would list the same images again and again, under the "
+                        "wrong class. Remove the link, or make it point to a folder outside "
+                        f"{real}.")
+            chain.append((e.path, real))
+            try:
+                walk(e.path, sub)
+            finally:
+                chain.pop()
+
+    walk(top, "")
+    return out
+
+
+def _data_error(msg: str) -> Exception:
+    # Imported only on failure: this module stays standard library only.
+    from reproduce.data.common import DataError
+
+    return DataError(msg)
 
 
 def _read_memo(path: Path) -> dict:

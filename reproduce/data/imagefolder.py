@@ -38,6 +38,7 @@ from reproduce.data.common import (
     resolve_split,
     subsample_indices,
 )
+from reproduce.data.identity import image_files
 
 # A compressed tar is decompressed once if its images fit in this much memory,
 # else twice (list, then decode), never extracted to disk.
@@ -97,7 +98,10 @@ class _Layout:
         self.loose = 0
         for d in dirs:
             if d.startswith(prefix) and d[len(prefix):]:
-                self.tree.setdefault(d[len(prefix):].split("/", 1)[0], {})
+                parts = d[len(prefix):].split("/")
+                split = self.tree.setdefault(parts[0], {})
+                if len(parts) >= 2:  # a class folder, perhaps without images
+                    split.setdefault(parts[1], [])
         for name, payload in files:
             if not name.startswith(prefix):
                 continue
@@ -107,8 +111,10 @@ class _Layout:
             split = self.tree.setdefault(parts[0], {})
             if len(parts) == 2:
                 self.loose += is_image_name(name)  # directly in a split folder
-            elif is_image_name(name):
-                split.setdefault(parts[1], []).append((name, payload))
+            else:
+                files_of = split.setdefault(parts[1], [])
+                if is_image_name(name):
+                    files_of.append((name, payload))
         self.where = where
 
     def splits(self):
@@ -116,7 +122,9 @@ class _Layout:
 
 
 def _item_list(classes: dict, where: str, split: str, max_n: int):
-    """(class names, [(label, name, payload)]) in sorted order, subsampled."""
+    """(class names, [(label, name, payload)]) in sorted order, subsampled.
+
+    Class folders without images get no label (the manifest's `empty_classes`)."""
     class_names = sorted(c for c, files in classes.items() if files)
     items = []
     for label, c in enumerate(class_names):
@@ -139,6 +147,7 @@ class _Request:
         self.class_names: list = []
         self.items: list = []
         self.n_listed = 0
+        self.empty_classes: list = []
         self.builder: Optional[cache_lib.EntryBuilder] = None
         self.out = ""
 
@@ -178,16 +187,13 @@ class FolderSource:
         d = self.root / split
         classes: dict = {}
         for e in sorted(os.scandir(d), key=lambda e: e.name):
-            if not e.is_dir() or _ignored(e.name):
-                continue
-            files = classes.setdefault(e.name, [])
-            for dirpath, dirnames, filenames in os.walk(e.path, followlinks=True):
-                dirnames[:] = [n for n in dirnames if not _ignored(n)]
-                rel = os.path.relpath(dirpath, d).replace(os.sep, "/")
-                for f in filenames:
-                    if is_image_name(f):
-                        name = f"{rel}/{f}"
-                        files.append((f"{split}/{name}", name))
+            if e.is_dir() and not _ignored(e.name):
+                classes[e.name] = []
+        # The same listing as the folder's identity (reproduce.data.identity): links
+        # to folders followed, a link loop refused.
+        for name in image_files(d):
+            if "/" in name:  # files directly in the split folder belong to no class
+                classes[name.split("/", 1)[0]].append((f"{split}/{name}", name))
         return classes
 
 
@@ -210,6 +216,17 @@ class ArchiveSource:
         return {"kind": "archive", "path": str(self.path), "size": st.st_size,
                 "mtime_ns": st.st_mtime_ns}
 
+    def check_size(self, name: str, nbytes: int) -> None:
+        """DataError for an image member too large to read (its header's size, before
+        any byte of it is read: a compressed archive can hold gigabytes in a few MB)."""
+        if not is_image_name(name) or _ignored(name):
+            return  # never read
+        msg = dec.too_big(nbytes, f"the member {name!r} of the archive {self.path}",
+                          "Remove it from the archive, or unpack the archive without it and "
+                          "point data.source at the folder.")
+        if msg:
+            raise DataError(msg)
+
     def layout(self, wanted=()) -> _Layout:
         if self._layout is not None:
             return self._layout
@@ -222,6 +239,7 @@ class ArchiveSource:
                         if info.is_dir():
                             dirs.add(name)
                         else:
+                            self.check_size(name, info.file_size)
                             files.append((name, info.filename))
             elif self.kind == "tar":
                 with tarfile.open(self.path, mode="r:") as t:
@@ -229,6 +247,7 @@ class ArchiveSource:
                         if m.isdir():
                             dirs.add(_norm(m.name))
                         elif m.isfile():
+                            self.check_size(_norm(m.name), m.size)
                             files.append((_norm(m.name), (m.offset_data, m.size)))
             else:  # compressed: a streaming pass (decompresses everything)
                 # Keep the encoded images while they fit in STREAM_MEMORY_BYTES, so a
@@ -240,6 +259,7 @@ class ArchiveSource:
                             dirs.add(_norm(m.name))
                         elif m.isfile():
                             name = _norm(m.name)
+                            self.check_size(name, m.size)
                             files.append((name, m.name))
                             if blobs is not None and is_image_name(name) and not _ignored(name):
                                 blobs[m.name] = t.extractfile(m).read()
@@ -313,12 +333,22 @@ def load_splits(source: str, requests, size: int, root: Path, same_classes: bool
                 check_same_classes(names[0][1], names[0][2], split, cls, source)
         _build(src, kind, todo, size, source)
     out = []
+    built = {str(r.final) for r in todo}
     for r in reqs:
         m = cache_lib.read_manifest(r.final)
         if m.get("split") != r.split:  # say which folder stands in, on every load
             warnings.warn(
                 f"split {r.split!r} not found in {m.get('where', source)}; using "
                 f"{m['split']!r} instead", stacklevel=3)
+        if m.get("empty_classes"):  # on every load too: the labels depend on it
+            empty = m["empty_classes"]
+            warnings.warn(
+                f"{len(empty)} class folder(s) of split {m['split']!r} in "
+                f"{m.get('where', source)} hold no images and are left out: "
+                f"{', '.join(empty[:20])}{' ...' if len(empty) > 20 else ''}. Put their "
+                f"images in, or delete the folders.", stacklevel=3)
+        if str(r.final) not in built:
+            cache_lib.warn_if_over_tolerance(r.final, m)
         out.append(cache_lib.open_entry(r.final, source))
     return out
 
@@ -339,6 +369,7 @@ def _plan(src, kind, reqs) -> None:
             r.resolved = r.identity["split"]
             classes = src.classes(r.resolved)
         r.class_names, r.items, r.n_listed = _item_list(classes, src.where, r.resolved, r.max_n)
+        r.empty_classes = sorted(c for c, files in classes.items() if not files)
 
 
 def _build(src, kind, reqs, size: int, source: str) -> None:
@@ -399,6 +430,7 @@ def _build(src, kind, reqs, size: int, source: str) -> None:
                 "split": r.resolved,
                 "class_names": r.class_names,
                 "n_listed": r.n_listed,
+                "empty_classes": r.empty_classes,
                 "max": r.max_n,
                 "skipped": [[name, msg] for _, name, msg in sorted(rbad)],
                 "skipped_names": skipped,
@@ -428,6 +460,10 @@ def _stream_jobs(path: Path, reqs, size: int, missing: list):
                 continue
             r, i, name = hit
             seen.add(m.name)
+            big = dec.too_big(m.size, "this member", "The archive changed since it was listed.")
+            if big:  # grew between the two reads: never read into memory
+                missing.append((r.out, i, name, big))
+                continue
             f = t.extractfile(m)
             data = f.read() if f is not None else b""
             buffers[id(r)].append((i, name, data))
