@@ -59,7 +59,7 @@ import numpy as np
 
 from reproduce import benchfile
 from reproduce import data as data_lib
-from reproduce.callbacks import training_callbacks
+from reproduce.callbacks import per_batch_hooks, training_callbacks
 from reproduce.config import Config, apply_overrides, get_config, validate
 from reproduce.data.batches import ArrayBatches, CycledBatches
 from reproduce.data.pixelstats import compute_stats
@@ -68,7 +68,7 @@ from reproduce.flops import peak_tflops, training_flops
 from reproduce.model import build_model
 from reproduce.train import build_training_model, compile_model
 
-PATHS = ("step", "fit", "e2e")
+PATHS = ("step", "fit", "e2e", "feed")
 PRECISIONS = ("float32", "mixed_bfloat16")
 
 # The small CPU configuration: the smoke preset's sizes (67 = the smallest input the
@@ -318,19 +318,6 @@ class EpochEnd(keras.callbacks.Callback):
         self.t = time.perf_counter()
 
 
-def _batch_hook_callbacks(cbs) -> list:
-    """Names of the callbacks that make Keras dispatch callbacks synchronously
-    after every step (per-batch hooks, not marked async_safe): most read the
-    loss, one host-device sync per step."""
-    base = keras.callbacks.Callback
-    return sorted(
-        type(cb).__name__ for cb in cbs
-        if not getattr(cb, "async_safe", False) and (
-            type(cb).on_train_batch_end is not base.on_train_batch_end
-            or type(cb).on_batch_end is not base.on_batch_end)
-    )
-
-
 def measure_fit(job: Job) -> Timing:
     """The fit and e2e paths: a warm-up epoch (it compiles), then `repeats` timed
     epochs of `steps` steps; also the epoch-end work of the other callbacks."""
@@ -355,11 +342,57 @@ def measure_fit(job: Job) -> Timing:
             times.append(timer.t1 - timer.t0)
     epoch_end_s = None if end.t is None else round(end.t - timer.t1, 3)
     return Timing(times, steps, compile_s, extra=dict(
-        callbacks=job.callbacks, epoch_end_s=epoch_end_s, batch_hook_callbacks=_batch_hook_callbacks(cbs)))
+        callbacks=job.callbacks, epoch_end_s=epoch_end_s, batch_hook_callbacks=per_batch_hooks(cbs)))
+
+
+def measure_feed(job: Job) -> Timing:
+    """The feed path: batches only, no model. `job.steps` batches of ArrayBatches
+    through the Keras data adapter `fit` uses for a PyDataset (on TensorFlow a
+    `from_generator` dataset, one Python thread), consumed on the backend; on
+    TensorFlow the row also has the trainer's tf.data feed
+    (`reproduce.data.batches.tf_dataset`) as `tf_data_images_per_s`, and both
+    have the bare reads (`__getitem__`) as `reads_images_per_s`."""
+    # Keras' own adapter, as fit makes it (an internal module: no public API).
+    from keras.src.trainers.data_adapters import get_data_adapter
+
+    backend = keras.backend.backend()
+    base = ArrayBatches(job.images, job.labels, job.batch, shuffle=True, seed=job.cfg.train.seed)
+    steps = job.steps
+
+    def adapter(n):
+        # A new adapter per window: each one is a whole epoch of n batches, as in fit.
+        ad = get_data_adapter(CycledBatches(base, n), shuffle=False)
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            return int(ad.get_tf_dataset().reduce(np.int32(0), lambda a, e: a + tf.shape(e[0])[0]))
+        return sum(len(x) for x, _ in ad.get_jax_iterator())
+
+    t0 = time.perf_counter()
+    adapter(job.warmup)
+    compile_s = time.perf_counter() - t0
+    times = time_windows(adapter, steps, job.repeats)
+    reads = time_windows(lambda n: [base[i % len(base)] for i in range(n)], steps, job.repeats)
+    extra = {"reads_images_per_s": round(job.batch * steps / float(np.median(reads)), 1),
+             "feed": "keras adapter"}
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        from reproduce.data.batches import tf_dataset
+
+        def tf_run(n):
+            ds, _ = tf_dataset(CycledBatches(base, n))
+            return int(ds.reduce(np.int32(0), lambda a, e: a + tf.shape(e[0])[0]))
+
+        tf_run(job.warmup)
+        tf_times = time_windows(tf_run, steps, job.repeats)
+        extra["tf_data_images_per_s"] = round(job.batch * steps / float(np.median(tf_times)), 1)
+    return Timing(times, steps, compile_s, extra=extra)
 
 
 #: The paths, {name: measure}; a name starting with "e2e" measures on real data.
-MEASURES = {"step": measure_step, "fit": measure_fit, "e2e": measure_fit}
+#: `feed` (not run by default) measures the input feed alone.
+MEASURES = {"step": measure_step, "fit": measure_fit, "e2e": measure_fit, "feed": measure_feed}
 
 
 # --------------------------------------------------------------------------------------

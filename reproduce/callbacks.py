@@ -63,8 +63,28 @@ class LearningRate(keras.callbacks.Callback):
 
 
 class Divergence(keras.callbacks.Callback):
-    """TerminateOnNaN's stop, remembering where, so the message can say what
-    diverged (TerminateOnNaN itself would also print a line of its own).
+    """Where training diverged (the loss became NaN or infinite), for the message.
+
+    This class has no per-batch hook: `EpochRecorder` checks the epoch's mean
+    loss at the end of every epoch (a NaN or infinite step makes the mean NaN or
+    infinite too) and fills `where`. That is the check on TensorFlow, whose
+    Keras trainer dispatches callbacks synchronously: a per-batch hook there
+    would read the loss (float(loss), a host-device sync) after every step.
+    `BatchDivergence` adds the per-batch stop where that costs nothing.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.where = None
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+
+class BatchDivergence(Divergence):
+    """`Divergence` that also stops within the epoch: TerminateOnNaN's stop,
+    remembering where.
 
     async_safe: on JAX, Keras then runs the per-batch check in its callback
     thread instead of making the training loop wait for every step's loss
@@ -74,14 +94,6 @@ class Divergence(keras.callbacks.Callback):
     """
 
     async_safe = True
-
-    def __init__(self):
-        super().__init__()
-        self.where = None
-        self.epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
 
     def on_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
@@ -97,9 +109,12 @@ class Divergence(keras.callbacks.Callback):
 
 
 class EpochRecorder(keras.callbacks.Callback):
-    """After every completed epoch: its metrics.csv row, then the resumable state
-    (replaced atomically, so a kill at any moment loses at most the epoch in
-    flight). Stops training when the training error reaches
+    """After every completed epoch: its metrics.csv row, then, every
+    `train.checkpoint_every` epochs, the resumable state (replaced atomically, so
+    a kill at any moment loses at most the epochs since the last one; a resumed
+    run drops their rows and trains them again, from the same state and the same
+    (seed, epoch) batches). The state is also saved after the last epoch and when
+    training stops early. Stops training when the training error reaches
     `train.stop_at_train_error` (the Figure 1 experiment, §3.1)."""
 
     def __init__(self, cfg: Config, run_dir, state: dict, n_train: int,
@@ -118,6 +133,15 @@ class EpochRecorder(keras.callbacks.Callback):
         t = self.cfg.train
         full = (self.n_train // t.batch_size) * t.batch_size or self.n_train  # drop_remainder
         return min(full, t.steps_per_epoch * t.batch_size) if t.steps_per_epoch else full
+
+    def checkpoint_due(self, epoch: int) -> bool:
+        """Whether the state is saved after `epoch` (0-based): every
+        `train.checkpoint_every` epochs, after the last epoch of this fit, and
+        when training stops early (so a finished run always has its state)."""
+        every = max(1, int(self.cfg.train.checkpoint_every))
+        last = (self.params or {}).get("epochs")
+        return ((epoch + 1) % every == 0 or bool(self.model.stop_training)
+                or last is None or epoch + 1 >= last)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -147,6 +171,8 @@ class EpochRecorder(keras.callbacks.Callback):
             self.epochs_to_target = epoch + 1
             self.model.stop_training = True
         runs.append_metrics_row(self.run_dir, row)
+        if not self.checkpoint_due(epoch):
+            return
         lr = self.learning_rate
         save_state(self.run_dir, self.model, {
             "completed_epochs": epoch + 1,
@@ -169,13 +195,40 @@ class TrainingCallbacks(NamedTuple):
 def training_callbacks(cfg: Config, run_dir, state: dict, n_train: int) -> TrainingCallbacks:
     """The trainer's callbacks for one run, resuming from `state` ({} for a new run)."""
     lr = LearningRate(cfg, state)
-    nan = Divergence()
+    # TensorFlow: no per-batch hook (the epoch-end check); elsewhere the
+    # per-batch stop, which Keras dispatches off the training loop's thread.
+    tf_backend = keras.backend.backend() == "tensorflow"
+    nan = Divergence() if tf_backend else BatchDivergence()
     rec = EpochRecorder(cfg, run_dir, state, n_train, lr, nan)
     cbs = [lr, nan, rec]
-    # TensorFlow backend with the tensorboard package only: the callback has
-    # per-batch hooks, which on JAX make Keras wait for every step's results
-    # (experiments/perf/perf_log.md, "callbacks"); metrics.csv holds the same numbers.
-    if keras.backend.backend() == "tensorflow" and importlib.util.find_spec("tensorboard") is not None:
-        cbs.append(keras.callbacks.TensorBoard(log_dir=str(Path(run_dir) / runs.TENSORBOARD),
-                                               write_graph=False))
+    # TensorFlow backend with the tensorboard package only: on JAX Keras would
+    # wait for every step's results (experiments/perf/perf_log.md, "callbacks");
+    # metrics.csv holds the same numbers.
+    if tf_backend and importlib.util.find_spec("tensorboard") is not None:
+        cbs.append(EpochTensorBoard(log_dir=str(Path(run_dir) / runs.TENSORBOARD),
+                                    write_graph=False))
     return TrainingCallbacks(lr, nan, rec, cbs)
+
+
+class EpochTensorBoard(keras.callbacks.TensorBoard):
+    """TensorBoard's per-epoch scalars without its per-batch hooks.
+
+    With `update_freq="epoch"`, no graph and no profiling, the hooks write
+    nothing, but their presence alone makes a callback list per-batch work."""
+
+    on_train_batch_begin = keras.callbacks.Callback.on_train_batch_begin
+    on_train_batch_end = keras.callbacks.Callback.on_train_batch_end
+
+
+def per_batch_hooks(callbacks) -> list:
+    """Names of the callbacks with a per-batch training hook that Keras must run
+    on the training loop (not marked async_safe): each one, on a GPU, costs a
+    host-device sync per step where it reads the step's results."""
+    base = keras.callbacks.Callback
+    return sorted(
+        type(cb).__name__ for cb in callbacks
+        if not getattr(cb, "async_safe", False) and (
+            type(cb).on_train_batch_end is not base.on_train_batch_end
+            or type(cb).on_batch_end is not base.on_batch_end
+            or type(cb).on_train_batch_begin is not base.on_train_batch_begin)
+    )

@@ -84,6 +84,91 @@ def resolve_precision(cfg: Config) -> str:
     return "mixed_bfloat16" if accelerator() else "float32"
 
 
+def resolved_config(cfg: Config) -> Config:
+    """`cfg`, with train.precision "auto" replaced by mixed_bfloat16 where it
+    resolves to that here (an accelerator); unchanged where it resolves to
+    float32, so the identity (and the published runs' fingerprints) of float32
+    runs stays what it was, and bf16 runs are another experiment."""
+    if cfg.train.precision != "auto":
+        return cfg
+    precision = resolve_precision(cfg)
+    if precision == "float32":
+        return cfg
+    out = cfg.copy()
+    out.train.precision = precision
+    return out
+
+
+def nvidia_gpus(timeout: float = 10.0) -> list:
+    """The GPUs `nvidia-smi -L` lists ("GPU 0: NVIDIA H200 (UUID: ...)"), [] where
+    it is not installed or fails: what the driver sees, whatever the backend does."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return []
+    try:
+        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if out.returncode != 0:
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip().startswith("GPU ")]
+
+
+def gpu_unused_message() -> Optional[str]:
+    """A message when the driver lists GPUs but the Keras backend computes on the
+    CPU (a CPU-only wheel of TensorFlow or JAX, or CUDA libraries it cannot load);
+    None otherwise."""
+    gpus = nvidia_gpus()
+    if not gpus or accelerator() is not None:
+        return None
+    backend = keras.backend.backend()
+    fix, check = {
+        "tensorflow": ("pip install 'tensorflow[and-cuda]==2.21.*'",
+                       "python -c \"import tensorflow as tf; print(tf.config.list_physical_devices('GPU'))\""),
+        "jax": ("pip install 'jax[cuda12]'", "python -c \"import jax; print(jax.devices())\""),
+    }.get(backend, ("the backend's CUDA build", "the backend's device list"))
+    return (
+        f"nvidia-smi lists {len(gpus)} GPU(s) ({gpus[0]}) but Keras' {backend} backend "
+        f"sees none: this run computes on the CPU. Install the GPU build ({fix}; README, "
+        f"\"GPU install\") and check with {check}; or set CUDA_VISIBLE_DEVICES= to run "
+        "on the CPU on purpose."
+    )
+
+
+def warn_if_gpu_unused() -> None:
+    if os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+        return  # the CPU on purpose
+    msg = gpu_unused_message()
+    if msg:
+        import warnings
+
+        warnings.warn(msg, stacklevel=3)
+
+
+def tensorflow_for_data():
+    """TensorFlow for tf.data only, where Keras runs on another backend: the GPUs
+    hidden from TensorFlow first, so it does not reserve their memory (by default
+    it maps nearly all of every GPU's memory when it initializes) under JAX."""
+    import tensorflow as tf
+
+    if keras.backend.backend() != "tensorflow":
+        try:
+            tf.config.set_visible_devices([], "GPU")
+        except RuntimeError:
+            # TensorFlow was initialized already (someone used it before): it
+            # cannot be changed now; say so rather than fail the data pipeline.
+            if tf.config.get_visible_devices("GPU"):
+                import warnings
+
+                warnings.warn("TensorFlow was initialized with the GPUs visible before the "
+                              "data pipeline hid them; it may hold GPU memory JAX needs. "
+                              "Set TF_FORCE_GPU_ALLOW_GROWTH=true.", stacklevel=2)
+    return tf
+
+
 def persistent_compilation_cache() -> None:
     """JAX: keep compiled programs on disk, so the runs of one configuration (its
     seeds, a resumed run) compile once ($REPRODUCE_JAX_CACHE, default
@@ -106,8 +191,11 @@ def xla(cfg) -> object:
     Keras' default (`jit_compile="auto"`) leaves XLA off for TensorFlow on a machine
     without a GPU; for these nets XLA:CPU trains about twice as fast there
     (experiments/perf/perf_log.md, "fit vs step"), so it is asked for explicitly on
-    one device (`train.xla`, default true). Distributed schemes keep Keras' choice:
-    XLA compiles a function for one device, and TensorFlow's mirrored variables on
-    several devices fail inside it (`reproduce.distribute.place` also turns it off
-    for the towers)."""
+    one device (`train.xla`, default true). Distributed schemes on TensorFlow keep
+    Keras' choice (off): XLA compiles a function for one device, and Keras jit-
+    compiles the whole multi-replica step, so under MirroredStrategy it fails
+    ("Trying to access resource .../replica_1 located in device CPU:1 from device
+    CPU:0", checked on two logical CPUs, TF 2.21; README, "XLA and several
+    devices"); `reproduce.distribute.place` also turns it off for the towers. On
+    JAX every scheme is compiled by XLA whatever this says."""
     return True if cfg.train.xla and cfg.distribute.scheme == "none" else "auto"

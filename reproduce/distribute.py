@@ -123,6 +123,30 @@ class DistributeError(RuntimeError):
     """The scheme cannot run here: too few devices, no cluster, or the wrong model."""
 
 
+# Below this many images per replica a modern GPU's step is dominated by fixed
+# costs (kernel launches, the gradient all-reduce of 61M weights) rather than
+# the batch's arithmetic; the paper's 128 over 8 GPUs is 16 each.
+MIN_REPLICA_BATCH = 64
+
+
+def replica_batch_warning(batch_size: int, num_replicas: int, scheme: str = "") -> Optional[str]:
+    """A warning when the global batch leaves fewer than MIN_REPLICA_BATCH images
+    per replica; None otherwise (and on one replica)."""
+    if num_replicas <= 1:
+        return None
+    per = batch_size // num_replicas
+    if per >= MIN_REPLICA_BATCH:
+        return None
+    return (
+        f"train.batch_size={batch_size} over the {num_replicas} replicas of "
+        f"distribute.scheme={scheme!r} is {per} images per device (under "
+        f"{MIN_REPLICA_BATCH}): each device mostly waits on launches and the gradient "
+        f"exchange. The paper's batch keeps its meaning only as the global batch; to use "
+        f"many GPUs efficiently run one suite worker per GPU instead (docs/distributed.md, "
+        f"\"Many GPUs: one run per GPU\"), or accept the slower runs."
+    )
+
+
 def _backend() -> str:
     return keras.backend.backend()
 
@@ -735,16 +759,27 @@ class ProcessBatches(DerivedBatches):
                 n -= 1
         return n
 
-    def __getitem__(self, i):
-        batch = self.inner[i]
-        arrays = batch if isinstance(batch, tuple) else (batch,)
-        g = len(arrays[0])
+    def _check(self, g: int) -> int:
         if g % self.num_devices:
             raise DistributeError(
                 f"a training batch of {g} images does not split over the "
                 f"{self.num_devices} devices of distribute.scheme={self.scheme!r}"
             )
-        k = g // self.num_processes
+        return g // self.num_processes
+
+    def __getitem__(self, i):
+        inner = self.inner
+        if hasattr(inner, "batch_indices") and hasattr(inner, "rows"):
+            # Read only this process's rows of the global batch: every process
+            # reading (and copying) all of it would multiply the host's work by
+            # the number of processes.
+            idx = inner.batch_indices(i)
+            k = self._check(len(idx))
+            lo = self.process_index * k
+            return inner.rows(idx[lo:lo + k])
+        batch = inner[i]
+        arrays = batch if isinstance(batch, tuple) else (batch,)
+        k = self._check(len(arrays[0]))
         lo = self.process_index * k
         out = tuple(None if a is None else np.asarray(a)[lo:lo + k] for a in arrays)
         return out if isinstance(batch, tuple) else out[0]

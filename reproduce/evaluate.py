@@ -19,6 +19,7 @@ from reproduce import distribute
 from reproduce.augment import ten_views
 from reproduce.config import Config
 from reproduce.data import ArrayBatches, Stream, subset
+from reproduce.data.batches import PaddedBatches
 from reproduce.devices import xla
 
 VIEWS = 10  # four corners and the centre, and their reflections (§4.1)
@@ -105,16 +106,20 @@ def _correct(scores: np.ndarray, labels: np.ndarray):
 def evaluate(cfg: Config, model, net, stats, arrays, ten_view: bool) -> dict:
     """Per image of `arrays`: its label and whether the centre crop's (and the ten
     views') top-1 and top-5 predictions are right (runs.VAL_CORRECT's arrays)."""
-    batches = ArrayBatches(arrays.images, None, cfg.eval.batch_size, shuffle=False)
     labels = np.asarray(arrays.labels)
+    n = len(labels)
     out = {"labels": labels}
-    logits = model.predict(batches, verbose=0)
-    out["top1_center"], out["top5_center"] = _correct(np.asarray(logits, np.float32), labels)
+    # The last batch is padded to a full one and its padded rows' outputs dropped:
+    # one batch shape, one compiled program (a partial batch compiles another).
+    batches = PaddedBatches(ArrayBatches(arrays.images, None, cfg.eval.batch_size, shuffle=False))
+    logits = np.asarray(model.predict(batches, verbose=0), np.float32)[:n]
+    out["top1_center"], out["top5_center"] = _correct(logits, labels)
     if ten_view:
         tv = build_ten_view_model(cfg, net, stats)
-        b10 = ArrayBatches(arrays.images, None, max(1, cfg.eval.batch_size // VIEWS), shuffle=False)
-        probs = tv.predict(b10, verbose=0)
-        out["top1_10view"], out["top5_10view"] = _correct(np.asarray(probs, np.float32), labels)
+        b10 = PaddedBatches(ArrayBatches(arrays.images, None, max(1, cfg.eval.batch_size // VIEWS),
+                                         shuffle=False))
+        probs = np.asarray(tv.predict(b10, verbose=0), np.float32)[:n]
+        out["top1_10view"], out["top5_10view"] = _correct(probs, labels)
     return out
 
 

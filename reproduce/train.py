@@ -26,6 +26,7 @@ from __future__ import annotations
 import gc
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -38,7 +39,15 @@ from reproduce.augment import Augment
 from reproduce.callbacks import training_callbacks
 from reproduce.checkpoint import load_state, save_state
 from reproduce.config import Config, ConfigError, experiment_identity, fingerprint_of, validate
-from reproduce.devices import accelerator, device_description, persistent_compilation_cache, resolve_precision, xla
+from reproduce.devices import (
+    accelerator,
+    device_description,
+    persistent_compilation_cache,
+    resolve_precision,
+    resolved_config,
+    warn_if_gpu_unused,
+    xla,
+)
 from reproduce.evaluate import error_metrics, evaluate, training_sample
 from reproduce.model import build_model
 from reproduce.runs import RunConflict
@@ -107,8 +116,13 @@ def compile_model(model, cfg: Config, steps_per_execution: Optional[int] = None)
 # --------------------------------------------------------------------------------------
 
 
-def _check_same_run(cfg: Config, run_dir: Path, data_id: str) -> None:
-    """A run directory holds one experiment (`config.experiment_identity`) and seed."""
+def _check_same_run(cfg: Config, run_dir: Path, data_id: str, unresolved: bool = False) -> None:
+    """A run directory holds one experiment (`config.experiment_identity`) and seed.
+
+    unresolved: `cfg` still has train.precision "auto" (the check before the
+    devices are known); it then also matches a stored run whose "auto" was
+    resolved to mixed_bfloat16 (`reproduce.devices.resolved_config`), and the
+    check after resolving decides."""
     existing = Path(run_dir) / runs.CONFIG
     if not existing.exists():
         return
@@ -124,6 +138,11 @@ def _check_same_run(cfg: Config, run_dir: Path, data_id: str) -> None:
             f"state (if any). Otherwise delete the folder {run_dir} to start the run again."
         ) from None
     old_meta = stored.get("meta", {})
+    if unresolved and cfg.train.precision == "auto":
+        section = stored.get("train")
+        if isinstance(section, dict) and section.get("precision") == "mixed_bfloat16":
+            cfg = cfg.copy()  # what "auto" resolves to on an accelerator
+            cfg.train.precision = "mixed_bfloat16"
     mine = experiment_identity(cfg, data_id)
     try:
         theirs = experiment_identity(stored, old_meta.get("data_id", data_id))
@@ -166,7 +185,7 @@ def train(cfg: Config, run_dir, meta: Optional[dict] = None, verbose: int = 1,
     validate(cfg)
     run_dir = Path(run_dir)
     data_id = cfg.data_id()
-    _check_same_run(cfg, run_dir, data_id)
+    _check_same_run(cfg, run_dir, data_id, unresolved=True)
     done = _finished_result(run_dir, epoch_limit, verbose)
     if done is not None:
         return done
@@ -175,7 +194,16 @@ def train(cfg: Config, run_dir, meta: Optional[dict] = None, verbose: int = 1,
     persistent_compilation_cache()
     # distribute.scheme (§3.2 towers, mirrored, multiworker): entered before anything
     # touches a device, since a cluster must be set up before TF/JAX initialize.
-    with distribute.scope(cfg):
+    with distribute.scope(cfg) as plan:
+        warn_if_gpu_unused()
+        # "auto" precision as resolved on this machine, when it is not float32, is
+        # part of the run's identity: bf16 seeds on a GPU are another experiment
+        # than float32 seeds on a CPU (config.json stores the resolved value).
+        cfg = resolved_config(cfg)
+        _check_same_run(cfg, run_dir, data_id)
+        small = distribute.replica_batch_warning(cfg.train.batch_size, plan.num_replicas, plan.scheme)
+        if small:
+            warnings.warn(small, stacklevel=2)
         # Data first: a missing dataset stops here, before a run directory exists.
         data = data_lib.load(cfg.data)
         data_lib.check_batches(data, cfg.train.batch_size)
@@ -205,11 +233,12 @@ def _finished_result(run_dir: Path, epoch_limit, verbose) -> Optional[dict]:
 def _training_batches(cfg: Config, train, initial_epoch: int):
     # Shuffling is the batches' own, from (seed, epoch), so a resumed run sees the
     # same order; fit(shuffle=False) keeps Keras from re-permuting batches.
-    if isinstance(train, data_lib.Stream):  # ImageNet through tf.data
-        return train.batches(cfg.train.batch_size, shuffle=True, seed=cfg.train.seed, epoch=initial_epoch)
     # drop_remainder: every training step has the same shape, so the train step
     # compiles once (a last partial batch compiles a second program: tens of
     # seconds on a GPU, per run). Each epoch leaves out < batch_size images.
+    if isinstance(train, data_lib.Stream):  # ImageNet through tf.data
+        return train.batches(cfg.train.batch_size, shuffle=True, seed=cfg.train.seed,
+                             epoch=initial_epoch, drop_remainder=True)
     return data_lib.ArrayBatches(train.images, train.labels, cfg.train.batch_size, shuffle=True,
                                  seed=cfg.train.seed, epoch=initial_epoch, drop_remainder=True)
 

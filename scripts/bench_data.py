@@ -10,6 +10,14 @@ For each source it prints images/s of:
   augment  Augment(training=True) (mean, random crops + flips, PCA colour) on one
            uint8 batch, compiled (jax.jit / tf.function(jit_compile=True)), on the
            default Keras device
+  shards   the ImageNet feed (reproduce.data.shards): --shard-images training
+           images resized to S (each of --shard-sizes), written once as JPEG
+           TFRecord shards, then read back through tf.data (parallel read and
+           decode) on one core (the rate per core) and on all cores; the line
+           after the table says how many cores a GPU training --gpu-rate
+           images/s needs at that rate (reproduce.data.shards.feed_shortfall).
+           Stand-in data: the Imagenette archive (the same decode work per
+           image at the same S as ImageNet shards).
 Sources: synthetic, and the shared archives (cifar10-jpeg.tar.xz at S=32/C=24,
 imagenette-144-webp.tar.xz at S=144/C=128) found in --data, $DATA_DIR or
 ../shared/data. Nothing is downloaded.
@@ -100,11 +108,51 @@ def bench_augment(stats, s, c, batch, reps=20):
     return reps * batch, time.perf_counter() - t0
 
 
+def bench_shards(train, sizes, n, tmp, batch=128, seconds=10.0):
+    """[(S, threads, images, seconds)]: shards of n images of `train`, resized to
+    each S, read back with 1 tf.data thread and with all cores."""
+    from PIL import Image
+
+    from reproduce.data import shards
+
+    out = []
+    n = min(n, len(train))
+    for size in sizes:
+        folder = Path(tmp) / f"shards{size}"
+
+        def resized():
+            for i in range(0, n, 64):
+                imgs = [np.asarray(Image.fromarray(np.asarray(im)).resize((size, size), Image.BILINEAR))
+                        for im in train.images[i:min(i + 64, n)]]
+                yield np.stack(imgs), train.labels[i:i + len(imgs)]
+
+        entry = shards.write_split(folder, "train", resized(), per_shard=128)
+        shards.write_manifest(folder, size, train.class_names, {"train": entry})
+        for threads in (1, os.cpu_count() or 1):
+            total, t0 = 0, None
+            while t0 is None or time.perf_counter() - t0 < seconds:
+                ds = shards.shard_dataset(folder, "train", batch, shuffle=True, threads=threads)
+                for x, _ in ds.as_numpy_iterator():
+                    if t0 is None:  # the first batch starts the pipeline
+                        t0 = time.perf_counter()
+                        continue
+                    total += len(x)
+            out.append((size, threads, total, time.perf_counter() - t0))
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", help="folder holding the shared archives")
     ap.add_argument("--max", type=int, default=0, help="use at most N images per split (0 = all)")
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--shard-sizes", default="144,160,256",
+                    help="S of the ImageNet feed's shards to measure ('' for none)")
+    ap.add_argument("--shard-images", type=int, default=1024)
+    ap.add_argument("--shard-seconds", type=float, default=8.0, help="seconds per shard measurement")
+    ap.add_argument("--gpu-rate", type=float, default=45_000,
+                    help="images/s the GPU trains at (the paper's net at batch 512 on an H200: the target)")
+    ap.add_argument("--only-shards", action="store_true", help="measure only the shard feed")
     args = ap.parse_args(argv)
 
     import keras
@@ -114,6 +162,7 @@ def main(argv=None):
     from reproduce.data import decode
 
     rows = []
+    per_core: dict = {}
 
     def row(source, stage, n, sec, note=""):
         rows.append((source, stage, n, sec, n / sec if sec > 0 else float("nan"), note))
@@ -141,6 +190,16 @@ def main(argv=None):
             n = len(train) + len(val_arrays)
             note = "generate" if path is None else f"{decode.num_workers()} workers, S={s}"
             row(name, "decode", n, dt, note)
+            sizes = [int(v) for v in args.shard_sizes.split(",") if v.strip()]
+            if "imagenette" in name and sizes:
+                for size, threads, n, dt in bench_shards(train, sizes, args.shard_images, tmp,
+                                                         args.batch, args.shard_seconds):
+                    row(name, "shards", n, dt, f"S={size} JPEG, {threads} thread(s)"
+                        + (" (per core)" if threads == 1 else ""))
+                    if threads == 1:
+                        per_core[size] = n / dt
+            if args.only_shards:
+                continue
             stats = data.load_stats(cfg)
             n, dt = bench_read(train, args.batch)
             row(name, "read", n, dt, f"batch {args.batch}, memmap" if path else "in memory")
@@ -161,6 +220,14 @@ def main(argv=None):
     print("| --- | --- | ---: | ---: | ---: | --- |")
     for source, stage, n, sec, ips, note in rows:
         print(f"| {source} | {stage} | {n} | {sec:.2f} | {ips:,.0f} | {note} |")
+    if per_core:
+        from reproduce.data.shards import feed_shortfall
+
+        print(f"\nImageNet feed (pre-resized JPEG shards), per core, vs a GPU at {args.gpu_rate:,.0f} img/s:")
+        for size, rate in sorted(per_core.items()):
+            need = int(np.ceil(args.gpu_rate / rate))
+            print(f"  S={size}: {rate:,.0f} img/s per core; {need} cores to feed the GPU. "
+                  + (feed_shortfall(16, rate, args.gpu_rate) or "16 cores keep up."))
 
 
 if __name__ == "__main__":

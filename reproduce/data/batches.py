@@ -83,8 +83,13 @@ class ArrayBatches(keras.utils.PyDataset):
         return np.sort(self._order[lo:hi])
 
     def __getitem__(self, i: int):
-        idx = self.batch_indices(i)
-        if self._order is None:  # contiguous: a plain slice copy
+        return self.rows(self.batch_indices(i))
+
+    def rows(self, idx: np.ndarray):
+        """The batch of the examples `idx` (ascending), read from the arrays: a
+        part of a batch for a process that feeds only its share of it."""
+        idx = np.asarray(idx)
+        if len(idx) and idx[-1] - idx[0] + 1 == len(idx):  # contiguous: a plain slice copy
             x = np.array(self.images[idx[0]:idx[-1] + 1], dtype=np.uint8)
         else:
             x = np.asarray(self.images[idx], dtype=np.uint8)
@@ -179,3 +184,71 @@ class CycledBatches(DerivedBatches):
 
     def __getitem__(self, i: int):
         return self.inner[i % len(self.inner)]
+
+
+class PaddedBatches(DerivedBatches):
+    """`inner`'s batches with the last one padded to `inner.batch_size` rows (the
+    last image repeated), for `predict`: every batch has one shape, so the
+    prediction step compiles once. The caller drops the padded rows' outputs:
+    the first `n_rows` predictions are the real images', in order."""
+
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.batch_size = int(inner.batch_size)
+        self.n_rows = int(inner.n)
+
+    def __getitem__(self, i: int):
+        batch = self.inner[i]
+        arrays = batch if isinstance(batch, tuple) else (batch,)
+        short = self.batch_size - len(arrays[0])
+        if short > 0:
+            arrays = tuple(np.concatenate([a, np.repeat(a[-1:], short, axis=0)]) for a in arrays)
+        return arrays if isinstance(batch, tuple) else arrays[0]
+
+
+def tf_dataset(batches):
+    """(dataset, callback): the (images, labels) batches of a PyDataset whose
+    batches may be read in any order (ArrayBatches) as a tf.data pipeline for `model.fit` on TensorFlow, and
+    the Keras callback that moves it to the next epoch's order.
+
+    Keras feeds a PyDataset to TensorFlow through `tf.data.Dataset.from_generator`,
+    one Python thread handing over one batch at a time: about 4-5k images/s on
+    the 2-core machine of experiments/perf/perf_log.md ("feed"), far below a
+    GPU's step rate. Here tf.data runs the reads itself, several batches in
+    parallel and in order (`deterministic`), with the same batches in the same
+    order; the GIL is released while NumPy copies the rows.
+    """
+    import tensorflow as tf
+
+    size = batches[0][0].shape[1:]
+
+    def read(i):
+        x, y = batches[int(i)]
+        return x, y
+
+    def load(i):
+        x, y = tf.numpy_function(read, [i], [tf.uint8, tf.int32], stateful=True)
+        x.set_shape((None, *size))
+        y.set_shape((None,))
+        return x, y
+
+    ds = tf.data.Dataset.range(len(batches)).map(
+        load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE), EpochHooks(batches)
+
+
+class EpochHooks(keras.callbacks.Callback):
+    """Calls a dataset's epoch hooks from `fit` (which calls them itself only for
+    a PyDataset it is given)."""
+
+    def __init__(self, batches):
+        super().__init__()
+        self.batches = batches
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if hasattr(self.batches, "on_epoch_begin"):
+            self.batches.on_epoch_begin()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if hasattr(self.batches, "on_epoch_end"):
+            self.batches.on_epoch_end()

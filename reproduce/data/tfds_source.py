@@ -11,7 +11,9 @@ pixels. Large splits (ImageNet's 1.28M training images) are streamed instead:
 `Stream.dataset()` is a tf.data pipeline (file + buffer shuffling, parallel decode
 with `tf.image.decode_and_crop_jpeg` of the central square, antialiased resize to
 SxS, batching, prefetch) yielding uint8 (B, S, S, 3) and int32 labels.
-$REPRODUCE_STREAM=1 / 0 forces streaming / caching.
+$REPRODUCE_STREAM=1 / 0 forces streaming / caching of the training split. The
+validation split is always cached: evaluation reads it every epoch, and the
+final evaluation indexes it (ten views, per-image results).
 
 Datasets TFDS cannot download (imagenet2012 needs the user's own ILSVRC-2012 tar
 files) fail with a DataError that says which files to put where.
@@ -44,8 +46,17 @@ MANUAL_FILES = {
 }
 
 
+def _tf():
+    """TensorFlow for tf.data, with the GPUs hidden from it when Keras runs on JAX
+    (`reproduce.devices.tensorflow_for_data`)."""
+    from reproduce.devices import tensorflow_for_data
+
+    return tensorflow_for_data()
+
+
 def _tfds():
     try:
+        _tf()  # before TFDS imports TensorFlow and it initializes
         import tensorflow_datasets as tfds
     except ImportError as e:
         raise DataError(
@@ -197,7 +208,9 @@ class _Split:
         return n if n >= 0 else -1
 
 
-def _want_stream(n: int) -> bool:
+def _want_stream(n: int, stream_ok: bool = True) -> bool:
+    if not stream_ok:
+        return False
     force = os.environ.get("REPRODUCE_STREAM", "")
     if force in ("1", "true", "yes"):
         return True
@@ -206,15 +219,18 @@ def _want_stream(n: int) -> bool:
     return n > STREAM_MIN_EXAMPLES
 
 
-def load_split(source: str, name: str, split: str, max_n: int, size: int, root: Path):
-    """ImageArrays (decoded into the cache) or a Stream (large splits)."""
+def load_split(source: str, name: str, split: str, max_n: int, size: int, root: Path,
+               stream_ok: bool = True):
+    """ImageArrays (decoded into the cache) or, if `stream_ok`, a Stream (large splits)."""
     s = _Split(name, split, max_n)
     n = s.num_examples()
-    if _want_stream(n):
+    if _want_stream(n, stream_ok):
         return Stream(source, s, size, n)
     final = cache_lib.entry_path(root, "tfds_" + name, split, size, max_n, s.identity())
     if not cache_lib.usable(final):
         _build(source, s, size, final)
+    else:
+        cache_lib.warn_if_over_tolerance(final, cache_lib.read_manifest(final))
     return cache_lib.open_entry(final, source)
 
 
@@ -263,7 +279,7 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 def decode_square(data, size: int):
     """tf: encoded image -> uint8 (size, size, 3): central square, resized (§2)."""
-    import tensorflow as tf
+    tf = _tf()
 
     def jpeg():
         shape = tf.image.extract_jpeg_shape(data)
@@ -313,7 +329,7 @@ class Stream:
     def dataset(self, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0,
                 drop_remainder: bool = False, shuffle_buffer: int = SHUFFLE_BUFFER):
         """One epoch as a tf.data.Dataset; order fixed by (seed, epoch)."""
-        import tensorflow as tf
+        tf = _tf()
 
         tfds = _tfds()
         es = _epoch_seed(seed, epoch)

@@ -1,0 +1,192 @@
+"""Pre-resized JPEG shards: the ImageNet feed for a GPU.
+
+Streaming ImageNet (`reproduce.data.tfds_source.Stream`) decodes every full-size
+JPEG and resizes it to S, every epoch: 400-670 images/s per core, so the 16 cores
+of one GPU machine feed a fifth of the 45k images/s the GPU trains at. A uint8
+cache at S=256 is ~250 GB, larger than such a machine's RAM and disk. `prepare`
+does the §2 preprocessing (shorter side to S, central SxS crop) once and stores
+each image as a JPEG of SxS (about 15-25 kB at S=256, ~25 GB for ImageNet) in
+TFRecord shards; `shard_dataset` reads them back with tf.data (parallel
+interleaved reads, parallel decode, no resize). `scripts/bench_data.py` measures
+its rate per core ("shards" rows); `feed_shortfall` says when a machine's cores
+cannot keep its GPU busy.
+
+Layout of a shards folder: `shards.json` (size, classes, splits with their files
+and counts) and `<split>-NNNNN.tfrecord` files of examples {image: JPEG bytes,
+label: int64}. JPEG re-encoding changes pixel values slightly (quality 95 by
+default), so a run on shards is another dataset than the same images streamed:
+its `data.source` is the folder, whose identity is its files' names and sizes.
+
+    python -m reproduce.data.shards tfds:imagenet2012 /data/imagenet-256 --size 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from reproduce.data.common import DataError
+
+MANIFEST = "shards.json"
+PER_SHARD = 1024
+QUALITY = 95
+
+
+def feed_shortfall(cores: int, per_core_rate: float, step_rate: float) -> Optional[str]:
+    """A warning when `cores` host cores decoding `per_core_rate` images/s each
+    cannot feed a device training `step_rate` images/s; None when they can."""
+    feed = cores * per_core_rate
+    if feed >= step_rate:
+        return None
+    return (
+        f"the input feed cannot keep up: {cores} cores x {per_core_rate:,.0f} images/s per "
+        f"core = {feed:,.0f} images/s, below the {step_rate:,.0f} images/s the device "
+        f"trains at ({100 * feed / step_rate:.0f}%). Use pre-resized shards at a smaller "
+        f"S (python -m reproduce.data.shards SOURCE OUT --size 160), more cores, or "
+        f"measure with scripts/bench_data.py."
+    )
+
+
+def _encode(image: np.ndarray, quality: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image, np.uint8)).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def write_split(out_dir, split: str, batches, quality: int = QUALITY,
+                per_shard: int = PER_SHARD) -> dict:
+    """Write (uint8 (B,S,S,3) images, labels) batches as `split`'s shards;
+    returns the split's manifest entry {files, n}."""
+    from reproduce.devices import tensorflow_for_data
+
+    tf = tensorflow_for_data()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files, n, writer = [], 0, None
+    for images, labels in batches:
+        for img, label in zip(images, labels):
+            if n % per_shard == 0:
+                if writer is not None:
+                    writer.close()
+                files.append(f"{split}-{len(files):05d}.tfrecord")
+                writer = tf.io.TFRecordWriter(str(out_dir / files[-1]))
+            ex = tf.train.Example(features=tf.train.Features(feature={
+                "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[_encode(img, quality)])),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+            }))
+            writer.write(ex.SerializeToString())
+            n += 1
+    if writer is not None:
+        writer.close()
+    return {"files": files, "n": n}
+
+
+def write_manifest(out_dir, size: int, class_names, splits: dict) -> None:
+    from reproduce.runs import atomic_write_json
+
+    atomic_write_json(Path(out_dir) / MANIFEST, {"size": int(size), "class_names": list(class_names),
+                                          "splits": splits})
+
+
+def read_manifest(folder) -> dict:
+    p = Path(folder) / MANIFEST
+    try:
+        with open(p) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{p} cannot be read ({e}); write the shards again with "
+                        f"`python -m reproduce.data.shards SOURCE {folder} --size S`") from None
+
+
+def shard_dataset(folder, split: str, batch_size: int, shuffle: bool = True, seed: int = 0,
+                  epoch: int = 0, drop_remainder: bool = False, threads: Optional[int] = None,
+                  shuffle_buffer: int = 10_000):
+    """One epoch of `split` as a tf.data.Dataset of (uint8 (B,S,S,3), int32 (B,)),
+    order fixed by (seed, epoch). `threads`: tf.data's thread pool (None: all
+    cores), to measure the rate per core."""
+    from reproduce.devices import tensorflow_for_data
+
+    tf = tensorflow_for_data()
+    m = read_manifest(folder)
+    if split not in m["splits"]:
+        raise DataError(f"split {split!r} is not in {Path(folder) / MANIFEST}; it has "
+                        f"{', '.join(m['splits'])}")
+    size = int(m["size"])
+    files = [str(Path(folder) / f) for f in m["splits"][split]["files"]]
+    es = int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0] & 0x7FFFFFFF)
+    if shuffle:
+        files = [files[i] for i in np.random.default_rng(es).permutation(len(files))]
+    ds = tf.data.Dataset.from_tensor_slices(files).interleave(
+        # Unshuffled: one file after another, the order written.
+        tf.data.TFRecordDataset, cycle_length=(min(16, len(files)) or 1) if shuffle else 1,
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if shuffle:  # the small encoded records, before decoding
+        ds = ds.shuffle(shuffle_buffer, seed=es, reshuffle_each_iteration=False)
+    spec = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
+
+    def decode(record):
+        ex = tf.io.parse_single_example(record, spec)
+        img = tf.io.decode_jpeg(ex["image"], channels=3)
+        img.set_shape((size, size, 3))
+        return img, tf.cast(ex["label"], tf.int32)
+
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    if threads:
+        opts = tf.data.Options()
+        opts.threading.private_threadpool_size = int(threads)
+        opts.threading.max_intra_op_parallelism = 1
+        ds = ds.with_options(opts)
+    return ds
+
+
+def prepare(data_cfg, out_dir, splits=None, quality: int = QUALITY) -> dict:
+    """Write the splits of `data_cfg.source` at S = data_cfg.image_size as shards
+    in `out_dir` (decoding each image once); returns the manifest's splits."""
+    from reproduce import data as data_lib
+
+    splits = splits or [data_cfg.train_split, data_cfg.val_split]
+    done, names = {}, None
+    for split in splits:
+        arrays = data_lib.load_split(data_cfg, split)
+        names = names or list(arrays.class_names)
+        if isinstance(arrays, data_lib.ImageArrays):
+            b = 256
+            batches = ((arrays.images[i:i + b], arrays.labels[i:i + b]) for i in range(0, len(arrays), b))
+        else:  # a Stream: its tf.data pipeline decodes and resizes, in order
+            batches = arrays.dataset(256, shuffle=False).as_numpy_iterator()
+        done[arrays.split] = write_split(out_dir, arrays.split, batches, quality)
+    write_manifest(out_dir, data_cfg.image_size, names or [], done)
+    return done
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m reproduce.data.shards",
+                                 description="Pre-resized JPEG shards of a dataset (see the module).")
+    ap.add_argument("source", help="data.source: tfds:<name>, a folder or archive")
+    ap.add_argument("out", help="the shards folder to write")
+    ap.add_argument("--size", type=int, default=256, help="S, the side of the stored images")
+    ap.add_argument("--quality", type=int, default=QUALITY)
+    ap.add_argument("--train-split", default="train")
+    ap.add_argument("--val-split", default="validation")
+    a = ap.parse_args(argv)
+    from reproduce.config import DataConfig
+
+    cfg = DataConfig(source=a.source, image_size=a.size, crop_size=min(a.size, 227),
+                     train_split=a.train_split, val_split=a.val_split)
+    done = prepare(cfg, a.out, quality=a.quality)
+    for split, entry in done.items():
+        print(f"{split}: {entry['n']} images in {len(entry['files'])} shards -> {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
