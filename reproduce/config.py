@@ -671,9 +671,9 @@ def _imagenette_cpu_x2():
     """
 
 
-@_preset("imagenette-cpu-long", {**_IMAGENETTE_CPU, "train.epochs": 16, "train.step_epochs": [11, 14]})
+@_preset("imagenette-cpu-long", {**_IMAGENETTE_CPU, "train.epochs": 20, "train.step_epochs": [14, 18]})
 def _imagenette_cpu_long():
-    """`imagenette-cpu` for 16 epochs (lr divided by 10 after epochs 11 and 14): long
+    """`imagenette-cpu` for 20 epochs (lr divided by 10 after epochs 14 and 18): long
     enough for the net to overfit, so that the claims about overfitting (dropout,
     crops and flips, PCA colour, overlapping pooling) have something to reduce,
     and for LRN's slow start to be over. Sized by a pilot (experiments/README.md)
