@@ -123,6 +123,32 @@ def evaluate(cfg: Config, model, net, stats, arrays, ten_view: bool) -> dict:
     return out
 
 
+def dead_fraction(activations) -> float:
+    """The fraction of units (columns) that output 0 for every row: ReLUs that never
+    fire on those inputs, and so pass no gradient."""
+    a = np.asarray(activations)
+    return float(np.mean(np.all(a <= 0, axis=0)))
+
+
+DEAD_SAMPLE = 2_000  # images on which a unit must never fire to count as dead
+
+
+def fc7_dead_fraction(cfg: Config, model, net, arrays) -> "float | None":
+    """The fraction of fc7's ReLUs that output 0 on every one of the first
+    DEAD_SAMPLE images of `arrays` (centre crops, inference mode). §5 gives fc6
+    and fc7 bias 1 "to provide the ReLUs with positive inputs"; a net whose
+    training collapsed has most of them dead. None for a net without a ReLU fc7
+    (the CIFAR-10 nets, tanh)."""
+    if cfg.model.activation != "relu" or "fc7" not in {layer.name for layer in net.layers}:
+        return None
+    probe = keras.Model(net.inputs, net.get_layer("fc7").output, name="fc7_probe")
+    image = keras.Input(model.inputs[0].shape[1:], dtype=model.inputs[0].dtype)
+    fc7 = keras.Model(image, probe(model.get_layer("augment")(image)), name="fc7_of_images")
+    n = min(len(arrays.labels), DEAD_SAMPLE)
+    batches = PaddedBatches(ArrayBatches(arrays.images[:n], None, cfg.eval.batch_size, shuffle=False))
+    return dead_fraction(np.asarray(fc7.predict(batches, verbose=0), np.float32)[:n])
+
+
 def training_sample(cfg: Config, train):
     """Up to TRAIN_SAMPLE training images (a seeded subset; a stream's first ones)
     for the training error without augmentation or dropout: the overfitting gap."""

@@ -48,7 +48,7 @@ from reproduce.devices import (
     warn_if_gpu_unused,
     xla,
 )
-from reproduce.evaluate import error_metrics, evaluate, training_sample
+from reproduce.evaluate import error_metrics, evaluate, fc7_dead_fraction, training_sample
 from reproduce.model import build_model
 from reproduce.runs import RunConflict
 
@@ -291,7 +291,9 @@ def _train(cfg, run_dir, data, precision, verbose, epoch_limit, extra_callbacks)
     # and the centre crop on (a sample of) the training images for the overfitting gap.
     t0 = time.perf_counter()
     val = evaluate(cfg, model, net, data.stats, data.val, cfg.eval.ten_view)
-    tr = evaluate(cfg, model, net, data.stats, training_sample(cfg, data.train), ten_view=False)
+    sample = training_sample(cfg, data.train)
+    tr = evaluate(cfg, model, net, data.stats, sample, ten_view=False)
+    dead = fc7_dead_fraction(cfg, model, net, sample)
     eval_time = time.perf_counter() - t0
     runs.write_val_correct(run_dir, **val)
     _save_conv1(run_dir, net)
@@ -320,6 +322,8 @@ def _train(cfg, run_dir, data, precision, verbose, epoch_limit, extra_callbacks)
         "n_val": int(len(val["labels"])),
         "precision": precision,
     }
+    if dead is not None:  # a sign of a collapsed run (the report's collapse rows)
+        result["fc7_dead_fraction"] = round(dead, 4)
     # The inference model (model.keras, classes.json) comes before result.json, so
     # every finished run has one.
     from reproduce.inference import save_inference_model

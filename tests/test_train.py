@@ -222,3 +222,30 @@ def test_epoch_limit_censors_and_a_higher_limit_trains_on(tmp_path):
     assert r2["censored"] is False and r2["epochs"] == 3
     assert [row["epoch"] for row in runs.read_metrics_rows(d)] == [0, 1, 2]
     assert not runs.can_extend(d, None)
+
+
+def test_dead_fc7_units_are_counted_and_recorded(tmp_path):
+    """A unit is dead when it outputs 0 on every image: with fc7's kernel zeroed, its
+    bias alone decides (negative: all dead; positive: none), whatever the images."""
+    from reproduce import data as data_lib
+    from reproduce.evaluate import dead_fraction, fc7_dead_fraction
+    from reproduce.train import build_training_model
+
+    assert dead_fraction(np.array([[0.0, 1.0, 0.0], [0.0, 0.0, -2.0]])) == pytest.approx(2 / 3)
+    cfg = _tiny_cfg()
+    data = data_lib.load(cfg.data)
+    model, net = build_training_model(cfg, data.stats, data.num_classes)
+    fc7 = net.get_layer("fc7")
+    k, b = fc7.get_weights()
+    for bias, expected in ((-1.0, 1.0), (1.0, 0.0)):
+        fc7.set_weights([np.zeros_like(k), np.full_like(b, bias)])
+        assert fc7_dead_fraction(cfg, model, net, data.train) == pytest.approx(expected)
+    b[: len(b) // 4] = -1.0  # a quarter of the units pushed below 0 on every input
+    b[len(b) // 4:] = 1.0
+    fc7.set_weights([np.zeros_like(k), b])
+    assert fc7_dead_fraction(cfg, model, net, data.train) == pytest.approx((len(b) // 4) / len(b))
+    # tanh has no dead units to count; a trained run records its fraction
+    assert fc7_dead_fraction(_tiny_cfg(**{"model.activation": "tanh"}), model, net, data.train) is None
+    r = train(cfg, tmp_path / "run", verbose=0)
+    assert 0.0 <= r["fc7_dead_fraction"] <= 1.0
+    assert runs.read_json(tmp_path / "run" / runs.RESULT)["fc7_dead_fraction"] == r["fc7_dead_fraction"]
