@@ -296,12 +296,12 @@ def early_label(k: int) -> str:
     return "val top-1 err after epoch 1" if k == 1 else f"mean val top-1 err over epochs 1-{k}"
 
 
-def run_fractional_ttt(run, target: float) -> Optional[float]:
+def run_fractional_ttt(run, target: float, at: float = 1.0) -> Optional[float]:
     """Fractional epochs to the target (`stats.fractional_epochs_to_target`), the
     curve starting at chance before training; None if never reached."""
     rows = sorted((r for r in run.metrics if r.get("top1_err") is not None), key=lambda r: int(r["epoch"]))
     k = C.num_classes(run) or 10
-    return S.fractional_epochs_to_target([float(r["top1_err"]) for r in rows], target, 1.0 - 1.0 / k)
+    return S.fractional_epochs_to_target([float(r["top1_err"]) for r in rows], target, 1.0 - 1.0 / k, at)
 
 
 def run_ttt(run, target: float) -> S.TimeToTarget:
@@ -516,7 +516,7 @@ def compare(preset: str, a: REG.Ablation, labels: dict, prefer_base: Optional[st
 def collapse_of(group: Optional[C.Group], k_classes, n_val) -> Optional[Collapse]:
     """The group's seeds at chance (None: none, or no class count to judge by)."""
     err = result_values(group, "val_top1_err")
-    stuck = sorted(s for s, e in err.items() if S.near_chance(e, k_classes, n_val))
+    stuck = sorted(s for s, e in err.items() if S.collapsed(e, k_classes, n_val))
     if not stuck:
         return None
     dead = {}
@@ -545,6 +545,8 @@ def _withhold(comp: Comparison, pair, claim: REG.Claim, k_classes, n_val, eval_k
             "an arm ended at chance in some seed (" + "; ".join(texts) + f"; chance is {1 - 1 / k_classes:.1%} "
             f"with {k_classes} classes): training collapsed there, so the comparison says nothing about the "
             "claim and no verdict is given; the collapse rate is the outcome to report")
+    # Every tested row of the comparison (the primary and its secondary rows) is withheld.
+    primary = [r for r in comp.rows if r.role != "none"]
     # A confound is a flaw of the design, known before any run: it is named first.
     if claim.confounded:
         for r in primary:
@@ -723,14 +725,20 @@ def fig1_rules(fig: Fig1) -> list:
     vi = {s: t.bound for s, t in fig.variant_ttt.items()}
     rules = [CountingRule("whole epochs: the first epoch at or under the target (the test)", fig.ratio.estimate,
                           fig.ratio, len(set(bi) & set(vi)), pair(bi, vi))]
-    bf = {r.seed: run_fractional_ttt(r, fig.target) for r in fig.base_runs}
-    vf = {r.seed: run_fractional_ttt(r, fig.target) for r in fig.variant_runs}
-    bf = {s: x for s, x in bf.items() if x}
-    vf = {s: x for s, x in vf.items() if x}
-    if bf and vf:
+    censored = [s for s, t in (*fig.base_ttt.items(), *fig.variant_ttt.items()) if not t.reached]
+    for at, name in ((1.0, "the crossing interpolated within its epoch, each logged error read as the epoch's "
+                           "end (linear, from chance before training)"),
+                     (0.5, "the crossing interpolated, each logged error read at the middle of its epoch (the "
+                           "log holds the epoch's running mean)")):
+        bf = {r.seed: run_fractional_ttt(r, fig.target, at) for r in fig.base_runs}
+        vf = {r.seed: run_fractional_ttt(r, fig.target, at) for r in fig.variant_runs}
+        if censored or any(x is None or x <= 0 for x in (*bf.values(), *vf.values())) or not bf or not vf:
+            continue  # a censored run has no crossing: the rule would drop the slowest seeds
         rf = S.ratio_interval(bf, vf, LEVEL)
-        rules.append(CountingRule("the crossing interpolated within its epoch (linear, from chance before "
-                                  "training)", rf.estimate, rf, len(set(bf) & set(vf)), pair(bf, vf)))
+        rules.append(CountingRule(name, rf.estimate, rf, len(set(bf) & set(vf)), pair(bf, vf)))
+    if censored:
+        fig.notes.append(f"seeds {sorted(set(censored))} never reached the target, so the interpolated counting "
+                         "rules are left out (they would drop the slowest seeds)")
 
     def selected(arm, lr):
         cell = next((c for c in fig.grid.get(arm, []) if lr is not None and math.isclose(c.lr, lr)), None)
@@ -769,9 +777,9 @@ def judge(comparisons: list) -> int:
             if r.role == "none":
                 r.direction_verdict, r.magnitude, r.verdict = "-", "-", S.NO_CLAIM
                 continue
-            if r.role == "primary" and r.withheld:  # the reason that matters, with or without an interval
+            if r.withheld:  # the reason that matters, with or without an interval
                 r.direction_verdict = r.magnitude = "-"
-                r.verdict = r.withheld
+                r.verdict = r.withheld if r.role == "primary" else S.SECONDARY
                 r.mde, r.seeds_needed = S.NAN, None  # more seeds would not settle it
                 continue
             if r.unmeasurable:
@@ -782,6 +790,8 @@ def judge(comparisons: list) -> int:
                 # seed_ci stays the per-claim 95% interval (described, not tested).
                 r.ci, r.level = r.interval_at(level), level
                 _power(r, r.ci, alpha)
+                if r.lower_bound_only:
+                    r.seeds_needed = None  # a power calculation for a censored ratio would be wrong
             r.magnitude = S.magnitude_verdict(r.ci, r.paper_effect, r.direction, r.mde, bound=r.bound,
                                               lower_bound_only=r.lower_bound_only)
             if r.role == "secondary":
@@ -951,22 +961,28 @@ def budget_limits(analyses: dict) -> None:
                 comp = analyses[p].comparison(name)
                 r = comp.primary if comp is not None else None
                 e = _budget_epochs(comp) if comp is not None else None
-                if r is None or r.is_ratio or e is None or not math.isfinite(r.ci.estimate):
-                    continue
+                if (r is None or r.is_ratio or e is None or not math.isfinite(r.ci.estimate)
+                        or r.withheld or r.unmeasurable == "baseline at chance"):
+                    continue  # a withheld or chance-level estimate says nothing about the effect's size
                 points.append((e, p, comp, r))
             if len(points) < 2:
                 continue
             points.sort(key=lambda x: x[0])
             e_long, p_long, _, r_long = points[-1]
+            # The same quantity at each budget (an early-learning mean over more epochs is
+            # another measure, and would shrink by construction).
+            points = [x for x in points if x[3].metric == r_long.metric and x[3].label == r_long.label]
             budgets = [(p, e, r.ci.estimate) for e, p, _, r in points]
             for e, p, comp, r in points[:-1]:
                 short, long_ = r.ci.estimate, r_long.ci.estimate
                 if e >= e_long or short == 0 or r.verdict in (*S.WITHHELD, S.NOT_MEASURABLE, S.NO_CLAIM):
                     continue
-                if short * long_ < 0 or abs(long_) < BUDGET_SHRINK * abs(short):
+                if abs(long_) < BUDGET_SHRINK * abs(short) or (short * long_ < 0 and abs(long_) < abs(short)):
+                    tested = r.verdict
                     r.verdict = S.BUDGET_LIMITED
                     r.budgets = budgets
                     across = ", ".join(f"{100 * d:+.2f} at {ep} epochs ({q})" for q, ep, d in budgets)
-                    comp.tags.append(f"budget-limited: {across}")
+                    comp.tags.append(f"budget-limited: {across}; the test at {e} epochs: {tested}")
                     r.notes.append(f"budget-limited: the effect shrinks as the budget grows ({across}); the test "
-                                   f"at {e} epochs measures the budget, not the end point the paper compares")
+                                   f"at {e} epochs ({tested}) measures the budget, not the end point the paper "
+                                   "compares")

@@ -316,12 +316,14 @@ def _main_table(an: A.PresetAnalysis) -> list:
     level = S.simultaneous_level(an.family)
     blocks.append(D.Para(
         f"**Multiple comparisons**: {A.MULTIPLICITY}; here m = {an.family} claim(s) with a test, so the "
-        f"intervals beside the verdicts are {100 * level:.1f}% intervals. **p (adj.)**: the "
+        + (f"intervals beside the verdicts are {100 * level:.1f}% intervals. " if an.family > 1 else
+           "intervals beside the verdicts are the ordinary 95% ones (nothing to correct for). ")
+        + "**p (adj.)**: the "
         "Bonferroni-adjusted two-sided p-value of \"no difference\" (secondary rows: the unadjusted p, in "
         "brackets). **Direction**: the claimed sign is significant when the adjusted p < 0.05, which is when "
         "the simultaneous interval excludes 0. **Fragile**: a paired comparison whose verdict Welch's t (which "
         "ignores the pairing by seed) would not share. **MDE**: the minimum "
-        f"detectable effect, the smallest true difference that a two-sided test at α = {S.ALPHA:g}/m finds "
+        f"detectable effect, the smallest true difference that a two-sided test at α = {S.ALPHA:g}/m (a tested claim; {S.ALPHA:g} for the other rows) finds "
         f"with {S.POWER:.0%} power at the observed spread (noncentral t with the interval's degrees of "
         "freedom; normal for the image bootstrap), in points (a ratio for Figure 1). **Seeds for paper**: "
         "seeds per arm at which the MDE reaches the paper's effect, at the observed spread. **Size**: the "
@@ -341,7 +343,8 @@ def _main_table(an: A.PresetAnalysis) -> list:
     rows = []
     for comp in an.comparisons:
         for r in comp.rows:
-            p = fmt_p(r.p_adj) if r.role == "primary" else (f"({fmt_p(r.p)})" if r.role == "secondary" else "-")
+            p = ("-" if r.withheld or r.role == "none" else fmt_p(r.p_adj) if r.role == "primary"
+                 else f"({fmt_p(r.p)})")
             paper = f"{comp.claim.section}: {r.claimed_text}"
             rows.append([code(comp.name), r.label, paper, measured_text(r, True), level_text(r), p, mde_text(r),
                          seeds_text(r), r.direction_verdict, r.magnitude, verdict_text(r)])
@@ -899,7 +902,12 @@ def build_report(runs_root=None, out_dir=None, preset: Optional[str] = None,
     grouped = C.load(root, damaged)
     presets = [preset] if preset else C.preset_order(grouped)
     analyses = {p: A.analyze_preset(p, grouped.get(p, {}), root) for p in presets if grouped.get(p) or preset}
-    A.budget_limits(analyses)
+    # The budget rule compares a preset with the others of its series: they are
+    # analysed too when one preset's report is asked for, so its verdicts do not
+    # depend on which presets are built.
+    series = {q for ser in REG.BUDGET_SERIES if set(ser) & set(analyses) for q in ser}
+    beside = {q: A.analyze_preset(q, grouped[q], root) for q in series - set(analyses) if grouped.get(q)}
+    A.budget_limits({**analyses, **beside})
 
     build = _new_folder(out)
     held = _hold(build)  # until the swap: a concurrent build does not take it for stale

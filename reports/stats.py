@@ -221,7 +221,9 @@ def paired_bootstrap(
     of a train/val gap). Reproducible for a given ``seed``.
 
     p is the two-sided bootstrap p-value of "no difference",
-    ``min(1, 2 min(#{stat <= 0} + 1, #{stat >= 0} + 1) / (resamples + 1))``; se is
+    ``min(1, max(1, 2 min(#{stat <= 0}, #{stat >= 0})) / resamples)``: the same tail
+    counts as the percentile interval's, so the interval at level 1 - a excludes 0
+    when p < a (up to the quantiles' interpolation), and never 0; se is
     the resamples' sd (for `mde`, with a normal reference). When every image gives
     the same difference the interval is not computed (it would be a point).
 
@@ -250,7 +252,7 @@ def paired_bootstrap(
     stats += shift
     lo, hi = np.quantile(stats, [0.5 - level / 2, 0.5 + level / 2])
     below, above = int((stats <= 0).sum()), int((stats >= 0).sum())
-    p = min(1.0, 2 * (min(below, above) + 1) / (n_resamples + 1))
+    p = min(1.0, max(1, 2 * min(below, above)) / n_resamples)
     se = float(stats.std(ddof=1))
     return Interval(est, float(lo), float(hi), method, n, math.inf, level, p, se, ())
 
@@ -419,6 +421,20 @@ def claim_verdict(direction: str, magnitude: str) -> str:
     return NOT_SIGNIFICANT
 
 
+def collapsed(error: float, num_classes: Optional[int], n_val: Optional[int] = None) -> Optional[bool]:
+    """Whether a top-1 error cannot be told from chance, ``1 - 1/num_classes``: within
+    three binomial standard errors of a chance-level classifier on `n_val` images
+    (1% of the chance error when `n_val` is unknown). Tighter than `near_chance`: a
+    slow arm that has begun to learn (85.8% error with 10 classes on 3,925 images is
+    nine standard errors from chance) has not collapsed. None when num_classes is
+    unknown."""
+    if not num_classes or num_classes < 2 or not _finite(error):
+        return None
+    chance = 1.0 - 1.0 / num_classes
+    margin = 3.0 * math.sqrt(chance * (1.0 - chance) / n_val) if n_val else 0.01 * chance
+    return error >= chance - margin
+
+
 def near_chance(error: float, num_classes: Optional[int], n_val: Optional[int] = None) -> Optional[bool]:
     """Whether a top-1 error is within a margin of chance, ``1 - 1/num_classes``.
 
@@ -476,21 +492,24 @@ def epochs_to_target(
     return TimeToTarget(None, observed)
 
 
-def fractional_epochs_to_target(errors: Sequence[Optional[float]], target: float, start: float) -> Optional[float]:
+def fractional_epochs_to_target(errors: Sequence[Optional[float]], target: float, start: float,
+                                at: float = 1.0) -> Optional[float]:
     """When a training-error curve crosses ``target``, in fractional epochs: the
-    curve is taken as linear within each epoch, from ``start`` (the error before
-    training: chance) through ``errors[i]`` after epoch i + 1. None when it never
-    gets there. Integer counting (`epochs_to_target`) rounds this up to the epoch
-    that contains the crossing."""
-    prev = start
+    curve is taken as linear between its points, from ``start`` (the error before
+    training: chance) at 0 through ``errors[i]`` at epoch ``i + at``: ``at=1`` reads
+    each value as the error at the end of its epoch, ``at=0.5`` as the error half way
+    through it (an epoch's running mean, which is what a training log records). None
+    when it never gets there."""
+    prev_x, prev = 0.0, start
     for i, err in enumerate(errors):
         if err is None or not math.isfinite(err):
             return None
+        x = i + at
         if err <= target:
             if prev <= target:  # only the start can be: already there before training
-                return float(i)
-            return i + (prev - target) / (prev - err)
-        prev = err
+                return prev_x
+            return prev_x + (x - prev_x) * (prev - target) / (prev - err)
+        prev_x, prev = x, err
     return None
 
 

@@ -133,14 +133,20 @@ def test_paired_bootstrap_identical_arms_is_no_interval():
 
 
 def test_paired_bootstrap_p_value():
-    """p = 2 min(#{stat <= 0} + 1, #{stat >= 0} + 1) / (B + 1), recomputed from the same draws."""
+    """p = max(1, 2 min(#{stat <= 0}, #{stat >= 0})) / B, recomputed from the same draws: the
+    tail counts of the percentile interval, so interval and test agree at every level."""
     n, B = 400, 500
     base, var = _wrong(0.40, n, 3), _wrong(0.45, n, 4)
     iv = S.paired_bootstrap(base, var, n_resamples=B, seed=5)
     d = var - base
     stats = d[np.random.default_rng(5).integers(0, n, size=(B, n))].mean(1)
-    expect = min(1.0, 2 * (min((stats <= 0).sum(), (stats >= 0).sum()) + 1) / (B + 1))
+    expect = min(1.0, max(1, 2 * min((stats <= 0).sum(), (stats >= 0).sum())) / B)
     assert iv.p == pytest.approx(expect)
+    for level in (0.9, 0.95, 0.99):
+        other = S.paired_bootstrap(base, var, n_resamples=B, seed=5, level=level)
+        lo, hi = other.lo, other.hi
+        if (stats <= 0).sum() not in (0, B):  # away from the interpolation's edge
+            assert (lo > 0 or hi < 0) == (iv.p < 1 - level) or abs(iv.p - (1 - level)) < 2 / B
     assert iv.se == pytest.approx(stats.std(ddof=1)) and iv.df == math.inf
 
 

@@ -50,6 +50,9 @@ def test_an_arm_at_chance_in_one_seed_gets_no_verdict(tmp_path):
     assert rep.analyses["smoke"].family == 0 and math.isnan(row.p_adj)
     md = rep.markdown.read_text()
     assert S.COLLAPSED in md and "`no_lrn` at chance in 1/3 seeds (75.0%)" in md
+    # A slow arm that has begun to learn is not collapsed: 10 classes, 3,925 images,
+    # 85.8% error is nine binomial standard errors below chance (90%).
+    assert S.collapsed(0.858, 10, 3925) is False and S.collapsed(0.895, 10, 3925) is True
 
 
 def test_a_collapse_records_dead_fc7_units_where_the_run_has_them(tmp_path):
@@ -78,6 +81,12 @@ def test_a_confounded_claim_is_not_reproduced(tmp_path):
     assert "learning rate" in row.withheld_why
     assert row.ci.ok and row.ci.lo > 0  # the delta is still measured and shown
     assert "| reproduced |" not in rep.markdown.read_text()
+    # No test result leaks: no p in claims.csv, no p in the tests table.
+    import pandas as pd
+
+    claims = pd.read_csv(rep.out_dir / "claims.csv")
+    tanh = claims[(claims.ablation == "tanh") & (claims.preset == "smoke")]
+    assert tanh.p.isna().all() and tanh.p_adjusted.isna().all() and tanh.mde.isna().all()
 
 
 def test_an_overfitting_claim_is_not_testable_while_the_baseline_does_not_overfit(tmp_path):
@@ -123,6 +132,9 @@ def test_an_effect_that_shrinks_with_budget_is_budget_limited(tmp_path):
     assert [(p, e) for p, e, _ in short.budgets] == [("imagenette-cpu", 6), ("imagenette-cpu-x2", 12)]
     tag = rep.analyses["imagenette-cpu"].comparison("no_lrn").tags[-1]
     assert "at 6 epochs (imagenette-cpu)" in tag and "at 12 epochs (imagenette-cpu-x2)" in tag
+    # The verdict does not depend on which presets the report is built for.
+    one = build_report(root, tmp_path / "one", preset="imagenette-cpu")
+    assert list(one.analyses) == ["imagenette-cpu"] and _primary(one, "imagenette-cpu", "no_lrn").verdict == S.BUDGET_LIMITED
     # An effect that holds at the longer budget keeps its verdict.
     root2 = tmp_path / "runs2"
     _lrn_pair(root2, "imagenette-cpu", (0, 1, 2), 120, -16)
@@ -182,19 +194,21 @@ def test_fractional_crossing_by_hand():
     assert S.fractional_epochs_to_target([0.1], 0.25, 0.9) == pytest.approx(0.8 / 0.8 * 1 - (0.25 - 0.1) / 0.8)
     assert S.fractional_epochs_to_target([0.5, 0.4], 0.25, 0.9) is None
     assert S.fractional_epochs_to_target([0.5, float("nan"), 0.2], 0.25, 0.9) is None
+    # Read at mid-epoch: 0.5 at 0.5, 0.3 at 1.5, 0.2 at 2.5; 25% is crossed at 2.0.
+    assert S.fractional_epochs_to_target([0.5, 0.3, 0.2], 0.25, 0.9, at=0.5) == pytest.approx(2.0)
 
 
 def _curve(errors):
     return [{"epoch": e, "top1_err": x} for e, x in enumerate(errors)]
 
 
-def _crossing(errors, target=0.25, start=0.75):
-    """Independently: where the piecewise-linear curve through (0, start), (1, e1), ...
-    first meets the target (np.interp on the segment that brackets it)."""
-    pts = [start, *errors]
+def _crossing(errors, target=0.25, start=0.75, at=1.0):
+    """Independently: where the piecewise-linear curve through (0, start), (at, e1),
+    (1 + at, e2), ... first meets the target (np.interp on the segment that brackets it)."""
+    xs, pts = [0.0] + [i + at for i in range(len(errors))], [start, *errors]
     for i in range(1, len(pts)):
         if pts[i] <= target:
-            return float(np.interp(-target, [-pts[i - 1], -pts[i]], [i - 1, i]))
+            return float(np.interp(-target, [-pts[i - 1], -pts[i]], [xs[i - 1], xs[i]]))
     return None
 
 
@@ -219,9 +233,12 @@ def test_figure1_gives_the_ratio_under_every_counting_rule(tmp_path):
     gm = lambda xs: math.exp(np.mean(np.log(xs)))  # noqa: E731
     by_whole = [whole(tanh[s]) / whole(relu[s]) for s in relu]
     assert f1.rules[0].name.startswith("whole epochs") and f1.rules[0].estimate == pytest.approx(gm(by_whole))
-    interp = next(r for r in f1.rules if r.name.startswith("the crossing interpolated"))
+    interp = next(r for r in f1.rules if r.name.startswith("the crossing interpolated within its epoch"))
     assert interp.estimate == pytest.approx(gm([_crossing(tanh[s]) / _crossing(relu[s]) for s in relu]))
     assert interp.estimate != pytest.approx(f1.rules[0].estimate)
+    # The log's value is the epoch's running mean: read at mid-epoch, both arms cross half an epoch earlier.
+    mid = next(r for r in f1.rules if "middle of its epoch" in r.name)
+    assert mid.estimate == pytest.approx(gm([_crossing(tanh[s], at=0.5) / _crossing(relu[s], at=0.5) for s in relu]))
     pair = next(r for r in f1.rules if "one more pair" in r.name)
     assert pair.n == 4 and pair.estimate == pytest.approx(gm(by_whole + [12 / 2]))
     alone = next(r for r in f1.rules if r.name.endswith("(its grid runs at the chosen rates)"))
@@ -229,4 +246,4 @@ def test_figure1_gives_the_ratio_under_every_counting_rule(tmp_path):
     lo, hi = f1.rule_range
     assert (lo, hi) == pytest.approx((min(r.estimate for r in f1.rules), max(r.estimate for r in f1.rules)))
     md = rep.markdown.read_text()
-    assert f"x{lo:.2f}-x{hi:.2f} over 4 counting rules" in md
+    assert len(f1.rules) == 5 and f"x{lo:.2f}-x{hi:.2f} over 5 counting rules" in md
