@@ -144,6 +144,8 @@ def fc7_dead_fraction(cfg: Config, model, net, arrays) -> "float | None":
     probe = keras.Model(net.inputs, net.get_layer("fc7").output, name="fc7_probe")
     image = keras.Input(model.inputs[0].shape[1:], dtype=model.inputs[0].dtype)
     fc7 = keras.Model(image, probe(model.get_layer("augment")(image)), name="fc7_of_images")
+    fc7.compile(jit_compile=xla(cfg))
+    fc7 = distribute.place(fc7)  # like the ten-view model: every process gets every output
     n = min(len(arrays.labels), DEAD_SAMPLE)
     batches = PaddedBatches(ArrayBatches(arrays.images[:n], None, cfg.eval.batch_size, shuffle=False))
     return dead_fraction(np.asarray(fc7.predict(batches, verbose=0), np.float32)[:n])
