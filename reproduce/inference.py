@@ -42,6 +42,7 @@ import numpy as np
 
 import reproduce.layers  # noqa: F401  (registers the net's layers for loading)
 from reproduce import runs
+from reproduce.data.cache import pid_alive
 from reproduce.augment import Augment
 
 PREPROCESS = "preprocess"
@@ -323,18 +324,10 @@ def _remove_stale_exports(out_dir: Path) -> None:
     prefix = f".{out_dir.name}{EXPORT_TMP}"
     for p in out_dir.parent.glob(prefix + "*"):
         pid = p.name[len(prefix):].split("-", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(p, ignore_errors=True)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # someone else's process
-    return True
 
 
 def export_savedmodel(loaded: Loaded, out_dir, force: bool = False) -> Path:

@@ -208,8 +208,11 @@ class PaddedBatches(DerivedBatches):
 
 def tf_dataset(batches):
     """(dataset, callback): the (images, labels) batches of a PyDataset whose
-    batches may be read in any order (ArrayBatches) as a tf.data pipeline for `model.fit` on TensorFlow, and
-    the Keras callback that moves it to the next epoch's order.
+    batches may be read in any order (ArrayBatches) as a tf.data pipeline, and the
+    Keras callback that moves it to the next epoch's order. `make bench` times it
+    beside Keras' adapter; training does not use it yet: with `steps_per_epoch`
+    set, Keras keeps one iterator across epochs, so epoch order would have to be
+    indexed by (epoch, step) rather than moved by a callback.
 
     Keras feeds a PyDataset to TensorFlow through `tf.data.Dataset.from_generator`,
     one Python thread handing over one batch at a time: about 4-5k images/s on

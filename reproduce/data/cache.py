@@ -228,7 +228,8 @@ def warn_if_over_tolerance(path: Path, manifest: dict) -> None:
             f"or replace the unreadable files.", stacklevel=4)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this machine with that id is running (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -247,7 +248,7 @@ def _remove_stale_temps(final: Path) -> None:
         if not p.name.startswith(prefix):
             continue
         m = re.match(r"(.+)-(\d+)-[0-9a-f]+$", p.name[len(prefix):])
-        if m and m.group(1) == host and not _pid_alive(int(m.group(2))):
+        if m and m.group(1) == host and not pid_alive(int(m.group(2))):
             shutil.rmtree(p, ignore_errors=True)
 
 
