@@ -1,6 +1,7 @@
 # AlexNet (Krizhevsky, Sutskever & Hinton 2012) in Keras 3 -- see README.md.
 PRESET  ?= imagenette
-SEEDS   ?= 3
+# Empty: the preset's own count (3; the smoke preset 2: reproduce.config.default_seeds).
+SEEDS   ?=
 NAME    ?=
 DATA_DIR ?=
 RUNS    ?= runs
@@ -21,13 +22,14 @@ DATA_ABS := $(if $(filter /%,$(DATA_DIR)),$(DATA_DIR),$(CURDIR)/$(DATA_DIR))
 DATA_SET := $(if $(DATA_DIR),$(call quote,data.source=$(DATA_ABS)),)
 OVERRIDES := $(strip $(DATA_SET) $(SET))
 SETARG  := $(if $(OVERRIDES),--set $(OVERRIDES),)
+SEEDARG := $(if $(strip $(SEEDS)),--seeds $(strip $(SEEDS)),)
 RUN     := KERAS_BACKEND=$(BACKEND) REPRODUCE_RUNS=$(RUNS) $(PY)
 
-.PHONY: help install lint test test-tf test-jax train reproduce ablation report publish bench export tensorboard
+.PHONY: help install lint test test-fast test-tf test-jax train reproduce ablation report publish bench export tensorboard
 
 help:
 	@echo "make install                 create $(VENV) and install requirements.txt"
-	@echo "make reproduce [PRESET=...]  baseline + every ablation of the preset ($(SEEDS) seeds), then the report"
+	@echo "make reproduce [PRESET=...]  baseline + every ablation of the preset (SEEDS seeds; default the preset's), then the report"
 	@echo "               [WORKERS=N]   ... with N workers, one per visible GPU (docs/distributed.md)"
 	@echo "make ablation NAME=no_lrn    one ablation (baseline + variant, SEEDS seeds), then the report"
 	@echo "make train                   one baseline run of PRESET"
@@ -35,10 +37,11 @@ help:
 	@echo "make publish                 finished runs of $(RUNS)/ into results/ (small files), then results/report.*"
 	@echo "make bench                   training throughput (synthetic and, with DATA_DIR, real data)"
 	@echo "make test                    the test suite on both Keras backends (tensorflow, jax)"
+	@echo "make test-fast               the quick loop: the suite without the slow end-to-end tests, TensorFlow only"
 	@echo "make export RUN_DIR=...      a finished run's model.keras (from its state if missing); SAVEDMODEL=dir: TF SavedModel (FORCE=1 replaces one)"
 	@echo "make tensorboard             TensorBoard on $(RUNS)/ (logs of runs trained with BACKEND=tensorflow)"
 	@echo "make lint                    ruff check ."
-	@echo "Variables: PRESET=$(PRESET) SEEDS=$(SEEDS) NAME DATA_DIR RUNS=$(RUNS) BACKEND=$(BACKEND) WORKERS=$(WORKERS) SET='key=value ...'"
+	@echo "Variables: PRESET=$(PRESET) SEEDS=$(or $(SEEDS),<preset's>) NAME DATA_DIR RUNS=$(RUNS) BACKEND=$(BACKEND) WORKERS=$(WORKERS) SET='key=value ...'"
 
 install:
 	python3 -m venv $(VENV)
@@ -58,16 +61,19 @@ test-tf:
 test-jax:
 	KERAS_BACKEND=jax $(PY) -m pytest -q -n 2 -m "not slow and not one_backend"
 
+test-fast:
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -q -n 2 -m "not slow"
+
 train:
 	$(RUN) -m reproduce train --preset $(PRESET) $(SETARG)
 
 reproduce:
-	$(RUN) -m ablations reproduce --preset $(PRESET) --seeds $(SEEDS) --runs $(RUNS) $(if $(filter-out 1,$(WORKERS)),--workers $(WORKERS)) $(SETARG)
+	$(RUN) -m ablations reproduce --preset $(PRESET) $(SEEDARG) --runs $(RUNS) $(if $(filter-out 1,$(WORKERS)),--workers $(WORKERS)) $(SETARG)
 	$(PY) -m reports --runs $(RUNS)
 
 ablation:
 	@test -n "$(NAME)" || { echo "usage: make ablation NAME=<name> [PRESET=...] [SEEDS=...]"; $(PY) -m ablations list --preset $(PRESET); exit 2; }
-	$(RUN) -m ablations run $(NAME) --preset $(PRESET) --seeds $(SEEDS) --runs $(RUNS) $(SETARG)
+	$(RUN) -m ablations run $(NAME) --preset $(PRESET) $(SEEDARG) --runs $(RUNS) $(SETARG)
 	$(PY) -m reports --runs $(RUNS)
 
 report:

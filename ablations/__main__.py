@@ -20,9 +20,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ablations.plan import fill_estimates, print_plan
 from ablations.registry import ABLATIONS, for_preset
 from ablations.runner import Runner, default_published, parse_worker
+from reproduce import runs
+from reproduce.config import DEFAULT_PRESET, ConfigError, default_seeds
 from reproduce.logs import BackendError, check_backend, quiet_tensorflow
+from reproduce.sources import DataError
 
 
 def main(argv=None) -> int:
@@ -38,8 +42,10 @@ def main(argv=None) -> int:
         if name != "reproduce":
             q.add_argument("names", nargs="*" if name == "plan" else "+",
                            help="ablation names (see `list`)" + ("; none: the whole preset" if name == "plan" else ""))
-        q.add_argument("--preset", default="imagenette")
-        q.add_argument("--seeds", default="3", help="a count (3 = seeds 0,1,2) or a list 0,5,9")
+        q.add_argument("--preset", default=DEFAULT_PRESET)
+        q.add_argument("--seeds", default=None,
+                       help="a count (3 = seeds 0,1,2) or a list 0,5,9; default: the preset's "
+                            "(3; the smoke preset, which checks code paths, 2)")
         q.add_argument("--runs", default=None, help="runs root (default $REPRODUCE_RUNS or ./runs)")
         q.add_argument("--published", action="append", default=None, metavar="DIR",
                        help="a store of published runs that count as finished (repeatable; "
@@ -79,17 +85,14 @@ def main(argv=None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
     quiet_tensorflow()
-    from reproduce import runs
-    from reproduce.config import ConfigError
-    from reproduce.data import DataError
 
     published = args.published if args.published is not None else default_published()
     try:
         worker = parse_worker(args.worker) if getattr(args, "worker", None) else None
-        runner = Runner(args.preset, args.seeds, args.runs, args.overrides,
+        seeds = args.seeds if args.seeds is not None else default_seeds(args.preset)
+        runner = Runner(args.preset, seeds, args.runs, args.overrides,
                         verbose=0 if args.quiet else 1, published=published, worker=worker)
         if args.cmd == "plan":
-            from ablations.plan import fill_estimates, print_plan
             from reproduce import data as data_lib
             from reproduce.train import device_description
 

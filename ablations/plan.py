@@ -10,11 +10,20 @@ Time per run comes from what this machine has measured, most specific first:
    this machine (the compile is timed apart), images/s times the run's images,
    plus what every epoch costs whatever its images (the validation pass's start,
    the checkpoint, metrics.csv and the other callbacks: a few tenths of a second,
-   which on the smoke preset's 4-step epochs is most of an epoch).
+   which on the smoke preset's 4-step epochs is most of an epoch), plus what a run
+   costs once (building and compiling the net, the validation and final
+   evaluation's compiles, writing model.keras: seconds, most of a smoke run).
+
+The suite's total adds what its command costs beyond the runs: the time this
+process has already spent (Python and the libraries starting, the data, the
+calibration), and the report that `make reproduce` builds afterwards
+(`REPORT_S_PER_PRESET`).
 
 Seconds per image are this machine's; the epochs of a run that stops at a
 training error (Figure 1) are the experiment's, so they come from every
-machine's runs (`expected_epochs`).
+machine's runs (`expected_epochs`), its own label's or, before it has any, those
+of the runs that chose its settings (its arm's learning-rate grid: the kind of
+its ablation names them, `ablations.kinds.selection_label`).
 
 Where several runs qualify, their median counts, so that one run slowed by a
 neighbour on the machine does not skew the rest. Figures are estimates for
@@ -24,6 +33,7 @@ planning; every run records its real wall time.
 from __future__ import annotations
 
 import math
+import os
 import socket
 import statistics
 import sys
@@ -31,6 +41,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
+
+from ablations.kinds import selection_label
+from reproduce import runs
+from reproduce.config import PRESETS, ConfigError, experiment_identity
+from reproduce.runs import format_duration as fmt_duration
 
 # An image's forward pass costs about this share of its training step (forward,
 # backward, update): what validation and the final evaluation cost per image.
@@ -40,6 +55,11 @@ FORWARD_SHARE = 1 / 3
 LONG_SUITE_S = 4 * 3600
 # Presets with a tier sized for a CPU (named when a suite would take too long).
 SMALLER = {"imagenette": "imagenette-cpu", "imagenet": "imagenette"}
+# What `python -m reports` takes per preset in the runs folder (its own process: the
+# libraries, every run read, the bootstraps, the figures, the PDF): 7-12 s a preset,
+# 30 s for results/' four, on a 2-core AMD EPYC VM under a load of about 3
+# (2026-12-04). An allowance for planning, above what was measured there.
+REPORT_S_PER_PRESET = 15.0
 
 
 @dataclass
@@ -59,22 +79,41 @@ class SuitePlan:
     done: list = field(default_factory=list)  # [Path] finished here
     published: list = field(default_factory=list)  # [Path] finished in a published store
     pending: list = field(default_factory=list)  # descriptions of runs not yet known
+    started_s: float = 0.0  # what this process had spent when it planned (`fill_estimates`)
+    report_s: float = 0.0  # the report built after the runs
 
     @property
     def estimate_s(self) -> float:
+        """The runs to train."""
         return sum(j.estimate_s or 0.0 for j in self.todo)
 
+    @property
+    def total_s(self) -> float:
+        """The whole command, from its start to the report: the time already spent,
+        the runs, the report."""
+        return self.started_s + self.estimate_s + self.report_s
 
-def fmt_duration(s: Optional[float]) -> str:
-    if s is None or not math.isfinite(s):
-        return "unknown"
-    s = int(round(s))
-    if s < 90:
-        return f"{s} s"
-    if s < 3600:
-        return f"{round(s / 60)} min"
-    h, m = divmod(round(s / 60), 60)
-    return f"{h} h {m:02d} min"
+
+def process_seconds() -> float:
+    """Seconds since this process started (Linux: /proc; elsewhere since this
+    module was imported, which misses the interpreter's own start)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - _IMPORTED
+
+
+_IMPORTED = time.perf_counter()
+
+
+def report_seconds(root, preset: str) -> float:
+    """The report's build after a suite of `preset` into `root` (`REPORT_S_PER_PRESET`
+    for each preset it will hold)."""
+    d = Path(root)
+    held = {p.name for p in d.iterdir() if p.is_dir() and p.name in PRESETS} if d.is_dir() else set()
+    return REPORT_S_PER_PRESET * len(held | {preset})
 
 
 def _images_per_epoch(cfg, n_train: int) -> int:
@@ -89,14 +128,12 @@ def _epochs_planned(cfg, epoch_limit: Optional[int]) -> int:
 
 def preset_history(roots, preset: str) -> list:
     """Finished runs of `preset` from every root, made on any machine (runs.Run)."""
-    from reproduce import runs
-
     out = []
     for root in roots:
         d = Path(root) / preset
         if d.is_dir():
             # A damaged run tells nothing about time; the report lists it.
-            out += [r for r in runs.iter_runs(d, damaged=[]) if r.finished]
+            out += [r for r in runs.iter_runs(d, damaged=[]) if r.status == runs.FINISHED]
     return out
 
 
@@ -116,16 +153,17 @@ def on_this_machine(runs_: list, device: Optional[str] = None) -> list:
 def expected_epochs(job: Job, runs_: list) -> Optional[float]:
     """For a run that stops at a training error: the epochs it will take, from
     `runs_` (any machine's): its label's runs (mean epochs run), else the fastest
-    rate of its learning-rate grid (the seeds run at that rate); None if unknown."""
+    of the runs that chose its settings (`selection_label`: its arm's
+    learning-rate grid, whose fastest rate the seeds run at); None if unknown."""
     if not job.cfg.train.stop_at_train_error:
         return None
     own = [len(r.metrics) for r in runs_ if r.label == job.label and r.metrics]
     if own:
         return sum(own) / len(own)
-    grid = f"{job.label}.grid"
+    chooser = selection_label(job.label)
     reached = [r.result["epochs_to_target"] for r in runs_
-               if r.label == grid and (r.result or {}).get("epochs_to_target")]
-    return min(reached) if reached and not job.label.endswith(".grid") else None
+               if chooser is not None and r.label == chooser and (r.result or {}).get("epochs_to_target")]
+    return min(reached) if reached else None
 
 
 def history_estimate(job: Job, history: list, n_train: int,
@@ -134,8 +172,6 @@ def history_estimate(job: Job, history: list, n_train: int,
     A run that stops at a target takes its epochs from `everywhere` (runs of the
     preset on any machine; default `history`): epochs to a training error belong to
     the experiment, seconds per image to the machine."""
-    from reproduce.config import experiment_identity
-
     def wall(r):
         return float((r.result or {}).get("wall_time_s") or 0.0)
 
@@ -161,10 +197,10 @@ def history_estimate(job: Job, history: list, n_train: int,
     # of a run that stops at a target are not the preset's: Figure 1's tanh net needs
     # several times the ReLU net's, and its grid has measured how many.
     target = bool(job.cfg.train.stop_at_train_error)
-    grid = f"{job.label}.grid"
+    chooser = selection_label(job.label)
     pools = [[r for r in history if r.label == job.label]]
-    if target and not job.label.endswith(".grid"):
-        pools.append([r for r in history if r.label == grid])
+    if target and chooser is not None:
+        pools.append([r for r in history if r.label == chooser])
     target_epochs = expected_epochs(job, history if everywhere is None else everywhere)
     for pool in pools + [history]:
         pool = [r for r in pool if wall(r) > 0 and r.metrics]
@@ -180,70 +216,102 @@ def history_estimate(job: Job, history: list, n_train: int,
 
 
 def _identity(run) -> Optional[dict]:
-    from reproduce.config import ConfigError, experiment_identity
-
     try:
         return experiment_identity(run.config, run.meta.get("data_id"))
     except (ConfigError, KeyError, TypeError, ValueError):
         return None
 
 
-def calibrate(cfg, data, steps: int = 6) -> tuple[float, float, float]:
+def calibrate(cfg, data, steps: int = 3, epochs: int = 3) -> tuple[float, float, float]:
     """(training images/s, fixed seconds per run, fixed seconds per epoch) of `cfg`'s
-    net on this machine: `steps` timed steps after one step that builds and
-    compiles, through the trainer's own model and compile, on uint8 batches of the
-    data's image size. A run builds and compiles twice (training, then
-    evaluation): that, twice the first step's time, is its fixed cost. The cost
-    per epoch is measured by `_epoch_cost`."""
+    net on this machine, measured as a run spends them, through the trainer's own
+    model, compile, feed, callbacks and evaluation, on one random uint8 batch of
+    the data's image size.
+
+    A `fit` of `epochs` epochs of `steps` steps each, with a one-batch validation
+    pass, into a scratch folder (`_fit_timings`) gives the step rate and what each
+    epoch costs beyond its steps and validation images (the validation pass's
+    start, the checkpoint, metrics.csv, the feed). What a run costs once, whatever
+    its length: building and compiling the net, the first epoch's extra (`fit`
+    starting, the step and the validation step traced or compiled), the final
+    evaluation's compiles (centre crop, ten views, the fc7 probe: one batch each),
+    writing the inference model, and clearing the session for the next run."""
+    import tempfile
+    from types import SimpleNamespace
+
     import keras
     import numpy as np
 
     from reproduce import train as train_lib
+    from reproduce.evaluate import evaluate, fc7_dead_fraction
+    from reproduce.model import inference_model
 
     keras.backend.clear_session()
     t_build = time.perf_counter()
-    model, _ = train_lib.build_training_model(cfg, data.stats, data.num_classes)
+    model, net = train_lib.build_training_model(cfg, data.stats, data.num_classes)
     train_lib.compile_model(model, cfg)
     b, s = cfg.train.batch_size, cfg.data.image_size
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8)
     y = rng.integers(0, data.num_classes, (b,), dtype=np.int32)
-    model.train_on_batch(x, y)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        model.train_on_batch(x, y)
-    dt = time.perf_counter() - t0
-    ips = steps * b / dt
-    per_epoch = _epoch_cost(model, cfg, x, y, ips)
+    built = time.perf_counter() - t_build
+    ips, per_epoch, first_epoch = _fit_timings(model, cfg, x, y, data.class_names, steps, epochs)
+    t_end = time.perf_counter()
+    batch = SimpleNamespace(images=x, labels=y)
+    evaluate(cfg, model, net, data.stats, batch, cfg.eval.ten_view)
+    fc7_dead_fraction(cfg, model, net, batch)
+    with tempfile.TemporaryDirectory(prefix="plan-model-") as tmp:
+        runs.write_model(tmp, inference_model(cfg, net, data.stats), data.class_names)
     keras.backend.clear_session()
-    return ips, 2 * (t0 - t_build), per_epoch
+    return ips, built + first_epoch + (time.perf_counter() - t_end), per_epoch
 
 
-def _epoch_cost(model, cfg, x, y, ips: float, epochs: int = 3) -> float:
-    """Seconds an epoch costs beyond its training steps and validation images: a
-    `fit` of one-step epochs with the trainer's own callbacks (metrics.csv, the
-    checkpoint, TensorBoard where it is written) into a scratch folder and a
-    one-batch validation pass, timed from one epoch's end to the next (the first
-    epoch compiles the validation step and is left out)."""
+def _fit_timings(model, cfg, x, y, class_names, steps: int, epochs: int) -> tuple[float, float, float]:
+    """(training images/s, seconds an epoch costs beyond its training steps and
+    validation images, seconds the first epoch costs beyond a later one) of a
+    `fit` of `epochs` epochs of `steps` steps on the batch `x`, `y`, fed as the
+    trainer feeds a run (`reproduce.train._training_feed`, the validation split
+    as `ArrayBatches`) with the trainer's callbacks, into a scratch folder. A step
+    is timed from an epoch's start to its last step's end; an epoch, from one
+    epoch's end to the next; the first, from `fit`'s start to its end (it starts
+    the callbacks and traces or compiles the steps). The later epochs count."""
     import tempfile
 
     import keras
+    import numpy as np
 
+    from reproduce import data as data_lib
+    from reproduce import train as train_lib
     from reproduce.callbacks import training_callbacks
 
+    begins: list = []
+    last_step: dict = {}
     ends: list = []
-    clock = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: ends.append(time.perf_counter()))
+    clock = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda e, logs: begins.append(time.perf_counter()),
+        on_train_batch_end=lambda i, logs: last_step.__setitem__(len(begins) - 1, time.perf_counter()),
+        on_epoch_end=lambda e, logs: ends.append(time.perf_counter()))
     nv = min(len(x), cfg.eval.batch_size)
     cfg = cfg.copy()
     cfg.train.stop_at_train_error = 0.0  # every epoch runs, whatever its error
+    cfg.train.steps_per_epoch = 0
+    train = data_lib.ImageArrays(np.concatenate([x] * steps), np.concatenate([y] * steps), list(class_names))
+    feed, feed_callbacks, steps_per_epoch = train_lib._training_feed(cfg, train, 0)
+    val = data_lib.ArrayBatches(x[:nv], y[:nv], nv, shuffle=False)
     with tempfile.TemporaryDirectory(prefix="plan-epoch-") as tmp:
-        cbs = training_callbacks(cfg, tmp, {}, len(x))
-        model.fit(x, y, batch_size=len(x), epochs=epochs, validation_data=(x[:nv], y[:nv]),
-                  validation_batch_size=nv, callbacks=[*cbs.all, clock], shuffle=False, verbose=0)
-    gaps = [b - a for a, b in zip(ends[1:], ends[2:])]
-    if not gaps:  # stopped early (a loss that turned NaN): nothing measured
-        return 0.0
-    return max(0.0, statistics.median(gaps) - (len(x) + FORWARD_SHARE * nv) / ips)
+        cbs = training_callbacks(cfg, tmp, {}, len(train))
+        t_fit = time.perf_counter()
+        model.fit(feed, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=val,
+                  callbacks=[*cbs.all, *feed_callbacks, clock], shuffle=False, verbose=0)
+    later = [e for e in range(1, len(ends)) if e in last_step]
+    if not later:  # stopped early (a loss that turned NaN): the steps alone, no epoch cost
+        spent = max(last_step.values(), default=time.perf_counter()) - t_fit
+        return steps * len(x) * max(1, len(last_step)) / max(spent, 1e-9), 0.0, 0.0
+    step_s = statistics.median(last_step[e] - begins[e] for e in later) / steps
+    epoch_s = statistics.median(ends[e] - ends[e - 1] for e in later)
+    ips = len(x) / step_s
+    per_epoch = max(0.0, epoch_s - steps * step_s - FORWARD_SHARE * nv / ips)
+    return ips, per_epoch, max(0.0, ends[0] - t_fit - epoch_s)
 
 
 def _epochs_run(job: Job, epochs: Optional[float] = None) -> float:
@@ -294,8 +362,9 @@ def fill_estimates(plan: SuitePlan, roots, preset: str, load_data=None, verbose:
         n_train = len(data.train) if data is not None else 0
         est, kind = history_estimate(job, history, n_train, everywhere)
         if est is None and data is not None:
-            key = (job.cfg.model.arch, job.cfg.model.width, job.cfg.model.towers,
-                   job.cfg.data.image_size, job.cfg.data.crop_size, job.cfg.train.batch_size)
+            c = job.cfg
+            key = (c.model.arch, c.model.width, c.model.towers, c.data.image_size, c.data.crop_size,
+                   c.train.batch_size, c.train.xla, c.train.run_eagerly, c.eval.ten_view)
             if key not in rates:
                 if verbose:
                     print(f"[ablations] measuring this machine's training rate ({job.label}, "
@@ -307,6 +376,14 @@ def fill_estimates(plan: SuitePlan, roots, preset: str, load_data=None, verbose:
             est = calibrated_estimate(job, data, rates[key], epochs)
             kind = "upper bound" if job.cfg.train.stop_at_train_error and epochs is None else "calibrated"
         job.estimate_s, job.estimate_kind = est, kind
+    plan.started_s = process_seconds()
+    plan.report_s = report_seconds(roots[0], preset) if roots else 0.0
+
+
+def _rounded_up(s: float) -> float:
+    """`s` rounded up to what `fmt_duration` shows (seconds, or whole minutes from
+    90 s), so that a total is never printed below itself."""
+    return float(math.ceil(s)) if s < 90 else 60.0 * math.ceil(s / 60)
 
 
 def print_plan(plan: SuitePlan, preset: str, device: str, out=sys.stdout) -> None:
@@ -319,8 +396,12 @@ def print_plan(plan: SuitePlan, preset: str, device: str, out=sys.stdout) -> Non
     capped = any(j.estimate_kind == "upper bound" for j in plan.todo)
     if plan.todo:
         print(f"[ablations] estimated time on this machine ({device}): "
-              + ("at most " if capped else "") + fmt_duration(plan.estimate_s)
-              + (f" ({', '.join(kinds)})" if kinds else ""), file=out)
+              + ("at most " if capped else "") + fmt_duration(_rounded_up(plan.total_s)) + " in all"
+              + (f" ({', '.join(kinds)})" if kinds else "")
+              + f": the runs ~{fmt_duration(plan.estimate_s)}"
+              + (f", then the report ~{fmt_duration(plan.report_s)}" if plan.report_s else "")
+              + (f", after the {fmt_duration(plan.started_s)} spent starting and measuring"
+                 if plan.started_s else ""), file=out)
         if capped:
             print("    (runs that stop at a training-error target are counted at their "
                   "train.epochs cap; they usually stop far sooner)", file=out)
@@ -332,10 +413,10 @@ def print_plan(plan: SuitePlan, preset: str, device: str, out=sys.stdout) -> Non
             print(f"    {label:28s} {n} run(s)  ~{fmt_duration(s)}", file=out)
     for p in plan.pending:
         print(f"    {p}", file=out)
-    if plan.estimate_s > LONG_SUITE_S:
+    if plan.total_s > LONG_SUITE_S:
         smaller = SMALLER.get(preset)
         print(f"[ablations] note: this suite would take {'up to' if capped else 'about'} "
-              f"{fmt_duration(plan.estimate_s)} here." + (f" PRESET={smaller} is the tier sized for this kind of machine."
+              f"{fmt_duration(_rounded_up(plan.total_s))} here." + (f" PRESET={smaller} is the tier sized for this kind of machine."
                          if smaller else ""), file=out)
     out.flush()
 

@@ -1,6 +1,10 @@
-"""Runs ablations: the baseline and the variant for each seed, skipping finished runs.
+"""Runs ablations: the runs each one's kind asks for, skipping finished runs.
 
-Every run goes through `reproduce.train.train` into a directory named by
+What an ablation runs is its kind's (`ablations.kinds`: a baseline and a variant
+arm per seed, the baseline's runs alone, or a learning-rate grid on a selection
+seed and then the seeds); the kind walks its runs through `Runner.run_one`, and
+only the runner trains. Every run goes through `reproduce.train.train` into a
+directory named by
 `reproduce.runs.run_dir(root, preset, label, fingerprint, seed)`, so a run that
 already finished with the same configuration and seed is never repeated, an
 interrupted one resumes, and runs copied in from other machines accumulate.
@@ -15,25 +19,16 @@ run is trained once however many runners there are, on however many machines.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from pathlib import Path
 from typing import Iterable, Optional
 
-from ablations.registry import (
-    GRID_MAX_EXTENSIONS,
-    GRID_EXTEND_FACTOR,
-    GRID_SEED,
-    Ablation,
-    for_preset,
-    get_ablation,
-    grid_rank,
-    next_grid_rate,
-)
+from ablations.kinds import kind_of
 from ablations.plan import Job, Progress, SuitePlan, fill_estimates, print_plan
+from ablations.registry import Ablation, for_preset, get_ablation
 from reproduce import runs
-from reproduce.config import Config, apply_overrides, validate
+from reproduce.config import Config, apply_overrides, get_config, validate
 
 
 def parse_seeds(seeds) -> list[int]:
@@ -67,10 +62,6 @@ def parse_worker(spec) -> tuple[int, int]:
         raise ValueError(f"--worker {spec!r}: expected I/N with 0 <= I < N, e.g. 0/4 ... 3/4 "
                          "(SLURM: --array=0-3 and --worker $SLURM_ARRAY_TASK_ID/4)")
     return i, n
-
-
-class _ArmHeld(Exception):
-    """A Figure 1 grid run is held by another process: the arm is left to it."""
 
 
 def _with_seed(cfg: Config, seed: int) -> Config:
@@ -112,11 +103,18 @@ class Runner:
         self.plan_ = SuitePlan()
         self.failed: list = []  # (run_dir, message)
         self.held: dict = {}  # run_dir -> message: being trained by another process
-        self._held_now: Optional[str] = None
+        # The run the last run_one left to another process (its holder, or the worker
+        # whose share it is), for the kinds whose next runs depend on it.
+        self.passed_on: Optional[str] = None
         self.trained = 0
         self._dry = False
         self._seen: set = set()
         self._progress: Optional[Progress] = None
+
+    @property
+    def dry(self) -> bool:
+        """Planning: `run_one` lists the runs it would train, and trains none."""
+        return self._dry
 
     # -- configuration of each arm ------------------------------------------------------
 
@@ -126,8 +124,6 @@ class Runner:
 
     def baseline_config(self, ab: Optional[Ablation] = None) -> Config:
         if ab is None:
-            from reproduce.config import get_config
-
             return self._extra(get_config(self.preset))
         return self._extra(ab.base_config(self.preset))
 
@@ -137,25 +133,35 @@ class Runner:
     # -- running ------------------------------------------------------------------------
 
     def _finished(self, label: str, cfg: Config, seed: int, epoch_limit, diverged_is_final=False):
-        """(run_dir under root, where it is finished: "done"/"published"/None, result).
-        With `diverged_is_final`, a run that diverged counts as finished, with no result."""
-        fp = cfg.fingerprint()
+        """(run_dir under root, where it is finished: "done"/"published"/None, result),
+        from the run's status (`reproduce.runs.read_status`): FINISHED and not to be
+        extended under `epoch_limit`, here or in a published store; with
+        `diverged_is_final`, DIVERGED too (with the result it had before, if it
+        diverged when extended)."""
+        from reproduce.devices import resolved_config  # imports Keras
+
+        # The identity the trainer gives the run: "auto" precision as it resolves here.
+        fp = resolved_config(cfg).fingerprint()
         d = runs.run_dir(self.root, self.preset, label, fp, seed)
-        if runs.is_finished(d) and not runs.can_extend(d, epoch_limit):
-            return d, "done", runs.read_json(d / runs.RESULT)
-        for store in self.published:
-            p = runs.run_dir(store, self.preset, label, fp, seed)
-            if runs.is_finished(p) and not runs.can_extend(p, epoch_limit):
-                return d, "published", runs.read_json(p / runs.RESULT)
+        places = [("done", d)] + [("published", runs.run_dir(store, self.preset, label, fp, seed))
+                                  for store in self.published]
+        status = [runs.read_status(p) for _, p in places]
+        for (where, p), st in zip(places, status):
+            if st == runs.FINISHED and not runs.can_extend(p, epoch_limit):
+                return d, where, runs.read_result(p)
         if diverged_is_final:
-            for where, p in [("done", d)] + [("published", runs.run_dir(store, self.preset, label, fp, seed))
-                                             for store in self.published]:
-                if runs.is_diverged(p):  # with the result it had before, if it was an extension
-                    return d, where, runs.read_json(p / runs.RESULT) if runs.is_finished(p) else None
+            for (where, p), st in zip(places, status):
+                if st == runs.DIVERGED:
+                    return d, where, runs.read_result(p)
         return d, None, None
 
     def run_one(self, label: str, cfg: Config, seed: int,
                 epoch_limit: Optional[int] = None, diverged_is_final: bool = False) -> Optional[dict]:
+        """Train the run of `label`, `cfg` and `seed` unless it is finished (here or
+        published), or list it when planning; its result, or None. `epoch_limit`
+        caps its epochs; with `diverged_is_final` a run that diverged is an answer,
+        not a failure (see `ablations.kinds.base.Runs`)."""
+        self.passed_on = None
         cfg = _with_seed(cfg, seed)
         d, where, result = self._finished(label, cfg, seed, epoch_limit, diverged_is_final)
         key = str(d)
@@ -173,7 +179,7 @@ class Runner:
                 self.plan_.todo.append(Job(label, seed, d, cfg, epoch_limit))
             return None
         if self._share is not None and key not in self._share:
-            self._held_now = key  # another worker's share, on this first pass
+            self.passed_on = key  # another worker's share, on this first pass
             return None
         holder = runs.holder(d)
         if holder is not None:
@@ -202,7 +208,7 @@ class Runner:
         except train_lib.TrainingDiverged as e:
             if diverged_is_final:  # a grid rate that does not train: an answer, not a failure
                 print(f"[ablations] {d} diverged: recorded as this learning rate's answer ({e})", flush=True)
-                return runs.read_json(d / runs.RESULT) if runs.is_finished(d) else None
+                return runs.read_result(d)
             self.failed.append((d, str(e)))
             print(f"[ablations] FAILED {d}: {e}", file=sys.stderr)
             return None
@@ -224,7 +230,7 @@ class Runner:
         if key not in self.held:
             print(f"[ablations] moving on: {why}", flush=True)
         self.held[key] = why
-        self._held_now = key
+        self.passed_on = key
         if self._progress is not None:
             self._progress.drop(d)
         return None
@@ -237,9 +243,9 @@ class Runner:
     def _check_overrides(self, ab: Ablation) -> None:
         """A user override of a key the ablation itself changes would make the two
         arms identical (or change the question): refuse it."""
-        touched = set(ab.variant_overrides(self.preset)) | set(ab.both_arms_overrides(self.preset))
-        if ab.lr_grid:
-            touched.add("train.learning_rate")
+        kind = kind_of(ab)
+        kind.check(ab)
+        touched = kind.touched_keys(ab, self.preset)
         mine = {o.split("=", 1)[0].strip() for o in self.overrides}
         clash = sorted(mine & touched)
         if clash:
@@ -255,76 +261,7 @@ class Runner:
                 f"ablation {ab.name!r} does not apply to preset {self.preset!r} "
                 f"(it applies to: {', '.join(ab.presets)})"
             )
-        if ab.lr_grid:
-            self._run_lr_grid_ablation(ab)
-            return
-        base = self.baseline_config(ab)
-        for s in self.seeds:
-            self.run_one(ab.base_label, base, s)
-        if ab.kind == "eval":
-            return  # both arms come from the baseline runs' two evaluations
-        var = self.variant_config(ab)
-        for s in self.seeds:
-            self.run_one(ab.name, var, s)
-
-    def _run_lr_grid_ablation(self, ab: Ablation) -> None:
-        """Figure 1 (§3.1): 'the learning rates for each network were chosen
-        independently to make training as fast as possible'. Each arm tries the
-        grid's rates on GRID_SEED (not a measured seed, so the reported runs are not
-        the ones picked for being fastest), the middle two first, then the untried
-        rate nearest the fastest so far (`next_grid_rate`). A grid run
-        stops once it has used as many epochs as the fastest finished rate needed
-        (it can at best tie; it is then censored). The fastest rate (`grid_rank`)
-        is chosen; if it lies at the edge of the grid, the grid grows by
-        GRID_EXTEND_FACTOR on that side first. Then the seeds run at that rate."""
-        for label, cfg in ((ab.base_label, self.baseline_config(ab)), (ab.name, self.variant_config(ab))):
-            try:
-                self._run_lr_grid_arm(ab, label, cfg)
-            except _ArmHeld as e:
-                # Each grid run's epoch cap and the rate the seeds use depend on the
-                # grid runs before it: the arm is left to the process that holds one
-                # (it walks the grid in the same order and then trains the seeds), or,
-                # on a worker's first pass, to the worker whose share the run is.
-                if e.args[0] in self.held:
-                    print(f"[ablations] {label}: another process is training its "
-                          "learning-rate grid and then its seeds; moving on", flush=True)
-
-    def _run_lr_grid_arm(self, ab: Ablation, label: str, cfg: Config) -> None:
-        ranks: dict = {}
-
-        def try_rate(lr: float) -> None:
-            c = cfg.copy()
-            c.train.learning_rate = float(lr)
-            reached = [r[0] for r in ranks.values() if r[0] != math.inf]
-            cap = int(min(reached)) if reached else None
-            self._held_now = None
-            # A rate that diverged has given its answer (it does not train): not retried.
-            r = self.run_one(f"{label}.grid", c, GRID_SEED, epoch_limit=cap, diverged_is_final=True)
-            if self._held_now:
-                raise _ArmHeld(self._held_now)
-            ranks[float(lr)] = (grid_rank(r.get("epochs_to_target"), r.get("train_top1_err"))
-                                if r else (math.inf, math.inf))
-
-        while (lr := next_grid_rate(ab.lr_grid, ranks)) is not None:
-            try_rate(lr)
-        for _ in range(GRID_MAX_EXTENSIONS):
-            best = min(ranks, key=lambda lr: (ranks[lr], lr))
-            if best == min(ranks) and ranks[best][0] != math.inf:
-                try_rate(best / GRID_EXTEND_FACTOR)
-            elif best == max(ranks) and ranks[best][0] != math.inf:
-                try_rate(best * GRID_EXTEND_FACTOR)
-            else:
-                break
-        best = min(ranks, key=lambda lr: (ranks[lr], lr))
-        chosen = cfg.copy()
-        chosen.train.learning_rate = best
-        if self.verbose and not self._dry:
-            e = ranks[best][0]
-            print(f"[ablations] {label}: learning rate {best:g} chosen from "
-                  f"{', '.join(f'{lr:g}' for lr in sorted(ranks))} (epochs to target "
-                  f"{'not reached' if e == math.inf else int(e)})", flush=True)
-        for s in self.seeds:
-            self.run_one(label, chosen, s)
+        kind_of(ab).walk(ab, self)
 
     # -- the suite ----------------------------------------------------------------------
 
@@ -358,10 +295,8 @@ class Runner:
             self._walk(abls, names is None if baseline is None else baseline)
         finally:
             self._dry = False
-        if any(j.label.endswith(".grid") for j in self.plan_.todo):  # the seeds' rate is not known yet
-            self.plan_.pending.append(
-                "(Figure 1: grid rates stop early once they cannot win; the grid may grow "
-                f"by x{GRID_EXTEND_FACTOR:g} at an edge, up to {GRID_MAX_EXTENSIONS} more rates per arm)")
+        for ab in abls:  # runs decided as the suite goes
+            self.plan_.pending += kind_of(ab).plan_notes(ab, self.plan_.todo)
         plan, self._seen = self.plan_, set()
         self.plan_ = SuitePlan()
         return plan

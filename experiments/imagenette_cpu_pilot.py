@@ -63,7 +63,7 @@ CANDIDATES = {
 
 
 def suite_runs(preset: str = "imagenette", seeds: int = 3) -> int:
-    trained = [a for a in for_preset(preset) if a.kind == "train" and not a.lr_grid]
+    trained = [a for a in for_preset(preset) if a.kind == "paired"]
     return (1 + len(trained)) * seeds
 
 

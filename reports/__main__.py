@@ -6,10 +6,13 @@ import argparse
 import shlex
 import sys
 
+from reports.readme import update_readme
+from reports.report import ReportError, build_report
+from reproduce.config import PRESETS
+from reproduce.runs import default_root
+
 
 def main(argv=None) -> int:
-    from reproduce.runs import default_root
-
     ap = argparse.ArgumentParser(
         prog="python -m reports",
         description="Build report.md, report.pdf, figures/*.png, runs.csv and claims.csv from run directories "
@@ -21,12 +24,8 @@ def main(argv=None) -> int:
     ap.add_argument("--readme", default=None, metavar="README.md",
                     help="also write the summary table into this file's results block")
     args = ap.parse_args(argv)
-    from reproduce.config import PRESETS
-
     if args.preset is not None and args.preset not in PRESETS:
         ap.error(f"unknown preset {args.preset!r}; choose one of: {', '.join(PRESETS)}")
-    from reports.report import ReportError, build_report, update_readme
-
     argv = sys.argv[1:] if argv is None else list(argv)
     command = shlex.join(["python", "-m", "reports", *argv])
     try:

@@ -2,8 +2,8 @@
 
 Runs are read only through `reproduce.runs`. A *group* is every run with the same
 preset, label and configuration fingerprint (one per seed). A run is *counted*
-only when it finished (``result.json`` with status ok) and left no
-``failure.json``; every other run is listed, never averaged in.
+only when its status (`reproduce.runs.Run.status`) is finished; every other
+run is listed, never averaged in.
 
 When a label has several groups (the configuration changed between attempts),
 the comparison for an ablation picks a (baseline group, variant group) pair whose
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
-from reproduce import runs as R
+from reproduce import runs
 from reproduce.config import (
     PRESETS,
     RENAMED,
@@ -37,21 +37,27 @@ from reproduce.config import (
     valid_keys,
     validate,
 )
+from reproduce.sources import is_local as is_local_source
+from reproduce.sources import local_name, names_itself, tfds_dataset
 
 
-def is_counted(run: R.Run) -> bool:
-    return run.finished and run.failure is None
+def is_counted(run: runs.Run) -> bool:
+    """The report averages finished runs only (`reproduce.runs.Run.status`); a
+    diverged, failed or unfinished run is listed, never averaged in."""
+    return run.status == runs.FINISHED
 
 
-def run_status(run: R.Run) -> str:
-    if is_counted(run):
+def run_status(run: runs.Run) -> str:
+    """The run's status as the report's tables write it."""
+    status = run.status
+    if status == runs.FINISHED:
         return "finished"
-    if run.failure is not None:
-        return "failed: " + str(run.failure.get("reason", "unknown reason"))
+    if status in (runs.DIVERGED, runs.FAILED):
+        return "failed: " + str((run.failure or {}).get("reason", "unknown reason"))
     return f"unfinished ({len(run.metrics)} epochs logged)"
 
 
-def run_date(run: R.Run) -> str:
+def run_date(run: runs.Run) -> str:
     return str(run.env.get("date") or "")
 
 
@@ -65,19 +71,17 @@ def _date_key(s: str) -> float:
         return -math.inf
 
 
-def data_id(run: R.Run) -> str:
+def data_id(run: runs.Run) -> str:
     """The dataset identity recorded with the run (runs made before it was
     recorded: the source's file name)."""
     d = run.meta.get("data_id")
     if d:
         return str(d)
     src = str(run.config.get("data", {}).get("source", ""))
-    if src == "synthetic" or src.startswith("tfds:"):
-        return src
-    return os.path.basename(os.path.normpath(src))
+    return src if names_itself(src) else local_name(src)
 
 
-def fingerprint(run: R.Run) -> str:
+def fingerprint(run: runs.Run) -> str:
     """The run's experiment fingerprint, recomputed by the one rule
     (`reproduce.config.experiment_identity`) from its config.json, so runs stored
     by older code that lacked a key, or by another machine, group together."""
@@ -87,7 +91,7 @@ def fingerprint(run: R.Run) -> str:
         return str(run.meta.get("fingerprint") or "?")
 
 
-def flat_config(run: R.Run) -> dict:
+def flat_config(run: runs.Run) -> dict:
     """Every identity key of the run (defaults filled in), for diffs and pairing."""
     try:
         return canonical_flat(run.config, data_id(run))
@@ -95,7 +99,7 @@ def flat_config(run: R.Run) -> dict:
         return {}
 
 
-def learning_rate(run: R.Run) -> Optional[float]:
+def learning_rate(run: runs.Run) -> Optional[float]:
     lr = run.config.get("train", {}).get("learning_rate")
     return float(lr) if lr is not None else None
 
@@ -126,17 +130,17 @@ class Group:
 
     @property
     def flat(self) -> dict:
-        runs = self.counted or self.runs
-        return flat_config(runs[0]) if runs else {}
+        chosen = self.counted or self.runs
+        return flat_config(chosen[0]) if chosen else {}
 
     def by_seed(self) -> dict:
         return {r.seed: r for r in self.counted}
 
 
-def group_runs(runs: Iterable[R.Run]) -> dict:
+def group_runs(found: Iterable[runs.Run]) -> dict:
     """{preset: {label: [Group, ...]}} for the given runs."""
     out: dict = {}
-    for run in runs:
+    for run in found:
         labels = out.setdefault(run.preset, {})
         groups = labels.setdefault(run.label, {})
         fp = fingerprint(run)
@@ -151,11 +155,11 @@ def load(root, damaged: Optional[list] = None) -> dict:
     damaged = [] if damaged is None else damaged
 
     def readable():
-        for run in R.iter_runs(root, damaged):
+        for run in runs.iter_runs(root, damaged):
             try:
                 run.val_correct()
                 run.conv1_kernels()
-            except R.RunFileError as e:
+            except runs.RunFileError as e:
                 damaged.append(e)
                 continue
             yield run
@@ -163,7 +167,7 @@ def load(root, damaged: Optional[list] = None) -> dict:
     return group_runs(readable())
 
 
-def oddities(run: R.Run) -> list:
+def oddities(run: runs.Run) -> list:
     """What in a readable run's files this code does not expect, as short phrases
     (none for a run written by this code): configuration keys it does not know
     (written by newer code, or by hand) or that were removed since (older code,
@@ -189,15 +193,15 @@ def oddities(run: R.Run) -> list:
 
 def odd_runs(grouped: dict) -> list:
     """[(run, [oddities])] of every run in `group_runs`' output that has any, by path."""
-    runs = [r for labels in grouped.values() for groups in labels.values() for g in groups for r in g.runs]
-    return [(r, o) for r in sorted(runs, key=lambda r: str(r.path)) if (o := oddities(r))]
+    every_run = [r for labels in grouped.values() for groups in labels.values() for g in groups for r in g.runs]
+    return [(r, o) for r in sorted(every_run, key=lambda r: str(r.path)) if (o := oddities(r))]
 
 
 # --------------------------------------------------------------------------------------
 # What a run was trained and evaluated on
 # --------------------------------------------------------------------------------------
 
-# Shared-data copies whose pixels differ from the original files.
+# Known re-encoded copies of public datasets: their pixels differ from the original files.
 LOSSY = {
     "cifar10-jpeg": "a lossy JPEG copy of CIFAR-10",
     "imagenette-144-webp": "a lossy WebP copy of Imagenette at 144 px",
@@ -205,7 +209,7 @@ LOSSY = {
 _TFDS_NAMES = {"imagenet2012": "ILSVRC-2012", "cifar10": "CIFAR-10", "imagenette": "Imagenette"}
 
 
-def dataset_name(run: R.Run) -> str:
+def dataset_name(run: runs.Run) -> str:
     """The data set a run used, from its recorded source: a TFDS name the report
     knows ("ILSVRC-2012", "CIFAR-10", "Imagenette"), "synthetic", a known lossy
     copy, or "local files <name>" (content recorded by hash only)."""
@@ -214,16 +218,15 @@ def dataset_name(run: R.Run) -> str:
     if ident == "synthetic" or src == "synthetic":
         return "synthetic"
     for s in (ident, src):
-        if s.startswith("tfds:"):
-            base = s[5:].split("/")[0].split(":")[0]
-            return _TFDS_NAMES.get(base, f"TFDS {s[5:]}")
+        if tfds_dataset(s):
+            return _TFDS_NAMES.get(tfds_dataset(s), f"TFDS {s[5:]}")
     lossy = [v for k, v in LOSSY.items() if k in src]
     if lossy:
         return lossy[0]
-    return f"local files {os.path.basename(os.path.normpath(src)) or '?'}"
+    return f"local files {local_name(src) or '?'}"
 
 
-def setting_match(run: Optional[R.Run], setting: str) -> str:
+def setting_match(run: Optional[runs.Run], setting: str) -> str:
     """Whether a run's data set is the one a claim was measured on (`Claim.setting`,
     e.g. "ILSVRC-2012 val"): "yes: ...", "no: ..." or "unverified: ..." (local
     files, which the run identifies only by a hash)."""
@@ -238,7 +241,7 @@ def setting_match(run: Optional[R.Run], setting: str) -> str:
     return f"no: {ours} (the paper: {setting})"
 
 
-def num_classes(run: R.Run) -> Optional[int]:
+def num_classes(run: runs.Run) -> Optional[int]:
     """Classes of the run's data: env.json "num_classes", else from the labels in
     val_correct.npz, else the configuration (model.num_classes, the synthetic
     source's class count)."""
@@ -257,7 +260,7 @@ def num_classes(run: R.Run) -> Optional[int]:
     return None
 
 
-def n_val(run: R.Run) -> Optional[int]:
+def n_val(run: runs.Run) -> Optional[int]:
     """Validation images the run was evaluated on (result.json, else val_correct)."""
     n = (run.result or {}).get("n_val")
     if isinstance(n, int) and n > 0:
@@ -399,18 +402,14 @@ REPO = Path(__file__).resolve().parents[1]
 _PATH_WORD = re.compile(r"(?<![\w.~/:$-])(?:~|\.\.?)?/[^\s'\"`,;=()\[\]{}<>|]+")
 
 
-def is_local_source(source: str) -> bool:
-    """A `data.source` naming files on a disk (not TFDS, not synthetic data)."""
-    return bool(source) and source != "synthetic" and not source.startswith("tfds:")
-
-
 def portable(text: str, data_sources: Iterable[str] = (), repo: Optional[Path] = None) -> str:
     """`text` (a command line, a folder) with no path of the machine it ran on, so a
     committed report reads the same wherever it was built: a local data source
     (any of `data_sources`, as recorded in `data.source`) becomes its file name (the
     report names the file's digest beside it), an absolute path inside the
-    repository becomes relative to it, and any other absolute or home path becomes
-    its base name. Relative paths that are not data are kept."""
+    repository becomes relative to it, and any other absolute or home path, or a
+    relative one that leaves the folder ("../x"), becomes its base name. Other
+    relative paths that are not data are kept."""
     repo = os.path.normpath(str(repo if repo is not None else REPO))
     sources = {os.path.normpath(os.path.expanduser(s)) for s in data_sources if is_local_source(str(s))}
 
@@ -422,7 +421,8 @@ def portable(text: str, data_sources: Iterable[str] = (), repo: Optional[Path] =
         if norm in sources:
             return os.path.basename(norm) + trail
         if not os.path.isabs(norm):
-            return word + trail
+            # A path out of the folder it ran in ("../data/x") names nothing on a reader's machine.
+            return (os.path.basename(norm) if norm.startswith(".." + os.sep) else word) + trail
         if norm == repo:
             return "." + trail
         if norm.startswith(repo + os.sep):
@@ -430,7 +430,7 @@ def portable(text: str, data_sources: Iterable[str] = (), repo: Optional[Path] =
         return (os.path.basename(norm) or word) + trail
 
     text = str(text)
-    for s in sorted(sources, key=len, reverse=True):  # a relative data path ("shared/x.tar") too
+    for s in sorted(sources, key=len, reverse=True):  # a relative data path ("data/x.tar") too
         if not s.startswith(("/", ".")):
             text = re.sub(r"(?<![\w./~-])" + re.escape(s) + r"(?![\w/-]|\.\w)", os.path.basename(s), text)
     return _PATH_WORD.sub(rewrite, text)

@@ -14,8 +14,8 @@ import json
 import math
 from pathlib import Path
 
-from reports import collect as C
-from reports import stats as S
+from reports import collect
+from reports import stats
 
 RUN_COLUMNS = [
     "preset", "label", "seed", "fingerprint", "status", "counted", "epochs", "epochs_configured",
@@ -55,21 +55,21 @@ def run_rows(analyses: dict, damaged: list, root) -> tuple[list, list]:
     for preset, an in analyses.items():
         bg = an.baseline_group()
         runs = sorted(an.runs, key=lambda r: (r.label, r.seed, str(r.path)))
-        ref = bg.flat if bg is not None else (C.flat_config(runs[0]) if runs else {})
+        ref = bg.flat if bg is not None else (collect.flat_config(runs[0]) if runs else {})
         for r in runs:
-            flat = C.flat_config(r)
+            flat = collect.flat_config(r)
             res, env = r.result or {}, r.env
             row = {
-                "preset": preset, "label": r.label, "seed": r.seed, "fingerprint": C.fingerprint(r),
-                "status": C.run_status(r), "counted": C.is_counted(r),
+                "preset": preset, "label": r.label, "seed": r.seed, "fingerprint": collect.fingerprint(r),
+                "status": collect.run_status(r), "counted": collect.is_counted(r),
                 "epochs": res.get("epochs", len(r.metrics)),
                 "epochs_configured": r.config.get("train", {}).get("epochs"),
                 "epochs_to_target": res.get("epochs_to_target"), "censored": res.get("censored"),
                 "wall_time_s": res.get("wall_time_s"), "images_per_s": res.get("images_per_s"),
-                "dataset": C.dataset_name(r), "num_classes": C.num_classes(r),
+                "dataset": collect.dataset_name(r), "num_classes": collect.num_classes(r),
                 "device": env.get("device"), "host": env.get("host"), "processor": env.get("processor"),
                 "backend": env.get("backend") or env.get("keras_backend"), "date": env.get("date"),
-                "path": C.relpath(r.path, root),
+                "path": collect.relpath(r.path, root),
             }
             for k in _POINTS:
                 v = res.get(k)
@@ -83,7 +83,7 @@ def run_rows(analyses: dict, damaged: list, root) -> tuple[list, list]:
         flat = row.pop("_flat")
         row.update({k: flat.get(k) for k in keys})
     for e in damaged:
-        rows.append({"status": f"damaged: {e.problem}", "counted": False, "path": C.relpath(e.path, root)})
+        rows.append({"status": f"damaged: {e.problem}", "counted": False, "path": collect.relpath(e.path, root)})
     return rows, sorted(keys)
 
 
@@ -97,8 +97,8 @@ def claim_rows(analyses: dict) -> list:
                 shown = r.ci  # the interval beside the verdict (log epochs for a ratio)
                 scale = (lambda x: x) if ratio else (lambda x: 100.0 * x)  # noqa: E731
                 if ratio:
-                    shown = S.Interval(*(math.exp(x) if math.isfinite(x) else x
-                                         for x in (shown.estimate, shown.lo, shown.hi)), shown.method)
+                    shown = stats.Interval(*(math.exp(x) if math.isfinite(x) else x
+                                             for x in (shown.estimate, shown.lo, shown.hi)), shown.method)
                 mde = (math.exp(r.mde) if ratio else 100.0 * r.mde) if math.isfinite(r.mde) else None
                 rows.append({
                     "preset": preset, "ablation": comp.name, "section": c.section, "metric": r.label or r.metric,

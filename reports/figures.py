@@ -24,7 +24,7 @@ class FigureFile:
     height_in: float
 
 
-def _plt():
+def styled_pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -35,7 +35,7 @@ def _plt():
     return plt, sns
 
 
-def _wrap(text: str, width_in: float, fontsize: float) -> str:
+def wrap_title(text: str, width_in: float, fontsize: float) -> str:
     """`text` broken into lines that fit `width_in` inches at `fontsize` points
     (an average Helvetica/DejaVu character is about 0.55 em wide), so a long title
     is never cut at the figure's edges."""
@@ -45,7 +45,7 @@ def _wrap(text: str, width_in: float, fontsize: float) -> str:
     return textwrap.fill(text, chars)
 
 
-def _save(fig, path: Path) -> FigureFile:
+def save(fig, path: Path) -> FigureFile:
     path.parent.mkdir(parents=True, exist_ok=True)
     w, h = fig.get_size_inches()
     fig.savefig(path, dpi=DPI, bbox_inches=None, metadata={"Software": None})
@@ -55,7 +55,7 @@ def _save(fig, path: Path) -> FigureFile:
     return FigureFile(path, float(w), float(h))
 
 
-def _curve_frame(runs: list, column: str, arm: str):
+def curve_frame(runs: list, column: str, arm: str):
     import pandas as pd
 
     rows = []
@@ -68,7 +68,7 @@ def _curve_frame(runs: list, column: str, arm: str):
     return pd.DataFrame(rows, columns=["epoch", "err", "seed", "arm"])
 
 
-def _band(ax, df, color, linestyle, label, seeds_too=False):
+def draw_band(ax, df, color, linestyle, label, seeds_too=False):
     """Mean over seeds per epoch with a +-1 sd band, drawn only over the epochs every
     seed reached (runs that stop early would otherwise bend the mean); with
     `seeds_too` (or where the seeds' lengths differ) each seed is also drawn thin."""
@@ -89,7 +89,7 @@ def _band(ax, df, color, linestyle, label, seeds_too=False):
         ax.fill_between(x, (mean - sd)[full], (mean + sd)[full], color=color, alpha=0.18, linewidth=0)
 
 
-def _integer_epochs(ax):
+def integer_epochs(ax):
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -97,30 +97,29 @@ def _integer_epochs(ax):
 
 def learning_curves(comparisons: list, path: Path, title: str) -> Optional[FigureFile]:
     """Validation top-1 error vs epoch, baseline (solid) vs variant (dashed), per ablation."""
-    panels = [c for c in comparisons if c.ablation.kind == "train" and c.claim.metric != "epochs"
-              and c.pair.base is not None and c.pair.variant is not None]
+    panels = [c for c in comparisons if c.curves and c.pair.base is not None and c.pair.variant is not None]
     if not panels:
         return None
-    plt, sns = _plt()
+    plt, sns = styled_pyplot()
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows + 0.5), squeeze=False, sharey=False)
     colors = sns.color_palette("colorblind", 2)
     for ax, comp in zip(axes.flat, panels):
-        b = _curve_frame(comp.pair.base.counted, "val_top1_err", comp.base_label)
-        v = _curve_frame(comp.pair.variant.counted, "val_top1_err", comp.variant_label)
-        _band(ax, b, colors[0], "-", f"{comp.base_label} (n={b.seed.nunique()})")
-        _band(ax, v, colors[1], "--", f"{comp.variant_label} (n={v.seed.nunique()})")
+        b = curve_frame(comp.pair.base.counted, "val_top1_err", comp.base_label)
+        v = curve_frame(comp.pair.variant.counted, "val_top1_err", comp.variant_label)
+        draw_band(ax, b, colors[0], "-", f"{comp.base_label} (n={b.seed.nunique()})")
+        draw_band(ax, v, colors[1], "--", f"{comp.variant_label} (n={v.seed.nunique()})")
         ax.set_title(comp.name, fontsize=10)
         ax.set_xlabel("epoch")
-        _integer_epochs(ax)
+        integer_epochs(ax)
         ax.set_ylabel("val top-1 error (%)")
         ax.legend(fontsize=7, loc="upper right")
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    fig.suptitle(_wrap(title + " (mean over seeds, band = +-1 sd)", fig.get_size_inches()[0], 11), fontsize=11)
+    fig.suptitle(wrap_title(title + " (mean over seeds, band = +-1 sd)", fig.get_size_inches()[0], 11), fontsize=11)
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 # The delta chart's axis: effects of a few points are what most claims are about
@@ -158,7 +157,7 @@ def delta_chart(rows: list, path: Path, title: str) -> Optional[FigureFile]:
     panels = {k: v for k, v in panels.items() if v}
     if not panels:
         return None
-    plt, sns = _plt()
+    plt, sns = styled_pyplot()
     height = max(2.6, 1.4 + 0.42 * max(len(v) for v in panels.values()))  # room for a two-row legend
     fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), height), squeeze=False)
     blue, orange = sns.color_palette("colorblind", 2)
@@ -226,9 +225,9 @@ def delta_chart(rows: list, path: Path, title: str) -> Optional[FigureFile]:
     ncol = min(len(handles), 2 * len(panels))  # one panel: two columns, so the legend fits its width
     legend_rows = math.ceil(len(handles) / ncol)
     fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
-    fig.suptitle(_wrap(title, fig.get_size_inches()[0], 11), fontsize=11)
+    fig.suptitle(wrap_title(title, fig.get_size_inches()[0], 11), fontsize=11)
     fig.tight_layout(rect=(0, min(0.4, (0.12 + 0.2 * legend_rows) / height), 1, 1))
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def kernel_mosaic(kernels: dict, cols: int = 16, pad: int = 1) -> tuple[np.ndarray, list]:
@@ -283,7 +282,7 @@ def conv1_grid(kernels: dict, path: Path, title: str) -> Optional[FigureFile]:
     img, spans = kernel_mosaic(kernels)
     if not spans:
         return None
-    plt, _ = _plt()
+    plt, _ = styled_pyplot()
     h, w = img.shape[:2]
     fw = 9.0
     fh = max(1.6, fw * h / w + 0.7)
@@ -297,33 +296,6 @@ def conv1_grid(kernels: dict, path: Path, title: str) -> Optional[FigureFile]:
     for t, y, n in spans:
         name = "one tower" if t == "single" else f"tower {t}"
         ax.text(-2, y + 4, f"{name}\n({n})", ha="right", va="top", fontsize=8)
-    ax.set_title(_wrap(title, fig.get_size_inches()[0], 10), fontsize=10)
+    ax.set_title(wrap_title(title, fig.get_size_inches()[0], 10), fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
-
-
-def figure1(fig1, path: Path, title: str) -> Optional[FigureFile]:
-    """The paper's Figure 1: training error vs epochs, ReLU solid blue, tanh dashed
-    orange (the colour-blind palette: the arms differ in hue and in line style),
-    the target as a dotted grey line, +-1 sd seed bands."""
-    if not fig1.base_runs and not fig1.variant_runs:
-        return None
-    plt, sns = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    b = _curve_frame(fig1.base_runs, "top1_err", "ReLU")
-    v = _curve_frame(fig1.variant_runs, "top1_err", "tanh")
-    relu, tanh = sns.color_palette("colorblind", 2)
-    lr = lambda x: f", lr {x:g}" if x is not None else ""  # noqa: E731
-    _band(ax, b, relu, "-", f"ReLU{lr(fig1.base_lr)} (n={b.seed.nunique()})", seeds_too=True)
-    _band(ax, v, tanh, "--", f"tanh{lr(fig1.variant_lr)} (n={v.seed.nunique()})", seeds_too=True)
-    ax.axhline(100 * fig1.target, color="0.25", linestyle=":", linewidth=1.2,
-               label=f"{fig1.target:.0%} training error")
-    ax.set_xlabel("epochs")
-    _integer_epochs(ax)
-    ax.set_ylabel("training error rate (%)")
-    ax.set_ylim(bottom=0)
-    ax.set_xlim(left=0)
-    ax.legend(fontsize=8)
-    ax.set_title(_wrap(title, fig.get_size_inches()[0], 10), fontsize=10)
-    fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)

@@ -3,7 +3,7 @@
 Examples::
 
     python -m reproduce train --preset smoke
-    python -m reproduce train --preset imagenette --set data.source=../shared/data/imagenette-144-webp.tar.xz
+    python -m reproduce train --preset imagenette --set data.source=~/data/imagenette-144-webp.tar.xz
     python -m reproduce train --preset imagenette --set model.lrn=false train.epochs=3 --seed 1
     python -m reproduce show --preset cifar10 --set model.lrn=false
     python -m reproduce keys
@@ -22,6 +22,7 @@ from pathlib import Path
 from reproduce import config as config_lib
 from reproduce import runs
 from reproduce.logs import BackendError, check_backend, quiet_tensorflow
+from reproduce.sources import DataError
 
 EPILOG = textwrap.dedent(
     """\
@@ -40,7 +41,7 @@ EPILOG = textwrap.dedent(
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="imagenette", help="one of: " + ", ".join(config_lib.PRESETS))
+    p.add_argument("--preset", default=config_lib.DEFAULT_PRESET, help="one of: " + ", ".join(config_lib.PRESETS))
     p.add_argument(
         "--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
         help="dotted overrides, e.g. model.lrn=false train.epochs=3",
@@ -172,7 +173,7 @@ def _dispatch(args) -> int:
         return 0
     if args.cmd == "train":
         from reproduce import train as train_lib
-        from reproduce.data import DataError
+        from reproduce.devices import resolved_config
 
         root = args.runs or runs.default_root()
         meta = {
@@ -183,8 +184,10 @@ def _dispatch(args) -> int:
         }
         try:
             # The fingerprint lists a local dataset's files: a DataError names a bad one.
+            # "auto" precision as it resolves here, as the trainer records it.
             run_dir = args.run_dir or runs.run_dir(
-                root, args.preset, args.label, cfg.fingerprint(), cfg.train.seed
+                root, args.preset, args.label, resolved_config(cfg).fingerprint(),
+                cfg.train.seed
             )
             train_lib.train(cfg, run_dir, meta=meta, verbose=0 if args.quiet else 1)
         except (train_lib.TrainingDiverged, runs.RunDirError, DataError) as e:

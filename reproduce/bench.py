@@ -60,8 +60,8 @@ import numpy as np
 from reproduce import benchfile
 from reproduce import data as data_lib
 from reproduce.callbacks import per_batch_hooks, training_callbacks
-from reproduce.config import Config, apply_overrides, get_config, validate
-from reproduce.data.batches import ArrayBatches, CycledBatches
+from reproduce.config import PAPER_PRESET, Config, apply_overrides, get_config, validate
+from reproduce.data.batches import ArrayBatches, CycledBatches, tf_dataset
 from reproduce.data.pixelstats import compute_stats
 from reproduce.devices import accelerator, device_description
 from reproduce.flops import peak_tflops, training_flops
@@ -81,7 +81,7 @@ SMALL = {"data.image_size": 76, "data.crop_size": 67, "model.width": 0.125}
 # --------------------------------------------------------------------------------------
 
 
-def bench_config(preset: str = "imagenet", overrides=None, small: bool = False, data: str = "") -> Config:
+def bench_config(preset: str = PAPER_PRESET, overrides=None, small: bool = False, data: str = "") -> Config:
     """The configuration measured: a preset (default the paper's), synthetic data
     unless `data`, the small CPU sizes if `small`, then `overrides`."""
     cfg = get_config(preset)
@@ -99,7 +99,7 @@ def _default_preset(data: str) -> str:
         return "imagenette"
     if "cifar" in name:
         return "cifar10"
-    return "imagenet"
+    return PAPER_PRESET
 
 
 _SYNTH: dict = {}
@@ -378,8 +378,6 @@ def measure_feed(job: Job) -> Timing:
     if backend == "tensorflow":
         import tensorflow as tf
 
-        from reproduce.data.batches import tf_dataset
-
         def tf_run(n):
             ds, _ = tf_dataset(CycledBatches(base, n))
             return int(ds.reduce(np.int32(0), lambda a, e: a + tf.shape(e[0])[0]))
@@ -497,7 +495,7 @@ def run(
     backend = keras.backend.backend()
     if full is None:
         full = accelerator() is not None
-    preset = preset or (_default_preset(data) if data else "imagenet")
+    preset = preset or (_default_preset(data) if data else PAPER_PRESET)
     paths = list(paths or (["step", "fit"] + (["e2e"] if data else [])))
     for p in paths:
         if p not in measures:
@@ -679,7 +677,7 @@ def parser(prog: str = "python -m reproduce bench") -> argparse.ArgumentParser:
     p.add_argument("--small", dest="full", action="store_false",
                    help="the small CPU configuration (67 crops, width 0.125, batch 8)")
     p.add_argument("--data", default="", help="cached dataset (folder or archive) for the e2e path")
-    p.add_argument("--preset", default=None, help="configuration preset (default imagenet: the paper)")
+    p.add_argument("--preset", default=None, help=f"configuration preset (default {PAPER_PRESET}: the paper)")
     p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
                    help="configuration overrides, as for train")
     p.add_argument("--paths", default=None, help=f"comma-separated, of {', '.join(PATHS)}")

@@ -6,13 +6,13 @@ epoch in flight."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from reproduce import runs
+from reproduce.files import replacing
 from reproduce.runs import RunConflict
 
 
@@ -30,14 +30,8 @@ def save_state(run_dir, model, info: dict) -> None:
     arrays = {f"m{i:04d}": _array(v) for i, v in enumerate(state_variables(model))}
     arrays.update({f"o{i:04d}": _array(v) for i, v in enumerate(model.optimizer.variables)})
     arrays["info"] = np.frombuffer(json.dumps(info).encode(), dtype=np.uint8)
-    final = runs.state_path(run_dir)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp.npz")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
+    with replacing(runs.state_path(run_dir), suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)
 
 
 def load_state(run_dir, model) -> Optional[dict]:

@@ -11,8 +11,9 @@ a user types on the command line::
 An unknown key is an error that names the closest valid keys; a value is parsed
 and type-checked against the field's declared type.
 
-This module imports nothing heavier than the standard library, so the report
-generator and the ablation registry can use it without loading Keras.
+This module (and `reproduce.sources`, which names the data) imports nothing
+heavier than the standard library, so the report generator and the ablation
+registry can use it without loading Keras.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import math
 import typing
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Optional
+
+from reproduce.sources import data_identity  # the dataset's content identity
 
 
 class ConfigError(ValueError):
@@ -115,8 +118,9 @@ class ModelConfig:
     width: Annotated[float, POSITIVE] = 1.0
     # §5: weights N(0, 0.01), biases 1 in conv2, conv4, conv5, fc6, fc7, else 0.
     # `caffe`: the same weights, biases 0.1 where the paper has 1 (Caffe's reference
-    # model, because bias 1 gave a flat loss there).
-    init: Literal["paper", "caffe"] = "paper"
+    # model, because bias 1 gave a flat loss there). `zero`: biases 0 everywhere, the
+    # start without §5's choice (a tanh unit needs no positive input to pass a gradient).
+    init: Literal["paper", "caffe", "zero"] = "paper"
     # Number of classes; None means "from the data".
     num_classes: Annotated[Optional[int], AT_LEAST_ONE] = None
 
@@ -177,6 +181,13 @@ class TrainConfig:
     # (TensorFlow without a GPU: about 2x faster for these nets, after a compile of
     # seconds); false keeps Keras' own choice. How, not what, a run computes.
     xla: bool = True
+    # TensorFlow on one device: run the training model's steps op by op, untraced
+    # (Keras' `run_eagerly`; XLA is then off). Tracing and optimizing the step graph
+    # takes seconds, more than the smoke preset's 8 steps take eagerly; every longer
+    # run is faster traced. JAX keeps its jit (eager JAX compiles each op on first
+    # use, which made a smoke run slower), and the distributed schemes keep their
+    # traced, placed steps. How, not what, a run computes.
+    run_eagerly: bool = False
     # Fixes shuffling, initialization and every augmentation draw.
     seed: Annotated[int, SEED] = 0
     # Stop when the training top-1 error first reaches this value (0 = never).
@@ -247,10 +258,11 @@ class Config:
 # Keys that never change what a run computes. The seed is the replicate index;
 # the cache only stores decoded images; how work is spread over devices is checked
 # to give the same numbers (tests/test_distribute.py), so a run may resume under
-# another scheme; XLA compiles the same step (float rounding aside); a resumed run
+# another scheme; XLA compiles the same step (float rounding aside), and eager
+# execution runs it op by op; a resumed run
 # trains the epochs since its last checkpoint again from the same state.
 NOT_IDENTITY = ("train.seed", "data.cache_dir", "distribute.scheme", "train.xla",
-                "train.checkpoint_every")
+                "train.checkpoint_every", "train.run_eagerly")
 
 # Keys renamed since runs were first stored: {old dotted key: new dotted key}.
 # Stored configurations are read through it, so a rename keeps published runs
@@ -300,19 +312,6 @@ def experiment_identity(config, data_id: Optional[str] = None) -> dict:
 def fingerprint_of(identity: dict) -> str:
     blob = json.dumps(identity, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:10]
-
-
-def data_identity(source: str) -> str:
-    """The dataset by content: TFDS names (versioned) and `synthetic` stand for
-    themselves; a local archive or folder is named by a digest of its bytes (an
-    archive) or of its files' names and sizes (a folder), so the same archive at
-    two paths or on two machines is the same dataset and two different ones with
-    the same file name are not (`reproduce.data.identity`)."""
-    if source == "synthetic" or source.startswith("tfds:"):
-        return source
-    from reproduce.data.identity import local_identity
-
-    return local_identity(source)
 
 
 # --------------------------------------------------------------------------------------
@@ -578,11 +577,13 @@ class Preset:
     name: str
     overrides: dict
     doc: str
+    # Seeds per arm when a suite is run without SEEDS/--seeds (`default_seeds`).
+    seeds: int = 3
 
 
-def _preset(name: str, overrides: dict):
+def _preset(name: str, overrides: dict, seeds: int = 3):
     def deco(fn):
-        PRESETS[name] = Preset(name, overrides, (fn.__doc__ or "").strip())
+        PRESETS[name] = Preset(name, overrides, (fn.__doc__ or "").strip(), seeds)
         return fn
 
     return deco
@@ -590,8 +591,15 @@ def _preset(name: str, overrides: dict):
 
 PRESETS: dict[str, Preset] = {}
 
+# The preset a command runs when none is named (`python -m reproduce train`,
+# `python -m ablations`, `make`, `get_config()`); the Makefile's PRESET default
+# is the same. The bench measures the paper's own recipe instead (PAPER_PRESET),
+# so its figures compare with the paper's net whatever the training default is.
+DEFAULT_PRESET = "imagenette"
+PAPER_PRESET = "imagenet"
 
-@_preset("imagenet", {})
+
+@_preset(PAPER_PRESET, {})
 def _imagenet():
     """The paper's recipe (§5) on ILSVRC-2012, through TFDS `imagenet2012`.
 
@@ -747,7 +755,12 @@ def _cifar10():
         "train.schedule": "step",
         "train.step_epochs": [1],
         "eval.batch_size": 32,
+        # Its 8 steps take less time eagerly than tracing the step would.
+        "train.run_eagerly": True,
     },
+    # Two, the fewest with which every statistic of the report (a t interval over
+    # the seeds' paired differences) is computed rather than skipped.
+    seeds=2,
 )
 def _smoke():
     """Every code path in seconds on a CPU: synthetic 76 px data (67 px crops, the smallest input whose pool5 map is not empty), 1/8-width net.
@@ -758,7 +771,13 @@ def _smoke():
     """
 
 
-def get_config(preset: str = "imagenet", overrides=None) -> Config:
+def default_seeds(preset: str) -> int:
+    """How many seeds per arm a suite of `preset` runs when none are asked for
+    (3; an unknown preset's name is left for `get_config` to refuse)."""
+    return PRESETS[preset].seeds if preset in PRESETS else Preset.seeds
+
+
+def get_config(preset: str = DEFAULT_PRESET, overrides=None) -> Config:
     """The paper's tree, with a preset's diff and then user overrides applied."""
     if preset not in PRESETS:
         close = difflib.get_close_matches(preset, list(PRESETS), n=1)

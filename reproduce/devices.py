@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
+import subprocess
+import warnings
 from typing import Optional
 
 import keras
 
 from reproduce.config import Config
-from reproduce.data.cache import cache_root
+from reproduce.files import cache_root
 
 
 def accelerator() -> Optional[str]:
@@ -102,9 +105,6 @@ def resolved_config(cfg: Config) -> Config:
 def nvidia_gpus(timeout: float = 10.0) -> list:
     """The GPUs `nvidia-smi -L` lists ("GPU 0: NVIDIA H200 (UUID: ...)"), [] where
     it is not installed or fails: what the driver sees, whatever the backend does."""
-    import shutil
-    import subprocess
-
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return []
@@ -143,30 +143,7 @@ def warn_if_gpu_unused() -> None:
         return  # the CPU on purpose
     msg = gpu_unused_message()
     if msg:
-        import warnings
-
         warnings.warn(msg, stacklevel=3)
-
-
-def tensorflow_for_data():
-    """TensorFlow for tf.data only, where Keras runs on another backend: the GPUs
-    hidden from TensorFlow first, so it does not reserve their memory (by default
-    it maps nearly all of every GPU's memory when it initializes) under JAX."""
-    import tensorflow as tf
-
-    if keras.backend.backend() != "tensorflow":
-        try:
-            tf.config.set_visible_devices([], "GPU")
-        except RuntimeError:
-            # TensorFlow was initialized already (someone used it before): it
-            # cannot be changed now; say so rather than fail the data pipeline.
-            if tf.config.get_visible_devices("GPU"):
-                import warnings
-
-                warnings.warn("TensorFlow was initialized with the GPUs visible before the "
-                              "data pipeline hid them; it may hold GPU memory JAX needs. "
-                              "Set TF_FORCE_GPU_ALLOW_GROWTH=true.", stacklevel=2)
-    return tf
 
 
 def persistent_compilation_cache() -> None:

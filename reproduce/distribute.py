@@ -97,6 +97,7 @@ from keras import distribution as kd
 
 from reproduce.config import check_value
 from reproduce.data.batches import DerivedBatches
+from reproduce.model import TOWER_SUFFIXES, tower_layers
 
 # §3.2: "we spread the net across two GPUs".
 TOWER_DEVICES = 2
@@ -425,8 +426,6 @@ class _TowerPlacement:
     def __init__(self, devices):
         import tensorflow as tf
 
-        from reproduce.model import TOWER_SUFFIXES
-
         self.devices = list(devices)
         self.suffixes = TOWER_SUFFIXES
         self._specs = [tf.DeviceSpec.from_string(d) for d in self.devices]
@@ -489,8 +488,6 @@ class _TowerPlacement:
 
     def apply(self, model) -> None:
         """Check the variables' devices and place the ops of ``model``'s steps."""
-        from reproduce.model import tower_layers
-
         nets = [m for m in _submodels(model) if tower_layers(m, 0)]
         if not nets:
             raise DistributeError(
@@ -773,16 +770,23 @@ class ProcessBatches(DerivedBatches):
             # Read only this process's rows of the global batch: every process
             # reading (and copying) all of it would multiply the host's work by
             # the number of processes.
-            idx = inner.batch_indices(i)
-            k = self._check(len(idx))
-            lo = self.process_index * k
-            return inner.rows(idx[lo:lo + k])
+            return self._share(inner.batch_indices(i))
         batch = inner[i]
         arrays = batch if isinstance(batch, tuple) else (batch,)
         k = self._check(len(arrays[0]))
         lo = self.process_index * k
         out = tuple(None if a is None else np.asarray(a)[lo:lo + k] for a in arrays)
         return out if isinstance(batch, tuple) else out[0]
+
+    def _share(self, idx):
+        k = self._check(len(idx))
+        lo = self.process_index * k
+        return self.inner.rows(idx[lo:lo + k])
+
+    def batch_at(self, epoch: int, i: int):
+        """This process's rows of step i of `epoch` of batches indexed by (epoch,
+        step) (`data.batches.StepFeed` reads them so)."""
+        return self._share(self.inner.indices_at(epoch, i))
 
 
 def process_batches(inner, num_devices: int, num_processes: int = 1, process_index: int = 0,

@@ -123,6 +123,21 @@ def evaluate(cfg: Config, model, net, stats, arrays, ten_view: bool) -> dict:
     return out
 
 
+def validation_errors(out: dict) -> dict:
+    """The validation errors a result records (runs.RESULT_KEYS), from `evaluate`'s
+    per-image results: top-1 and top-5 error of the centre crop and of the ten
+    views (None where the ten views were not evaluated)."""
+    def error(key):
+        return float(1 - out[key].mean()) if key in out else None
+
+    return {
+        "val_top1_err": error("top1_center"),
+        "val_top5_err": error("top5_center"),
+        "val_top1_err_10view": error("top1_10view"),
+        "val_top5_err_10view": error("top5_10view"),
+    }
+
+
 def dead_fraction(activations) -> float:
     """The fraction of units (columns) that output 0 for every row: ReLUs that never
     fire on those inputs, and so pass no gradient."""

@@ -16,10 +16,11 @@ runs on any device and backend (a mixed_bfloat16 run's evaluation may differ fro
 its result.json by the bfloat16 rounding). It is saved uncompiled; compile it to
 fine-tune (its output is probabilities, so a loss with ``from_logits=False``).
 
-Loading needs the project's registered layers and nothing of its training code::
+Loading needs the project's registered layers, which `import reproduce`
+registers, and nothing of its training code::
 
     import keras
-    import reproduce.augment, reproduce.layers   # registers Augment, LRN, ...
+    import reproduce
     model = keras.saving.load_model("runs/.../seed0/model.keras")
 
 `load(run_dir)` does the same after checking the run directory. The functions
@@ -28,8 +29,10 @@ here back ``python -m reproduce evaluate / predict / export``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -40,55 +43,21 @@ from typing import Optional, Sequence
 import keras
 import numpy as np
 
-import reproduce.layers  # noqa: F401  (registers the net's layers for loading)
+from reproduce import data as data_lib
 from reproduce import runs
-from reproduce.data.cache import pid_alive
-from reproduce.augment import Augment
+from reproduce import train as train_lib
+from reproduce.config import Config
+from reproduce.data.decode import decode_image
+from reproduce.evaluate import evaluate, validation_errors
+from reproduce.files import as_created, pid_alive
+from reproduce.model import PREPROCESS, inference_model
+from reproduce.sources import DataError
 
-PREPROCESS = "preprocess"
-PROBABILITIES = "probabilities"
 TOP = 5
 
 
 class RunError(ValueError):
     """A run directory that cannot be used; the message names the file and the fix."""
-
-
-# --------------------------------------------------------------------------------------
-# Building and saving (the trainer calls `save_inference_model` when a run finishes)
-# --------------------------------------------------------------------------------------
-
-
-def inference_model(cfg, net, stats) -> keras.Model:
-    """uint8 SxS RGB -> centre crop minus mean -> a float32 copy of `net` -> softmax."""
-    from reproduce.model import build_model
-
-    d = cfg.data
-    policy = keras.config.dtype_policy()
-    # A float32 copy: a saved model keeps its layers' dtype policies, and one saved
-    # as mixed_bfloat16 would compute in bfloat16 on every machine that loads it.
-    keras.config.set_dtype_policy("float32")
-    try:
-        net32 = build_model(cfg.model, image_size=d.crop_size,
-                            num_classes=int(net.output_shape[-1]),
-                            weight_decay=cfg.train.weight_decay, seed=cfg.train.seed)
-        net32.set_weights(net.get_weights())
-        preprocess = Augment(
-            crop_size=d.crop_size, crop_flip=False, pca_color=False,
-            mean_subtract=d.mean_subtract,
-            mean_image=stats.mean_image if d.mean_subtract else None,
-            seed=cfg.train.seed, name=PREPROCESS,
-        )
-        inputs = keras.Input((d.image_size, d.image_size, 3), dtype="uint8", name="image")
-        probs = keras.layers.Softmax(name=PROBABILITIES)(net32(preprocess(inputs)))
-        return keras.Model(inputs, probs, name=f"{net32.name}_inference")
-    finally:
-        keras.config.set_dtype_policy(policy)
-
-
-def save_inference_model(run_dir, cfg, net, stats, class_names) -> None:
-    """model.keras and classes.json of a run (call before its result.json)."""
-    runs.write_model(run_dir, inference_model(cfg, net, stats), class_names)
 
 
 # --------------------------------------------------------------------------------------
@@ -175,10 +144,6 @@ def write_model_from_state(run_dir) -> Path:
     For runs that finished before the trainer saved models. Needs the run's data
     (its mean image and class names), checked to be the data it trained on.
     """
-    from reproduce import data as data_lib
-    from reproduce import train as train_lib
-    from reproduce.config import Config
-
     run_dir = Path(run_dir)
     run = finished_run(run_dir)
     state = runs.state_path(run_dir)
@@ -200,7 +165,7 @@ def write_model_from_state(run_dir) -> Path:
     model, net = train_lib.build_training_model(cfg, data.stats, data.num_classes)
     train_lib.compile_model(model, cfg)
     train_lib.load_state(run_dir, model)
-    save_inference_model(run_dir, cfg, net, data.stats, data.class_names)
+    runs.write_model(run_dir, inference_model(cfg, net, data.stats), data.class_names)
     return run_dir / runs.MODEL
 
 
@@ -216,10 +181,6 @@ def evaluate_run(run_dir, source: Optional[str] = None) -> dict:
     run's data settings (split, image size, max_val), which must hold the same
     classes. The evaluation is the trainer's own (`reproduce.evaluate.evaluate`).
     """
-    from reproduce import data as data_lib
-    from reproduce.config import Config
-    from reproduce.evaluate import evaluate
-
     loaded = load(run_dir)
     cfg = Config.from_dict(loaded.run.config)
     if source is not None:
@@ -241,10 +202,7 @@ def evaluate_run(run_dir, source: Optional[str] = None) -> dict:
         "source": cfg.data.source,
         "split": val.split,
         "n_val": int(len(out["labels"])),
-        "val_top1_err": float(1 - out["top1_center"].mean()),
-        "val_top5_err": float(1 - out["top5_center"].mean()),
-        "val_top1_err_10view": float(1 - out["top1_10view"].mean()),
-        "val_top5_err_10view": float(1 - out["top5_10view"].mean()),
+        **validation_errors(out),
     }
 
 
@@ -261,8 +219,6 @@ class Prediction:
 
 def read_image(path, size: int) -> np.ndarray:
     """An image file as the model's input: the data pipeline's §2 decoding."""
-    from reproduce.data.decode import decode_image
-
     try:
         data = Path(path).read_bytes()
     except OSError as e:
@@ -339,8 +295,6 @@ def export_savedmodel(loaded: Loaded, out_dir, force: bool = False) -> Path:
     so a killed export never leaves a half-written SavedModel where a server would
     load it. A non-empty `out_dir` is replaced only with `force`.
     """
-    import importlib.util
-
     out_dir = Path(out_dir).absolute()
     _check_export_target(out_dir, force)
     # On JAX, Keras converts the model with jax2tf: TensorFlow must be installed.
@@ -359,7 +313,7 @@ def export_savedmodel(loaded: Loaded, out_dir, force: bool = False) -> Path:
     old = None
     try:
         loaded.model.export(str(tmp), format="tf_saved_model", verbose=False)
-        os.chmod(tmp, 0o777 & ~runs.current_umask())  # mkdtemp makes it private
+        as_created(tmp)  # mkdtemp makes it private
         if out_dir.is_dir() and any(out_dir.iterdir()):  # force: set the old one aside
             old = out_dir.with_name(f".{out_dir.name}{EXPORT_TMP}{os.getpid()}-old")
             os.replace(out_dir, old)
@@ -390,10 +344,6 @@ def export_savedmodel(loaded: Loaded, out_dir, force: bool = False) -> Path:
 def command(args) -> int:
     """Run one of the commands; a bad run directory, image or data source prints
     its message and returns 1."""
-    import sys
-
-    from reproduce.data import DataError
-
     try:
         return {"evaluate": _evaluate_cmd, "predict": _predict_cmd, "export": _export_cmd}[
             args.cmd](args)
@@ -425,8 +375,6 @@ def _evaluate_cmd(args) -> int:
 
 
 def _predict_cmd(args) -> int:
-    import sys
-
     if args.top < 1:
         raise RunError(f"--top={args.top} asks for no classes; give 1 or more (default {TOP})")
     loaded = load(args.run_dir)

@@ -7,6 +7,7 @@
 * :func:`cifar_local`: the CIFAR-10 net of the §3.3 LRN claim (13% -> 11%), after
   cuda-convnet's ``layers-conv-local-11pct.cfg``.
 * :func:`build_model`: a ``ModelConfig`` to a ``keras.Model``.
+* :func:`inference_model`: a trained net as a run keeps it (``model.keras``).
 
 All are Keras functional models with stable layer names. Inputs are float images,
 channels last, mean-subtracted, on the 0-255 pixel scale (§2); outputs are
@@ -20,6 +21,7 @@ import random
 
 import keras
 
+from reproduce.augment import Augment
 from reproduce.config import check_value
 from reproduce.layers import (
     HostConstant,
@@ -40,8 +42,8 @@ MIN_IMAGE_SIZE = 67
 # §5: "We initialized the neuron biases in the second, fourth, and fifth
 # convolutional layers, as well as in the fully-connected hidden layers, with the
 # constant 1." Caffe's reference model uses 0.1 there, because with 1 its loss did
-# not fall.
-POSITIVE_BIAS = {"paper": 1.0, "caffe": 0.1}
+# not fall. "zero" drops §5's choice (the fair tests of that choice start from it).
+POSITIVE_BIAS = {"paper": 1.0, "caffe": 0.1, "zero": 0.0}
 
 # Kernels per tower (§3.5, Fig. 2). Two towers: 48+48, 128+128, 192+192, 192+192,
 # 128+128. One tower (§3.2): half of each, except conv5, which keeps 256.
@@ -649,3 +651,36 @@ def build_model(model_cfg, image_size: int, num_classes: int, weight_decay: floa
     if arch == "cifar_fig1":
         return cifar_fig1(image_size, num_classes, **common)
     return cifar_local(image_size, num_classes, **common)
+
+
+# The inference model's layer names (`reproduce.inference` reads the preprocessing
+# layer's mean image back by name).
+PREPROCESS = "preprocess"
+PROBABILITIES = "probabilities"
+
+
+def inference_model(cfg, net, stats) -> keras.Model:
+    """What a finished run keeps as model.keras (`reproduce.runs.write_model`):
+    uint8 SxS RGB -> centre crop minus the mean image (§2) -> a float32 copy of
+    `net` -> softmax."""
+    d = cfg.data
+    policy = keras.config.dtype_policy()
+    # A float32 copy: a saved model keeps its layers' dtype policies, and one saved
+    # as mixed_bfloat16 would compute in bfloat16 on every machine that loads it.
+    keras.config.set_dtype_policy("float32")
+    try:
+        net32 = build_model(cfg.model, image_size=d.crop_size,
+                            num_classes=int(net.output_shape[-1]),
+                            weight_decay=cfg.train.weight_decay, seed=cfg.train.seed)
+        net32.set_weights(net.get_weights())
+        preprocess = Augment(
+            crop_size=d.crop_size, crop_flip=False, pca_color=False,
+            mean_subtract=d.mean_subtract,
+            mean_image=stats.mean_image if d.mean_subtract else None,
+            seed=cfg.train.seed, name=PREPROCESS,
+        )
+        inputs = keras.Input((d.image_size, d.image_size, 3), dtype="uint8", name="image")
+        probs = keras.layers.Softmax(name=PROBABILITIES)(net32(preprocess(inputs)))
+        return keras.Model(inputs, probs, name=f"{net32.name}_inference")
+    finally:
+        keras.config.set_dtype_policy(policy)

@@ -36,16 +36,22 @@ import csv
 import datetime as _dt
 import errno
 import fcntl
+import filecmp
 import io
 import json
+import math
 import os
 import platform
+import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
+
+from reproduce.files import as_created, atomic_write_text, replacing
 
 CONFIG = "config.json"
 ENV = "env.json"
@@ -94,31 +100,16 @@ RESULT_KEYS = [
 #   "n_val", "precision"
 
 
-def current_umask() -> int:
-    """The process's umask (reading it means setting it; it is put back at once)."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return umask
-
-
-def atomic_write_text(path: os.PathLike, text: str) -> None:
-    """Write `text` so that `path` is either the old or the whole new file (kill -9 safe)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
-    try:
-        # mkstemp makes the file 0600; a run store is shared, so the file gets the
-        # mode open() would give it.
-        os.fchmod(fd, 0o666 & ~current_umask())
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def format_duration(seconds: Optional[float]) -> str:
+    """A duration for people (a run's wall_time_s, a plan's estimate): '45 s',
+    '12 min', '3 h 05 min'; 'unknown' for None or a value that is not finite."""
+    if seconds is None or not math.isfinite(seconds):
+        return "unknown"
+    s = int(round(seconds))
+    if s < 90:
+        return f"{s} s"
+    h, m = divmod(round(s / 60), 60)
+    return f"{h} h {m:02d} min" if h else f"{m} min"
 
 
 def atomic_write_json(path: os.PathLike, obj: Any) -> None:
@@ -292,38 +283,68 @@ def check_writable(root: os.PathLike) -> None:
         )
 
 
-def is_finished(path: os.PathLike) -> bool:
-    p = Path(path) / RESULT
-    if not p.exists():
-        return False
+# What a run is, from its files: the one rule (`status_of`) that the runner, the
+# trainer, publishing and the report all read. Each caller chooses which statuses
+# it accepts (a learning-rate grid takes DIVERGED as the rate's answer; the report
+# counts FINISHED only), none derives its own.
+FINISHED = "finished"  # result.json with status ok, and no failure since
+DIVERGED = "diverged"  # the last training stopped on a non-finite loss (failure.json, reason diverged)
+FAILED = "failed"  # the last training stopped for another recorded reason
+UNFINISHED = "unfinished"  # neither: not started, running, or interrupted (killed before its result)
+STATUSES = (FINISHED, DIVERGED, FAILED, UNFINISHED)
+
+
+def status_of(result: Optional[dict], failure: Optional[dict]) -> str:
+    """The status of a run whose result.json and failure.json hold `result` and
+    `failure` (None: absent). A failure beside a result is the newer of the two
+    (`write_result` removes failure.json): a finished run that was extended under a
+    higher epoch cap and then diverged is DIVERGED, and its result.json is what it
+    reached before. A run that diverged diverges again when trained again with the
+    same configuration and seed."""
+    if isinstance(failure, dict):
+        return DIVERGED if failure.get("reason") == "diverged" else FAILED
+    if isinstance(result, dict) and result.get("status") == "ok":
+        return FINISHED
+    return UNFINISHED
+
+
+def _read_optional_json(p: Path) -> Optional[dict]:
+    """A run's JSON file, or None if absent or unreadable (as if it were absent)."""
     try:
-        return read_json(p).get("status") == "ok"
+        obj = read_json(p)
     except (OSError, ValueError):
-        return False
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def read_status(path: os.PathLike) -> str:
+    """`status_of` the run directory `path`, from its result.json and failure.json
+    only (a file that cannot be read counts as absent; `load_run` reports it)."""
+    return status_of(_read_optional_json(Path(path) / RESULT), _read_optional_json(Path(path) / FAILURE))
+
+
+def read_result(path: os.PathLike) -> Optional[dict]:
+    """The run's result.json (None if absent or unreadable). A DIVERGED run may
+    have one: what it reached before an extension diverged."""
+    return _read_optional_json(Path(path) / RESULT)
+
+
+def is_finished(path: os.PathLike) -> bool:
+    """Whether the run in `path` is FINISHED (`read_status`)."""
+    return read_status(path) == FINISHED
 
 
 def is_diverged(path: os.PathLike) -> bool:
-    """Whether the last training of the run in `path` stopped on a NaN/inf loss
-    (failure.json, reason ``diverged``). Training it again with the same config
-    and seed diverges again, so a learning-rate grid counts it as that rate's
-    answer. A finished run that was extended (a higher epoch cap) and then
-    diverged keeps its result.json beside the failure: `write_result` removes
-    failure.json, so when both are there the failure is the newer."""
-    try:
-        return read_json(Path(path) / FAILURE).get("reason") == "diverged"
-    except (OSError, ValueError, AttributeError):
-        return False
+    """Whether the run in `path` is DIVERGED (`read_status`)."""
+    return read_status(path) == DIVERGED
 
 
 def can_extend(path: os.PathLike, epoch_limit: Optional[int]) -> bool:
     """A finished run that was stopped by an epoch limit (``censored`` in
     result.json) before its target or its configured epochs, and may train on
     under `epoch_limit` (None: no limit)."""
-    try:
-        res = read_json(Path(path) / RESULT)
-    except (OSError, ValueError):
-        return False
-    if not res.get("censored"):
+    res = read_result(path)
+    if not res or not res.get("censored"):
         return False
     return epoch_limit is None or int(epoch_limit) > int(res.get("epochs") or 0)
 
@@ -358,8 +379,6 @@ def git_commit(cwd: Optional[os.PathLike] = None) -> dict:
 
 def environment(extra: Optional[dict] = None) -> dict:
     """What machine and software a run used (no heavy imports beyond those loaded)."""
-    import sys
-
     env = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "host": socket.gethostname(),
@@ -477,9 +496,8 @@ def state_path(path: os.PathLike) -> Path:
 def _write_npz(p: Path, arrays: dict) -> None:
     import numpy as np
 
-    tmp = p.with_name("." + p.name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, p)
+    with replacing(p, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, **arrays)
 
 
 def write_model(path: os.PathLike, model, class_names) -> None:
@@ -489,17 +507,8 @@ def write_model(path: os.PathLike, model, class_names) -> None:
     run directory always has its names beside it.
     """
     atomic_write_json(Path(path) / CLASSES, {"class_names": [str(c) for c in class_names]})
-    p = Path(path) / MODEL
-    tmp = p.with_name(f".{p.stem}.{os.getpid()}.tmp.keras")  # Keras wants the suffix
-    try:
+    with replacing(Path(path) / MODEL, suffix=".keras") as tmp:  # Keras wants the suffix
         model.save(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
 
 
 def read_classes(path: os.PathLike) -> list:
@@ -561,8 +570,6 @@ def remove_stale_publish_folders(dst_root: os.PathLike) -> list:
     """Remove the temporary run folders (".seed<k>.publish-*") that a publish killed
     mid-copy left in the store `dst_root`; call it holding `publish_lock`, so that
     no live publish owns any of them. Returns the folders removed."""
-    import shutil
-
     dst_root = Path(dst_root)
     stale = sorted(p for p in dst_root.rglob(f".*{PUBLISH_TMP}*") if p.is_dir())
     for p in stale:
@@ -596,23 +603,21 @@ def publish(src_root: os.PathLike, dst_root: os.PathLike) -> Published:
 
 
 def _publish(src_root: Path, dst_root: Path) -> Published:
-    import filecmp
-    import shutil
-
     out = Published([], [], [], [], remove_stale_publish_folders(dst_root))
     damaged: list = []
     runs_ = list(iter_runs(src_root, damaged))
     out.skipped += [(e.path, f"damaged: {e.problem}") for e in damaged]
     for run in runs_:
-        diverged = (run.failure or {}).get("reason") == "diverged"  # iter_runs has read failure.json
+        status = run.status
+        diverged = status == DIVERGED
         if holder(run.path) is not None:
             out.skipped.append((run.path, "being trained"))
             continue
-        if not diverged and (not run.finished or run.failure is not None):
-            out.skipped.append((run.path, "not finished" if not run.finished else "failed"))
+        if status not in (FINISHED, DIVERGED):
+            out.skipped.append((run.path, "failed" if status == FAILED else "not finished"))
             continue
         # Finished and then diverged when extended: the result and the failure both.
-        names = (PUBLISHED_FILES + ((FAILURE,) if diverged else ())) if run.finished else DIVERGED_FILES
+        names = (PUBLISHED_FILES + ((FAILURE,) if diverged else ())) if run.result is not None else DIVERGED_FILES
         files = [run.path / f for f in names if (run.path / f).is_file()]
         size = sum(f.stat().st_size for f in files)
         if size > PUBLISHED_MAX_BYTES:
@@ -620,7 +625,7 @@ def _publish(src_root: Path, dst_root: Path) -> Published:
                                           f"{PUBLISHED_MAX_BYTES / 1e6:.1f} MB a published run may hold"))
             continue
         dst = dst_root / run.path.relative_to(src_root)
-        if dst.exists() and not diverged and is_diverged(dst) and not is_finished(dst):
+        if dst.exists() and not diverged and read_status(dst) == DIVERGED and read_result(dst) is None:
             shutil.rmtree(dst)  # a finished run supersedes a recorded divergence
         if dst.exists():
             same = all((dst / f.name).is_file() and filecmp.cmp(f, dst / f.name, shallow=False)
@@ -635,7 +640,7 @@ def _publish(src_root: Path, dst_root: Path) -> Published:
         try:
             for f in files:
                 shutil.copy2(f, tmp / f.name)
-            os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; a store is shared
+            as_created(tmp)  # mkdtemp makes it private; a store is shared
             os.replace(tmp, dst)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -672,8 +677,13 @@ class Run:
         return self.meta.get("seed", self.config.get("train", {}).get("seed", 0))
 
     @property
+    def status(self) -> str:
+        """FINISHED, DIVERGED, FAILED or UNFINISHED (`status_of`)."""
+        return status_of(self.result, self.failure)
+
+    @property
     def finished(self) -> bool:
-        return bool(self.result) and self.result.get("status") == "ok"
+        return self.status == FINISHED
 
     def val_correct(self) -> Optional[dict]:
         return read_npz(self.path / VAL_CORRECT)

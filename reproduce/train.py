@@ -38,7 +38,7 @@ from reproduce import distribute, runs
 from reproduce.augment import Augment
 from reproduce.callbacks import training_callbacks
 from reproduce.checkpoint import load_state, save_state
-from reproduce.config import Config, ConfigError, experiment_identity, fingerprint_of, validate
+from reproduce.config import PRESETS, Config, ConfigError, experiment_identity, fingerprint_of, get_config, validate
 from reproduce.devices import (
     accelerator,
     device_description,
@@ -48,8 +48,8 @@ from reproduce.devices import (
     warn_if_gpu_unused,
     xla,
 )
-from reproduce.evaluate import error_metrics, evaluate, fc7_dead_fraction, training_sample
-from reproduce.model import build_model
+from reproduce.evaluate import error_metrics, evaluate, fc7_dead_fraction, training_sample, validation_errors
+from reproduce.model import build_model, inference_model
 from reproduce.runs import RunConflict
 
 # What other code calls through this module (some of it lives in the parts above).
@@ -100,13 +100,17 @@ def compile_model(model, cfg: Config, steps_per_execution: Optional[int] = None)
     """The paper's optimizer (§5; decay is the kernels' L2 term), loss and metrics,
     compiled with XLA.
 
-    See `reproduce.devices.xla` for when XLA is asked for."""
+    See `reproduce.devices.xla` for when XLA is asked for; `train.run_eagerly`
+    (TensorFlow, one device) traces and compiles nothing."""
+    eager = (bool(cfg.train.run_eagerly) and keras.backend.backend() == "tensorflow"
+             and cfg.distribute.scheme == "none")
     model.compile(
         optimizer=keras.optimizers.SGD(learning_rate=cfg.train.learning_rate, momentum=cfg.train.momentum),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=error_metrics(),
         steps_per_execution=steps_per_execution or cfg.train.steps_per_execution,
-        jit_compile=xla(cfg),
+        jit_compile=False if eager else xla(cfg),
+        run_eagerly=eager,
     )
     return model
 
@@ -230,17 +234,39 @@ def _finished_result(run_dir: Path, epoch_limit, verbose) -> Optional[dict]:
     return None
 
 
-def _training_batches(cfg: Config, train, initial_epoch: int):
+def tf_data_feed() -> bool:
+    """Whether training batches reach `fit` through tf.data (`data.batches.tf_dataset`):
+    on TensorFlow, where Keras would otherwise hand them over from one Python
+    thread. JAX reads them through a PyDataset (`data.batches.step_feed`): it
+    needs no TensorFlow (the GPU machine runs JAX alone). Both choose every batch
+    by (epoch, step) alone and give the same batches, step for step."""
+    return keras.backend.backend() == "tensorflow"
+
+
+def _training_feed(cfg: Config, train, initial_epoch: int):
+    """(what `fit` reads, the callbacks that feed needs, fit's steps_per_epoch)."""
     # Shuffling is the batches' own, from (seed, epoch), so a resumed run sees the
     # same order; fit(shuffle=False) keeps Keras from re-permuting batches.
     # drop_remainder: every training step has the same shape, so the train step
     # compiles once (a last partial batch compiles a second program: tens of
     # seconds on a GPU, per run). Each epoch leaves out < batch_size images.
-    if isinstance(train, data_lib.Stream):  # ImageNet through tf.data
-        return train.batches(cfg.train.batch_size, shuffle=True, seed=cfg.train.seed,
-                             epoch=initial_epoch, drop_remainder=True)
-    return data_lib.ArrayBatches(train.images, train.labels, cfg.train.batch_size, shuffle=True,
-                                 seed=cfg.train.seed, epoch=initial_epoch, drop_remainder=True)
+    if not isinstance(train, data_lib.ImageArrays):  # a stream: ImageNet through tf.data
+        return (train.batches(cfg.train.batch_size, shuffle=True, seed=cfg.train.seed,
+                              epoch=initial_epoch, drop_remainder=True),
+                [], cfg.train.steps_per_epoch or None)
+    # train.steps_per_epoch is the batches' own epoch length, so fit gets none
+    # and starts every epoch afresh (see ArrayBatches).
+    batches = data_lib.ArrayBatches(train.images, train.labels, cfg.train.batch_size,
+                                    shuffle=True, seed=cfg.train.seed, epoch=initial_epoch,
+                                    drop_remainder=True,
+                                    steps_per_epoch=cfg.train.steps_per_epoch)
+    if tf_data_feed():
+        ds, feed_epoch = data_lib.tf_dataset(batches)
+        return ds, [feed_epoch], None
+    # Not Keras' own PyDataset feed: its read-ahead carries batches over from one
+    # epoch to the next, a number that depends on thread timing (see StepFeed).
+    feed, feed_epoch = data_lib.step_feed(distribute.shard_batches(batches), initial_epoch)
+    return feed, [feed_epoch], None
 
 
 def _train(cfg, run_dir, data, precision, verbose, epoch_limit, extra_callbacks) -> dict:
@@ -265,21 +291,25 @@ def _train(cfg, run_dir, data, precision, verbose, epoch_limit, extra_callbacks)
 
     cbs = training_callbacks(cfg, run_dir, state, len(data.train))
     last_epoch = min(cfg.train.epochs, epoch_limit) if epoch_limit else cfg.train.epochs
-    train_batches = distribute.shard_batches(_training_batches(cfg, data.train, initial_epoch))
+    train_batches, feed_callbacks, steps_per_epoch = _training_feed(cfg, data.train, initial_epoch)
     val_batches = data_lib.ArrayBatches(data.val.images, data.val.labels, cfg.eval.batch_size,
                                         shuffle=False)
     if initial_epoch < last_epoch and not state.get("stopped", False):
-        model.fit(
-            train_batches,
-            validation_data=val_batches,
-            epochs=last_epoch,
-            initial_epoch=initial_epoch,
-            steps_per_epoch=cfg.train.steps_per_epoch or None,
-            callbacks=cbs.all + extra_callbacks,
-            shuffle=False,
-            # To a file or pipe (nohup, CI): one line per epoch, not bar redraws.
-            verbose=verbose if (verbose != 1 or sys.stdout.isatty()) else 2,
-        )
+        try:
+            model.fit(
+                train_batches,
+                validation_data=val_batches,
+                epochs=last_epoch,
+                initial_epoch=initial_epoch,
+                steps_per_epoch=steps_per_epoch,
+                callbacks=cbs.all + feed_callbacks + extra_callbacks,
+                shuffle=False,
+                # To a file or pipe (nohup, CI): one line per epoch, not bar redraws.
+                verbose=verbose if (verbose != 1 or sys.stdout.isatty()) else 2,
+            )
+        finally:
+            if hasattr(train_batches, "close"):  # the feed's read-ahead threads
+                train_batches.close()
     if cbs.divergence.where is not None:
         # The input pipeline stopped mid-epoch; freed now, not at interpreter exit
         # (where TensorFlow logs an error about finalizing its iterator).
@@ -307,10 +337,7 @@ def _train(cfg, run_dir, data, precision, verbose, epoch_limit, extra_callbacks)
     result = {
         "status": "ok",
         "epochs": len(rows),
-        "val_top1_err": float(1 - val["top1_center"].mean()),
-        "val_top5_err": float(1 - val["top5_center"].mean()),
-        "val_top1_err_10view": float(1 - val["top1_10view"].mean()) if "top1_10view" in val else None,
-        "val_top5_err_10view": float(1 - val["top5_10view"].mean()) if "top5_10view" in val else None,
+        **validation_errors(val),
         "train_top1_err": last.get("top1_err"),
         "train_top5_err": last.get("top5_err"),
         "train_top1_err_clean": float(1 - tr["top1_center"].mean()),
@@ -326,9 +353,7 @@ def _train(cfg, run_dir, data, precision, verbose, epoch_limit, extra_callbacks)
         result["fc7_dead_fraction"] = round(dead, 4)
     # The inference model (model.keras, classes.json) comes before result.json, so
     # every finished run has one.
-    from reproduce.inference import save_inference_model
-
-    save_inference_model(run_dir, cfg, net, data.stats, data.class_names)
+    runs.write_model(run_dir, inference_model(cfg, net, data.stats), data.class_names)
     runs.write_result(run_dir, result)  # last, atomically: the run is finished
     if verbose:
         tv = result["val_top1_err_10view"]
@@ -351,8 +376,6 @@ def _diverged(cfg, run_dir, model, precision, where: dict) -> None:
 
 def _divergence_message(cfg: Config, run_dir: Path, w: dict, lr: float, precision: str) -> str:
     """What diverged, a rate that can help, and exactly what is kept."""
-    from reproduce.config import PRESETS, get_config
-
     used = cfg.train.learning_rate
     preset = (runs.read_json(run_dir / runs.CONFIG).get("meta") or {}).get("preset")
     known = get_config(preset) if preset in PRESETS else Config()

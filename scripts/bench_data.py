@@ -7,6 +7,10 @@ For each source it prints images/s of:
            fresh temporary cache (so it is always measured), or synthetic generation
   read     one shuffled epoch of cached batches through ArrayBatches (memmap ->
            uint8 batches; the page cache is warm right after the build)
+  feed     the training feed as `fit` reads it on TensorFlow: Keras' adapter of
+           the PyDataset (`from_generator`, one Python thread; the "keras" row)
+           and the tf.data feed the trainer uses there (`tf_dataset`, parallel
+           reads; the "tf.data" row); the same batches, consumed as tensors
   augment  Augment(training=True) (mean, random crops + flips, PCA colour) on one
            uint8 batch, compiled (jax.jit / tf.function(jit_compile=True)), on the
            default Keras device
@@ -15,12 +19,14 @@ For each source it prints images/s of:
            TFRecord shards, then read back through tf.data (parallel read and
            decode) on one core (the rate per core) and on all cores; the line
            after the table says how many cores a GPU training --gpu-rate
-           images/s needs at that rate (reproduce.data.shards.feed_shortfall).
+           images/s needs at that rate (reproduce.data.shards.feed_shortfall),
+           beside the decode rate per core of the first build (Pillow, from
+           the archive: what feeding from the source costs per image).
            Stand-in data: the Imagenette archive (the same decode work per
            image at the same S as ImageNet shards).
-Sources: synthetic, and the shared archives (cifar10-jpeg.tar.xz at S=32/C=24,
-imagenette-144-webp.tar.xz at S=144/C=128) found in --data, $DATA_DIR or
-../shared/data. Nothing is downloaded.
+Sources: synthetic, and the ImageFolder archives cifar10-jpeg.tar.xz (S=32/C=24)
+and imagenette-144-webp.tar.xz (S=144/C=128) found in --data, $DATA_DIR or ./data.
+Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -44,8 +50,7 @@ ARCHIVES = (  # file, S, C, validation split
 
 
 def find_data_dir(arg):
-    for d in (arg, os.environ.get("DATA_DIR"), ROOT.parent / "shared" / "data",
-              ROOT / ".." / "shared" / "data"):
+    for d in (arg, os.environ.get("DATA_DIR"), ROOT / "data"):
         if d and Path(d).is_dir():
             return Path(d)
         if d and Path(d).is_file():  # DATA_DIR may name one archive
@@ -64,6 +69,42 @@ def bench_read(arrays, batch, seconds=20.0):
         if time.perf_counter() - t0 > seconds:
             break
     return n, time.perf_counter() - t0
+
+
+def bench_feed(arrays, batch, seconds=10.0):
+    """[(feed, images, seconds)]: shuffled training batches through Keras' adapter
+    of the PyDataset and through tf_dataset, each consumed as TensorFlow tensors
+    for about `seconds`."""
+    import tensorflow as tf
+    from keras.src.trainers.data_adapters import get_data_adapter  # as fit makes it
+
+    from reproduce.data import ArrayBatches, tf_dataset
+
+    def batches():
+        return ArrayBatches(arrays.images, arrays.labels, batch, shuffle=True, seed=0,
+                            drop_remainder=True)
+
+    out = []
+    for feed in ("keras", "tf.data"):
+        total, t0, epoch = 0, None, 0
+        while t0 is None or time.perf_counter() - t0 < seconds:
+            b = batches()
+            b.set_epoch(epoch)
+            adapter = get_data_adapter(b, shuffle=False) if feed == "keras" else None
+            ds = adapter.get_tf_dataset() if adapter else tf_dataset(b)[0]
+            for x, _ in ds:
+                tf.reduce_max(x[:1, :1])  # the batch is there as a tensor
+                if t0 is None:  # the first batch starts the pipeline
+                    t0 = time.perf_counter()
+                    continue
+                total += int(x.shape[0])
+                if time.perf_counter() - t0 > seconds:
+                    break
+            if adapter:
+                adapter.on_epoch_end()  # stops its reader threads
+            epoch += 1
+        out.append((feed, total, time.perf_counter() - t0))
+    return out
 
 
 def bench_augment(stats, s, c, batch, reps=20):
@@ -143,7 +184,7 @@ def bench_shards(train, sizes, n, tmp, batch=128, seconds=10.0):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", help="folder holding the shared archives")
+    ap.add_argument("--data", help="folder holding the archives (default: $DATA_DIR, else ./data)")
     ap.add_argument("--max", type=int, default=0, help="use at most N images per split (0 = all)")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--shard-sizes", default="144,160,256",
@@ -163,6 +204,7 @@ def main(argv=None):
 
     rows = []
     per_core: dict = {}
+    decode_per_core: dict = {}  # source -> (S, images/s per decode worker)
 
     def row(source, stage, n, sec, note=""):
         rows.append((source, stage, n, sec, n / sec if sec > 0 else float("nan"), note))
@@ -176,7 +218,7 @@ def main(argv=None):
             if d is not None and (d / name).is_file():
                 sources.append((name, s, c, val, d / name))
         if len(sources) == 1:
-            print("(no shared archives found: pass --data or set DATA_DIR)", file=sys.stderr)
+            print("(no archives found: pass --data or set DATA_DIR)", file=sys.stderr)
         for name, s, c, val, path in sources:
             cfg = DataConfig(
                 source="synthetic" if path is None else str(path), image_size=s, crop_size=c,
@@ -190,6 +232,8 @@ def main(argv=None):
             n = len(train) + len(val_arrays)
             note = "generate" if path is None else f"{decode.num_workers()} workers, S={s}"
             row(name, "decode", n, dt, note)
+            if path is not None:
+                decode_per_core[name] = (s, n / dt / decode.num_workers())
             sizes = [int(v) for v in args.shard_sizes.split(",") if v.strip()]
             if "imagenette" in name and sizes:
                 for size, threads, n, dt in bench_shards(train, sizes, args.shard_images, tmp,
@@ -203,6 +247,12 @@ def main(argv=None):
             stats = data.load_stats(cfg)
             n, dt = bench_read(train, args.batch)
             row(name, "read", n, dt, f"batch {args.batch}, memmap" if path else "in memory")
+            try:
+                feeds = bench_feed(train, args.batch)
+            except ImportError:  # no TensorFlow (JAX alone): no tf.data feed to compare
+                feeds = []
+            for feed, n, dt in feeds:
+                row(name, "feed", n, dt, f"{feed}, batch {args.batch}")
             r = bench_augment(stats, s, c, args.batch)
             if r:
                 row(name, "augment", r[0], r[1], f"{s}->{c}, {keras.backend.backend()}")
@@ -228,6 +278,8 @@ def main(argv=None):
             need = int(np.ceil(args.gpu_rate / rate))
             print(f"  S={size}: {rate:,.0f} img/s per core; {need} cores to feed the GPU. "
                   + (feed_shortfall(16, rate, args.gpu_rate) or "16 cores keep up."))
+        for source, (size, rate) in sorted(decode_per_core.items()):
+            print(f"  decoding {source} (S={size}, Pillow, first build): {rate:,.0f} img/s per core")
 
 
 if __name__ == "__main__":

@@ -1,17 +1,16 @@
 #!/usr/bin/env bash
-# The prepared GPU benchmark: one call on the device machine (one H200, Python 3.12,
-# JAX with CUDA, no TensorFlow, no package registry), the project's bench and the
-# prototypes of experiments/perf/ (python -m experiments.perf).
+# The prepared GPU benchmark, for a machine with one GPU and JAX with CUDA (written
+# for an H200; TensorFlow not needed): the project's bench and the prototypes of
+# experiments/perf/ (python -m experiments.perf).
 #
-# Here, once:  echo /.whl/ >> .git/info/exclude   (already ignored by .gitignore)
-#              python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-#                --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
-#                --platform manylinux_2_17_x86_64 -d .whl keras==3.15.1 namex==0.1.0 optree==0.20.0
-#              mkdir -p data && cp ../shared/data/imagenette-144-webp.tar.xz data/   (ignored: /data/)
-# The device call (tool `run`, carry [".whl", "data/imagenette-144-webp.tar.xz"], timeout_s 600):
-#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PYTHONPATH && bash scripts/gpu_bench.sh
+# Setup: the project's environment with the JAX GPU build (README, "GPU install"),
+# and the Imagenette archive at data/imagenette-144-webp.tar.xz (or DATA=path/to/it).
+# A machine without internet access can install wheels downloaded elsewhere:
+#   pip download --no-deps --only-binary=:all: -d wheels keras==3.15.1 namex==0.1.0 optree==0.20.0
+#   pip install --no-index --no-deps wheels/*.whl        (on the GPU machine)
+# Run:   OUT=/tmp/out bash scripts/gpu_bench.sh
 # On a CPU, to try it (seconds per row, tiny sizes):
-#   OUT=/tmp/out SMALL=1 PYTHON=/work/venv/bin/python bash scripts/gpu_bench.sh
+#   OUT=/tmp/out SMALL=1 PYTHON=.venv/bin/python bash scripts/gpu_bench.sh
 #
 # Writes under $OUT: bench.json (every row; the table the report includes),
 # bench_xla.json (the XLA-flag and warm-cache rows), log.txt, nvidia-smi.txt. Prints

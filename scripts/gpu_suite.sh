@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Imagenette ablation suite (baseline + every trained ablation x SEEDS seeds) on
-# the GPU machine, timed: how far the project is from the whole suite in one
-# 10-minute call, and the run directories for the report.
+# a machine with one GPU, timed: how much of the whole suite fits in BUDGET seconds
+# (default 9 minutes), and the run directories for the report.
 #
 # What it does: decodes the data once; then WORKERS processes share the one GPU
 # (each gets 0.9/WORKERS of its memory), each training its share of the runs through
@@ -11,13 +11,13 @@
 # `python -m ablations reproduce` expects them (same labels and fingerprints), so
 # that command (and the report) picks them up; an unfinished run resumes later.
 #
-# The device call (tool `run`, carry [".whl", "data/imagenette-144-webp.tar.xz"], timeout_s 600):
-#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PYTHONPATH && bash scripts/gpu_suite.sh
+# Setup as for scripts/gpu_bench.sh (JAX with CUDA, the Imagenette archive in data/).
+# Run:   OUT=/tmp/out bash scripts/gpu_suite.sh
 # Options (environment): BUDGET seconds (default 540; no run starts after it, and
 # the workers are stopped 40 s later), WORKERS (4), SEEDS (3), PRESET (imagenette),
 # EPOCHS (override train.epochs: a quick calibration, other run directories),
 # ONLY (space-separated ablation names), DATA (the archive), RUNS (run root).
-# On a CPU, to try it: OUT=/tmp/out SMALL=1 PYTHON=/work/venv/bin/python bash scripts/gpu_suite.sh
+# On a CPU, to try it: OUT=/tmp/out SMALL=1 PYTHON=.venv/bin/python bash scripts/gpu_suite.sh
 # Writes $OUT/suite.json (per run: label, seed, seconds, status, images/s) and
 # $OUT/suite_log.txt; prints the summary last, with an estimate of the full suite.
 set -uo pipefail
@@ -69,7 +69,7 @@ def make_jobs():
     only = set(os.environ.get("ONLY", "").split())
     arms = [("baseline", runner.baseline_config())]
     for ab in for_preset(preset):
-        if ab.kind != "train" or ab.lr_grid or (only and ab.name not in only):
+        if ab.kind != "paired" or (only and ab.name not in only):
             continue
         arms.append((ab.base_label, runner.baseline_config(ab)))
         arms.append((ab.name, runner.variant_config(ab)))

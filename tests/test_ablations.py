@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 
+from ablations.kinds import kind_of
 from ablations.registry import ABLATIONS, get_ablation
 from ablations.runner import Runner, parse_seeds
 from reproduce.config import PRESETS, diff
@@ -28,10 +29,26 @@ def test_registry_entries_are_complete():
             c = a.claim(p)
             assert c.section.startswith("§") and c.text
             base, var = a.base_config(p), a.variant_config(p)
-            if a.kind == "train":
+            if kind_of(a).trains_variant:
                 assert diff(base, var), f"{a.name} on {p}: the variant equals the baseline"
             else:
                 assert not diff(base, var)
+
+
+def test_an_ablation_that_shares_a_base_arm_trains_no_base_runs_of_its_own(tmp_path):
+    """bias_zero_fair compares bias 0 with the same bias-0.1 arm as bias_fair: the
+    arm's configuration must be the same, and its runs are trained once."""
+    for a in ABLATIONS.values():
+        if a.shares_base_with:
+            owner = get_ablation(a.shares_base_with)
+            for p in a.presets:
+                assert not diff(a.base_config(p), owner.base_config(p)), (a.name, p)
+    a = get_ablation("bias_zero_fair")
+    plan = Runner("imagenette-cpu", 1, tmp_path, verbose=0, published=[]).plan(["bias_fair", a.name])
+    labels = [j.label for j in plan.todo]
+    assert a.base_label == "bias_fair.base" and labels.count("bias_fair.base") == 1
+    assert not any(lab.startswith("bias_zero_fair.base") for lab in labels)
+    assert labels.count("bias_zero_fair.grid") >= 2 and labels.count("bias_zero_fair") == 1
 
 
 def test_unknown_ablation_names_the_valid_ones():
@@ -134,7 +151,7 @@ def _fake_training(monkeypatch, needs):
 
 
 def test_fig1_grid_order_censoring_and_seeds(tmp_path, monkeypatch):
-    from ablations.registry import GRID_SEED, grid_order
+    from ablations.kinds.lr_grid import GRID_SEED, grid_order
 
     assert grid_order((0.0025, 0.005, 0.01, 0.02)) == [0.005, 0.01, 0.0025, 0.02]
     relu = {0.005: 8, 0.01: 12, 0.0025: 8, 0.02: None}  # 0.0025 ties 0.005 in epochs
@@ -156,7 +173,7 @@ def test_fig1_grid_order_censoring_and_seeds(tmp_path, monkeypatch):
 
 
 def test_the_next_grid_rate_is_the_untried_one_nearest_the_fastest():
-    from ablations.registry import next_grid_rate
+    from ablations.kinds.lr_grid import next_grid_rate
 
     grid = (0.00125, 0.0025, 0.005, 0.01, 0.02)
     assert next_grid_rate(grid, {}) == 0.005
@@ -175,7 +192,7 @@ def test_the_next_grid_rate_is_the_untried_one_nearest_the_fastest():
 
 
 def test_fig1_grid_grows_when_the_best_rate_is_at_its_edge(tmp_path, monkeypatch):
-    from ablations.registry import GRID_SEED
+    from ablations.kinds.lr_grid import GRID_SEED
 
     # Faster and faster towards high rates up to 0.08; tanh best inside the grid.
     relu = {0.0025: 20, 0.005: 15, 0.01: 10, 0.02: 6, 0.04: 5, 0.08: 4, 0.16: None}
@@ -188,7 +205,7 @@ def test_fig1_grid_grows_when_the_best_rate_is_at_its_edge(tmp_path, monkeypatch
 
 
 def test_a_diverged_grid_rate_is_decided_once_and_travels_with_the_published_runs(tmp_path, monkeypatch):
-    from ablations.registry import GRID_SEED
+    from ablations.kinds.lr_grid import GRID_SEED
     from reproduce import runs as R
     from reproduce import train as train_lib
 
@@ -247,7 +264,7 @@ def test_a_diverged_grid_rate_is_decided_once_and_travels_with_the_published_run
 def test_a_grid_run_that_diverges_when_extended_keeps_its_earlier_result(tmp_path, monkeypatch):
     """A censored grid run extended under a higher cap, diverging on the way: not
     retried on the next walk, and ranked by what it reached before."""
-    from ablations.registry import GRID_SEED
+    from ablations.kinds.lr_grid import GRID_SEED
     from reproduce import runs as R
     from reproduce import train as train_lib
     from reproduce.config import get_config
@@ -270,6 +287,92 @@ def test_a_grid_run_that_diverges_when_extended_keeps_its_earlier_result(tmp_pat
     # A seeded run (not a grid rate) in the same state is trained again.
     r.run_one("x.grid", cfg, GRID_SEED, epoch_limit=20)
     assert len(calls) == 1
+
+
+
+def test_an_ablation_of_an_unknown_kind_is_refused_naming_the_kinds(tmp_path, monkeypatch):
+    import dataclasses
+
+    from ablations import registry
+    from ablations.kinds import KINDS
+
+    assert set(KINDS) == {"paired", "two_evals", "lr_grid"}
+    assert {a.name: kind_of(a).name for a in ABLATIONS.values()}["single_view_eval"] == "two_evals"
+    bogus = dataclasses.replace(get_ablation("no_lrn"), name="no_lrn_old_kind", kind="train")
+    with pytest.raises(ValueError) as e:
+        kind_of(bogus)
+    assert "'no_lrn_old_kind'" in str(e.value) and "'train'" in str(e.value)
+    assert "paired, two_evals, lr_grid" in str(e.value)
+    # The runner refuses it before anything is planned or trained, as does the report's analysis.
+    monkeypatch.setitem(registry.ABLATIONS, bogus.name, bogus)
+    with pytest.raises(ValueError, match="the kinds are: paired, two_evals, lr_grid"):
+        Runner("smoke", 1, tmp_path / "runs", verbose=0, published=[]).plan([bogus.name])
+    from reports import analysis
+
+    with pytest.raises(ValueError, match="'train'"):
+        analysis.compare("smoke", bogus, {})
+    # A learning-rate grid with no rates is refused by its kind.
+    empty = dataclasses.replace(get_ablation("fig1_tanh"), name="fig1_no_rates", lr_grid=())
+    monkeypatch.setitem(registry.ABLATIONS, empty.name, empty)
+    with pytest.raises(ValueError, match="'fig1_no_rates' is of kind 'lr_grid' but has no learning rates"):
+        Runner("smoke", 1, tmp_path / "runs", verbose=0, published=[]).plan([empty.name])
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_lr_grid_plan_walks_each_arms_grid_then_its_seeds(tmp_path):
+    """The dry walk of Figure 1 on the smoke preset, as the runner walked it before
+    the kinds: each arm's grid from the middle out on the selection seed (no rate
+    known, so no cap), then the seeds at the rate known so far (the lowest: every
+    rank ties while nothing has run), and one note for the runs decided later."""
+    from ablations.kinds.lr_grid import GRID_SEED, grid_label
+
+    plan = Runner("smoke", 3, tmp_path, verbose=0, published=[]).plan(["fig1_tanh"])
+    walk = [(j.label, j.seed, j.cfg.train.learning_rate, j.epoch_limit) for j in plan.todo]
+    middle_out = (0.005, 0.01, 0.0025, 0.02)
+    assert walk == ([("fig1_tanh.base.grid", GRID_SEED, lr, None) for lr in middle_out]
+                    + [("fig1_tanh.base", s, 0.0025, None) for s in range(3)]
+                    + [("fig1_tanh.grid", GRID_SEED, lr, None) for lr in middle_out]
+                    + [("fig1_tanh", s, 0.0025, None) for s in range(3)])
+    assert plan.pending == ["(Figure 1: grid rates stop early once they cannot win; the grid may grow by x2 at "
+                            "an edge, up to 3 more rates per arm)"]
+    # A seeded run at a rate is the same experiment as its grid run at that rate, one seed apart.
+    by = {(j.label, j.cfg.train.learning_rate): j.run_dir.parent.name.rsplit("-", 1)[1] for j in plan.todo}
+    for arm in ("fig1_tanh.base", "fig1_tanh"):
+        assert by[(arm, 0.0025)] == by[(grid_label(arm), 0.0025)]
+        assert len({by[(grid_label(arm), lr)] for lr in middle_out}) == 4
+    # The rate is the grid's to choose: a user override of it is refused.
+    with pytest.raises(ValueError, match="train.learning_rate"):
+        Runner("smoke", 1, tmp_path, overrides=["train.learning_rate=0.1"], verbose=0).plan(["fig1_tanh"])
+
+
+def test_a_new_fair_test_reuses_the_lr_grid_kind(tmp_path, monkeypatch):
+    """An lr_grid ablation on another claim (tanh against ReLU on final error, each
+    activation at its own rate): the same grid walk, and the paired rows with the
+    arms' rates allowed to differ, beside the grid."""
+    from ablations import registry
+    from ablations.kinds.lr_grid import GRID_SEED
+    from ablations.registry import Ablation, Claim
+    from reports import analysis
+
+    ab = Ablation(name="tanh_tuned", description="tanh instead of ReLU, each at its fastest rate",
+                  overrides={"model.activation": "tanh"}, presets=("smoke",), kind="lr_grid",
+                  base_overrides={"train.stop_at_train_error": 0.25}, lr_grid=(0.005, 0.01),
+                  arm_names=("ReLU", "tanh"), arm_title="Activation",
+                  claims={"*": Claim("§3.1", "tanh is worse at the same budget", top1=1.0)})
+    monkeypatch.setitem(registry.ABLATIONS, ab.name, ab)
+    plan = Runner("smoke", 2, tmp_path, verbose=0, published=[]).plan([ab.name])
+    assert [(j.label, j.seed) for j in plan.todo] == (
+        [("tanh_tuned.base.grid", GRID_SEED)] * 2 + [("tanh_tuned.base", 0), ("tanh_tuned.base", 1)]
+        + [("tanh_tuned.grid", GRID_SEED)] * 2 + [("tanh_tuned", 0), ("tanh_tuned", 1)])
+    comp = analysis.compare("smoke", ab, {})
+    assert [r.metric for r in comp.rows] == ["top-1", "top-5"] and comp.rows[0].role == "primary"
+    fig = comp.extra
+    assert fig.ratio is None and set(fig.grid) == {"relu", "tanh"}
+    assert [(c.lr, c.status) for c in fig.grid["tanh"]] == [(0.005, "missing"), (0.01, "missing")]
+    assert kind_of(ab).missing(comp) == [("tanh_tuned.base.grid (lr 0.005)", GRID_SEED, "absent"),
+                                         ("tanh_tuned.base.grid (lr 0.01)", GRID_SEED, "absent"),
+                                         ("tanh_tuned.grid (lr 0.005)", GRID_SEED, "absent"),
+                                         ("tanh_tuned.grid (lr 0.01)", GRID_SEED, "absent")]
 
 
 def _finished_run(cfg, label, wall_s, epochs):
@@ -397,3 +500,37 @@ def test_the_eta_leaves_out_a_run_that_failed_at_once():
     p.finish(jobs[0].run_dir, ok=False)  # diverged in a moment: says nothing about speed
     p.start(jobs[1].run_dir, "x", 1)
     assert out.getvalue().splitlines()[-1].split(" · ")[2] == "ETA 3 min"  # 2 runs x 100 s, unscaled
+
+
+def test_the_printed_total_adds_the_start_and_the_report_and_rounds_up(tmp_path):
+    """The plan's total is the whole command's: the time already spent starting
+    and measuring, the runs, then the report; printed rounded up, never down."""
+    import io
+
+    from ablations.plan import REPORT_S_PER_PRESET, Job, SuitePlan, print_plan, report_seconds
+    from reproduce.config import get_config
+
+    jobs = [Job("baseline", s, tmp_path / str(s), get_config("smoke"), estimate_s=50.0,
+                estimate_kind="calibrated") for s in range(2)]
+    plan = SuitePlan(todo=jobs, started_s=20.0, report_s=15.0)
+    out = io.StringIO()
+    print_plan(plan, "smoke", "CPU", out)
+    line = next(x for x in out.getvalue().splitlines() if "estimated time" in x)
+    # 135 s in all: 3 min (2 min would be the nearer whole minute, and below it)
+    assert line.endswith("3 min in all (calibrated): the runs ~2 min, then the report ~15 s, "
+                         "after the 20 s spent starting and measuring"), line
+
+    (tmp_path / "runs" / "cifar10").mkdir(parents=True)
+    (tmp_path / "runs" / "report").mkdir()  # the report's own folder is no preset
+    assert report_seconds(tmp_path / "runs", "smoke") == 2 * REPORT_S_PER_PRESET
+    assert report_seconds(tmp_path / "runs", "cifar10") == REPORT_S_PER_PRESET
+    assert report_seconds(tmp_path / "absent", "smoke") == REPORT_S_PER_PRESET
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the process start is read from /proc")
+def test_the_time_already_spent_counts_from_the_process_start():
+    code = "import time; time.sleep(1.5); from ablations.plan import process_seconds; print(process_seconds())"
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert 1.5 <= float(p.stdout) < 120  # the sleep before the import counts

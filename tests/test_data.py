@@ -500,11 +500,11 @@ def test_links_to_folders_are_followed_and_counted_by_the_identity_too(tmp_path)
     # The identity sees exactly these files: adding one behind the link changes it.
     before = data_identity(str(src))
     Image.new("RGB", (8, 8)).save(tmp_path / "disk2" / "extra" / "y.png")
-    from reproduce.data.identity import _folder_digest
+    from reproduce.sources import _folder_digest
 
     _folder_digest.cache_clear()  # memoized by the root folder's mtime, which did not change
     assert data_identity(str(src)) != before
-    from reproduce.data.identity import image_files
+    from reproduce.sources import image_files
 
     assert sorted(n for n in image_files(src / "train") if n.startswith("apple/")) == [
         "apple/00.jpg", "apple/01.png", "apple/02.webp", "apple/deeper/x.png", "apple/deeper/y.png"]

@@ -93,24 +93,171 @@ def test_a_small_batch_per_replica_is_warned_about():
 # -- the host feed ---------------------------------------------------------------------
 
 
-@pytest.mark.skipif(BACKEND != "tensorflow", reason="the tf.data feed is TensorFlow's")
-def test_the_tf_data_feed_gives_the_same_batches_epoch_after_epoch():
-    from reproduce.data import ArrayBatches
-    from reproduce.data.batches import tf_dataset
+class LabelsSeen(keras.Model):
+    """A linear model that records the labels of every batch `fit` trains on."""
 
-    x = np.random.default_rng(0).integers(0, 256, (37, 4, 4, 3), dtype=np.uint8)
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(1)
+        self.seen = []
+
+    def call(self, x):
+        return self.dense(keras.ops.reshape(keras.ops.cast(x, "float32"), (-1, 48)))
+
+    def train_step(self, data):
+        self.seen.append(np.asarray(data[1]))
+        return {"n": keras.ops.sum(data[1])}
+
+
+def _fit_labels(feed, steps_per_epoch, initial_epoch=1, epochs=3):
+    """The labels of the batches fit reads from epoch `initial_epoch` on, through
+    Keras' adapter of the PyDataset ("keras") or through tf_dataset ("tf.data"),
+    as the trainer sets them up."""
+    from reproduce.data import ArrayBatches, tf_dataset
+
+    x = np.zeros((37, 4, 4, 3), np.uint8)
+    y = np.arange(37, dtype=np.int32)  # a label names its example
+    batches = ArrayBatches(x, y, 8, seed=5, epoch=initial_epoch, drop_remainder=True,
+                           steps_per_epoch=steps_per_epoch)
+    model = LabelsSeen()
+    model.compile(run_eagerly=True)
+    callbacks = []
+    if feed == "tf.data":
+        batches, feed_epoch = tf_dataset(batches)
+        callbacks.append(feed_epoch)
+    model.fit(batches, epochs=epochs, initial_epoch=initial_epoch, shuffle=False, verbose=0,
+              callbacks=callbacks)
+    return model.seen
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the tf.data feed is TensorFlow's")
+@pytest.mark.parametrize("steps_per_epoch", [0, 3])
+def test_the_tf_data_feed_gives_fit_the_same_batches_as_the_pydataset(steps_per_epoch):
+    from reproduce.data import epoch_permutation
+
+    keras_feed = _fit_labels("keras", steps_per_epoch)
+    tf_feed = _fit_labels("tf.data", steps_per_epoch)
+    # Independently: fit's epoch e reads the batches' epoch e + 1 (Keras moves a
+    # PyDataset once before training: every run so far read that), and step i of
+    # epoch E is batch g % 4 of pass g // 4 over the 37 // 8 = 4 batches, g = E*S + i.
+    per_epoch = steps_per_epoch or 4
+    want = []
+    for epoch in (1, 2):
+        for i in range(per_epoch):
+            p, b = divmod((epoch + 1) * per_epoch + i, 4)
+            want.append(np.sort(epoch_permutation(37, 5, p)[8 * b:8 * b + 8]))
+    assert len(keras_feed) == len(tf_feed) == len(want) == 2 * per_epoch
+    for k, (a, b, w) in enumerate(zip(keras_feed, tf_feed, want)):
+        np.testing.assert_array_equal(a, w, err_msg=f"step {k}")
+        np.testing.assert_array_equal(b, w, err_msg=f"step {k}")
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the tf.data feed is TensorFlow's")
+def test_training_through_tf_data_computes_what_the_pydataset_feed_does(tmp_path, monkeypatch):
+    """Same batches and same augmentation draws: the same losses and weights, to the bit."""
+    from reproduce import train as train_lib
+
+    cfg = get_config("smoke", ["train.steps_per_epoch=3", "train.epochs=2", "eval.ten_view=false"])
+    out = {}
+    for feed in ("tf.data", "keras"):
+        monkeypatch.setattr(train_lib, "tf_data_feed", lambda feed=feed: feed == "tf.data")
+        train_lib.train(cfg, tmp_path / feed, verbose=0)
+        rows = runs.read_metrics_rows(tmp_path / feed)
+        with np.load(runs.state_path(tmp_path / feed)) as z:
+            out[feed] = ([(r["loss"], r["top1_err"]) for r in rows],
+                         {k: z[k] for k in z.files if k != "info"})
+    assert len(out["keras"][0]) == 2
+    assert out["tf.data"][0] == out["keras"][0]
+    for k, v in out["keras"][1].items():
+        np.testing.assert_array_equal(out["tf.data"][1][k], v, err_msg=k)
+
+
+def _fit_batch_labels(epoch, per_epoch):
+    """Independently: the labels of step i of fit's epoch e (the batches' epoch e + 1)
+    over 37 examples in 4 batches of 8 per pass: batch g % 4 of pass g // 4,
+    g = (e + 1) * per_epoch + i."""
+    from reproduce.data import epoch_permutation
+
+    out = []
+    for i in range(per_epoch):
+        p, b = divmod((epoch + 1) * per_epoch + i, 4)
+        out.append(np.sort(epoch_permutation(37, 5, p)[8 * b:8 * b + 8]))
+    return out
+
+
+class RecordInput(keras.layers.Layer):
+    """Records the first pixel of every image a concrete (eager) batch holds; the
+    symbolic and traced calls that build the model hold none and are skipped."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def call(self, x):
+        try:
+            self.seen.append(np.asarray(x)[:, 0, 0, 0].astype(np.int32))
+        except Exception:
+            pass
+        return keras.ops.reshape(keras.ops.cast(x, "float32"), (-1, 48))
+
+
+def _step_feed_labels(steps_per_epoch, initial_epoch, epochs=3):
+    """The labels of the batches fit trains on from `initial_epoch` on, through the
+    trainer's PyDataset feed (step_feed), on the current backend."""
+    from reproduce.data import ArrayBatches, step_feed
+
+    y = np.arange(37, dtype=np.int32)  # a label names its example, and so does its image
+    x = np.broadcast_to(y[:, None, None, None], (37, 4, 4, 3)).astype(np.uint8)
+    batches = ArrayBatches(x, y, 8, seed=5, epoch=initial_epoch, drop_remainder=True,
+                           steps_per_epoch=steps_per_epoch)
+    record = RecordInput()
+    model = keras.Sequential([keras.Input((4, 4, 3), dtype="uint8"), record, keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse", run_eagerly=True)
+    feed, feed_epoch = step_feed(batches, initial_epoch, threads=3)
+    try:
+        model.fit(feed, epochs=epochs, initial_epoch=initial_epoch, shuffle=False, verbose=0,
+                  callbacks=[feed_epoch])
+    finally:
+        feed.close()
+    return record.seen
+
+
+@pytest.mark.parametrize("steps_per_epoch", [0, 3])
+def test_the_step_feed_gives_fit_the_batches_of_their_epoch_and_step_alone(steps_per_epoch):
+    """Whatever Keras reads ahead (it reads a batch to build the model), fit's epoch e
+    trains on the batches' epoch e + 1, as the tf.data feed does; a run resumed at
+    epoch 1 reads what an uninterrupted one reads there."""
+    per_epoch = steps_per_epoch or 4
+    straight = _step_feed_labels(steps_per_epoch, 0)
+    resumed = _step_feed_labels(steps_per_epoch, 1)
+    want = [b for e in (0, 1, 2) for b in _fit_batch_labels(e, per_epoch)]
+    assert len(straight) == 3 * per_epoch and len(resumed) == 2 * per_epoch
+    for k, (a, w) in enumerate(zip(straight, want)):
+        np.testing.assert_array_equal(a, w, err_msg=f"step {k}")
+    for k, (a, w) in enumerate(zip(resumed, want[per_epoch:])):
+        np.testing.assert_array_equal(a, w, err_msg=f"resumed step {k}")
+
+
+def test_a_step_feed_batch_depends_on_its_epoch_and_step_not_on_what_was_read_ahead():
+    from reproduce.data import ArrayBatches, epoch_permutation
+    from reproduce.data.batches import StepFeed
+
     y = np.arange(37, dtype=np.int32)
-    want = ArrayBatches(x, y, 8, seed=5, epoch=2, drop_remainder=True, workers=1)
-    ds, hooks = tf_dataset(ArrayBatches(x, y, 8, seed=5, epoch=2, drop_remainder=True, workers=1))
-    for epoch in (2, 3):
-        got = list(ds.as_numpy_iterator())
-        assert len(got) == len(want) == 4
-        for i, (gx, gy) in enumerate(got):
-            np.testing.assert_array_equal(gx, want[i][0])
-            np.testing.assert_array_equal(gy, want[i][1])
-        hooks.on_epoch_end(epoch)
-        want.on_epoch_end()
-    assert want.epoch == 4
+    batches = ArrayBatches(np.zeros((37, 4, 4, 3), np.uint8), y, 8, seed=5, drop_remainder=True)
+    feed = StepFeed(batches, epoch=2, threads=2, ahead=3)
+    try:
+        # Jumps backwards and between epochs: every read-ahead guess is wrong once.
+        for epoch, i in [(2, 0), (2, 1), (7, 1), (2, 3), (3, 0), (3, 0), (0, 2)]:
+            feed.set_epoch(epoch)
+            _, labels = feed[i]
+            want = np.sort(epoch_permutation(37, 5, epoch)[8 * i:8 * i + 8])
+            np.testing.assert_array_equal(labels, want, err_msg=f"{(epoch, i)}")
+        with pytest.raises(IndexError, match="batch 4 of 4"):
+            feed[4]
+    finally:
+        feed.close()
+    with pytest.raises(ValueError, match="threads=0"):
+        StepFeed(batches, threads=0)
 
 
 # -- resolved precision and run identity -----------------------------------------------
@@ -128,6 +275,43 @@ def test_bf16_on_an_accelerator_is_another_experiment_and_float32_keeps_its_iden
     assert gpu.fingerprint("data") != before
     explicit = get_config("imagenette-cpu", ["train.precision=float32"])
     assert devices.resolved_config(explicit) is explicit
+
+
+@pytest.mark.one_backend
+def test_the_runner_names_a_bf16_run_apart_from_the_float32_one(tmp_path, monkeypatch):
+    from ablations.runner import Runner
+
+    def run_dirs():
+        return {str(j.run_dir) for j in Runner("smoke", 1, tmp_path, verbose=0).plan().todo}
+
+    monkeypatch.setattr(devices, "accelerator", lambda: None)
+    cpu = run_dirs()
+    monkeypatch.setattr(devices, "accelerator", lambda: "gpu")
+    gpu = run_dirs()
+    assert cpu and len(gpu) == len(cpu) and not cpu & gpu
+    base = get_config("smoke")
+    assert str(runs.run_dir(tmp_path, "smoke", "baseline", base.fingerprint(), 0)) in cpu
+    bf16 = get_config("smoke", ["train.precision=mixed_bfloat16"])
+    assert str(runs.run_dir(tmp_path, "smoke", "baseline", bf16.fingerprint(), 0)) in gpu
+
+
+@pytest.mark.one_backend
+def test_float32_resolution_keeps_every_published_run_directory(monkeypatch):
+    from pathlib import Path
+
+    from reproduce.config import Config
+
+    monkeypatch.setattr(devices, "accelerator", lambda: None)
+    stored = sorted(Path(__file__).resolve().parent.parent.glob("results/*/*/seed*/config.json"))
+    assert stored
+    for path in stored:
+        tree = json.loads(path.read_text())
+        # The dataset as the run recorded it (a local archive: its digest), not as
+        # data.source would name it on this machine.
+        cfg = devices.resolved_config(Config.from_dict(tree))
+        fp = cfg.fingerprint(tree["meta"]["data_id"])
+        assert path.parent.parent.name.endswith("-" + fp), path
+        assert fp == tree["meta"]["fingerprint"], path
 
 
 # -- checkpoint interval -------------------------------------------------------------
@@ -209,12 +393,13 @@ def test_evaluation_pads_the_last_batch_and_matches_one_whole_batch():
 @pytest.mark.one_backend
 def test_a_streamed_training_epoch_has_floor_n_over_batch_steps():
     from reproduce.data.tfds_source import Stream
-    from reproduce.train import _training_batches
+    from reproduce.train import _training_feed
 
     stream = Stream.__new__(Stream)
     stream.num_examples = 1000
     cfg = get_config("smoke", ["train.batch_size=128"])
-    assert len(_training_batches(cfg, stream, 0)) == math.floor(1000 / 128) == 7
+    batches, _, _ = _training_feed(cfg, stream, 0)
+    assert len(batches) == math.floor(1000 / 128) == 7
 
 
 # -- TensorFlow beside JAX -------------------------------------------------------------
@@ -229,10 +414,10 @@ def test_the_data_pipeline_hides_the_gpus_from_tensorflow_under_jax(monkeypatch)
     calls = []
     monkeypatch.setattr(tf.config, "set_visible_devices", lambda devs, kind=None: calls.append((devs, kind)))
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
-    assert tfds_source._tf() is tf
+    assert tfds_source.tensorflow_for_data() is tf
     assert calls == [([], "GPU")]
     monkeypatch.setattr(keras.backend, "backend", lambda: "tensorflow")
-    tfds_source._tf()
+    tfds_source.tensorflow_for_data()
     assert calls == [([], "GPU")]  # Keras on TensorFlow keeps its GPUs
 
 
@@ -290,6 +475,125 @@ def test_shards_hold_the_images_and_read_back_in_a_seeded_order(tmp_path):
     assert [len(t[0]) for t in read(seed=1, epoch=1, drop_remainder=True)] == [4, 4]
     with pytest.raises(shards.DataError, match="split 'validation' is not in"):
         shards.shard_dataset(tmp_path, "validation", 4)
+
+
+def _smooth_image_folder(root, per_class, classes=4, shape=(90, 76)):
+    """An ImageFolder of smooth PNGs (JPEG keeps them within a few levels):
+    class c's images are gradients with their own colour and phase."""
+    from PIL import Image
+
+    h, w = shape
+    ramp = np.linspace(0, 1, w)[None, :, None] * np.ones((h, 1, 3))
+    for split, n in per_class.items():
+        for c in range(classes):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                tint = np.array([60 + 40 * c, 200 - 30 * c, 90 + 10 * i])
+                img = np.roll(ramp, 5 * i, axis=1) * tint + 20
+                Image.fromarray(img.astype(np.uint8)).save(d / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def shards_folder(tmp_path_factory):
+    """An ImageFolder and its shards at S=76, written by the command."""
+    from reproduce.data import shards
+
+    tmp = tmp_path_factory.mktemp("shards")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("REPRODUCE_CACHE", str(tmp / "cache"))  # where the command decodes
+        folder = _smooth_image_folder(tmp / "folder", {"train": 12, "val": 4})
+        assert shards.main([str(folder), str(tmp / "shards"), "--size", "76", "--val-split", "val"]) == 0
+    return folder, tmp / "shards"
+
+
+@pytest.mark.one_backend
+def test_shards_are_a_data_source_that_reads_back_what_was_written(shards_folder, tmp_path, monkeypatch):
+    import shutil
+
+    import tensorflow as tf
+
+    from reproduce import data
+    from reproduce.config import DataConfig, data_identity
+
+    folder, out = shards_folder
+
+    def cfg(source, **kw):
+        return DataConfig(source=str(source), image_size=76, crop_size=67, val_split="val",
+                          cache_dir=str(tmp_path / "cache"), **kw)
+
+    orig = data.load(cfg(folder))  # the folder's own decode, at the same S
+    cached = data.load(cfg(out))
+    assert isinstance(cached.train, data.ImageArrays) and len(cached.train) == 48
+    assert cached.class_names == orig.class_names == [f"class{c}" for c in range(4)]
+    for split in ("train", "val"):
+        a, b = getattr(orig, split), getattr(cached, split)
+        np.testing.assert_array_equal(b.labels, a.labels)
+        assert np.abs(np.asarray(b.images, int) - np.asarray(a.images)).mean() < 2  # JPEG q95
+    # The cache holds exactly the JPEGs decoded, record by record, in the order written.
+    m = json.loads((out / "shards.json").read_text())
+    records = [r for f in m["splits"]["train"]["files"]
+               for r in tf.data.TFRecordDataset(str(out / f)).as_numpy_iterator()]
+    for i in (0, 17, 47):
+        ex = tf.train.Example.FromString(records[i])
+        img = tf.io.decode_jpeg(ex.features.feature["image"].bytes_list.value[0], channels=3)
+        np.testing.assert_array_equal(np.asarray(cached.train.images[i]), img.numpy())
+        assert ex.features.feature["label"].int64_list.value[0] == cached.train.labels[i]
+
+    # Streamed (a large training split): the same images, shuffled by (seed, epoch).
+    monkeypatch.setenv("REPRODUCE_STREAM", "1")
+    streamed = data.load(cfg(out))
+    assert isinstance(streamed.train, data.Stream) and len(streamed.train) == 48
+    assert isinstance(streamed.val, data.ImageArrays)  # evaluation indexes it
+    plain = list(streamed.train.dataset(16, shuffle=False).as_numpy_iterator())
+    np.testing.assert_array_equal(np.concatenate([x for x, _ in plain]), cached.train.images)
+    epochs = [np.concatenate([y for _, y in streamed.train.dataset(16, seed=3, epoch=e)
+                              .as_numpy_iterator()]) for e in (0, 0, 1)]
+    np.testing.assert_array_equal(epochs[0], epochs[1])
+    assert not np.array_equal(epochs[0], epochs[2])
+    np.testing.assert_array_equal(np.sort(epochs[2]), np.sort(cached.train.labels))
+    # data.max_train: the same subset streamed as cached.
+    sub_stream = data.load(cfg(out, max_train=20)).train
+    monkeypatch.setenv("REPRODUCE_STREAM", "0")
+    sub_cached = data.load(cfg(out, max_train=20)).train
+    assert len(sub_stream) == len(sub_cached) == 20
+    np.testing.assert_array_equal(
+        np.concatenate([x for x, _ in sub_stream.dataset(8, shuffle=False).as_numpy_iterator()]),
+        sub_cached.images)
+
+    # Identity by content: a copy elsewhere is the same dataset, re-encoded shards are not.
+    ident = data_identity(str(out))
+    assert ident.startswith("shards:")
+    shutil.copytree(out, tmp_path / "copy")
+    assert data_identity(str(tmp_path / "copy")) == ident
+    from reproduce.data import shards
+
+    shards.main([str(folder), str(tmp_path / "q80"), "--size", "76", "--val-split", "val",
+                 "--quality", "80"])
+    assert data_identity(str(tmp_path / "q80")).startswith("shards:")
+    assert data_identity(str(tmp_path / "q80")) != ident
+    with pytest.raises(data.DataError, match=r"hold 76x76 images, but data.image_size=64"):
+        data.load(DataConfig(source=str(out), image_size=64, crop_size=56, val_split="val",
+                             cache_dir=str(tmp_path / "cache")))
+
+
+def test_the_smoke_preset_trains_from_streamed_shards(shards_folder, tmp_path, monkeypatch):
+    from reproduce.config import data_identity
+    from reproduce.train import train
+
+    _, out = shards_folder
+    monkeypatch.setenv("REPRODUCE_STREAM", "1")
+    monkeypatch.setenv("REPRODUCE_CACHE", str(tmp_path / "cache"))
+    cfg = get_config("smoke", [f"data.source={out}", "data.val_split=val", "train.epochs=1",
+                               "eval.ten_view=false"])
+    result = train(cfg, tmp_path / "run", verbose=0)
+    assert result["status"] == "ok" and result["epochs"] == 1
+    rows = runs.read_metrics_rows(tmp_path / "run")
+    assert len(rows) == 1 and math.isfinite(rows[0]["loss"])
+    meta = json.loads((tmp_path / "run" / runs.CONFIG).read_text())["meta"]
+    assert meta["data_id"] == data_identity(str(out))
+    assert meta["fingerprint"] == cfg.fingerprint()
 
 
 @pytest.mark.one_backend

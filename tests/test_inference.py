@@ -74,7 +74,7 @@ def _training_probabilities(run):
 _FRESH = """
 import json, sys
 import keras, numpy as np
-import reproduce.augment, reproduce.layers
+import reproduce
 m = keras.saving.load_model(sys.argv[1])
 np.save(sys.argv[3], m.predict(np.load(sys.argv[2]), verbose=0))
 print(json.dumps({"backend": keras.backend.backend(), "input": [str(m.input.dtype), list(m.input_shape)],

@@ -285,6 +285,16 @@ def test_caffe_init_and_weight_decay():
     assert len(m.losses) == len(kernels)
 
 
+@pytest.mark.parametrize("init,positive", [("paper", 1.0), ("caffe", 0.1), ("zero", 0.0)])
+def test_positive_biases_by_init(init, positive):
+    # §5's layers (conv2, conv4, conv5, fc6, fc7) get the init's constant; the others 0.
+    m = M.alexnet(**SMALL, init=init)
+    for name in ("conv2_a", "conv2_b", "conv4_a", "conv4_b", "conv5_a", "conv5_b", "fc6", "fc7"):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(m.get_layer(name).bias), np.float32(positive))
+    for name in ("conv1_a", "conv3_b", "fc8"):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(m.get_layer(name).bias), 0.0)
+
+
 @pytest.mark.parametrize(
     "kwargs,words",
     [

@@ -178,7 +178,7 @@ def test_two_make_train_on_the_same_run_train_it_once(tmp_path):
 
 
 def test_run_files_follow_the_umask(tmp_path):
-    from reproduce.data import identity
+    from reproduce import sources as identity
 
     def modes(umask):
         d = tmp_path / f"u{umask:o}"
@@ -324,6 +324,69 @@ def test_divergence_after_an_epoch_says_which_epochs_are_kept(tmp_path):
     assert [r["epoch"] for r in runs.read_metrics_rows(d)] == [0]
 
 
+
+def test_one_status_per_run_directory_and_each_reader_chooses_what_it_accepts(tmp_path, monkeypatch):
+    """Run directories trained here: one finished, one diverged (a huge rate), one
+    stopped after its first epoch, and one stopped with a recorded failure of
+    another kind. `Run.status` and `read_status` agree on each; the report counts
+    finished runs only, the runner skips finished runs and takes a diverged one
+    as a grid rate's answer only, publishing keeps finished and diverged runs."""
+    from ablations.runner import Runner
+    from reports import collect as C
+    from reproduce import train as train_lib
+
+    class Stop(Exception):
+        pass
+
+    class StopAtEpoch2(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                raise Stop("stopped after epoch 1")
+
+    real_train = train_lib.train
+
+    def stopping_train(cfg, run_dir, **kw):
+        return real_train(cfg, run_dir, callbacks=[StopAtEpoch2()], **kw)
+
+    root = tmp_path / "runs"
+    r = Runner("smoke", 1, root, verbose=0, published=[])
+    cfgs = {"ok": _tiny(**{"train.epochs": 1}), "nan": _tiny(**{"train.learning_rate": 1e12, "train.epochs": 1}),
+            "stopped": _tiny(**{"train.epochs": 2}), "failed": _tiny(**{"train.epochs": 2})}
+    assert r.run_one("ok", cfgs["ok"], 0)["status"] == "ok"
+    assert r.run_one("nan", cfgs["nan"], 0) is None and [d.parent.name.split("-")[0] for d, _ in r.failed] == ["nan"]
+    monkeypatch.setattr(train_lib, "train", stopping_train)
+    for label in ("stopped", "failed"):
+        with pytest.raises(Stop):
+            r.run_one(label, cfgs[label], 0)
+    dirs = {label: next((root / "smoke").glob(f"{label}-*/seed0")) for label in cfgs}
+    runs.write_failure(dirs["failed"], "out of memory", {"epoch": 1})
+
+    status = {label: runs.load_run(d).status for label, d in dirs.items()}
+    assert status == {"ok": runs.FINISHED, "nan": runs.DIVERGED, "stopped": runs.UNFINISHED, "failed": runs.FAILED}
+    assert {label: runs.read_status(d) for label, d in dirs.items()} == status
+    assert (dirs["stopped"] / runs.METRICS).exists() and not (dirs["stopped"] / runs.RESULT).exists()
+    # The report: counted only when finished, the others listed with their status.
+    loaded = {label: runs.load_run(d) for label, d in dirs.items()}
+    assert [label for label, run in loaded.items() if C.is_counted(run)] == ["ok"]
+    assert {label: C.run_status(run) for label, run in loaded.items()} == {
+        "ok": "finished", "nan": "failed: diverged", "stopped": "unfinished (1 epochs logged)",
+        "failed": "failed: out of memory"}
+    # The runner: a finished run is not trained again; a diverged one is a grid rate's
+    # answer, and trained again as a seeded run; the others are trained again.
+    calls = []
+    monkeypatch.setattr(train_lib, "train", lambda cfg, run_dir, **kw: calls.append(run_dir.parent.name) or None)
+    assert r.run_one("ok", cfgs["ok"], 0) == runs.read_result(dirs["ok"])
+    assert r.run_one("nan", cfgs["nan"], 0, diverged_is_final=True) is None and calls == []
+    for label in ("nan", "stopped", "failed"):
+        r.run_one(label, cfgs[label], 0)
+    assert [c.split("-")[0] for c in calls] == ["nan", "stopped", "failed"]
+    # Publishing: finished and diverged runs travel, the others stay.
+    pub = runs.publish(root, tmp_path / "results")
+    assert sorted(d.parent.name.split("-")[0] for d in pub.copied) == ["nan", "ok"]
+    assert sorted((p.parent.name.split("-")[0], why) for p, why in pub.skipped) == [
+        ("failed", "failed"), ("stopped", "not finished")]
+
+
 def test_the_divergence_check_never_syncs_the_training_state_from_its_thread():
     # On JAX the per-batch check runs in Keras' callback thread (async_safe), while
     # the training loop donates the state's buffers to the next step; a state sync
@@ -441,7 +504,8 @@ def test_a_worker_takes_its_share_first_then_what_is_left(tmp_path, monkeypatch)
 
 
 def test_a_held_run_is_left_to_its_holder_and_a_held_grid_run_its_whole_arm(tmp_path, monkeypatch):
-    from ablations.registry import GRID_SEED, get_ablation
+    from ablations.kinds.lr_grid import GRID_SEED
+    from ablations.registry import get_ablation
     from ablations.runner import Runner, _with_seed
 
     calls = _fake_train(monkeypatch)
@@ -566,8 +630,7 @@ def test_a_result_json_with_a_non_number_is_skipped_as_damaged_and_the_rest_publ
 
 
 def test_a_killed_report_build_is_removed_by_the_next_and_ignored_by_git(tmp_path):
-    from reports import build_report
-    from reports import report as RP
+    from reports import build_report, folder_swap
 
     _two_finished_runs(tmp_path / "runs")
     out = tmp_path / "results"
@@ -576,7 +639,7 @@ def test_a_killed_report_build_is_removed_by_the_next_and_ignored_by_git(tmp_pat
     for d in (stale_new, stale_old, live):
         d.mkdir()
         (d / "report.md").write_text("half a report")
-    held = RP._hold(live)
+    held = folder_swap.hold(live)
     try:
         build_report(tmp_path / "runs", out)
     finally:
@@ -643,21 +706,50 @@ def test_the_plan_counts_a_fixed_cost_per_epoch(tmp_path, monkeypatch):
     assert job.estimate_s == pytest.approx(5.0 + 40 * 0.25 + images / 640.0)
 
 
-def test_the_docs_say_the_scheme_is_not_part_of_the_fingerprint():
+def test_the_scheme_is_not_part_of_the_fingerprint():
     from reproduce.config import NOT_IDENTITY
 
     assert "distribute.scheme" in NOT_IDENTITY
     assert get_config("smoke").fingerprint() == get_config("smoke", ["distribute.scheme=mirrored"]).fingerprint()
-    doc = " ".join((ROOT / "docs" / "distributed.md").read_text().split())
-    assert "`distribute.scheme` is not part of the configuration fingerprint" in doc
-    assert "is currently part of the configuration fingerprint" not in doc
 
 
-def test_make_tensorboard_shows_the_runs_folder_and_the_readme_says_which_backend_logs(tmp_path):
+def test_make_tensorboard_shows_the_runs_folder(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}  # under `make test`
     p = subprocess.run(["make", "--no-print-directory", "-n", "-f", str(ROOT / "Makefile"), "tensorboard",
                         "RUNS=/some/runs"], cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
     assert p.returncode == 0, p.stderr
     assert re.search(r"tensorboard --logdir '/some/runs'$", p.stdout.strip()), p.stdout
-    readme = " ".join((ROOT / "README.md").read_text().split())
-    assert "`tensorboard/` (TensorFlow backend only" in readme and "`make tensorboard`" in readme
+
+
+def test_only_the_tensorflow_backend_logs_to_tensorboard(tmp_path):
+    """A run's tensorboard/ folder (what `make tensorboard` shows) is written on
+    TensorFlow only; on JAX the run has metrics.csv alone."""
+    import importlib.util
+
+    from reproduce.callbacks import EpochTensorBoard, training_callbacks
+
+    logs = [c for c in training_callbacks(get_config("smoke"), tmp_path, {}, 64).all
+            if isinstance(c, EpochTensorBoard)]
+    if BACKEND == "tensorflow" and importlib.util.find_spec("tensorboard") is not None:
+        assert [Path(c.log_dir) for c in logs] == [tmp_path / runs.TENSORBOARD]
+    else:
+        assert logs == []
+
+
+def test_a_replacement_that_fails_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    """`reproduce.files.replacing`, which every file the library writes goes through:
+    the old file stays whole until the new one is complete."""
+    from reproduce.files import replacing
+
+    p = tmp_path / "state.npz"
+    np.savez(p, a=np.arange(3))
+    with pytest.raises(RuntimeError, match="stopped"):
+        with replacing(p, suffix=".npz") as tmp:
+            np.savez(tmp, a=np.arange(5))
+            raise RuntimeError("stopped mid-write")
+    assert np.load(p)["a"].tolist() == [0, 1, 2]
+    assert [x.name for x in tmp_path.iterdir()] == ["state.npz"]
+    with replacing(p, suffix=".npz") as tmp:
+        np.savez(tmp, a=np.arange(5))
+    assert np.load(p)["a"].tolist() == [0, 1, 2, 3, 4]
+    assert [x.name for x in tmp_path.iterdir()] == ["state.npz"]

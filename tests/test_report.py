@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from ablations.registry import ABLATIONS, GRID_SEED, get_ablation
+from ablations.kinds.lr_grid import GRID_SEED
+from ablations.registry import ABLATIONS, get_ablation
 from reproduce import runs as R
 from reproduce.config import apply_overrides, get_config, validate
 
@@ -661,7 +662,7 @@ def test_top5_is_secondary_with_many_classes(tmp_path):
 
 
 def test_figure1(report, md):
-    f1 = report.analyses["smoke"].fig1
+    f1 = report.analyses["smoke"].comparison("fig1_tanh").extra
     assert {s: t.epochs for s, t in f1.base_ttt.items()} == FIG1_RELU
     assert {s: t.epochs for s, t in f1.variant_ttt.items()} == FIG1_TANH
     assert f1.variant_ttt[2].observed == 20 and not f1.variant_ttt[2].reached
@@ -691,14 +692,14 @@ def test_figure1_censored_ratio_is_a_lower_bound(report, md, full_md):
     assert row.lower_bound_only and row.ci.hi > math.log(6) > row.ci.lo
     assert row.direction_verdict == S.DIR_CLAIMED
     assert row.magnitude == S.MAG_CENSORED and row.verdict == S.SIZE_UNRESOLVED
-    est = report.analyses["smoke"].fig1.ratio.estimate
+    est = report.analyses["smoke"].comparison("fig1_tanh").extra.ratio.estimate
     assert f"tanh / ReLU: at least x{est:.2f}" in md
     assert f"at least x{est:.2f} [" in section(full_md, "## Summary", "\n## ")
     assert "cannot be ruled out above the interval" in md
 
 
 def test_figure1_learning_rate_flags(report, md):
-    notes = " ".join(report.analyses["smoke"].fig1.notes)
+    notes = " ".join(report.analyses["smoke"].comparison("fig1_tanh").extra.notes)
     # tanh's chosen 0.02 is the highest rate its grid finished; ReLU's 0.01 is inside its grid.
     assert "tanh: the chosen lr 0.02 is the highest rate of the grid run" in notes
     assert "relu: the chosen lr" not in notes
@@ -828,7 +829,7 @@ def test_csv_exports_load_with_pandas(report):
     assert c.p_adjusted == pytest.approx(row.p_adj) and c.family == an.family and c.level == pytest.approx(row.level)
     assert c.mde == pytest.approx(100 * row.mde) and c.verdict == row.verdict and c.n_base == 3
     f1 = claims[(claims.preset == "smoke") & (claims.ablation == "fig1_tanh")].iloc[0]
-    assert f1.unit == "ratio" and f1.paper == 6 and f1.measured == pytest.approx(an.fig1.ratio.estimate)
+    assert f1.unit == "ratio" and f1.paper == 6 and f1.measured == pytest.approx(an.comparison("fig1_tanh").extra.ratio.estimate)
     assert set(claims.preset) == {"smoke", "cifar10"}
 
 
@@ -842,7 +843,7 @@ def test_figure_titles_fit_their_figures(monkeypatch, tmp_path, report):
     from reports import figures as F
 
     seen = []
-    monkeypatch.setattr(F, "_save", lambda fig, path: seen.append(fig))
+    monkeypatch.setattr(F, "save", lambda fig, path: seen.append(fig))
     comps = [report.analyses["smoke"].comparison("no_lrn")]
     F.learning_curves(comps, tmp_path / "x.png", "imagenette: validation top-1 error, a long title for one panel")
     fig = seen[0]
@@ -1075,9 +1076,9 @@ def test_report_folder_is_replaced_as_a_whole(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "runs"]
     assert (out.stat().st_mode & 0o777) == 0o777 & ~_umask()
     # Where the system cannot exchange two folders in one step, two renames do it.
-    from reports import report as RP
+    from reports import folder_swap
 
-    monkeypatch.setattr(RP, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(folder_swap, "exchange", lambda a, b: False)
     make_run(root, "imagenet", "one_tower", 0, top1=130, extra={**EXTRA, "data.source": "tfds:imagenet2012"},
              classes=1000)
     third = build_report(root, out)
@@ -1108,27 +1109,9 @@ def _umask():
     return m
 
 
-# --------------------------------------------------------------------------------------
-# Citations behind the PCA colour comparison
-# --------------------------------------------------------------------------------------
-
-
-def test_pca_colour_citations():
-    """fb.resnet.torch's Lighting multiplies by its eigval (eigenvalues, not their square
-    roots); Caffe's reference model has no PCA colour augmentation at all."""
-    import ast
-
-    doc = " ".join(ast.get_docstring(ast.parse((REPO / "reproduce" / "augment.py").read_text())).split())
-    assert "fb.resnet.torch's `Lighting` transform also multiplies by the eigenvalue" in doc
-    assert not re.search(r"square root[^.]*fb\.resnet\.torch", doc)
-    readme = " ".join((REPO / "README.md").read_text().split())
-    assert "Caffe/Torch ports" not in readme
-    assert "Caffe's reference model has no PCA colour augmentation" in readme
-
-
 def test_readme_block_is_written_from_the_report(fixture_root, tmp_path):
     from reports.__main__ import main
-    from reports.report import README_BEGIN, README_END
+    from reports.readme import README_BEGIN, README_END
 
     readme = tmp_path / "README.md"
     readme.write_text(f"# Project\n\nintro\n\n{README_BEGIN}\nold numbers\n{README_END}\n\n## More\n")
@@ -1194,7 +1177,7 @@ def test_a_diverged_grid_rate_is_shown_as_diverged(tmp_path):
     assert "| 0.0025 | missing | n/a | missing | n/a |" in grid
     # A diverged rate counts as tried when the edges of the grid are found: ReLU's 0.01
     # lies between 0.005 and the diverged 0.02, tanh's 0.02 below the diverged 0.04.
-    notes = " ".join(rep.analyses["smoke"].fig1.notes)
+    notes = " ".join(rep.analyses["smoke"].comparison("fig1_tanh").extra.notes)
     assert "relu: the chosen lr" not in notes
     assert "tanh: the chosen lr 0.02 is the lowest rate of the grid run (0.02, 0.04)" in notes
     # A preset run for Figure 1 alone has no baseline runs; its arms still name the data.
@@ -1231,7 +1214,7 @@ def test_figure1_wall_times_compare_runs_on_one_device(tmp_path):
     _grid_run(root, "smoke", "fig1_tanh.base", 0.01, 3, device="CPU (A, 2 cores)")
     _grid_run(root, "smoke", "fig1_tanh", 0.02, 15, device="CPU (B, 2 cores)")
     rep = build_report(root, tmp_path / "out")
-    f1 = rep.analyses["smoke"].fig1
+    f1 = rep.analyses["smoke"].comparison("fig1_tanh").extra
     assert f1.wall_device == "CPU (A, 2 cores)"
     assert f1.wall_ratio.estimate == pytest.approx(np.exp(np.mean(np.log([60.0, 61.0])) - np.mean(
         np.log([10.0, 10.1, 10.2]))))
@@ -1249,7 +1232,7 @@ def test_figure1_wall_times_compare_runs_on_one_device(tmp_path):
     for s in range(2):
         make_run(root2, "smoke", "fig1_tanh.base", s, curve=fig1_curve(3), lr=0.01, epochs_to_target=3, device="A")
         make_run(root2, "smoke", "fig1_tanh", s, curve=fig1_curve(15), lr=0.02, epochs_to_target=15, device="B")
-    f1 = build_report(root2, tmp_path / "out2").analyses["smoke"].fig1
+    f1 = build_report(root2, tmp_path / "out2").analyses["smoke"].comparison("fig1_tanh").extra
     assert f1.wall_ratio is None and any("ran on different devices" in n for n in f1.notes)
 
 

@@ -15,11 +15,12 @@ from types import SimpleNamespace
 
 import pytest
 
+from ablations.kinds import lr_grid
 from reports import build_report
 from reports import collect as C
 from reports import document as D
 from reports import figures as F
-from reports.report import preset_description
+from reports.sections import preset_description
 from reproduce import runs as R
 from reproduce.config import PRESETS, data_identity
 from tests.test_report import fig1_curve, make_run, squash
@@ -92,6 +93,8 @@ def test_portable_paths():
         "--set data.source=a.tar.xz")
     assert C.portable("data.source=shared/a.tar and shared/a.tar.xz", ["shared/a.tar"], repo) == (
         "data.source=a.tar and shared/a.tar.xz")
+    # A relative path out of the folder the command ran in (not a data source): its last name.
+    assert C.portable("--data ../d/a.tar.xz --runs ../../x/runs", repo=repo) == "--data a.tar.xz --runs runs"
     # Other absolute and home paths: their last name; sentences, URLs, ratios, TFDS names and
     # relative paths are left alone.
     assert C.portable("under /tmp/x/runs. See ~/y/z, https://a.org/b 3/4 tfds:imagenette/160px-v2 ./c/d",
@@ -184,7 +187,7 @@ def _captured(monkeypatch) -> list:
         seen.append(fig)
         return F.FigureFile(path, *fig.get_size_inches())
 
-    monkeypatch.setattr(F, "_save", save)
+    monkeypatch.setattr(F, "save", save)
     return seen
 
 
@@ -234,7 +237,7 @@ def test_no_delta_figure_without_measured_deltas(fig1_report, monkeypatch, tmp_p
 
 def test_figure1_arms_differ_in_colour_and_style(fig1_report, monkeypatch, tmp_path):
     seen = _captured(monkeypatch)
-    F.figure1(fig1_report.analyses["smoke"].fig1, tmp_path / "f1.png", "Figure 1")
+    lr_grid.figure(fig1_report.analyses["smoke"].comparison("fig1_tanh").extra, tmp_path / "f1.png", "Figure 1")
     ax = seen[0].axes[0]
     arms = {}
     for line in ax.get_lines():

@@ -82,7 +82,8 @@ def test_learns_generated_data(tmp_path):
             "train.learning_rate": 0.002,
             "eval.ten_view": False,
             "model.init": "caffe",
-            "train.xla": True,  # the default outside the smoke preset
+            "train.xla": True,  # the defaults outside the smoke preset
+            "train.run_eagerly": False,
         },
     )
     seen = {}
@@ -209,6 +210,51 @@ def test_a_resumed_run_continues_exactly(tmp_path):
             assert rb[k] == pytest.approx(ra[k], rel=1e-4, abs=1e-6), (ra["epoch"], k)
     for k in ("val_top1_err", "val_top5_err", "train_top1_err_clean"):
         assert resumed[k] == pytest.approx(straight[k], abs=1e-9), k
+    # The same batches at every epoch (chosen by (epoch, step) alone): the same bits.
+    wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert sorted(wa) == sorted(wb)
+    for k in wa:
+        np.testing.assert_array_equal(wb[k], wa[k], err_msg=k)
+
+
+def _weights(run_dir) -> dict:
+    """The saved training state's arrays (weights, momentum, seed state)."""
+    with np.load(runs.state_path(run_dir)) as z:
+        return {k: z[k] for k in z.files if k != "info"}
+
+
+def test_an_eager_run_trains_what_the_traced_step_does(tmp_path):
+    """train.run_eagerly (the smoke preset's, TensorFlow only) changes how the step
+    runs, not what it computes: the same weights, float rounding aside, and so the
+    same fingerprint."""
+    seen = []
+
+    class Mode(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen.append(self.model.run_eagerly)
+
+    eager = _tiny_cfg(**{"eval.ten_view": False, "train.run_eagerly": True})
+    traced = _tiny_cfg(**{"eval.ten_view": False, "train.run_eagerly": False})
+    assert eager.fingerprint() == traced.fingerprint()
+    train(eager, tmp_path / "eager", verbose=0, callbacks=[Mode()])
+    train(traced, tmp_path / "traced", verbose=0, callbacks=[Mode()])
+    assert seen == [keras.backend.backend() == "tensorflow", False]
+    we, wt = _weights(tmp_path / "eager"), _weights(tmp_path / "traced")
+    assert we and sorted(we) == sorted(wt)
+    for k in we:
+        np.testing.assert_allclose(we[k], wt[k], rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+def test_two_runs_of_a_seed_train_the_same_weights(tmp_path):
+    """The feed reads ahead in threads, whose timing differs from run to run; the
+    batches, and so the weights, do not."""
+    cfg = _tiny_cfg(**{"eval.ten_view": False})
+    train(cfg, tmp_path / "a", verbose=0)
+    train(cfg, tmp_path / "b", verbose=0)
+    wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert wa and sorted(wa) == sorted(wb)
+    for k in wa:
+        np.testing.assert_array_equal(wb[k], wa[k], err_msg=k)
 
 
 def test_epoch_limit_censors_and_a_higher_limit_trains_on(tmp_path):

@@ -213,7 +213,7 @@ def _crossing(errors, target=0.25, start=0.75, at=1.0):
 
 
 def test_figure1_gives_the_ratio_under_every_counting_rule(tmp_path):
-    from ablations.registry import GRID_SEED
+    from ablations.kinds.lr_grid import GRID_SEED
     from test_report import config_for
 
     root = tmp_path / "runs"
@@ -229,7 +229,7 @@ def test_figure1_gives_the_ratio_under_every_counting_rule(tmp_path):
     make_run(root, "smoke", "fig1_tanh.base.grid", GRID_SEED, curve=fig1_curve(2), epochs_to_target=2, lr=lr_b)
     make_run(root, "smoke", "fig1_tanh.grid", GRID_SEED, curve=fig1_curve(12), epochs_to_target=12, lr=lr_v)
     rep = build_report(root, tmp_path / "out")
-    f1 = rep.analyses["smoke"].fig1
+    f1 = rep.analyses["smoke"].comparison("fig1_tanh").extra
     gm = lambda xs: math.exp(np.mean(np.log(xs)))  # noqa: E731
     by_whole = [whole(tanh[s]) / whole(relu[s]) for s in relu]
     assert f1.rules[0].name.startswith("whole epochs") and f1.rules[0].estimate == pytest.approx(gm(by_whole))

@@ -8,11 +8,14 @@ One value, `data.source`, picks the source:
   ``tfds:cifar10``, ``tfds:imagenette/160px-v2``. Needs TensorFlow.
 * a folder in ImageFolder layout ``<root>/<split>/<class>/<image>`` (JPEG, PNG or
   WebP), or a ``.tar``, ``.tar.gz``, ``.tar.xz`` or ``.zip`` archive of one (a single
-  top-level folder inside is detected), e.g. ``../shared/data/cifar10-jpeg.tar.xz``.
+  top-level folder inside is detected), e.g. ``~/data/cifar10-jpeg.tar.xz``.
+* a folder of pre-resized JPEG shards written by ``python -m reproduce.data.shards``
+  (it holds ``shards.json``): the GPU feed for ImageNet, see `reproduce.data.shards`
+  (read through `reproduce.data.shard_source`). Needs TensorFlow (tf.data reads them).
 * ``synthetic``  class-dependent colour + stripe patterns, learnable in seconds.
 
 Folders, archives and synthetic data need only NumPy and Pillow (no TensorFlow:
-the GPU machine runs Keras on JAX alone); TensorFlow is imported only for tfds:.
+Keras may run on JAX alone); TensorFlow is imported only for tfds:.
 
 §2 preprocessing: the shorter side rescaled to S = data.image_size and the central
 SxS patch kept, stored as uint8. Decoding happens once, in parallel processes, into
@@ -42,9 +45,16 @@ Public API (the trainer calls exactly these)::
         (0-255 scale). Computed once, cached next to the data.
     ArrayBatches(images, labels=None, batch_size=128, shuffle=True, seed=0, epoch=0,
                  drop_remainder=False, workers=4, use_multiprocessing=False,
-                 max_queue_size=8)     keras.utils.PyDataset of (uint8, int32)
-        reshuffled per epoch from (seed, epoch); `on_epoch_end` advances the
-        epoch, `set_epoch(e)` / `epoch=e` resumes. Pass shuffle=False to fit.
+                 max_queue_size=8, steps_per_epoch=0)
+                                       keras.utils.PyDataset of (uint8, int32)
+        reshuffled per pass from (seed, pass), a batch a function of (epoch,
+        step); `on_epoch_end` advances the epoch, `set_epoch(e)` / `epoch=e`
+        resumes. Pass shuffle=False to fit.
+    tf_dataset(batches) -> (tf.data.Dataset, callback)   the same batches through
+        tf.data (TensorFlow's training feed)
+    step_feed(batches, first_epoch) -> (StepFeed, callback)   the same batches
+        as a PyDataset chosen by (epoch, step) alone, whatever Keras reads ahead
+        (JAX's training feed)
     Stream.batches(batch_size, shuffle, seed, epoch) / Stream.dataset(...)
         the same for a streamed split.
     subset(arrays, n, seed=0) -> ImageArrays   n random images, lazily indexed
@@ -63,6 +73,7 @@ from __future__ import annotations
 import numpy as np
 
 from reproduce.data import cache as _cache
+from reproduce.data import imagefolder, shard_source, tfds_source
 from reproduce.data import synthetic as _synthetic
 from reproduce.data.common import (  # noqa: F401
     MAX_BAD_FRACTION,
@@ -75,24 +86,25 @@ from reproduce.data.common import (  # noqa: F401
 )
 from reproduce.data.decode import decode_count  # noqa: F401
 from reproduce.data.pixelstats import compute_stats
+from reproduce.data.tfds_source import Stream
+from reproduce.files import cache_root
+from reproduce.sources import is_shards
 
 __all__ = [
     "load", "load_split", "load_stats", "subset", "ArrayBatches", "StreamBatches",
     "ImageArrays", "Stats", "Data", "DataError", "decode_count", "Stream", "check_batches",
+    "tf_dataset", "step_feed",
 ]
 
 
 def __getattr__(name):
     # Keras loads only when batches are asked for: decode workers and the report
     # import this package without it.
-    if name in ("ArrayBatches", "StreamBatches", "epoch_permutation"):
+    if name in ("ArrayBatches", "StreamBatches", "epoch_permutation", "tf_dataset",
+                "step_feed"):
         from reproduce.data import batches
 
         return getattr(batches, name)
-    if name == "Stream":
-        from reproduce.data.tfds_source import Stream
-
-        return Stream
     raise AttributeError(f"module 'reproduce.data' has no attribute {name!r}")
 
 
@@ -106,7 +118,7 @@ def _kind(source: str) -> str:
     if not source:
         raise DataError("data.source is empty; use tfds:<name>, a folder or archive path, "
                         "or synthetic")
-    return "path"
+    return "shards" if is_shards(source) else "path"
 
 
 def _max_for(cfg, split: str) -> int:
@@ -133,16 +145,16 @@ def _load_splits(cfg, splits, same_classes: bool = False) -> list:
     kind = _kind(cfg.source)
     if kind == "synthetic":
         return [_synthetic_split(cfg, s) for s in splits]
-    root = _cache.cache_root(cfg.cache_dir)
+    root = cache_root(cfg.cache_dir)
     if kind == "tfds":
-        from reproduce.data import tfds_source
-
         # The validation split is never streamed: the trainer's evaluation indexes it.
         return [tfds_source.load_split(cfg.source, cfg.source[5:], s, _max_for(cfg, s),
                                        cfg.image_size, root, stream_ok=s != cfg.val_split)
                 for s in splits]
-    from reproduce.data import imagefolder
-
+    if kind == "shards":
+        return [shard_source.load_split(cfg.source, s, _max_for(cfg, s), cfg.image_size,
+                                        root, stream_ok=s != cfg.val_split)
+                for s in splits]
     return imagefolder.load_splits(cfg.source, [(s, _max_for(cfg, s)) for s in splits],
                                    cfg.image_size, root, same_classes=same_classes)
 
@@ -154,9 +166,7 @@ def load_split(data_cfg, split: str):
 
 def _stats_of(data_cfg, train) -> Stats:
     if not isinstance(train, ImageArrays):  # a Stream
-        from reproduce.data import tfds_source
-
-        return tfds_source.stream_stats(train, _cache.cache_root(data_cfg.cache_dir))
+        return tfds_source.stream_stats(train, cache_root(data_cfg.cache_dir))
     if train.cache_path is None:
         return compute_stats(train.images)
     st = _cache.read_stats(train.cache_path)

@@ -12,6 +12,8 @@ Python's global `random`, which a resumed run cannot reproduce.
 from __future__ import annotations
 
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import keras
 import numpy as np
@@ -24,20 +26,37 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
 
 
+# Keras moves a PyDataset to its next epoch once before `fit`'s first epoch
+# (EpochIterator.reset calls on_epoch_end), so `fit`'s epoch e of a run whose
+# batches start at epoch e0 has always read the batches' epoch e0 + (e - e0) + 1.
+# A feed that sets its epoch itself (`tf_dataset`, `step_feed`) adds it, so a
+# seed's batches are those of every run trained before.
+FIT_EPOCH_OFFSET = 1
+
+
 class ArrayBatches(keras.utils.PyDataset):
     """(uint8 images, int32 labels) batches from (memory-mapped) arrays.
 
     ArrayBatches(images, labels=None, batch_size=128, shuffle=True, seed=0, epoch=0,
                  drop_remainder=False, workers=4, use_multiprocessing=False,
-                 max_queue_size=8)
+                 max_queue_size=8, steps_per_epoch=0)
 
     `images` may also be an ImageArrays (its labels are used). With labels=None
-    the batches are `(images,)` (for `predict`). With shuffle, epoch e visits the
-    examples in `epoch_permutation(N, seed, e)` order; Keras calls `on_epoch_end`
-    after each epoch, which advances the epoch; a resumed run passes `epoch=` (or
-    calls `set_epoch`) to continue the same sequence. The indices inside a batch
-    are sorted, so a batch is read from the memmap front to back (the augmentation
-    draws are independent of position, so this changes nothing statistically).
+    the batches are `(images,)` (for `predict`). With shuffle, pass p over the
+    data visits the examples in `epoch_permutation(N, seed, p)` order. Keras calls
+    `on_epoch_end` after each epoch, which advances the epoch; a resumed run
+    passes `epoch=` (or calls `set_epoch`) to continue the same sequence. The
+    indices inside a batch are sorted, so a batch is read from the memmap front to
+    back (the augmentation draws are independent of position, so this changes
+    nothing statistically).
+
+    Batches are indexed by (epoch, step) (`indices_at`): step i of epoch e is
+    batch g % P of pass g // P, with g = e * len(self) + i and P the batches of
+    one pass. `steps_per_epoch` (0: one pass) shortens the epoch to that many
+    steps (at most P), each epoch going on where the previous one stopped. So
+    the batches never depend on how Keras iterates: give `fit` no
+    steps_per_epoch (with one, Keras keeps its iterator across epochs, and
+    batches read ahead under one epoch would be used in the next).
 
     Thread workers (the default, 4) overlap page-cache misses of a cold cache with
     training; NumPy fancy indexing releases the GIL while it copies.
@@ -46,7 +65,7 @@ class ArrayBatches(keras.utils.PyDataset):
     def __init__(self, images, labels=None, batch_size: int = 128, shuffle: bool = True,
                  seed: int = 0, epoch: int = 0, drop_remainder: bool = False,
                  workers: int = 4, use_multiprocessing: bool = False,
-                 max_queue_size: int = 8):
+                 max_queue_size: int = 8, steps_per_epoch: int = 0):
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing,
                          max_queue_size=max_queue_size)
         if isinstance(images, ImageArrays):
@@ -56,6 +75,9 @@ class ArrayBatches(keras.utils.PyDataset):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if steps_per_epoch < 0:
+            raise ValueError(f"steps_per_epoch must be >= 0 (0: one pass over the data), "
+                             f"got {steps_per_epoch}")
         self.images = images
         self.labels = None if labels is None else np.asarray(labels, dtype=np.int32)
         self.batch_size = int(batch_size)
@@ -63,27 +85,46 @@ class ArrayBatches(keras.utils.PyDataset):
         self.seed = int(seed)
         self.drop_remainder = bool(drop_remainder)
         self.n = int(len(images))
-        self._order = None
+        f = math.floor if self.drop_remainder else math.ceil
+        self.pass_batches = int(f(self.n / self.batch_size))
+        self.steps_per_epoch = int(steps_per_epoch)
+        self._orders: dict = {}  # pass -> permutation: the last two (an epoch may span two)
         self.set_epoch(epoch)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
-        self._order = epoch_permutation(self.n, self.seed, self.epoch) if self.shuffle else None
 
     def __len__(self) -> int:
-        f = math.floor if self.drop_remainder else math.ceil
-        return int(f(self.n / self.batch_size))
+        return min(self.steps_per_epoch or self.pass_batches, self.pass_batches)
 
-    def batch_indices(self, i: int) -> np.ndarray:
+    def _order(self, p: int) -> np.ndarray:
+        order = self._orders.get(p)
+        if order is None:
+            order = epoch_permutation(self.n, self.seed, p)
+            # Worker threads may add concurrently: a lost entry is only recomputed.
+            self._orders = {**{k: v for k, v in self._orders.items() if k >= p - 1}, p: order}
+        return order
+
+    def indices_at(self, epoch: int, i: int) -> np.ndarray:
+        """The examples of step i of `epoch` (ascending), whatever the current epoch."""
         if i < 0 or i >= len(self):
             raise IndexError(f"batch {i} of {len(self)}")
-        lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, self.n)
-        if self._order is None:
+        g = int(epoch) * len(self) + i
+        p, b = divmod(g, self.pass_batches)
+        lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, self.n)
+        if not self.shuffle:
             return np.arange(lo, hi)
-        return np.sort(self._order[lo:hi])
+        return np.sort(self._order(p)[lo:hi])
+
+    def batch_indices(self, i: int) -> np.ndarray:
+        return self.indices_at(self.epoch, i)
+
+    def batch_at(self, epoch: int, i: int):
+        """The batch of step i of `epoch`, whatever the current epoch."""
+        return self.rows(self.indices_at(epoch, i))
 
     def __getitem__(self, i: int):
-        return self.rows(self.batch_indices(i))
+        return self.batch_at(self.epoch, i)
 
     def rows(self, idx: np.ndarray):
         """The batch of the examples `idx` (ascending), read from the arrays: a
@@ -98,10 +139,7 @@ class ArrayBatches(keras.utils.PyDataset):
         return x, self.labels[idx]
 
     def on_epoch_end(self) -> None:
-        if self.shuffle:
-            self.set_epoch(self.epoch + 1)
-        else:
-            self.epoch += 1
+        self.set_epoch(self.epoch + 1)
 
 
 class StreamBatches(keras.utils.PyDataset):
@@ -207,19 +245,24 @@ class PaddedBatches(DerivedBatches):
 
 
 def tf_dataset(batches):
-    """(dataset, callback): the (images, labels) batches of a PyDataset whose
-    batches may be read in any order (ArrayBatches) as a tf.data pipeline, and the
-    Keras callback that moves it to the next epoch's order. `make bench` times it
-    beside Keras' adapter; training does not use it yet: with `steps_per_epoch`
-    set, Keras keeps one iterator across epochs, so epoch order would have to be
-    indexed by (epoch, step) rather than moved by a callback.
+    """(dataset, callback): one epoch of the (images, labels) batches of a
+    PyDataset as a tf.data pipeline, for `fit` on TensorFlow, and the Keras
+    callback that moves it from epoch to epoch.
 
     Keras feeds a PyDataset to TensorFlow through `tf.data.Dataset.from_generator`,
     one Python thread handing over one batch at a time: about 4-5k images/s on
     the 2-core machine of experiments/perf/perf_log.md ("feed"), far below a
     GPU's step rate. Here tf.data runs the reads itself, several batches in
-    parallel and in order (`deterministic`), with the same batches in the same
-    order; the GIL is released while NumPy copies the rows.
+    parallel and in order (`deterministic`); the GIL is released while NumPy
+    copies the rows.
+
+    Batches indexed by (epoch, step) (ArrayBatches) give the same batches, step
+    for step, as `fit` reads from the PyDataset itself: at `fit`'s epoch e the
+    callback sets the batches' epoch to e + FIT_EPOCH_OFFSET, as Keras' adapter
+    would have moved it. Give `fit` no steps_per_epoch (the batches' length is
+    the epoch, `ArrayBatches(steps_per_epoch=)`): Keras then makes a new iterator
+    at each epoch, after the callback, so no batch is read ahead under another
+    epoch. Other PyDatasets are read by index, the same every epoch.
     """
     import tensorflow as tf
 
@@ -237,21 +280,100 @@ def tf_dataset(batches):
 
     ds = tf.data.Dataset.range(len(batches)).map(
         load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.prefetch(tf.data.AUTOTUNE), EpochHooks(batches)
+    return ds.prefetch(tf.data.AUTOTUNE), FeedEpoch(batches)
 
 
-class EpochHooks(keras.callbacks.Callback):
-    """Calls a dataset's epoch hooks from `fit` (which calls them itself only for
-    a PyDataset it is given)."""
+class FeedEpoch(keras.callbacks.Callback):
+    """Sets a feed's batches to the epoch `fit` reads them at (`tf_dataset`,
+    `step_feed`)."""
 
     def __init__(self, batches):
         super().__init__()
         self.batches = batches
 
     def on_epoch_begin(self, epoch, logs=None):
-        if hasattr(self.batches, "on_epoch_begin"):
-            self.batches.on_epoch_begin()
+        if hasattr(self.batches, "set_epoch"):
+            self.batches.set_epoch(epoch + FIT_EPOCH_OFFSET)
 
-    def on_epoch_end(self, epoch, logs=None):
-        if hasattr(self.batches, "on_epoch_end"):
-            self.batches.on_epoch_end()
+
+class StepFeed(keras.utils.PyDataset):
+    """The training batches for `fit` without tf.data (JAX): step i of the epoch
+    set by `set_epoch` is `inner.batch_at(epoch, i)`, whatever Keras reads ahead.
+
+    Keras' adapter reads a PyDataset of several workers ahead through its
+    enqueuer, and what was read but not taken stays queued for the next epoch:
+    the batch `fit` reads to build the model leaves a handful of batches read
+    under the previous epoch's order (their number depends on thread timing) at
+    the head of every epoch, so two runs can train on different batch orders.
+    Here Keras gets no enqueuer (one worker: it calls `__getitem__` in its own
+    thread, in step order, with a new iterator each epoch), and the read-ahead is
+    this feed's own: futures keyed by (epoch, step), each a pure function of its
+    key, so a read-ahead that guessed wrong is a miss, never another batch. The
+    epoch changes only through `set_epoch` (the callback `step_feed` returns),
+    not through Keras' epoch hooks.
+
+    `inner` needs `batch_at(epoch, i)` and a length (ArrayBatches, or
+    `distribute.process_batches` of one); `threads` read up to `ahead` batches
+    ahead, the next epoch's first ones at an epoch's end.
+    """
+
+    def __init__(self, inner, epoch: int = 0, threads: int = 4, ahead: int = 8):
+        super().__init__(workers=1, use_multiprocessing=False)
+        if threads < 1 or ahead < 0:
+            raise ValueError(f"StepFeed needs threads >= 1 and ahead >= 0, got threads={threads} "
+                             f"ahead={ahead}")
+        self.inner, self.threads, self.ahead = inner, int(threads), int(ahead)
+        self.batch_size = getattr(inner, "batch_size", None)
+        self.epoch = int(epoch)
+        self._lock = threading.Lock()
+        self._pool = None
+        self._pending: dict = {}  # (epoch, step) -> Future of that batch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def _after(self, key) -> list:
+        """The `ahead` (epoch, step) keys that follow `key`."""
+        n = len(self)
+        g = key[0] * n + key[1]
+        return [divmod(g + k, n) for k in range(1, self.ahead + 1)]
+
+    def __getitem__(self, i: int):
+        n = len(self)
+        if i < 0 or i >= n:
+            raise IndexError(f"batch {i} of {n}")
+        key = (self.epoch, int(i))
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="step-feed")
+            fut = self._pending.pop(key, None) or self._pool.submit(self.inner.batch_at, *key)
+            window = self._after(key)
+            for k in [k for k in self._pending if k not in window]:
+                self._pending.pop(k).cancel()
+            for k in window:
+                if k not in self._pending:
+                    self._pending[k] = self._pool.submit(self.inner.batch_at, *k)
+        return fut.result()
+
+    def close(self) -> None:
+        """Stops the read-ahead threads (reading again starts them anew)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+            for f in self._pending.values():
+                f.cancel()
+            self._pending = {}
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def step_feed(batches, first_epoch: int = 0, threads: int = 4):
+    """(feed, callback): `batches` (indexed by (epoch, step)) as a `StepFeed` for
+    `fit`, and the callback that sets its epoch: at `fit`'s epoch e, the batches'
+    epoch e + FIT_EPOCH_OFFSET, exactly what `tf_dataset` reads on TensorFlow.
+    `first_epoch`: fit's initial_epoch (the feed starts there, so the batch Keras
+    reads to build the model is the first one it trains on)."""
+    feed = StepFeed(batches, first_epoch + FIT_EPOCH_OFFSET, threads=threads)
+    return feed, FeedEpoch(feed)

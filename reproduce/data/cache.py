@@ -50,17 +50,11 @@ from typing import Optional
 import numpy as np
 
 from reproduce.data.common import DataError, ImageArrays, Stats, max_bad_fraction
+from reproduce.files import pid_alive, replacing
 
 CACHE_FORMAT = 1  # bump when the decode or the layout changes
 COMPLETE = "COMPLETE"
 IMAGES, LABELS, MANIFEST, STATS = "images.npy", "labels.npy", "manifest.json", "stats.npz"
-
-
-def cache_root(cache_dir: str = "") -> Path:
-    root = cache_dir or os.environ.get("REPRODUCE_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "reproduce"
-    )
-    return Path(root).expanduser().absolute()
 
 
 def entry_path(root: Path, name: str, split: str, size: int, max_n: int, identity: dict) -> Path:
@@ -228,17 +222,6 @@ def warn_if_over_tolerance(path: Path, manifest: dict) -> None:
             f"or replace the unreadable files.", stacklevel=4)
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process of this machine with that id is running (another user's counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_stale_temps(final: Path) -> None:
     host = socket.gethostname()
     prefix = f".{final.name}.tmp-"
@@ -364,17 +347,12 @@ def read_stats(path: Path) -> Optional[Stats]:
 
 def write_stats(path: Path, stats: Stats) -> None:
     """Add stats.npz to a (complete) entry, atomically via a temp file + rename."""
-    path = Path(path)
-    tmp = path / f".{STATS}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp.npz"
-    with open(tmp, "wb") as f:
+    with replacing(Path(path) / STATS, suffix=".npz") as tmp:
         np.savez(
-            f,
+            tmp,
             mean_image=stats.mean_image,
             pca_eigvals=stats.pca_eigvals,
             pca_eigvecs=stats.pca_eigvecs,
             num_images=stats.num_images,
             num_pixels=stats.num_pixels,
         )
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path / STATS)

@@ -1,4 +1,5 @@
-"""Pieces every data source shares: the error type, the result types, split names.
+"""Pieces every data source shares: the error type (`reproduce.sources` owns it),
+the result types, split names.
 
 Standard library and NumPy only: decode worker processes import this.
 """
@@ -12,9 +13,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-
-class DataError(ValueError):
-    """Input data that cannot be used; the message names the problem and the fix."""
+from reproduce.sources import IMAGE_EXTENSIONS, DataError  # noqa: F401  (for the data sources)
 
 
 # Corrupt or unreadable images below this fraction of a split are skipped with a
@@ -23,8 +22,6 @@ class DataError(ValueError):
 # decodes completely with Pillow, so 1% is generous. Override without code changes
 # through $REPRODUCE_MAX_BAD_FRACTION.
 MAX_BAD_FRACTION = 0.01
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 
 # Requested validation-like split -> folders/splits accepted in its place, in order.
 # (CIFAR-10 has train/test, Imagenette train/val, TFDS names it `validation`.)

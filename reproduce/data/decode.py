@@ -1,6 +1,6 @@
 """Decode images with Pillow into the §2 SxS uint8 form, in parallel worker processes.
 
-Works with no TensorFlow installed (the GPU machine runs Keras on JAX alone).
+Works with no TensorFlow installed (Keras on JAX alone).
 
 §2: "Given a rectangular image, we first rescaled the image such that the shorter
 side was of length 256, and then cropped out the central 256x256 patch." We do both
@@ -32,6 +32,8 @@ from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
+from reproduce.data.common import DataError
+
 # Below this many images a build decodes in the calling process: starting worker
 # processes costs ~1 s, more than decoding a few hundred small images.
 PARALLEL_MIN = 1000
@@ -58,8 +60,6 @@ def num_workers() -> int:
         try:
             return max(1, int(env))
         except ValueError:
-            from reproduce.data.common import DataError
-
             raise DataError(
                 f"REPRODUCE_DATA_WORKERS={env!r} is not a whole number: set it to the "
                 f"number of decode processes (e.g. REPRODUCE_DATA_WORKERS=4), or unset it "
@@ -270,9 +270,9 @@ _EOF = object()
 
 class _WorkerPool:
     def __init__(self, n: int):
-        import reproduce
-
-        pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(reproduce.__file__)))
+        # The folder holding the `reproduce` package (reproduce/data/decode.py is three
+        # levels below it), so the workers import this same copy.
+        pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([pkg_root] + [p for p in
                                              env.get("PYTHONPATH", "").split(os.pathsep) if p])

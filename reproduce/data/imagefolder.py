@@ -38,7 +38,7 @@ from reproduce.data.common import (
     resolve_split,
     subsample_indices,
 )
-from reproduce.data.identity import image_files
+from reproduce.sources import image_files
 
 # A compressed tar is decompressed once if its images fit in this much memory,
 # else twice (list, then decode), never extracted to disk.
@@ -189,7 +189,7 @@ class FolderSource:
         for e in sorted(os.scandir(d), key=lambda e: e.name):
             if e.is_dir() and not _ignored(e.name):
                 classes[e.name] = []
-        # The same listing as the folder's identity (reproduce.data.identity): links
+        # The same listing as the folder's identity (reproduce.sources): links
         # to folders followed, a link loop refused.
         for name in image_files(d):
             if "/" in name:  # files directly in the split folder belong to no class

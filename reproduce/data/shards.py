@@ -6,32 +6,54 @@ of one GPU machine feed a fifth of the 45k images/s the GPU trains at. A uint8
 cache at S=256 is ~250 GB, larger than such a machine's RAM and disk. `prepare`
 does the §2 preprocessing (shorter side to S, central SxS crop) once and stores
 each image as a JPEG of SxS (about 15-25 kB at S=256, ~25 GB for ImageNet) in
-TFRecord shards; `shard_dataset` reads them back with tf.data (parallel
-interleaved reads, parallel decode, no resize). `scripts/bench_data.py` measures
-its rate per core ("shards" rows); `feed_shortfall` says when a machine's cores
+TFRecord shards; `shard_source.shard_dataset` reads them back with tf.data
+(parallel interleaved reads, parallel decode, no resize). `scripts/bench_data.py`
+measures its rate per core ("shards" rows); `feed_shortfall` says when a machine's cores
 cannot keep its GPU busy.
 
 Layout of a shards folder: `shards.json` (size, classes, splits with their files
 and counts) and `<split>-NNNNN.tfrecord` files of examples {image: JPEG bytes,
 label: int64}. JPEG re-encoding changes pixel values slightly (quality 95 by
 default), so a run on shards is another dataset than the same images streamed:
-its `data.source` is the folder, whose identity is its files' names and sizes.
+its `data.source` is the folder, whose identity is the manifest and its files'
+names and sizes (`reproduce.sources.local_identity`).
+
+Written once, then trained from like any other source::
 
     python -m reproduce.data.shards tfds:imagenet2012 /data/imagenet-256 --size 256
+    python -m reproduce train --preset imagenet --set data.source=/data/imagenet-256
+
+`shard_source.load_split` (through `reproduce.data.load`): a large training
+split (the threshold of TFDS streaming, `tfds_source.want_stream`) is a
+`ShardStream`, read through tf.data every epoch; the validation split, and
+small splits, are decoded once into the uint8 cache like any folder. data.image_size must be the
+shards' S; data.max_train / max_val take the same fixed subset either way.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import io
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from reproduce.data.common import DataError
+from reproduce import data as data_lib
+from reproduce.config import DataConfig
+from reproduce.data.common import DataError  # noqa: F401
+# The reader lives below the package (which loads shards through it); its names
+# stay reachable here.
+from reproduce.data.shard_source import (  # noqa: F401
+    MANIFEST,
+    ShardStream,
+    load_split,
+    read_manifest,
+    shard_dataset,
+)
+from reproduce.data.tfds_source import tensorflow_for_data
+from reproduce.runs import atomic_write_json
 
-MANIFEST = "shards.json"
 PER_SHARD = 1024
 QUALITY = 95
 
@@ -52,8 +74,6 @@ def feed_shortfall(cores: int, per_core_rate: float, step_rate: float) -> Option
 
 
 def _encode(image: np.ndarray, quality: int) -> bytes:
-    import io
-
     from PIL import Image
 
     buf = io.BytesIO()
@@ -64,9 +84,7 @@ def _encode(image: np.ndarray, quality: int) -> bytes:
 def write_split(out_dir, split: str, batches, quality: int = QUALITY,
                 per_shard: int = PER_SHARD) -> dict:
     """Write (uint8 (B,S,S,3) images, labels) batches as `split`'s shards;
-    returns the split's manifest entry {files, n}."""
-    from reproduce.devices import tensorflow_for_data
-
+    returns the split's manifest entry {files, counts (records per file), n}."""
     tf = tensorflow_for_data()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -86,73 +104,18 @@ def write_split(out_dir, split: str, batches, quality: int = QUALITY,
             n += 1
     if writer is not None:
         writer.close()
-    return {"files": files, "n": n}
+    counts = [per_shard] * (len(files) - 1) + [n - per_shard * (len(files) - 1)] if files else []
+    return {"files": files, "counts": counts, "n": n}
 
 
 def write_manifest(out_dir, size: int, class_names, splits: dict) -> None:
-    from reproduce.runs import atomic_write_json
-
     atomic_write_json(Path(out_dir) / MANIFEST, {"size": int(size), "class_names": list(class_names),
                                           "splits": splits})
-
-
-def read_manifest(folder) -> dict:
-    p = Path(folder) / MANIFEST
-    try:
-        with open(p) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise DataError(f"{p} cannot be read ({e}); write the shards again with "
-                        f"`python -m reproduce.data.shards SOURCE {folder} --size S`") from None
-
-
-def shard_dataset(folder, split: str, batch_size: int, shuffle: bool = True, seed: int = 0,
-                  epoch: int = 0, drop_remainder: bool = False, threads: Optional[int] = None,
-                  shuffle_buffer: int = 10_000):
-    """One epoch of `split` as a tf.data.Dataset of (uint8 (B,S,S,3), int32 (B,)),
-    order fixed by (seed, epoch). `threads`: tf.data's thread pool (None: all
-    cores), to measure the rate per core."""
-    from reproduce.devices import tensorflow_for_data
-
-    tf = tensorflow_for_data()
-    m = read_manifest(folder)
-    if split not in m["splits"]:
-        raise DataError(f"split {split!r} is not in {Path(folder) / MANIFEST}; it has "
-                        f"{', '.join(m['splits'])}")
-    size = int(m["size"])
-    files = [str(Path(folder) / f) for f in m["splits"][split]["files"]]
-    es = int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0] & 0x7FFFFFFF)
-    if shuffle:
-        files = [files[i] for i in np.random.default_rng(es).permutation(len(files))]
-    ds = tf.data.Dataset.from_tensor_slices(files).interleave(
-        # Unshuffled: one file after another, the order written.
-        tf.data.TFRecordDataset, cycle_length=(min(16, len(files)) or 1) if shuffle else 1,
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if shuffle:  # the small encoded records, before decoding
-        ds = ds.shuffle(shuffle_buffer, seed=es, reshuffle_each_iteration=False)
-    spec = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
-
-    def decode(record):
-        ex = tf.io.parse_single_example(record, spec)
-        img = tf.io.decode_jpeg(ex["image"], channels=3)
-        img.set_shape((size, size, 3))
-        return img, tf.cast(ex["label"], tf.int32)
-
-    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
-    if threads:
-        opts = tf.data.Options()
-        opts.threading.private_threadpool_size = int(threads)
-        opts.threading.max_intra_op_parallelism = 1
-        ds = ds.with_options(opts)
-    return ds
 
 
 def prepare(data_cfg, out_dir, splits=None, quality: int = QUALITY) -> dict:
     """Write the splits of `data_cfg.source` at S = data_cfg.image_size as shards
     in `out_dir` (decoding each image once); returns the manifest's splits."""
-    from reproduce import data as data_lib
-
     splits = splits or [data_cfg.train_split, data_cfg.val_split]
     done, names = {}, None
     for split in splits:
@@ -178,8 +141,6 @@ def main(argv=None) -> int:
     ap.add_argument("--train-split", default="train")
     ap.add_argument("--val-split", default="validation")
     a = ap.parse_args(argv)
-    from reproduce.config import DataConfig
-
     cfg = DataConfig(source=a.source, image_size=a.size, crop_size=min(a.size, 227),
                      train_split=a.train_split, val_split=a.val_split)
     done = prepare(cfg, a.out, quality=a.quality)

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,7 @@ import numpy as np
 from reproduce.data import cache as cache_lib
 from reproduce.data import decode as dec
 from reproduce.data.common import DataError, check_bad_images, resolve_split
+from reproduce.data.pixelstats import StatsAccumulator
 
 STREAM_MIN_EXAMPLES = 200_000
 # Streamed datasets: the mean image and pixel PCA come from all pixels of this many
@@ -46,17 +49,29 @@ MANUAL_FILES = {
 }
 
 
-def _tf():
-    """TensorFlow for tf.data, with the GPUs hidden from it when Keras runs on JAX
-    (`reproduce.devices.tensorflow_for_data`)."""
-    from reproduce.devices import tensorflow_for_data
+def tensorflow_for_data():
+    """TensorFlow for tf.data only, where Keras runs on another backend: the GPUs
+    hidden from TensorFlow first, so it does not reserve their memory (by default
+    it maps nearly all of every GPU's memory when it initializes) under JAX."""
+    import keras
+    import tensorflow as tf
 
-    return tensorflow_for_data()
+    if keras.backend.backend() != "tensorflow":
+        try:
+            tf.config.set_visible_devices([], "GPU")
+        except RuntimeError:
+            # TensorFlow was initialized already (someone used it before): it
+            # cannot be changed now; say so rather than fail the data pipeline.
+            if tf.config.get_visible_devices("GPU"):
+                warnings.warn("TensorFlow was initialized with the GPUs visible before the "
+                              "data pipeline hid them; it may hold GPU memory JAX needs. "
+                              "Set TF_FORCE_GPU_ALLOW_GROWTH=true.", stacklevel=2)
+    return tf
 
 
 def _tfds():
     try:
-        _tf()  # before TFDS imports TensorFlow and it initializes
+        tensorflow_for_data()  # before TFDS imports TensorFlow and it initializes
         import tensorflow_datasets as tfds
     except ImportError as e:
         raise DataError(
@@ -144,8 +159,6 @@ def ensure_prepared(builder, name: str) -> None:
 
 def _online(timeout: float = 3.0) -> bool:
     """Whether TFDS can reach its download mirror (checked before a long download)."""
-    import socket
-
     if os.environ.get("REPRODUCE_OFFLINE") == "1":
         return False
     try:
@@ -208,7 +221,7 @@ class _Split:
         return n if n >= 0 else -1
 
 
-def _want_stream(n: int, stream_ok: bool = True) -> bool:
+def want_stream(n: int, stream_ok: bool = True) -> bool:
     if not stream_ok:
         return False
     force = os.environ.get("REPRODUCE_STREAM", "")
@@ -224,7 +237,7 @@ def load_split(source: str, name: str, split: str, max_n: int, size: int, root: 
     """ImageArrays (decoded into the cache) or, if `stream_ok`, a Stream (large splits)."""
     s = _Split(name, split, max_n)
     n = s.num_examples()
-    if _want_stream(n, stream_ok):
+    if want_stream(n, stream_ok):
         return Stream(source, s, size, n)
     final = cache_lib.entry_path(root, "tfds_" + name, split, size, max_n, s.identity())
     if not cache_lib.usable(final):
@@ -279,7 +292,7 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 def decode_square(data, size: int):
     """tf: encoded image -> uint8 (size, size, 3): central square, resized (§2)."""
-    tf = _tf()
+    tf = tensorflow_for_data()
 
     def jpeg():
         shape = tf.image.extract_jpeg_shape(data)
@@ -318,6 +331,7 @@ class Stream:
         self.version = s.version
         self.image_size = size
         self.num_examples = n
+        self.cache_name = "tfds_" + s.name  # of its statistics' cache entry
 
     def __len__(self) -> int:
         return self.num_examples
@@ -329,7 +343,7 @@ class Stream:
     def dataset(self, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0,
                 drop_remainder: bool = False, shuffle_buffer: int = SHUFFLE_BUFFER):
         """One epoch as a tf.data.Dataset; order fixed by (seed, epoch)."""
-        tf = _tf()
+        tf = tensorflow_for_data()
 
         tfds = _tfds()
         es = _epoch_seed(seed, epoch)
@@ -362,11 +376,9 @@ class Stream:
 
 def stream_stats(stream: Stream, root: Path, sample: int = STREAM_STATS_IMAGES):
     """Mean image + PCA from a shuffled sample of a stream, cached on disk."""
-    from reproduce.data.pixelstats import StatsAccumulator
-
     sample = min(sample, stream.num_examples) if stream.num_examples > 0 else sample
     ident = {**stream.identity(), "stats_sample": sample}
-    path = cache_lib.entry_path(root, "tfds_" + stream.name + "_stats", stream.split_requested,
+    path = cache_lib.entry_path(root, stream.cache_name + "_stats", stream.split_requested,
                                 stream.image_size, stream.max_n, ident)
     st = cache_lib.read_stats(path)
     if st is not None:

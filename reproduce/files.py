@@ -1,0 +1,81 @@
+"""How the library writes files: where its cache lies, how a file is replaced in
+one step, which permissions new files and folders get, and whether the process
+that left a temporary file behind still runs.
+
+Standard library only: the report and the decode workers import it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+def cache_root(cache_dir: str = "") -> Path:
+    """Where decoded images, dataset digests and JAX's compiled programs are kept:
+    `cache_dir` (`data.cache_dir`) if given, else $REPRODUCE_CACHE, else
+    ~/.cache/reproduce."""
+    root = cache_dir or os.environ.get("REPRODUCE_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "reproduce")
+    return Path(root).expanduser().absolute()
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it; it is put back at once)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+def as_created(path: os.PathLike) -> None:
+    """Give `path` the mode open() or mkdir() would have given it under the umask.
+    mkstemp and mkdtemp make files and folders private (0600, 0700); run stores,
+    caches and reports are read by other users too."""
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~current_umask())
+
+
+@contextlib.contextmanager
+def replacing(path: os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary file beside `path` for the with-block to write. When the block
+    ends, the file is flushed to disk, given the mode of a new file and renamed
+    over `path`, so `path` is the old file or the whole new one whenever the
+    process is killed; if the block raises, the file is removed. `suffix` ends the
+    temporary name, for writers that want theirs (NumPy's savez: .npz, Keras'
+    save: .keras)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        as_created(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: os.PathLike, text: str) -> None:
+    """Write `text` so that `path` is either the old or the whole new file (kill -9 safe)."""
+    with replacing(path) as tmp:
+        tmp.write_text(text)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this machine with that id is running (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
