@@ -270,7 +270,7 @@ def _fit_timings(model, cfg, x, y, class_names, steps: int, epochs: int) -> tupl
     """(training images/s, seconds an epoch costs beyond its training steps and
     validation images, seconds the first epoch costs beyond a later one) of a
     `fit` of `epochs` epochs of `steps` steps on the batch `x`, `y`, fed as the
-    trainer feeds a run (`reproduce.train._training_feed`, the validation split
+    trainer feeds a run (`reproduce.train.training_feed`, the validation split
     as `ArrayBatches`) with the trainer's callbacks, into a scratch folder. A step
     is timed from an epoch's start to its last step's end; an epoch, from one
     epoch's end to the next; the first, from `fit`'s start to its end (it starts
@@ -296,7 +296,7 @@ def _fit_timings(model, cfg, x, y, class_names, steps: int, epochs: int) -> tupl
     cfg.train.stop_at_train_error = 0.0  # every epoch runs, whatever its error
     cfg.train.steps_per_epoch = 0
     train = data_lib.ImageArrays(np.concatenate([x] * steps), np.concatenate([y] * steps), list(class_names))
-    feed, feed_callbacks, steps_per_epoch = train_lib._training_feed(cfg, train, 0)
+    feed, feed_callbacks, steps_per_epoch = train_lib.training_feed(cfg, train, 0)
     val = data_lib.ArrayBatches(x[:nv], y[:nv], nv, shuffle=False)
     with tempfile.TemporaryDirectory(prefix="plan-epoch-") as tmp:
         cbs = training_callbacks(cfg, tmp, {}, len(train))

@@ -243,7 +243,7 @@ def tf_data_feed() -> bool:
     return keras.backend.backend() == "tensorflow"
 
 
-def _training_feed(cfg: Config, train, initial_epoch: int):
+def training_feed(cfg: Config, train, initial_epoch: int):
     """(what `fit` reads, the callbacks that feed needs, fit's steps_per_epoch)."""
     # Shuffling is the batches' own, from (seed, epoch), so a resumed run sees the
     # same order; fit(shuffle=False) keeps Keras from re-permuting batches.
@@ -291,7 +291,7 @@ def _train(cfg, run_dir, data, precision, verbose, epoch_limit, extra_callbacks)
 
     cbs = training_callbacks(cfg, run_dir, state, len(data.train))
     last_epoch = min(cfg.train.epochs, epoch_limit) if epoch_limit else cfg.train.epochs
-    train_batches, feed_callbacks, steps_per_epoch = _training_feed(cfg, data.train, initial_epoch)
+    train_batches, feed_callbacks, steps_per_epoch = training_feed(cfg, data.train, initial_epoch)
     val_batches = data_lib.ArrayBatches(data.val.images, data.val.labels, cfg.eval.batch_size,
                                         shuffle=False)
     if initial_epoch < last_epoch and not state.get("stopped", False):

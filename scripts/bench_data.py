@@ -154,7 +154,7 @@ def bench_shards(train, sizes, n, tmp, batch=128, seconds=10.0):
     each S, read back with 1 tf.data thread and with all cores."""
     from PIL import Image
 
-    from reproduce.data import shards
+    from reproduce.data import shard_source, shards
 
     out = []
     n = min(n, len(train))
@@ -172,7 +172,7 @@ def bench_shards(train, sizes, n, tmp, batch=128, seconds=10.0):
         for threads in (1, os.cpu_count() or 1):
             total, t0 = 0, None
             while t0 is None or time.perf_counter() - t0 < seconds:
-                ds = shards.shard_dataset(folder, "train", batch, shuffle=True, threads=threads)
+                ds = shard_source.shard_dataset(folder, "train", batch, shuffle=True, threads=threads)
                 for x, _ in ds.as_numpy_iterator():
                     if t0 is None:  # the first batch starts the pipeline
                         t0 = time.perf_counter()

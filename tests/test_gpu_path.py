@@ -393,12 +393,12 @@ def test_evaluation_pads_the_last_batch_and_matches_one_whole_batch():
 @pytest.mark.one_backend
 def test_a_streamed_training_epoch_has_floor_n_over_batch_steps():
     from reproduce.data.tfds_source import Stream
-    from reproduce.train import _training_feed
+    from reproduce.train import training_feed
 
     stream = Stream.__new__(Stream)
     stream.num_examples = 1000
     cfg = get_config("smoke", ["train.batch_size=128"])
-    batches, _, _ = _training_feed(cfg, stream, 0)
+    batches, _, _ = training_feed(cfg, stream, 0)
     assert len(batches) == math.floor(1000 / 128) == 7
 
 
@@ -450,7 +450,7 @@ def test_gpus_the_driver_lists_but_the_backend_does_not_see_are_warned_about(tmp
 
 @pytest.mark.one_backend
 def test_shards_hold_the_images_and_read_back_in_a_seeded_order(tmp_path):
-    from reproduce.data import shards
+    from reproduce.data import shard_source, shards
 
     rng = np.random.default_rng(0)
     # Smooth images: JPEG keeps them within a few levels.
@@ -463,7 +463,7 @@ def test_shards_hold_the_images_and_read_back_in_a_seeded_order(tmp_path):
     assert entry["n"] == 10 and len(entry["files"]) == 3
 
     def read(**kw):
-        return [b for b in shards.shard_dataset(tmp_path, "train", 4, **kw).as_numpy_iterator()]
+        return [b for b in shard_source.shard_dataset(tmp_path, "train", 4, **kw).as_numpy_iterator()]
 
     plain = read(shuffle=False)
     x = np.concatenate([b[0] for b in plain])
@@ -473,8 +473,8 @@ def test_shards_hold_the_images_and_read_back_in_a_seeded_order(tmp_path):
     a, b = read(seed=1, epoch=0), read(seed=1, epoch=0)
     np.testing.assert_array_equal(np.concatenate([t[1] for t in a]), np.concatenate([t[1] for t in b]))
     assert [len(t[0]) for t in read(seed=1, epoch=1, drop_remainder=True)] == [4, 4]
-    with pytest.raises(shards.DataError, match="split 'validation' is not in"):
-        shards.shard_dataset(tmp_path, "validation", 4)
+    with pytest.raises(shard_source.DataError, match="split 'validation' is not in"):
+        shard_source.shard_dataset(tmp_path, "validation", 4)
 
 
 def _smooth_image_folder(root, per_class, classes=4, shape=(90, 76)):

@@ -1,6 +1,7 @@
 """The networks: the paper's shapes and parameter count, towers, every switch, CIFAR nets."""
 
 import inspect
+import itertools
 
 import keras
 import numpy as np
@@ -216,14 +217,28 @@ def test_smallest_input():
 # makes test_design_covers_the_models_switches fail until the design covers it.
 CHOICES = {name: C.choices(f"model.{name}") for name in ("activation", "lrn_convention", "pooling", "towers", "init")}
 SWITCHES = {**CHOICES, "lrn": (True, False), "dropout": (0.5, 0.0), "weight_decay": (0.0, 5e-4)}
-# A strength-2 covering array: 6 runs in which every pair of values of every two
-# two-valued switches appears (columns: weight-3 binary words of length 6 with a
-# leading 0; any two such words show 00, 01, 10 and 11 somewhere).
-_WORDS = ["000111", "001011", "001101", "001110", "010011", "010101", "010110", "011001"]
-DESIGN = [
-    {key: values[int(_WORDS[col][row])] for col, (key, values) in enumerate(SWITCHES.items())}
-    for row in range(6)
-]
+
+def _covering_design(switches: dict) -> list:
+    """A strength-2 covering array, built greedily: each run is the combination of
+    values that covers the most pairs (a value of one switch with a value of
+    another) not yet covered, until every pair appears; a handful of runs instead of
+    the product of every switch's values."""
+    keys = list(switches)
+    todo = {(a, x, b, y) for i, a in enumerate(keys) for b in keys[i + 1:]
+            for x in switches[a] for y in switches[b]}
+    candidates = [dict(zip(keys, combo)) for combo in itertools.product(*switches.values())]
+    design = []
+    while todo:
+        def gain(run):
+            return sum((a, run[a], b, run[b]) in todo for i, a in enumerate(keys) for b in keys[i + 1:])
+
+        run = max(candidates, key=gain)
+        design.append(run)
+        todo -= {(a, run[a], b, run[b]) for i, a in enumerate(keys) for b in keys[i + 1:]}
+    return design
+
+
+DESIGN = _covering_design(SWITCHES)
 
 
 def test_design_covers_the_models_switches():

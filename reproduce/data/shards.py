@@ -41,16 +41,7 @@ import numpy as np
 
 from reproduce import data as data_lib
 from reproduce.config import DataConfig
-from reproduce.data.common import DataError  # noqa: F401
-# The reader lives below the package (which loads shards through it); its names
-# stay reachable here.
-from reproduce.data.shard_source import (  # noqa: F401
-    MANIFEST,
-    ShardStream,
-    load_split,
-    read_manifest,
-    shard_dataset,
-)
+from reproduce.data.shard_source import MANIFEST
 from reproduce.data.tfds_source import tensorflow_for_data
 from reproduce.runs import atomic_write_json
 
