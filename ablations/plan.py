@@ -40,7 +40,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from ablations.kinds import selection_label
 from reproduce import runs
@@ -68,8 +67,8 @@ class Job:
     seed: int
     run_dir: Path
     cfg: object  # reproduce.config.Config
-    epoch_limit: Optional[int] = None
-    estimate_s: Optional[float] = None
+    epoch_limit: int | None = None
+    estimate_s: float | None = None
     estimate_kind: str = ""  # "history", "scaled", "calibrated", "upper bound"
 
 
@@ -122,7 +121,7 @@ def _images_per_epoch(cfg, n_train: int) -> int:
     return min(full, t.steps_per_epoch * t.batch_size) if t.steps_per_epoch else full
 
 
-def _epochs_planned(cfg, epoch_limit: Optional[int]) -> int:
+def _epochs_planned(cfg, epoch_limit: int | None) -> int:
     return min(cfg.train.epochs, epoch_limit) if epoch_limit else cfg.train.epochs
 
 
@@ -137,7 +136,7 @@ def preset_history(roots, preset: str) -> list:
     return out
 
 
-def on_this_machine(runs_: list, device: Optional[str] = None) -> list:
+def on_this_machine(runs_: list, device: str | None = None) -> list:
     """The runs of `runs_` made on this host and, with `device`
     (`reproduce.devices.device_description()`), on this device: a host name alone
     does not identify a machine, since cloud VMs of one kind share it ("vm") over
@@ -150,7 +149,7 @@ def on_this_machine(runs_: list, device: Optional[str] = None) -> list:
             if r.env.get("host") == host and (device is None or r.env.get("device") in (None, device))]
 
 
-def expected_epochs(job: Job, runs_: list) -> Optional[float]:
+def expected_epochs(job: Job, runs_: list) -> float | None:
     """For a run that stops at a training error: the epochs it will take, from
     `runs_` (any machine's): its label's runs (mean epochs run), else the fastest
     of the runs that chose its settings (`selection_label`: its arm's
@@ -167,7 +166,7 @@ def expected_epochs(job: Job, runs_: list) -> Optional[float]:
 
 
 def history_estimate(job: Job, history: list, n_train: int,
-                     everywhere: Optional[list] = None) -> tuple[Optional[float], str]:
+                     everywhere: list | None = None) -> tuple[float | None, str]:
     """Seconds for `job` from finished runs on this host (`history`), or (None, "").
     A run that stops at a target takes its epochs from `everywhere` (runs of the
     preset on any machine; default `history`): epochs to a training error belong to
@@ -215,7 +214,7 @@ def history_estimate(job: Job, history: list, n_train: int,
     return None, ""
 
 
-def _identity(run) -> Optional[dict]:
+def _identity(run) -> dict | None:
     try:
         return experiment_identity(run.config, run.meta.get("data_id"))
     except (ConfigError, KeyError, TypeError, ValueError):
@@ -314,20 +313,20 @@ def _fit_timings(model, cfg, x, y, class_names, steps: int, epochs: int) -> tupl
     return ips, per_epoch, max(0.0, ends[0] - t_fit - epoch_s)
 
 
-def _epochs_run(job: Job, epochs: Optional[float] = None) -> float:
+def _epochs_run(job: Job, epochs: float | None = None) -> float:
     """The epochs a run trains: `epochs` (expected) within its plan, else as planned."""
     planned = _epochs_planned(job.cfg, job.epoch_limit)
     return planned if epochs is None else min(epochs, planned)
 
 
-def calibrated_estimate(job: Job, data, rate: tuple, epochs: Optional[float] = None) -> float:
+def calibrated_estimate(job: Job, data, rate: tuple, epochs: float | None = None) -> float:
     """Seconds for `job` from a calibration `rate` = (images/s, seconds per run,
     seconds per epoch): its fixed cost, every epoch's fixed cost, and its images."""
     ips, fixed, per_epoch = rate
     return fixed + per_epoch * _epochs_run(job, epochs) + _images_seen(job, data, epochs) / ips
 
 
-def _images_seen(job: Job, data, epochs: Optional[float] = None) -> float:
+def _images_seen(job: Job, data, epochs: float | None = None) -> float:
     """Training-step equivalents of a run of `epochs` (default: as configured): its
     training images, the validation split after every epoch, and the final
     evaluation (centre crop and ten views of the validation split, centre crop of a
@@ -341,7 +340,7 @@ def _images_seen(job: Job, data, epochs: Optional[float] = None) -> float:
 
 
 def fill_estimates(plan: SuitePlan, roots, preset: str, load_data=None, verbose: bool = True,
-                   device: Optional[str] = None) -> None:
+                   device: str | None = None) -> None:
     """Give every job of `plan` an estimate (see the module docstring); `device`
     as in `on_this_machine`."""
     if not plan.todo:
@@ -415,9 +414,9 @@ def print_plan(plan: SuitePlan, preset: str, device: str, out=sys.stdout) -> Non
         print(f"    {p}", file=out)
     if plan.total_s > LONG_SUITE_S:
         smaller = SMALLER.get(preset)
+        hint = f" PRESET={smaller} is the tier sized for this kind of machine." if smaller else ""
         print(f"[ablations] note: this suite would take {'up to' if capped else 'about'} "
-              f"{fmt_duration(_rounded_up(plan.total_s))} here." + (f" PRESET={smaller} is the tier sized for this kind of machine."
-                         if smaller else ""), file=out)
+              f"{fmt_duration(_rounded_up(plan.total_s))} here." + hint, file=out)
     out.flush()
 
 

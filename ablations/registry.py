@@ -15,9 +15,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass, field
-from typing import Optional
 
-from reproduce.config import Config, get_config, apply_overrides, validate
+from reproduce.config import Config, apply_overrides, get_config, validate
 
 
 @dataclass(frozen=True)
@@ -32,9 +31,9 @@ class Claim:
     #             the schedule (read from metrics.csv), variant - baseline
     #   "none":   the paper makes no claim (a convention check); report the delta only
     metric: str = "error"
-    top1: Optional[float] = None  # the paper's delta, points (None = qualitative)
-    top5: Optional[float] = None
-    ratio: Optional[float] = None  # for metric "epochs"
+    top1: float | None = None  # the paper's delta, points (None = qualitative)
+    top5: float | None = None
+    ratio: float | None = None  # for metric "epochs"
     # Expected sign of the delta (+1: switching the feature off raises the metric).
     direction: int = +1
     setting: str = "ILSVRC-2012 val"  # where the paper measured it

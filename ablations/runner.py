@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Optional
 
 from ablations.kinds import kind_of
 from ablations.plan import Job, Progress, SuitePlan, fill_estimates, print_plan
@@ -88,12 +88,12 @@ class Runner:
     committed to `results/` are not trained again)."""
 
     def __init__(self, preset: str, seeds, root=None, overrides=None, verbose: int = 1,
-                 command: Optional[str] = None, published=None, worker=None):
+                 command: str | None = None, published=None, worker=None):
         self.preset = preset
         # (I, N): worker I of N first trains its share of the plan (every Nth run,
         # from the I-th), then any run still left that no other process holds.
         self.worker = worker
-        self._share: Optional[set] = None  # run dirs of this worker's first pass
+        self._share: set | None = None  # run dirs of this worker's first pass
         self.seeds = parse_seeds(seeds)
         self.root = Path(root) if root else runs.default_root()
         self.published = [Path(p) for p in (published or [])]
@@ -105,11 +105,11 @@ class Runner:
         self.held: dict = {}  # run_dir -> message: being trained by another process
         # The run the last run_one left to another process (its holder, or the worker
         # whose share it is), for the kinds whose next runs depend on it.
-        self.passed_on: Optional[str] = None
+        self.passed_on: str | None = None
         self.trained = 0
         self._dry = False
         self._seen: set = set()
-        self._progress: Optional[Progress] = None
+        self._progress: Progress | None = None
 
     @property
     def dry(self) -> bool:
@@ -122,7 +122,7 @@ class Runner:
         apply_overrides(cfg, self.overrides)
         return validate(cfg)
 
-    def baseline_config(self, ab: Optional[Ablation] = None) -> Config:
+    def baseline_config(self, ab: Ablation | None = None) -> Config:
         if ab is None:
             return self._extra(get_config(self.preset))
         return self._extra(ab.base_config(self.preset))
@@ -156,7 +156,7 @@ class Runner:
         return d, None, None
 
     def run_one(self, label: str, cfg: Config, seed: int,
-                epoch_limit: Optional[int] = None, diverged_is_final: bool = False) -> Optional[dict]:
+                epoch_limit: int | None = None, diverged_is_final: bool = False) -> dict | None:
         """Train the run of `label`, `cfg` and `seed` unless it is finished (here or
         published), or list it when planning; its result, or None. `epoch_limit`
         caps its epochs; with `diverged_is_final` a run that diverged is an answer,
@@ -184,9 +184,9 @@ class Runner:
         holder = runs.holder(d)
         if holder is not None:
             return self._leave(d, f"{d} is being trained by another process ({holder})")
-        from reproduce import train as train_lib
-
         import keras
+
+        from reproduce import train as train_lib
 
         keras.backend.clear_session()
         meta = {"preset": self.preset, "label": label, "overrides": self.overrides,
@@ -284,7 +284,7 @@ class Runner:
         for ab in abls:
             self.run_ablation(ab)
 
-    def plan(self, names: Optional[Iterable[str]] = None, baseline: Optional[bool] = None) -> SuitePlan:
+    def plan(self, names: Iterable[str] | None = None, baseline: bool | None = None) -> SuitePlan:
         """What `run(names)` (or, with names None, `run_all()`) would do: the runs
         to train and those already finished, without training anything. Runs
         that depend on results not yet there (the Figure 1 seeds, before the
@@ -301,7 +301,7 @@ class Runner:
         self.plan_ = SuitePlan()
         return plan
 
-    def _execute(self, names: Optional[list]) -> SuitePlan:
+    def _execute(self, names: list | None) -> SuitePlan:
         abls = self._check(names if names is not None else [a.name for a in for_preset(self.preset)])
         runs.check_writable(self.root)
         plan = self.plan(names) if (self.verbose or self.worker) else None

@@ -18,7 +18,6 @@ import os
 import subprocess
 import sys
 import threading
-from typing import Optional
 
 
 def visible_gpus() -> list:
@@ -55,7 +54,7 @@ def _pump(stream, out, prefix: str) -> None:
         out.flush()
 
 
-def launch(argv: list, n: int, gpus: Optional[list] = None) -> int:
+def launch(argv: list, n: int, gpus: list | None = None) -> int:
     """Run ``python -m ablations <argv> --worker I/N`` for I < n; the worst exit status."""
     gpus = visible_gpus() if gpus is None else gpus
     if gpus and n > len(gpus):

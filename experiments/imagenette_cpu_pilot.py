@@ -84,15 +84,16 @@ def train_candidate(name: str, data: str, root: Path) -> dict:
 
 
 def time_backends(name: str, data: str) -> dict:
+    root = str(Path(__file__).resolve().parent.parent)
     code = (
-        "import json,sys; sys.path.insert(0, %r)\n"
+        f"import json,sys; sys.path.insert(0, {root!r})\n"
         "from experiments.imagenette_cpu_pilot import candidate_config\n"
         "from ablations.plan import calibrate\n"
         "from reproduce import data as D\n"
-        "cfg = candidate_config(%r, %r)\n"
+        f"cfg = candidate_config({name!r}, {data!r})\n"
         "ips, fixed = calibrate(cfg, D.load(cfg.data), steps=8)\n"
         "print(json.dumps({'ips': ips, 'fixed_s': fixed}))\n"
-    ) % (str(Path(__file__).resolve().parent.parent), name, data)
+    )
     out = {}
     for backend in ("tensorflow", "jax"):
         env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}

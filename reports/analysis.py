@@ -13,13 +13,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from ablations import registry
 from ablations.kinds import kind_of
-from reports import collect
-from reports import measures
-from reports import stats
+from reports import collect, measures, stats
 from reports.measures import (  # noqa: F401 (the settings and values the report quotes, here too)
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
@@ -71,14 +68,14 @@ class PresetAnalysis:
     family: int = 0  # claims in the correction family (primary rows with a test)
     notes: list = field(default_factory=list)  # preset-wide
 
-    def comparison(self, name: str) -> Optional[Comparison]:
+    def comparison(self, name: str) -> Comparison | None:
         return next((c for c in self.comparisons if c.name == name), None)
 
     @property
     def runs(self) -> list:
         return [r for groups in self.labels.values() for g in groups for r in g.runs]
 
-    def baseline_group(self) -> Optional[collect.Group]:
+    def baseline_group(self) -> collect.Group | None:
         """The `baseline` group most comparisons use (else the preferred one)."""
         used = [c.pair.base for c in self.comparisons if c.base_label == "baseline" and c.pair.base is not None]
         if used:
@@ -91,7 +88,7 @@ class PresetAnalysis:
                                      collect.registry_fingerprint(self.preset, "baseline"))
 
 
-def compare(preset: str, a: registry.Ablation, labels: dict, prefer_base: Optional[str] = None) -> Comparison:
+def compare(preset: str, a: registry.Ablation, labels: dict, prefer_base: str | None = None) -> Comparison:
     """The comparison of ablation `a` on `preset`, made by its kind."""
     return kind_of(a).compare(preset, a, labels, prefer_base)
 
@@ -275,7 +272,7 @@ def _analyze_preset(preset: str, labels: dict, root) -> PresetAnalysis:
     return an
 
 
-def _budget_epochs(comp: Comparison) -> Optional[int]:
+def _budget_epochs(comp: Comparison) -> int | None:
     eps = [r.config.get("train", {}).get("epochs") for r in (comp.pair.base.counted if comp.pair.base else [])]
     eps = [e for e in eps if isinstance(e, int)]
     return max(eps) if eps else None
@@ -308,7 +305,7 @@ def budget_limits(analyses: dict) -> None:
             # another measure, and would shrink by construction).
             points = [x for x in points if x[3].metric == r_long.metric and x[3].label == r_long.label]
             budgets = [(p, e, r.ci.estimate) for e, p, _, r in points]
-            for e, p, comp, r in points[:-1]:
+            for e, _p, comp, r in points[:-1]:
                 short, long_ = r.ci.estimate, r_long.ci.estimate
                 if e >= e_long or short == 0 or r.verdict in (*stats.WITHHELD, stats.NOT_MEASURABLE, stats.NO_CLAIM):
                     continue

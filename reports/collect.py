@@ -18,9 +18,9 @@ import datetime as _dt
 import math
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
 
 from reproduce import runs
 from reproduce.config import (
@@ -31,8 +31,8 @@ from reproduce.config import (
     apply_overrides,
     canonical_flat,
     experiment_identity,
-    flatten,
     fingerprint_of,
+    flatten,
     get_config,
     valid_keys,
     validate,
@@ -99,7 +99,7 @@ def flat_config(run: runs.Run) -> dict:
         return {}
 
 
-def learning_rate(run: runs.Run) -> Optional[float]:
+def learning_rate(run: runs.Run) -> float | None:
     lr = run.config.get("train", {}).get("learning_rate")
     return float(lr) if lr is not None else None
 
@@ -148,7 +148,7 @@ def group_runs(found: Iterable[runs.Run]) -> dict:
     return {p: {lab: list(g.values()) for lab, g in labels.items()} for p, labels in out.items()}
 
 
-def load(root, damaged: Optional[list] = None) -> dict:
+def load(root, damaged: list | None = None) -> dict:
     """Group the readable runs under root; runs with a damaged file (its arrays
     included, read once here to check them) go to `damaged` as
     `reproduce.runs.RunFileError` instead."""
@@ -226,7 +226,7 @@ def dataset_name(run: runs.Run) -> str:
     return f"local files {local_name(src) or '?'}"
 
 
-def setting_match(run: Optional[runs.Run], setting: str) -> str:
+def setting_match(run: runs.Run | None, setting: str) -> str:
     """Whether a run's data set is the one a claim was measured on (`Claim.setting`,
     e.g. "ILSVRC-2012 val"): "yes: ...", "no: ..." or "unverified: ..." (local
     files, which the run identifies only by a hash)."""
@@ -241,7 +241,7 @@ def setting_match(run: Optional[runs.Run], setting: str) -> str:
     return f"no: {ours} (the paper: {setting})"
 
 
-def num_classes(run: runs.Run) -> Optional[int]:
+def num_classes(run: runs.Run) -> int | None:
     """Classes of the run's data: env.json "num_classes", else from the labels in
     val_correct.npz, else the configuration (model.num_classes, the synthetic
     source's class count)."""
@@ -260,7 +260,7 @@ def num_classes(run: runs.Run) -> Optional[int]:
     return None
 
 
-def n_val(run: runs.Run) -> Optional[int]:
+def n_val(run: runs.Run) -> int | None:
     """Validation images the run was evaluated on (result.json, else val_correct)."""
     n = (run.result or {}).get("n_val")
     if isinstance(n, int) and n > 0:
@@ -271,7 +271,7 @@ def n_val(run: runs.Run) -> Optional[int]:
     return None
 
 
-def order_groups(groups: list, registry_fp: Optional[str] = None) -> list:
+def order_groups(groups: list, registry_fp: str | None = None) -> list:
     """Groups with counted runs, most preferred first: the registry's current
     fingerprint, then the most recent, then the one with most finished seeds."""
     ok = [g for g in groups if g.counted]
@@ -282,7 +282,7 @@ def order_groups(groups: list, registry_fp: Optional[str] = None) -> list:
     )
 
 
-def current_group(groups: list, registry_fp: Optional[str] = None) -> Optional[Group]:
+def current_group(groups: list, registry_fp: str | None = None) -> Group | None:
     """The preferred group with finished runs, else the most recent group at all."""
     ordered = order_groups(groups, registry_fp)
     if ordered:
@@ -292,7 +292,7 @@ def current_group(groups: list, registry_fp: Optional[str] = None) -> Optional[G
     return None
 
 
-def registry_fingerprint(preset: str, label: str, ablation=None) -> Optional[str]:
+def registry_fingerprint(preset: str, label: str, ablation=None) -> str | None:
     """The fingerprint the current presets and registry would give `label`."""
     try:
         if label == "baseline":
@@ -342,8 +342,8 @@ def matches(expected: dict, actual: dict, allowed: Iterable[str] = ()) -> bool:
 
 @dataclass
 class Pair:
-    base: Optional[Group]
-    variant: Optional[Group]
+    base: Group | None
+    variant: Group | None
     matched: bool  # configs differ exactly by the ablation (plus allowed keys)
     diff: dict  # config_diff(base, variant)
     unexpected: dict  # part of diff outside the overrides and allowed keys
@@ -354,10 +354,10 @@ def choose_pair(
     variant_groups: list,
     overrides: dict,
     allowed: Iterable[str] = (),
-    base_fp: Optional[str] = None,
-    variant_fp: Optional[str] = None,
+    base_fp: str | None = None,
+    variant_fp: str | None = None,
     same_runs: bool = False,
-    prefer_base: Optional[str] = None,
+    prefer_base: str | None = None,
 ) -> Pair:
     """Pick the groups an ablation compares (see the module docstring).
 
@@ -402,7 +402,7 @@ REPO = Path(__file__).resolve().parents[1]
 _PATH_WORD = re.compile(r"(?<![\w.~/:$-])(?:~|\.\.?)?/[^\s'\"`,;=()\[\]{}<>|]+")
 
 
-def portable(text: str, data_sources: Iterable[str] = (), repo: Optional[Path] = None) -> str:
+def portable(text: str, data_sources: Iterable[str] = (), repo: Path | None = None) -> str:
     """`text` (a command line, a folder) with no path of the machine it ran on, so a
     committed report reads the same wherever it was built: a local data source
     (any of `data_sources`, as recorded in `data.source`) becomes its file name (the
@@ -413,7 +413,7 @@ def portable(text: str, data_sources: Iterable[str] = (), repo: Optional[Path] =
     repo = os.path.normpath(str(repo if repo is not None else REPO))
     sources = {os.path.normpath(os.path.expanduser(s)) for s in data_sources if is_local_source(str(s))}
 
-    def rewrite(m: "re.Match") -> str:
+    def rewrite(m: re.Match) -> str:
         word, trail = m.group(0), ""
         while len(word) > 1 and word[-1] in ".:":  # the sentence's full stop, not the path's
             word, trail = word[:-1], word[-1] + trail

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 
 @dataclass
@@ -34,7 +33,7 @@ class Bullets:
 class Table:
     header: list
     rows: list
-    align: Optional[list] = None  # "l" | "r" | "c" per column
+    align: list | None = None  # "l" | "r" | "c" per column
     caption: str = ""
 
 

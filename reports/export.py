@@ -14,8 +14,7 @@ import json
 import math
 from pathlib import Path
 
-from reports import collect
-from reports import stats
+from reports import collect, stats
 
 RUN_COLUMNS = [
     "preset", "label", "seed", "fingerprint", "status", "counted", "epochs", "epochs_configured",

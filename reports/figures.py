@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -95,7 +94,7 @@ def integer_epochs(ax):
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def learning_curves(comparisons: list, path: Path, title: str) -> Optional[FigureFile]:
+def learning_curves(comparisons: list, path: Path, title: str) -> FigureFile | None:
     """Validation top-1 error vs epoch, baseline (solid) vs variant (dashed), per ablation."""
     panels = [c for c in comparisons if c.curves and c.pair.base is not None and c.pair.variant is not None]
     if not panels:
@@ -143,7 +142,7 @@ def _measured(r) -> bool:
     return math.isfinite(r.ci.estimate) or r.ci.ok or (r.image_ci is not None and r.image_ci.ok)
 
 
-def delta_chart(rows: list, path: Path, title: str) -> Optional[FigureFile]:
+def delta_chart(rows: list, path: Path, title: str) -> FigureFile | None:
     """One point per (ablation, metric): the seed CI (thick), the image bootstrap CI
     (thin, below), and the paper's claimed delta (red x). Rows with nothing measured
     are left out, and with none left no figure is drawn. The axis is
@@ -173,7 +172,7 @@ def delta_chart(rows: list, path: Path, title: str) -> Optional[FigureFile]:
         lim = delta_limit([100 * v for v in values if v is not None])
         edge = 0.965 * lim  # markers sit just inside the axis
 
-        def at(x):
+        def at(x, edge=edge):
             return max(-edge, min(edge, x))
 
         ys = np.arange(len(rs))[::-1]
@@ -276,7 +275,7 @@ def kernel_mosaic(kernels: dict, cols: int = 16, pad: int = 1) -> tuple[np.ndarr
     return np.concatenate(out, axis=0), spans
 
 
-def conv1_grid(kernels: dict, path: Path, title: str) -> Optional[FigureFile]:
+def conv1_grid(kernels: dict, path: Path, title: str) -> FigureFile | None:
     if not kernels:
         return None
     img, spans = kernel_mosaic(kernels)

@@ -13,14 +13,13 @@ formatting, no plotting; `reports.analysis` assembles a preset from comparisons.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import numpy as np
 
 from ablations import registry
-from reports import collect
-from reports import stats
+from reports import collect, stats
 
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
@@ -53,13 +52,13 @@ class Row:
 
     ablation: str
     metric: str  # "top-1", "top-5", "gap", "early", "epochs"
-    claimed: Optional[float]  # the paper's delta (fraction) or ratio; None = qualitative
+    claimed: float | None  # the paper's delta (fraction) or ratio; None = qualitative
     claimed_text: str  # how the claim is printed, e.g. "+1.4", "> 0", "x6", "no claim"
     direction: int
     base: dict  # seed -> value (error fraction, gap fraction, or epochs)
     variant: dict
     seed_ci: object  # stats.Interval (deltas) or stats.RatioSummary (epochs)
-    image_ci: Optional[stats.Interval]
+    image_ci: stats.Interval | None
     ci: stats.Interval
     role: str = "primary"
     bound: str = "point"
@@ -67,7 +66,7 @@ class Row:
     lower_bound_only: bool = False  # censored runs: the measured value bounds the truth from below
     p_adj: float = stats.NAN
     mde: float = stats.NAN
-    seeds_needed: Optional[int] = None
+    seeds_needed: int | None = None
     direction_verdict: str = ""
     magnitude: str = ""
     verdict: str = ""
@@ -78,7 +77,7 @@ class Row:
     withheld_why: str = ""
     level: float = LEVEL  # of `ci`: simultaneous (1 - alpha/m) for a tested primary row
     # The interval the test uses, at a given level (None: `ci` is all there is).
-    interval_at: Optional[Callable] = field(default=None, repr=False, compare=False)
+    interval_at: Callable | None = field(default=None, repr=False, compare=False)
     # Where the paired and Welch tests disagree on significance: what each says.
     fragile: str = ""
     # Across budgets (registry.BUDGET_SERIES): [(preset, epochs, estimate)], shortest first.
@@ -93,7 +92,7 @@ class Row:
         return self.metric == "epochs"
 
     @property
-    def paper_effect(self) -> Optional[float]:
+    def paper_effect(self) -> float | None:
         """The paper's value on ci's scale (log for ratios)."""
         if self.claimed is None:
             return None
@@ -109,26 +108,26 @@ class Comparison:
     pair: collect.Pair
     rows: list = field(default_factory=list)
     notes: list = field(default_factory=list)
-    num_classes: Optional[int] = None
+    num_classes: int | None = None
     setting: str = ""  # collect.setting_match of the baseline's data with the claim's
     dataset: str = ""  # collect.dataset_name of the baseline's data
     # Caveats short enough for the one-line summary (README table), beside the claim's own.
     tags: list = field(default_factory=list)
     # Arms with seeds at chance: label -> Collapse.
     collapse: dict = field(default_factory=dict)
-    n_val: Optional[int] = None  # validation images of the baseline's runs
+    n_val: int | None = None  # validation images of the baseline's runs
     # Whether the learning-curves figure draws a panel for it (two trained arms
     # compared by their final errors).
     curves: bool = False
     # What the ablation's kind measured beyond the rows (lr_grid: its `Fig1`).
-    extra: Optional[object] = None
+    extra: object | None = None
 
     @property
     def name(self) -> str:
         return self.ablation.name
 
     @property
-    def primary(self) -> Optional[Row]:
+    def primary(self) -> Row | None:
         return next((r for r in self.rows if r.role == "primary"), None)
 
 
@@ -154,7 +153,7 @@ class Collapse:
 # --------------------------------------------------------------------------------------
 
 
-def result_values(group: Optional[collect.Group], key: str) -> dict:
+def result_values(group: collect.Group | None, key: str) -> dict:
     if group is None:
         return {}
     out = {}
@@ -165,12 +164,12 @@ def result_values(group: Optional[collect.Group], key: str) -> dict:
     return out
 
 
-def gap_values(group: Optional[collect.Group]) -> dict:
+def gap_values(group: collect.Group | None) -> dict:
     val, train = result_values(group, "val_top1_err"), result_values(group, "train_top1_err_clean")
     return {s: val[s] - train[s] for s in val if s in train}
 
 
-def early_epoch(group: Optional[collect.Group]) -> Optional[int]:
+def early_epoch(group: collect.Group | None) -> int | None:
     """How many epochs (from the first) measure early learning: those before a step
     schedule's first drop, else the first EARLY_FRACTION of the schedule; at least one."""
     runs = group.counted if group else []
@@ -185,7 +184,7 @@ def early_epoch(group: Optional[collect.Group]) -> Optional[int]:
     return min(ks) if ks else None
 
 
-def early_values(group: Optional[collect.Group], k: int) -> dict:
+def early_values(group: collect.Group | None, k: int) -> dict:
     """Mean validation top-1 error over epochs 1..k per seed, from metrics.csv (a
     seed that lacks one of those epochs is left out)."""
     out = {}
@@ -201,7 +200,7 @@ def early_label(k: int) -> str:
     return "val top-1 err after epoch 1" if k == 1 else f"mean val top-1 err over epochs 1-{k}"
 
 
-def run_fractional_ttt(run, target: float, at: float = 1.0) -> Optional[float]:
+def run_fractional_ttt(run, target: float, at: float = 1.0) -> float | None:
     """Fractional epochs to the target (`stats.fractional_epochs_to_target`), the
     curve starting at chance before training; None if never reached."""
     rows = sorted((r for r in run.metrics if r.get("top1_err") is not None), key=lambda r: int(r["epoch"]))
@@ -254,7 +253,7 @@ def wrong_matrix(runs: list, key: str):
     return (np.stack(mats), labels), ""
 
 
-def group_classes(group: Optional[collect.Group]) -> tuple[Optional[int], Optional[int]]:
+def group_classes(group: collect.Group | None) -> tuple[int | None, int | None]:
     """(classes, validation images) of a group's runs, the first run that records them."""
     k = n = None
     for r in group.counted if group else []:
@@ -268,7 +267,7 @@ def group_classes(group: Optional[collect.Group]) -> tuple[Optional[int], Option
 # --------------------------------------------------------------------------------------
 
 
-def claimed_text(claim: registry.Claim, metric: str) -> tuple[Optional[float], str, bool]:
+def claimed_text(claim: registry.Claim, metric: str) -> tuple[float | None, str, bool]:
     """(claimed value, printed text, is there a claim for this metric)."""
     if claim.metric == "none":
         return None, "no claim", False
@@ -340,7 +339,7 @@ def image_interval(base_runs, var_runs, base_key, var_key, shift=0.0):
 
 
 def arms_comparison(preset: str, a: registry.Ablation, labels: dict, same_runs: bool = False, allowed=(),
-                    prefer_base: Optional[str] = None) -> Comparison:
+                    prefer_base: str | None = None) -> Comparison:
     """A `Comparison` of `a` on `preset` with its arms chosen and no rows yet: the
     baseline arm's runs (`a.base_label`) and the variant's (`a.name`; with
     `same_runs`, the baseline's runs again), the pair of groups whose
@@ -402,7 +401,7 @@ def check_arms(comp: Comparison, same_runs: bool = False) -> None:
     _withhold(comp, pair, claim, k_classes, n_val, same_runs)
 
 
-def collapse_of(group: Optional[collect.Group], k_classes, n_val) -> Optional[Collapse]:
+def collapse_of(group: collect.Group | None, k_classes, n_val) -> Collapse | None:
     """The group's seeds at chance (None: none, or no class count to judge by)."""
     err = result_values(group, "val_top1_err")
     stuck = sorted(s for s, e in err.items() if stats.collapsed(e, k_classes, n_val))
@@ -458,5 +457,5 @@ def _withhold(comp: Comparison, pair, claim: registry.Claim, k_classes, n_val, s
                 r.withheld, r.withheld_why = stats.NOT_TESTABLE, why
 
 
-def run_device(r) -> Optional[str]:
+def run_device(r) -> str | None:
     return (r.env or {}).get("device")

@@ -24,7 +24,7 @@ def _provenance(an: analysis.PresetAnalysis) -> str:
     bg = an.baseline_group()
     ref = (bg.counted or bg.runs)[0] if bg is not None and (bg.counted or bg.runs) else runs[0]
     wall = sum(float(r.result.get("wall_time_s") or 0) for r in runs)
-    dates = sorted((collect.run_date(r)[:10] for r in runs if collect.run_date(r)))
+    dates = sorted(collect.run_date(r)[:10] for r in runs if collect.run_date(r))
     precisions = distinct(r.result.get("precision") or r.env.get("precision") for r in runs)
     return (f"`{an.preset}`: {collect.dataset_name(ref)}; {len(runs)} finished run{'s' if len(runs) != 1 else ''}, "
             f"seeds {', '.join(map(str, sorted({r.seed for r in runs})))}; "

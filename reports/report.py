@@ -15,13 +15,12 @@ import shlex
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from ablations import registry
-from reproduce import runs
 from reports import analysis, bench_table, collect, document, export, figures, folder_swap, sections
 from reports.document import Document
 from reports.text import code
+from reproduce import runs
 
 TITLE = "AlexNet reproduction report (Krizhevsky, Sutskever & Hinton, NIPS 2012)"
 
@@ -43,14 +42,14 @@ class Report:
     pdf: Path
     figures: list = field(default_factory=list)
     analyses: dict = field(default_factory=dict)  # preset -> analysis.PresetAnalysis
-    document: Optional[Document] = None
+    document: Document | None = None
     damaged: list = field(default_factory=list)  # reproduce.runs.RunFileError of the runs left out
-    runs_csv: Optional[Path] = None
-    claims_csv: Optional[Path] = None
+    runs_csv: Path | None = None
+    claims_csv: Path | None = None
 
 
-def build_report(runs_root=None, out_dir=None, preset: Optional[str] = None,
-                 command: Optional[str] = None) -> Report:
+def build_report(runs_root=None, out_dir=None, preset: str | None = None,
+                 command: str | None = None) -> Report:
     """Write report.md, report.pdf, figures/*.png, runs.csv and claims.csv for the
     runs under `runs_root`.
 

@@ -12,11 +12,8 @@ import math
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Optional
 
 from ablations.kinds import kind_of
-from reproduce import runs
-from reproduce.config import PRESETS
 from reports import analysis, collect, document, figures, stats
 from reports.text import (
     ci_pts,
@@ -37,6 +34,8 @@ from reports.text import (
     seeds_text,
     verdict_text,
 )
+from reproduce import runs
+from reproduce.config import PRESETS
 
 # Published numbers (error fractions): where, the data set as in `Claim.setting`, top-1, top-5.
 PAPER_HEADLINE = {
@@ -440,7 +439,7 @@ def preset_summary(an: analysis.PresetAnalysis) -> document.Para:
                          f"{len(an.missing)} (section 7).")
 
 
-def summary_table(analyses: dict, unrun: Optional[dict] = None) -> list:
+def summary_table(analyses: dict, unrun: dict | None = None) -> list:
     """The table a reader takes in at a glance: one row per tested claim of each
     preset, claims measured at the paper's own scale (Figure 1) first. Claims
     with an arm that has no finished run, and rows where the paper makes no

@@ -35,8 +35,8 @@ From intervals to verdicts (the report applies them per preset)
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -325,8 +325,8 @@ def design_mde(iv: Interval, n: int, alpha: float = ALPHA, target_power: float =
     return NAN
 
 
-def seeds_needed(effect: Optional[float], iv: Interval, alpha: float = ALPHA, target_power: float = POWER,
-                 cap: int = 10_000) -> Optional[int]:
+def seeds_needed(effect: float | None, iv: Interval, alpha: float = ALPHA, target_power: float = POWER,
+                 cap: int = 10_000) -> int | None:
     """The fewest seeds per arm for which `design_mde` <= |effect| (None: not
     computable for this design or effect; ``cap + 1``: more than `cap`)."""
     if effect is None or not math.isfinite(effect) or effect == 0 or iv.method not in ("paired t", "Welch t"):
@@ -356,7 +356,7 @@ def direction_verdict(estimate: float, p_adjusted: float, direction: int, alpha:
     return DIR_CLAIMED if direction * (estimate - null) > 0 else DIR_OPPOSITE
 
 
-def magnitude_verdict(iv: Interval, paper: Optional[float], direction: int, detectable: float, *,
+def magnitude_verdict(iv: Interval, paper: float | None, direction: int, detectable: float, *,
                       bound: str = "point", null: float = 0.0, lower_bound_only: bool = False) -> str:
     """The paper's value against the interval `iv` (all on the same scale).
 
@@ -421,7 +421,7 @@ def claim_verdict(direction: str, magnitude: str) -> str:
     return NOT_SIGNIFICANT
 
 
-def collapsed(error: float, num_classes: Optional[int], n_val: Optional[int] = None) -> Optional[bool]:
+def collapsed(error: float, num_classes: int | None, n_val: int | None = None) -> bool | None:
     """Whether a top-1 error cannot be told from chance, ``1 - 1/num_classes``: within
     three binomial standard errors of a chance-level classifier on `n_val` images
     (1% of the chance error when `n_val` is unknown). Tighter than `near_chance`: a
@@ -435,7 +435,7 @@ def collapsed(error: float, num_classes: Optional[int], n_val: Optional[int] = N
     return error >= chance - margin
 
 
-def near_chance(error: float, num_classes: Optional[int], n_val: Optional[int] = None) -> Optional[bool]:
+def near_chance(error: float, num_classes: int | None, n_val: int | None = None) -> bool | None:
     """Whether a top-1 error is within a margin of chance, ``1 - 1/num_classes``.
 
     The margin is the larger of 5% of the chance error and three binomial
@@ -459,7 +459,7 @@ class TimeToTarget:
     epochs: the run is *censored*, and ``bound`` (= observed) is a lower bound.
     """
 
-    epochs: Optional[int]
+    epochs: int | None
     observed: int
 
     @property
@@ -475,7 +475,7 @@ class TimeToTarget:
 
 
 def epochs_to_target(
-    errors: Sequence[Optional[float]], target: float, epochs: Optional[Sequence[int]] = None
+    errors: Sequence[float | None], target: float, epochs: Sequence[int] | None = None
 ) -> TimeToTarget:
     """When a training-error curve first reaches ``target`` (``error <= target``).
 
@@ -492,8 +492,8 @@ def epochs_to_target(
     return TimeToTarget(None, observed)
 
 
-def fractional_epochs_to_target(errors: Sequence[Optional[float]], target: float, start: float,
-                                at: float = 1.0) -> Optional[float]:
+def fractional_epochs_to_target(errors: Sequence[float | None], target: float, start: float,
+                                at: float = 1.0) -> float | None:
     """When a training-error curve crosses ``target``, in fractional epochs: the
     curve is taken as linear between its points, from ``start`` (the error before
     training: chance) at 0 through ``errors[i]`` at epoch ``i + at``: ``at=1`` reads
@@ -529,7 +529,7 @@ class RatioSummary:
     sd: float
     method: str
     n: object
-    log: Optional[Interval] = None  # the interval on log values (its p, se, df, reason)
+    log: Interval | None = None  # the interval on log values (its p, se, df, reason)
 
     @property
     def ok(self) -> bool:

@@ -11,20 +11,16 @@ import math
 import shlex
 from collections import Counter
 from pathlib import Path
-from typing import Optional
 
-from reports import document
-from reports import figures
-from reports import measures
-from reports import stats
+from reports import document, figures, measures, stats
 from reproduce.runs import format_duration as duration  # noqa: F401  (for the report's blocks)
 
 
-def pct(x: Optional[float], digits: int = 2) -> str:
+def pct(x: float | None, digits: int = 2) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.{digits}f}"
 
 
-def pts(x: Optional[float], digits: int = 2) -> str:
+def pts(x: float | None, digits: int = 2) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:+.{digits}f}"
 
 
@@ -122,7 +118,7 @@ def epochs_pair(b: float, v: float) -> str:
     return f"({fmt(b)}, {fmt(v)})"
 
 
-def figure_block(fig: Optional[figures.FigureFile], out_dir: Path, caption: str) -> Optional[document.Figure]:
+def figure_block(fig: figures.FigureFile | None, out_dir: Path, caption: str) -> document.Figure | None:
     """A figure written under `out_dir`, as a block of the document (None: no figure)."""
     if fig is None:
         return None

@@ -52,7 +52,7 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -441,28 +441,28 @@ def _measure(cfg, path, measure, precision, batch, spe, steps, warmup, repeats, 
 
 def run(
     *,
-    full: Optional[bool] = None,
-    preset: Optional[str] = None,
+    full: bool | None = None,
+    preset: str | None = None,
     overrides=None,
     data: str = "",
     paths=None,
     precisions=None,
     batches=None,
-    steps: Optional[int] = None,
-    warmup: Optional[int] = None,
-    repeats: Optional[int] = None,
+    steps: int | None = None,
+    warmup: int | None = None,
+    repeats: int | None = None,
     steps_per_execution=(1,),
     callbacks: str = "trainer",
-    peak: Optional[float] = None,
-    out: Optional[str] = "",
+    peak: float | None = None,
+    out: str | None = "",
     append: bool = False,
     label: str = "",
-    time_budget: Optional[float] = None,
+    time_budget: float | None = None,
     keep_going: bool = False,
     verbose: bool = True,
     build_net=build_model,
     variant: str = "project",
-    measures: Optional[dict] = None,
+    measures: dict | None = None,
 ) -> list[dict]:
     """Measure and return the rows (also written to `out` after each row).
 
@@ -650,7 +650,7 @@ def format_table(rows: list[dict]) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def csv_arg(text, conv=str) -> Optional[list]:
+def csv_arg(text, conv=str) -> list | None:
     """A comma-separated option (or a list of them) as a list; None stays None."""
     if text is None:
         return None
@@ -660,7 +660,7 @@ def csv_arg(text, conv=str) -> Optional[list]:
     return out
 
 
-def out_arg(value) -> Optional[str]:
+def out_arg(value) -> str | None:
     """--out: absent -> "" (the default file), '' -> None (no file), else the path."""
     if value is None:
         return ""

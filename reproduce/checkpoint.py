@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -34,7 +33,7 @@ def save_state(run_dir, model, info: dict) -> None:
         np.savez(tmp, **arrays)
 
 
-def load_state(run_dir, model) -> Optional[dict]:
+def load_state(run_dir, model) -> dict | None:
     """Restore weights and optimizer from the state file; returns its info or None."""
     p = runs.state_path(run_dir)
     if not p.exists():

@@ -24,9 +24,10 @@ import difflib
 import hashlib
 import json
 import math
+import types
 import typing
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal
 
 from reproduce.sources import data_identity  # the dataset's content identity
 
@@ -43,8 +44,8 @@ class Range:
     `check_value`. A bound of None is no bound; NaN and the infinities are never
     allowed (every comparison with NaN is false, so a bound alone lets it pass)."""
 
-    low: Optional[float] = None
-    high: Optional[float] = None
+    low: float | None = None
+    high: float | None = None
     low_open: bool = False
     high_open: bool = False
     odd: bool = False  # an odd integer: a window centred on its middle element
@@ -122,7 +123,7 @@ class ModelConfig:
     # start without §5's choice (a tanh unit needs no positive input to pass a gradient).
     init: Literal["paper", "caffe", "zero"] = "paper"
     # Number of classes; None means "from the data".
-    num_classes: Annotated[Optional[int], AT_LEAST_ONE] = None
+    num_classes: Annotated[int | None, AT_LEAST_ONE] = None
 
 
 @dataclass
@@ -227,17 +228,17 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Config":
+    def from_dict(cls, d: dict) -> Config:
         """A stored tree (config.json; a "meta" entry is ignored): keys it lacks take
         their defaults, renamed keys are migrated (`RENAMED`), values are typed."""
         cfg = cls()
         apply_overrides(cfg, migrate(flatten({k: v for k, v in d.items() if k != "meta"})))
         return cfg
 
-    def copy(self) -> "Config":
+    def copy(self) -> Config:
         return copy.deepcopy(self)
 
-    def fingerprint(self, data_id: Optional[str] = None) -> str:
+    def fingerprint(self, data_id: str | None = None) -> str:
         """A short hash of `experiment_identity`: what a run computes, seed excluded.
 
         Two runs with equal fingerprints and equal seeds are the same experiment.
@@ -280,7 +281,7 @@ def migrate(flat: dict) -> dict:
     return out
 
 
-def canonical_flat(config, data_id: Optional[str] = None) -> dict:
+def canonical_flat(config, data_id: str | None = None) -> dict:
     """The whole configuration, flat and normalized: a stored config.json that
     predates a key gets that key's default, renamed keys are migrated, values are
     parsed to their declared types, non-identity keys are dropped, and
@@ -298,7 +299,7 @@ def canonical_flat(config, data_id: Optional[str] = None) -> dict:
 _DEFAULT_FLAT: dict = {}
 
 
-def experiment_identity(config, data_id: Optional[str] = None) -> dict:
+def experiment_identity(config, data_id: str | None = None) -> dict:
     """The canonical form of an experiment: the keys of `canonical_flat` whose
     values differ from the paper's defaults. A key added later with a default that
     keeps the old behaviour is absent from both old and new runs' identity, so
@@ -348,22 +349,21 @@ def choices(key: str) -> tuple:
     return ALLOWED[key]
 
 
-def check_value(key: str, value: Any, name: Optional[str] = None, *, optional: Optional[bool] = None) -> None:
+def check_value(key: str, value: Any, name: str | None = None, *, optional: bool | None = None) -> None:
     """Raise ConfigError unless `value` is allowed for the field `key`: one of its
     choices, or a number of its type inside its Range. `name` is what the message
     calls the value (default the key: the model builders use their argument names);
     `optional` whether None is allowed (default: as the field declares)."""
     name = name or key
     hint, allowed, rng = _DECLARED[key]
-    if allowed is not None:
-        # True == 1: a bool is never a choice of a numeric field, and vice versa.
-        if value not in allowed or isinstance(value, bool) is not isinstance(allowed[0], bool):
-            raise ConfigError(
-                f"{name}={value!r} is not allowed; choose one of " + ", ".join(repr(a) for a in allowed)
-            )
+    # True == 1: a bool is never a choice of a numeric field, and vice versa.
+    if allowed is not None and (value not in allowed or isinstance(value, bool) is not isinstance(allowed[0], bool)):
+        raise ConfigError(
+            f"{name}={value!r} is not allowed; choose one of " + ", ".join(repr(a) for a in allowed)
+        )
     if rng is None:
         return
-    is_optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
+    is_optional = _is_optional(hint)
     if value is None and (is_optional if optional is None else optional):
         return
     if hint is list:  # a list of epochs: each element an integer in the range
@@ -425,11 +425,18 @@ def _field_type(section: Any, name: str) -> Any:
     return hints[name]
 
 
+def _is_optional(hint: Any) -> bool:
+    """`X | None`, written either way (`Optional[X]` is a typing.Union, `X | None` a
+    types.UnionType until Python 3.14 makes them one)."""
+    return (typing.get_origin(hint) in (typing.Union, types.UnionType)
+            and type(None) in typing.get_args(hint))
+
+
 def _parse(key: str, text: Any, typ: Any) -> Any:
     """Parse `text` (a string from the command line, or an already typed value)."""
     origin = typing.get_origin(typ)
     args = typing.get_args(typ)
-    if origin is typing.Union and type(None) in args:  # Optional[X]
+    if _is_optional(typ):  # X | None
         if text is None or (isinstance(text, str) and text.lower() in ("none", "null", "")):
             return None
         (inner,) = [a for a in args if a is not type(None)]
@@ -763,7 +770,8 @@ def _cifar10():
     seeds=2,
 )
 def _smoke():
-    """Every code path in seconds on a CPU: synthetic 76 px data (67 px crops, the smallest input whose pool5 map is not empty), 1/8-width net.
+    """Every code path in seconds on a CPU: synthetic 76 px data (67 px crops, the
+    smallest input whose pool5 map is not empty), 1/8-width net.
 
     Command: ``make reproduce PRESET=smoke``. Its result is chance: it shows the
     pipeline, training, resume, evaluation and report work, not learning (the

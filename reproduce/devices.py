@@ -12,7 +12,6 @@ import platform
 import shutil
 import subprocess
 import warnings
-from typing import Optional
 
 import keras
 
@@ -20,7 +19,7 @@ from reproduce.config import Config
 from reproduce.files import cache_root
 
 
-def accelerator() -> Optional[str]:
+def accelerator() -> str | None:
     """'gpu'/'tpu' if the active backend sees one, else None."""
     backend = keras.backend.backend()
     if backend == "jax":
@@ -117,7 +116,7 @@ def nvidia_gpus(timeout: float = 10.0) -> list:
     return [line.strip() for line in out.stdout.splitlines() if line.strip().startswith("GPU ")]
 
 
-def gpu_unused_message() -> Optional[str]:
+def gpu_unused_message() -> str | None:
     """A message when the driver lists GPUs but the Keras backend computes on the
     CPU (a CPU-only wheel of TensorFlow or JAX, or CUDA libraries it cannot load);
     None otherwise."""

@@ -89,7 +89,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import keras
 import numpy as np
@@ -130,7 +130,7 @@ class DistributeError(RuntimeError):
 MIN_REPLICA_BATCH = 64
 
 
-def replica_batch_warning(batch_size: int, num_replicas: int, scheme: str = "") -> Optional[str]:
+def replica_batch_warning(batch_size: int, num_replicas: int, scheme: str = "") -> str | None:
     """A warning when the global batch leaves fewer than MIN_REPLICA_BATCH images
     per replica; None otherwise (and on one replica)."""
     if num_replicas <= 1:
@@ -157,7 +157,7 @@ def _backend() -> str:
 # --------------------------------------------------------------------------------------
 
 
-def local_devices(backend: Optional[str] = None) -> list:
+def local_devices(backend: str | None = None) -> list:
     """The devices this process trains on: its accelerators if it has any, else CPUs.
 
     TensorFlow: logical device names (``'/device:GPU:0'``); JAX: ``jax.Device``s.
@@ -287,7 +287,7 @@ def scope(cfg):
         _ACTIVE.pop()
 
 
-def active() -> Optional[Plan]:
+def active() -> Plan | None:
     """The plan of the innermost ``scope``, or None outside every scope."""
     return _ACTIVE[-1] if _ACTIVE else None
 
@@ -433,7 +433,7 @@ class _TowerPlacement:
 
     # -- which device ---------------------------------------------------------------
 
-    def index_of_device(self, device: str) -> Optional[int]:
+    def index_of_device(self, device: str) -> int | None:
         import tensorflow as tf
 
         if not device:
@@ -444,7 +444,7 @@ class _TowerPlacement:
                 return i
         return None
 
-    def _index_of_name(self, name: str, by_suffix: bool) -> Optional[int]:
+    def _index_of_name(self, name: str, by_suffix: bool) -> int | None:
         for candidate in (name, _DEDUP.sub("", name)):
             if candidate in self._layers:
                 return self._layers[candidate]
@@ -456,7 +456,7 @@ class _TowerPlacement:
                         return i
         return None
 
-    def index_of_scope(self, scope: str, by_suffix: bool = False) -> Optional[int]:
+    def index_of_scope(self, scope: str, by_suffix: bool = False) -> int | None:
         """The device of the innermost layer name in a name scope, if it is placed.
 
         ``by_suffix``: also the tower suffix convention, for variables created
@@ -556,7 +556,7 @@ class _TowerPlacement:
             i = self._index_of_inputs(op)
         return "" if i is None else self.devices[i]
 
-    def _index_of_inputs(self, op) -> Optional[int]:
+    def _index_of_inputs(self, op) -> int | None:
         found = set()
         for t in op.inputs:
             i = self._index_of_tensor(t)
@@ -569,7 +569,7 @@ class _TowerPlacement:
             found.add(i)
         return found.pop() if len(found) == 1 else None
 
-    def _index_of_tensor(self, t) -> Optional[int]:
+    def _index_of_tensor(self, t) -> int | None:
         if t.dtype.name == "resource":
             return self.index_of_device(_captured_devices(t.graph).get(id(t), ""))
         if t.op.device:
@@ -751,9 +751,9 @@ class ProcessBatches(DerivedBatches):
         inner, n = self.inner, len(self.inner)
         total = getattr(inner, "n", None)
         size = getattr(inner, "batch_size", None)
-        if n and total is not None and size and not getattr(inner, "drop_remainder", False):
-            if (total - (n - 1) * size) % self.num_devices:
-                n -= 1
+        if (n and total is not None and size and not getattr(inner, "drop_remainder", False)
+                and (total - (n - 1) * size) % self.num_devices):
+            n -= 1
         return n
 
     def _check(self, g: int) -> int:

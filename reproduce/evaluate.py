@@ -148,7 +148,7 @@ def dead_fraction(activations) -> float:
 DEAD_SAMPLE = 2_000  # images on which a unit must never fire to count as dead
 
 
-def fc7_dead_fraction(cfg: Config, model, net, arrays) -> "float | None":
+def fc7_dead_fraction(cfg: Config, model, net, arrays) -> float | None:
     """The fraction of fc7's ReLUs that output 0 on every one of the first
     DEAD_SAMPLE images of `arrays` (centre crops, inference mode). §5 gives fc6
     and fc7 bias 1 "to provide the ReLUs with positive inputs"; a net whose

@@ -9,7 +9,6 @@ backward).
 from __future__ import annotations
 
 import re
-from typing import Optional
 
 import keras
 import numpy as np
@@ -85,7 +84,7 @@ def training_flops(model) -> float:
     return 6.0 * forward_macs(model)
 
 
-def peak_tflops(device: str, precision: str) -> tuple[Optional[float], Optional[str]]:
+def peak_tflops(device: str, precision: str) -> tuple[float | None, str | None]:
     """(peak TFLOP/s, which peak) for a device description and a Keras precision.
 
     float32 uses the TF32 tensor-core peak where the chip has one (XLA, on JAX and

@@ -35,10 +35,10 @@ import shutil
 import sys
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Optional, Sequence
 
 import keras
 import numpy as np
@@ -78,7 +78,7 @@ class Loaded:
     def net(self) -> keras.Model:
         return next(layer for layer in self.model.layers if isinstance(layer, keras.Model))
 
-    def mean_image(self) -> Optional[np.ndarray]:
+    def mean_image(self) -> np.ndarray | None:
         pre = self.model.get_layer(PREPROCESS)
         return np.asarray(keras.ops.convert_to_numpy(pre.mean_image)) if pre.mean_subtract else None
 
@@ -174,7 +174,7 @@ def write_model_from_state(run_dir) -> Path:
 # --------------------------------------------------------------------------------------
 
 
-def evaluate_run(run_dir, source: Optional[str] = None) -> dict:
+def evaluate_run(run_dir, source: str | None = None) -> dict:
     """Centre-crop and ten-view validation errors of the run's model.
 
     On the run's own validation data (`source` None) or on `source`, read with the

@@ -47,9 +47,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 from reproduce.files import as_created, atomic_write_text, replacing
 
@@ -100,7 +101,7 @@ RESULT_KEYS = [
 #   "n_val", "precision"
 
 
-def format_duration(seconds: Optional[float]) -> str:
+def format_duration(seconds: float | None) -> str:
     """A duration for people (a run's wall_time_s, a plan's estimate): '45 s',
     '12 min', '3 h 05 min'; 'unknown' for None or a value that is not finite."""
     if seconds is None or not math.isfinite(seconds):
@@ -234,7 +235,7 @@ def lock(path: os.PathLike):
         os.close(fd)  # releases the lock
 
 
-def _claim(fd: int, lock_file: Path, fix: str) -> Optional[str]:
+def _claim(fd: int, lock_file: Path, fix: str) -> str | None:
     """Take the exclusive flock on the open `lock_file` and write who holds it
     (pid, host, since when) into it; None when taken, else what the holder wrote
     (the lock is another process's). A file system without locks is a
@@ -252,7 +253,7 @@ def _claim(fd: int, lock_file: Path, fix: str) -> Optional[str]:
     return None
 
 
-def holder(path: os.PathLike) -> Optional[str]:
+def holder(path: os.PathLike) -> str | None:
     """Who holds the lock of run directory `path` (as `lock` wrote it), or None if
     no process does. A look, not a claim: `lock` is the claim."""
     try:
@@ -294,7 +295,7 @@ UNFINISHED = "unfinished"  # neither: not started, running, or interrupted (kill
 STATUSES = (FINISHED, DIVERGED, FAILED, UNFINISHED)
 
 
-def status_of(result: Optional[dict], failure: Optional[dict]) -> str:
+def status_of(result: dict | None, failure: dict | None) -> str:
     """The status of a run whose result.json and failure.json hold `result` and
     `failure` (None: absent). A failure beside a result is the newer of the two
     (`write_result` removes failure.json): a finished run that was extended under a
@@ -308,7 +309,7 @@ def status_of(result: Optional[dict], failure: Optional[dict]) -> str:
     return UNFINISHED
 
 
-def _read_optional_json(p: Path) -> Optional[dict]:
+def _read_optional_json(p: Path) -> dict | None:
     """A run's JSON file, or None if absent or unreadable (as if it were absent)."""
     try:
         obj = read_json(p)
@@ -323,7 +324,7 @@ def read_status(path: os.PathLike) -> str:
     return status_of(_read_optional_json(Path(path) / RESULT), _read_optional_json(Path(path) / FAILURE))
 
 
-def read_result(path: os.PathLike) -> Optional[dict]:
+def read_result(path: os.PathLike) -> dict | None:
     """The run's result.json (None if absent or unreadable). A DIVERGED run may
     have one: what it reached before an extension diverged."""
     return _read_optional_json(Path(path) / RESULT)
@@ -339,7 +340,7 @@ def is_diverged(path: os.PathLike) -> bool:
     return read_status(path) == DIVERGED
 
 
-def can_extend(path: os.PathLike, epoch_limit: Optional[int]) -> bool:
+def can_extend(path: os.PathLike, epoch_limit: int | None) -> bool:
     """A finished run that was stopped by an epoch limit (``censored`` in
     result.json) before its target or its configured epochs, and may train on
     under `epoch_limit` (None: no limit)."""
@@ -359,7 +360,7 @@ def write_config(path: os.PathLike, config_dict: dict, meta: dict) -> None:
     atomic_write_json(Path(path) / CONFIG, {**config_dict, "meta": meta})
 
 
-def git_commit(cwd: Optional[os.PathLike] = None) -> dict:
+def git_commit(cwd: os.PathLike | None = None) -> dict:
     cwd = cwd or Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(
@@ -377,7 +378,7 @@ def git_commit(cwd: Optional[os.PathLike] = None) -> dict:
         return {"commit": None, "dirty": None}
 
 
-def environment(extra: Optional[dict] = None) -> dict:
+def environment(extra: dict | None = None) -> dict:
     """What machine and software a run used (no heavy imports beyond those loaded)."""
     env = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -477,7 +478,7 @@ def write_result(path: os.PathLike, result: dict) -> None:
         fp.unlink()
 
 
-def write_failure(path: os.PathLike, reason: str, details: Optional[dict] = None) -> None:
+def write_failure(path: os.PathLike, reason: str, details: dict | None = None) -> None:
     atomic_write_json(
         Path(path) / FAILURE,
         {
@@ -661,8 +662,8 @@ class Run:
     meta: dict  # preset, label, seed, fingerprint, overrides, command
     env: dict
     metrics: list  # rows of metrics.csv
-    result: Optional[dict]  # None unless finished
-    failure: Optional[dict]
+    result: dict | None  # None unless finished
+    failure: dict | None
 
     @property
     def preset(self) -> str:
@@ -685,14 +686,14 @@ class Run:
     def finished(self) -> bool:
         return self.status == FINISHED
 
-    def val_correct(self) -> Optional[dict]:
+    def val_correct(self) -> dict | None:
         return read_npz(self.path / VAL_CORRECT)
 
-    def conv1_kernels(self) -> Optional[dict]:
+    def conv1_kernels(self) -> dict | None:
         return read_npz(self.path / CONV1)
 
 
-def read_npz(p: Path) -> Optional[dict]:
+def read_npz(p: Path) -> dict | None:
     """The arrays of a run's .npz file (None if absent); a damaged archive raises
     `RunFileError` (NumPy alone would say it holds "pickled (object) data")."""
     if not p.exists():
@@ -752,7 +753,7 @@ def is_hidden(path: os.PathLike, root: os.PathLike) -> bool:
     return any(part.startswith(".") for part in parts)
 
 
-def iter_runs(root: os.PathLike, damaged: Optional[list] = None) -> Iterator[Run]:
+def iter_runs(root: os.PathLike, damaged: list | None = None) -> Iterator[Run]:
     """Every run directory below root, sorted by path: each directory holding
     config.json, or a run's result.json or metrics.csv without one. Hidden folders
     (`is_hidden`: a publish or report build in progress, or one a kill left

@@ -27,8 +27,8 @@ import gc
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import keras
 import numpy as np
@@ -96,7 +96,7 @@ def build_training_model(cfg: Config, stats, num_classes: int, build_net=build_m
     return model, net
 
 
-def compile_model(model, cfg: Config, steps_per_execution: Optional[int] = None):
+def compile_model(model, cfg: Config, steps_per_execution: int | None = None):
     """The paper's optimizer (§5; decay is the kernels' L2 term), loss and metrics,
     compiled with XLA.
 
@@ -175,8 +175,8 @@ def prepare_run_dir(cfg: Config, run_dir: Path, meta: dict, data_id: str) -> Non
 # --------------------------------------------------------------------------------------
 
 
-def train(cfg: Config, run_dir, meta: Optional[dict] = None, verbose: int = 1,
-          epoch_limit: Optional[int] = None, callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict:
+def train(cfg: Config, run_dir, meta: dict | None = None, verbose: int = 1,
+          epoch_limit: int | None = None, callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict:
     """Train one run into `run_dir` (resuming or skipping as needed); returns the result.
 
     epoch_limit: stop after this many epochs in all, even if `train.epochs` is more
@@ -226,7 +226,7 @@ def train(cfg: Config, run_dir, meta: Optional[dict] = None, verbose: int = 1,
                 keras.mixed_precision.set_global_policy("float32")
 
 
-def _finished_result(run_dir: Path, epoch_limit, verbose) -> Optional[dict]:
+def _finished_result(run_dir: Path, epoch_limit, verbose) -> dict | None:
     if runs.is_finished(run_dir) and not runs.can_extend(run_dir, epoch_limit):
         if verbose:
             print(f"[reproduce] {run_dir} already finished; nothing to do.")

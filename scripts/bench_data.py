@@ -161,7 +161,7 @@ def bench_shards(train, sizes, n, tmp, batch=128, seconds=10.0):
     for size in sizes:
         folder = Path(tmp) / f"shards{size}"
 
-        def resized():
+        def resized(size=size):
             for i in range(0, n, 64):
                 imgs = [np.asarray(Image.fromarray(np.asarray(im)).resize((size, size), Image.BILINEAR))
                         for im in train.images[i:min(i + 64, n)]]

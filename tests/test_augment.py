@@ -4,9 +4,9 @@ Geometry is checked on images whose pixels encode their own coordinates:
 channel 0 = row, channel 1 = column, channel 2 = image index.
 """
 
+import keras
 import numpy as np
 import pytest
-import keras
 
 from reproduce.augment import Augment, ten_views
 

@@ -56,7 +56,7 @@ def _start(args, env, log: Path) -> subprocess.Popen:
 
 def _wait(procs: dict, logs: dict) -> None:
     try:
-        for name, p in procs.items():
+        for p in procs.values():
             p.wait(timeout=TIMEOUT)
     finally:
         for p in procs.values():
@@ -232,7 +232,7 @@ def test_towers_variables_and_ops_on_their_devices(two_devices):
         # variable read runs where its variable is.
         if name in ops and not device:
             o = ops[name]
-            for i_name, i_dev, _ in o["inputs"]:
+            for _i_name, i_dev, _ in o["inputs"]:
                 if o["type"] in ("ReadVariableOp", "Placeholder") and _cpu(i_dev) is not None:
                     return _cpu(i_dev)
         return _cpu(device) or 0
@@ -253,7 +253,7 @@ def test_towers_variables_and_ops_on_their_devices(two_devices):
     crossings = set()
     for o in p["ops"]:
         d = device_of(o["name"], o["device"])
-        for i_name, i_dev, scalar in o["inputs"]:
+        for i_name, _i_dev, scalar in o["inputs"]:
             if scalar or i_name == "data" or i_name not in ops:
                 continue
             if device_of(i_name, ops[i_name]["device"]) != d:
@@ -299,12 +299,11 @@ def test_multiworker_workers_agree_with_one_process(multiworker):
 
 def test_multiworker_state_resumes_on_one_device(multiworker):
     """The state file a worker wrote loads into a one-device model unchanged."""
-    from reproduce.checkpoint import state_variables
-    from reproduce.train import build_training_model, load_state
-
     from distribute_worker import SMOKE_RUN
 
+    from reproduce.checkpoint import state_variables
     from reproduce.data import load
+    from reproduce.train import build_training_model, load_state
 
     state = Path(multiworker["worker0"]["state"])
     cfg = get_config("smoke", list(SMOKE_RUN))  # the workers' net (dropout=0 has no RNG state)

@@ -20,7 +20,6 @@ from ablations.runner import Runner
 from reports import analysis, collect
 from reproduce import runs as R
 from reproduce.config import experiment_identity, fingerprint_of, get_config
-
 from tests.test_data import make_archive, make_tree
 
 # Code that runs no Keras model differently per backend: `make test` runs it once.

@@ -1,9 +1,9 @@
 """Custom layers against plain NumPy loops: LRN (§3.3) and LocallyConnected2D."""
 
+import keras
 import numpy as np
 import pytest
 
-import keras
 from reproduce.layers import HostConstant, HostNormal, LocallyConnected2D, LocalResponseNormalization
 
 try:
@@ -249,7 +249,8 @@ def test_host_initializers_are_seeded_and_serializable():
     assert not np.array_equal(a, keras.ops.convert_to_numpy(HostNormal(0.01, seed=8)((300, 200))))
     assert abs(a.mean()) < 1e-3 and a.std() == pytest.approx(0.01, rel=0.02)
     # Backend-independent: NumPy's PCG64 with the same seed.
-    np.testing.assert_array_equal(a, np.random.default_rng(7).standard_normal((300, 200), np.float32) * np.float32(0.01))
+    expected = np.random.default_rng(7).standard_normal((300, 200), np.float32) * np.float32(0.01)
+    np.testing.assert_array_equal(a, expected)
     for i in (init, HostConstant(0.1)):
         clone = keras.initializers.deserialize(keras.initializers.serialize(i))
         assert type(clone) is type(i) and clone.get_config() == i.get_config()

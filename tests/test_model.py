@@ -181,7 +181,8 @@ def test_pooling_variants_give_identical_shapes():
         shapes = {}
         for pooling in ("overlap", "non_overlap"):
             m = M.alexnet(size, pooling=pooling, **TINY)  # 1 tower, 1 kernel per layer
-            shapes[pooling] = [tuple(layer.output.shape) for layer in m.layers if layer.name.startswith(("conv", "pool"))]
+            shapes[pooling] = [tuple(layer.output.shape) for layer in m.layers
+                               if layer.name.startswith(("conv", "pool"))]
         assert shapes["overlap"] == shapes["non_overlap"], size
         parities.add(tuple(side(m, n) % 2 for n in ("conv1", "pool1", "pool2")))
         if size == 227:
@@ -229,7 +230,7 @@ def _covering_design(switches: dict) -> list:
     candidates = [dict(zip(keys, combo)) for combo in itertools.product(*switches.values())]
     design = []
     while todo:
-        def gain(run):
+        def gain(run, todo=todo):
             return sum((a, run[a], b, run[b]) in todo for i, a in enumerate(keys) for b in keys[i + 1:])
 
         run = max(candidates, key=gain)

@@ -24,7 +24,8 @@ from reproduce.data import DataError, cache
 from reproduce.train import TrainingDiverged, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_data import cfg as data_cfg, make_tree  # noqa: E402
+from test_data import cfg as data_cfg  # noqa: E402
+from test_data import make_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKEND = keras.backend.backend()
@@ -137,20 +138,17 @@ def test_a_damaged_stats_file_is_named_and_recomputed(tmp_path):
 
 def test_a_held_run_directory_is_refused_until_its_holder_dies(tmp_path):
     d = tmp_path / "run"
-    with runs.lock(d):
-        with pytest.raises(runs.RunLocked, match=rf"{re.escape(str(d))} is being trained by "
-                                                 rf"another process \(pid {os.getpid()} on host"):
-            with runs.lock(d):
-                pass
+    with runs.lock(d), pytest.raises(runs.RunLocked, match=rf"{re.escape(str(d))} is being trained by "
+                                             rf"another process \(pid {os.getpid()} on host"), runs.lock(d):
+        pass
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\nfrom reproduce import runs\n"
          f"with runs.lock({str(d)!r}):\n    print('held', flush=True)\n    time.sleep(120)"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(runs.RunLocked, match=f"pid {holder.pid} "):
-            with runs.lock(d):
-                pass
+        with pytest.raises(runs.RunLocked, match=f"pid {holder.pid} "), runs.lock(d):
+            pass
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
@@ -233,9 +231,8 @@ def test_a_read_only_runs_folder_is_a_clear_error(tmp_path):
     d = tmp_path / "run"
     d.mkdir()
     (d / runs.LOCK).touch()
-    with _read_only(d):
-        with pytest.raises(runs.RunDirError, match=rf"cannot write in {re.escape(str(d))} "):
-            train(_tiny(), d, verbose=0)
+    with _read_only(d), pytest.raises(runs.RunDirError, match=rf"cannot write in {re.escape(str(d))} "):
+        train(_tiny(), d, verbose=0)
 
 
 @pytest.mark.slow
@@ -743,10 +740,9 @@ def test_a_replacement_that_fails_keeps_the_old_file_and_leaves_no_temporary(tmp
 
     p = tmp_path / "state.npz"
     np.savez(p, a=np.arange(3))
-    with pytest.raises(RuntimeError, match="stopped"):
-        with replacing(p, suffix=".npz") as tmp:
-            np.savez(tmp, a=np.arange(5))
-            raise RuntimeError("stopped mid-write")
+    with pytest.raises(RuntimeError, match="stopped"), replacing(p, suffix=".npz") as tmp:
+        np.savez(tmp, a=np.arange(5))
+        raise RuntimeError("stopped mid-write")
     assert np.load(p)["a"].tolist() == [0, 1, 2]
     assert [x.name for x in tmp_path.iterdir()] == ["state.npz"]
     with replacing(p, suffix=".npz") as tmp:

@@ -134,7 +134,8 @@ def test_an_effect_that_shrinks_with_budget_is_budget_limited(tmp_path):
     assert "at 6 epochs (imagenette-cpu)" in tag and "at 12 epochs (imagenette-cpu-x2)" in tag
     # The verdict does not depend on which presets the report is built for.
     one = build_report(root, tmp_path / "one", preset="imagenette-cpu")
-    assert list(one.analyses) == ["imagenette-cpu"] and _primary(one, "imagenette-cpu", "no_lrn").verdict == S.BUDGET_LIMITED
+    assert list(one.analyses) == ["imagenette-cpu"]
+    assert _primary(one, "imagenette-cpu", "no_lrn").verdict == S.BUDGET_LIMITED
     # An effect that holds at the longer budget keeps its verdict.
     root2 = tmp_path / "runs2"
     _lrn_pair(root2, "imagenette-cpu", (0, 1, 2), 120, -16)
@@ -213,8 +214,9 @@ def _crossing(errors, target=0.25, start=0.75, at=1.0):
 
 
 def test_figure1_gives_the_ratio_under_every_counting_rule(tmp_path):
-    from ablations.kinds.lr_grid import GRID_SEED
     from test_report import config_for
+
+    from ablations.kinds.lr_grid import GRID_SEED
 
     root = tmp_path / "runs"
     relu = {0: [0.5, 0.3, 0.2], 1: [0.5, 0.26, 0.24], 2: [0.6, 0.4, 0.28, 0.22]}

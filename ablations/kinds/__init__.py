@@ -17,8 +17,6 @@ each one's kind (`kind_of`); a new kind of claim is a new module with a `Kind`
 
 from __future__ import annotations
 
-from typing import Optional
-
 from ablations.kinds import lr_grid, paired, two_evals
 from ablations.kinds.base import Kind, Runs
 
@@ -41,7 +39,7 @@ def kind_of(ab) -> Kind:
     return KINDS[ab.kind]
 
 
-def selection_label(label: str) -> Optional[str]:
+def selection_label(label: str) -> str | None:
     """The label of the runs that chose the settings of runs labelled `label` (an
     arm's learning-rate grid), or None where no kind makes such runs for it."""
     return next((s for k in KINDS.values() if (s := k.selection_label(label)) is not None), None)

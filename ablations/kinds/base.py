@@ -21,7 +21,7 @@ The defaults here are those of two arms each trained on every seed.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # types only: a kind imports no training code
     from pathlib import Path
@@ -39,14 +39,14 @@ class Runs(Protocol):
     held: dict  # run directory -> why: runs that other processes are training
     # The run directory the last `run_one` left to another process (one that holds
     # it, or another worker whose share it is), else None.
-    passed_on: Optional[str]
+    passed_on: str | None
 
-    def baseline_config(self, ab) -> "Config": ...
+    def baseline_config(self, ab) -> Config: ...
 
-    def variant_config(self, ab) -> "Config": ...
+    def variant_config(self, ab) -> Config: ...
 
-    def run_one(self, label: str, cfg: "Config", seed: int, epoch_limit: Optional[int] = None,
-                diverged_is_final: bool = False) -> Optional[dict]:
+    def run_one(self, label: str, cfg: Config, seed: int, epoch_limit: int | None = None,
+                diverged_is_final: bool = False) -> dict | None:
         """Train (or find finished) the run of `label`, `cfg` and `seed`; its
         result, or None (not finished: failed, left to another process, or only
         planned). `epoch_limit` caps its epochs (a capped run is extended by a
@@ -76,7 +76,7 @@ class Kind:
         """Labels of other runs the analysis reads (not superseded configurations)."""
         return ()
 
-    def selection_label(self, label: str) -> Optional[str]:
+    def selection_label(self, label: str) -> str | None:
         """The label of the runs that chose `label`'s settings, if this kind makes such runs."""
         return None
 
@@ -102,7 +102,7 @@ class Kind:
 
     # -- analysis -------------------------------------------------------------------
 
-    def compare(self, preset: str, ab, labels: dict, prefer_base: Optional[str] = None):
+    def compare(self, preset: str, ab, labels: dict, prefer_base: str | None = None):
         """The `reports.measures.Comparison` of `ab` on `preset` from `labels`
         (label -> [reports.collect.Group]); `prefer_base`: a baseline fingerprint
         to try first (the one the preset's other comparisons use)."""
@@ -114,7 +114,7 @@ class Kind:
 
     # -- report ---------------------------------------------------------------------
 
-    def difference_text(self, comp) -> Optional[str]:
+    def difference_text(self, comp) -> str | None:
         """The arms' difference as the report's "Arms compared" table says it (None:
         their configuration difference)."""
         return None
@@ -123,7 +123,7 @@ class Kind:
         """More for the summary table's "Measured" cell of the primary row."""
         return ""
 
-    def report_blocks(self, an, comp, out_dir: "Path", figs: list) -> list:
+    def report_blocks(self, an, comp, out_dir: Path, figs: list) -> list:
         """Blocks (`reports.document`) for the preset's figures section; figures
         written go to `figs` (`reports.figures.FigureFile`)."""
         return []

@@ -27,16 +27,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from ablations.kinds import paired
 from ablations.kinds.base import Kind
-from reports import collect
-from reports import document
-from reports import figures
-from reports import measures
-from reports import stats
-from reports import text
+from reports import collect, document, figures, measures, stats, text
 from reproduce import runs
 
 # The seed of the grid runs: apart from the measured seeds, so the reported runs
@@ -142,7 +136,7 @@ class LrGrid(Kind):
     def extra_labels(self, ab) -> tuple:
         return (grid_label(ab.base_label), grid_label(ab.name))
 
-    def selection_label(self, label: str) -> Optional[str]:
+    def selection_label(self, label: str) -> str | None:
         # A run that stops at a target runs the epochs its arm's grid measured.
         return None if is_grid_label(label) else grid_label(label)
 
@@ -170,7 +164,7 @@ class LrGrid(Kind):
         return [f"({_title(ab) or ab.name}: grid rates stop early once they cannot win; the grid may grow "
                 f"by x{GRID_EXTEND_FACTOR:g} at an edge, up to {GRID_MAX_EXTENSIONS} more rates per arm)"]
 
-    def compare(self, preset: str, ab, labels: dict, prefer_base: Optional[str] = None):
+    def compare(self, preset: str, ab, labels: dict, prefer_base: str | None = None):
         comp = measures.arms_comparison(preset, ab, labels, allowed=(LR_KEY,), prefer_base=prefer_base)
         if comp.claim.metric != "epochs":
             paired.add_rows(comp)
@@ -248,9 +242,9 @@ def _walk_arm(ab, label: str, cfg, runner) -> None:
 @dataclass
 class GridCell:
     lr: float
-    run: Optional[object]  # reproduce.runs.Run
-    ttt: Optional[stats.TimeToTarget]
-    wall_s: Optional[float]
+    run: object | None  # reproduce.runs.Run
+    ttt: stats.TimeToTarget | None
+    wall_s: float | None
     status: str
     censored: bool = False  # stopped once it could no longer beat the fastest rate
 
@@ -265,13 +259,13 @@ class Fig1:
     variant_runs: list  # counted runs of the variant arm (tanh)
     base_ttt: dict  # seed -> TimeToTarget
     variant_ttt: dict
-    ratio: Optional[stats.RatioSummary]
-    wall_ratio: Optional[stats.RatioSummary]
-    base_lr: Optional[float]
-    variant_lr: Optional[float]
+    ratio: stats.RatioSummary | None
+    wall_ratio: stats.RatioSummary | None
+    base_lr: float | None
+    variant_lr: float | None
     grid: dict  # arm key ("relu"/"tanh") -> [GridCell] sorted by lr
     notes: list = field(default_factory=list)
-    wall_device: Optional[str] = None  # the one device whose runs the wall times compare
+    wall_device: str | None = None  # the one device whose runs the wall times compare
     arm_walls: dict = field(default_factory=dict)  # arm key -> {seed: wall s} on wall_device
     # The ratio under each way of counting (see `counting_rules`); its spread is the
     # range the report gives, since the choice of rule moves the ratio more than the
@@ -285,7 +279,7 @@ class Fig1:
         return tuple(n.lower() for n in self.names)
 
     @property
-    def rule_range(self) -> Optional[tuple]:
+    def rule_range(self) -> tuple | None:
         ests = [r.estimate for r in self.rules if r.estimate is not None and math.isfinite(r.estimate)]
         return (min(ests), max(ests)) if ests else None
 
@@ -295,8 +289,8 @@ class CountingRule:
     """The ratio (variant / baseline epochs to target) under one counting rule."""
 
     name: str
-    estimate: Optional[float]
-    ci: Optional[stats.RatioSummary]  # None: one pair, no interval
+    estimate: float | None
+    ci: stats.RatioSummary | None  # None: one pair, no interval
     n: int  # pairs
     per_seed: dict = field(default_factory=dict)  # seed -> (baseline, variant) values
 
@@ -337,7 +331,7 @@ def _target_of(arm_runs) -> float:
     return DEFAULT_TARGET
 
 
-def _lr_of(arm_runs) -> Optional[float]:
+def _lr_of(arm_runs) -> float | None:
     lrs = sorted({collect.learning_rate(r) for r in arm_runs} - {None})
     return lrs[0] if len(lrs) == 1 else None
 
@@ -515,7 +509,7 @@ def counting_rules(fig: Fig1) -> list:
 # --------------------------------------------------------------------------------------
 
 
-def range_text(fig: Optional[Fig1]) -> str:
+def range_text(fig: Fig1 | None) -> str:
     """The ratio as a range over counting rules, e.g. "x5.40-x6.41 over 4 counting rules"."""
     rng = fig.rule_range if fig is not None else None
     if rng is None or len(fig.rules) < 2:
@@ -523,7 +517,7 @@ def range_text(fig: Optional[Fig1]) -> str:
     return f"{text.ratio(rng[0])}-{text.ratio(rng[1])} over {len(fig.rules)} counting rules"
 
 
-def figure(fig: Fig1, path: Path, title: str) -> Optional[figures.FigureFile]:
+def figure(fig: Fig1, path: Path, title: str) -> figures.FigureFile | None:
     """Training error vs epochs (the paper's Figure 1): the baseline arm solid blue,
     the variant dashed orange (the colour-blind palette: the arms differ in hue and
     in line style), the target as a dotted grey line, +-1 sd seed bands."""
@@ -551,7 +545,7 @@ def figure(fig: Fig1, path: Path, title: str) -> Optional[figures.FigureFile]:
     return figures.save(out, path)
 
 
-def blocks(an, comp, out_dir: Path, fig_file: Optional[figures.FigureFile]) -> list:
+def blocks(an, comp, out_dir: Path, fig_file: figures.FigureFile | None) -> list:
     """The figure, the epochs to target per arm, the ratio and its counting rules,
     the learning-rate grid and the notes."""
     f1, ab, claim = comp.extra, comp.ablation, comp.claim

@@ -12,8 +12,6 @@ epochs at the initial learning rate) with the final errors beside it, untested.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
 from ablations.kinds.base import Kind
@@ -23,7 +21,7 @@ from reports import measures
 class Paired(Kind):
     name = "paired"
 
-    def compare(self, preset: str, ab, labels: dict, prefer_base: Optional[str] = None):
+    def compare(self, preset: str, ab, labels: dict, prefer_base: str | None = None):
         comp = measures.arms_comparison(preset, ab, labels, prefer_base=prefer_base)
         add_rows(comp)
         measures.check_arms(comp)

@@ -10,8 +10,6 @@ pairs the two evaluations image by image.
 
 from __future__ import annotations
 
-from typing import Optional
-
 from ablations.kinds.base import Kind
 from reports import measures
 
@@ -26,7 +24,7 @@ class TwoEvals(Kind):
     name = "two_evals"
     trains_variant = False
 
-    def compare(self, preset: str, ab, labels: dict, prefer_base: Optional[str] = None):
+    def compare(self, preset: str, ab, labels: dict, prefer_base: str | None = None):
         comp = measures.arms_comparison(preset, ab, labels, same_runs=True, prefer_base=prefer_base)
         claim, pair = comp.claim, comp.pair
         runs = pair.base.counted if pair.base else []
@@ -44,7 +42,7 @@ class TwoEvals(Kind):
         measures.check_arms(comp, same_runs=True)
         return comp
 
-    def difference_text(self, comp) -> Optional[str]:
+    def difference_text(self, comp) -> str | None:
         return "same runs, evaluated two ways"
 
 

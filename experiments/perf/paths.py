@@ -15,15 +15,13 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-from typing import Optional
 
 import keras
 import numpy as np
 
+from experiments.perf.variants import Variant
 from reproduce.bench import Job, Timing, jax_train_step, measure_step, time_jax
 from reproduce.train import compile_model
-
-from experiments.perf.variants import Variant
 
 #: Figures to beat on one NVIDIA H200, synthetic data, mixed_bfloat16, 227-px crops
 #: (straightforward Keras 3 on JAX), keyed by (path, batch).
@@ -144,7 +142,7 @@ def measures_for(variant: Variant) -> dict:
     return out
 
 
-def skip_reason(variant: Variant, path: str, backend: str) -> Optional[str]:
+def skip_reason(variant: Variant, path: str, backend: str) -> str | None:
     """Why `variant` is not measured on `path` here, or None."""
     if path in ("resident", "e2e-resident") and backend != "jax":
         return "the resident paths are JAX-only"
@@ -157,7 +155,7 @@ def skip_reason(variant: Variant, path: str, backend: str) -> Optional[str]:
     return None
 
 
-def measure_matmul_tflops(n: int = 8192, dtype: str = "bfloat16", repeats: int = 10) -> Optional[float]:
+def measure_matmul_tflops(n: int = 8192, dtype: str = "bfloat16", repeats: int = 10) -> float | None:
     """TFLOP/s of an n x n x n matmul on the default device (JAX backend only): the
     attainable peak the log compares MFU with (~790 bf16 on an H200)."""
     if keras.backend.backend() != "jax":

@@ -27,10 +27,9 @@ from pathlib import Path
 
 import keras
 
-from reproduce import bench, benchfile
-
 from experiments.perf.paths import anchors_note, measure_matmul_tflops, measures_for, skip_reason
 from experiments.perf.variants import net_builder, parse_variant
+from reproduce import bench, benchfile
 
 
 def run_variants(variants=("project",), paths=None, verbose=True, data="", time_budget=None, **kwargs) -> list:
