@@ -430,9 +430,15 @@ def completeness(an: analysis.PresetAnalysis, root) -> list:
 
 
 def preset_summary(an: analysis.PresetAnalysis) -> document.Para:
-    counts = Counter(r.verdict for c in an.comparisons for r in c.rows if r.role == "primary")
+    # An ablation with an arm never run has no verdict to count, only a gap (the
+    # summary table's rule: its first row stands for it when it has no primary one).
+    firsts = [c.primary or next(iter(c.rows), None) for c in an.comparisons]
+    counts = Counter(r.verdict for c in an.comparisons for r in c.rows if r.role == "primary" and r.base and r.variant)
     parts = [f"{v}: {n}" for v, n in sorted(counts.items(), key=lambda kv: stats.VERDICTS.index(kv[0])
                                             if kv[0] in stats.VERDICTS else 99)]
+    unrun = sum(1 for r in firsts if r is None or not (r.base and r.variant))
+    if unrun:
+        parts.append(f"not run yet: {unrun}")
     n_done = sum(1 for r in an.runs if collect.is_counted(r))
     return document.Para(f"{len(an.runs)} runs ({n_done} finished), {len(an.comparisons)} ablations. Verdicts over "
                          f"the claims: {'; '.join(parts) or 'none'}. Missing or unfinished: "

@@ -534,3 +534,15 @@ def test_the_time_already_spent_counts_from_the_process_start():
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert p.returncode == 0, p.stderr[-2000:]
     assert 1.5 <= float(p.stdout) < 120  # the sleep before the import counts
+
+
+@pytest.mark.one_backend
+def test_an_lr_grid_claim_names_its_registered_target_before_any_run():
+    from ablations.kinds import lr_grid
+
+    # Before a run exists the row's label comes from the registry, not the Figure 1 default.
+    for name in ("tanh_fair", "bias_fair", "fig1_tanh"):
+        ab = get_ablation(name)
+        registered = {**ab.base_overrides, **ab.overrides}.get("train.stop_at_train_error", lr_grid.DEFAULT_TARGET)
+        assert lr_grid._target_of(ab, []) == pytest.approx(registered), name
+    assert lr_grid._target_of(get_ablation("tanh_fair"), []) == pytest.approx(0.70)

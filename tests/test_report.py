@@ -1125,6 +1125,9 @@ def test_readme_block_is_written_from_the_report(fixture_root, tmp_path):
     # claims with an arm that never ran are named once, not a table row of n/a each
     unrun = block.split("Not measured yet (an arm has no finished run): ")[1].split("\n")[0]
     assert unrun.startswith("`cifar10`: `fig1_tanh`, ") and "`smoke`" not in unrun
+    # ... and the preset's tally counts them as not run, not under a verdict
+    n_unrun = len(unrun.split("`cifar10`: ")[1].split(";")[0].split(", "))
+    assert f"not run yet: {n_unrun})" in (tmp_path / "out" / "report.md").read_text().replace(". Missing", ")")
     assert "| cifar10 (a lossy JPEG copy of CIFAR-10) | `fig1_tanh`" not in block
     assert "| smoke (synthetic) | `fig1_tanh`" in block
     assert "`smoke`: synthetic" in block  # where the numbers come from, per preset

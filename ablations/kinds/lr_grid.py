@@ -323,11 +323,15 @@ def _one_device(names, bruns, vruns, wb: dict, wv: dict):
     return dev, keep_b, keep_v, note
 
 
-def _target_of(arm_runs) -> float:
+def _target_of(ab, arm_runs) -> float:
+    """The runs' own target; before any run, the one the ablation registers."""
     for r in arm_runs:
         t = r.config.get("train", {}).get("stop_at_train_error")
         if t:
             return float(t)
+    for diff in (ab.overrides, ab.base_overrides):
+        if diff.get("train.stop_at_train_error"):
+            return float(diff["train.stop_at_train_error"])
     return DEFAULT_TARGET
 
 
@@ -421,7 +425,7 @@ def analyze(ab, labels: dict, comp) -> Fig1:
     names = arm_names(ab)
     bruns = comp.pair.base.counted if comp.pair.base else []
     vruns = comp.pair.variant.counted if comp.pair.variant else []
-    target = _target_of(bruns + vruns)
+    target = _target_of(ab, bruns + vruns)
     notes: list = []
     bt = vt = {}
     ratio = wall = wall_device = None
