@@ -25,7 +25,7 @@ SETARG  := $(if $(OVERRIDES),--set $(OVERRIDES),)
 SEEDARG := $(if $(strip $(SEEDS)),--seeds $(strip $(SEEDS)),)
 RUN     := KERAS_BACKEND=$(BACKEND) REPRODUCE_RUNS=$(RUNS) $(PY)
 
-.PHONY: help install lint test test-fast test-tf test-jax train reproduce ablation report publish bench export tensorboard
+.PHONY: help install lint format test test-fast test-tf test-jax train reproduce ablation report publish bench export tensorboard
 
 help:
 	@echo "make install                 create $(VENV) and install requirements.txt"
@@ -40,7 +40,8 @@ help:
 	@echo "make test-fast               the quick loop: the suite without the slow end-to-end tests, TensorFlow only"
 	@echo "make export RUN_DIR=...      a finished run's model.keras (from its state if missing); SAVEDMODEL=dir: TF SavedModel (FORCE=1 replaces one)"
 	@echo "make tensorboard             TensorBoard on $(RUNS)/ (logs of runs trained with BACKEND=tensorflow)"
-	@echo "make lint                    ruff check ."
+	@echo "make lint                    ruff check . and ruff format --check ."
+	@echo "make format                  ruff format . (and ruff check --fix .)"
 	@echo "Variables: PRESET=$(PRESET) SEEDS=$(or $(SEEDS),<preset's>) NAME DATA_DIR RUNS=$(RUNS) BACKEND=$(BACKEND) WORKERS=$(WORKERS) SET='key=value ...'"
 
 install:
@@ -50,6 +51,11 @@ install:
 
 lint:
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format:
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
 
 # The end-to-end subprocess tests (marked slow) and the tests of backend-independent
 # code (marked one_backend) run once, under TensorFlow.

@@ -145,8 +145,7 @@ def on_this_machine(runs_: list, device: str | None = None) -> list:
     does not either (55 s on another "AMD EPYC"; devices now name the CPU's family
     and model numbers). Runs that recorded no device still count."""
     host = socket.gethostname()
-    return [r for r in runs_
-            if r.env.get("host") == host and (device is None or r.env.get("device") in (None, device))]
+    return [r for r in runs_ if r.env.get("host") == host and (device is None or r.env.get("device") in (None, device))]
 
 
 def expected_epochs(job: Job, runs_: list) -> float | None:
@@ -160,17 +159,20 @@ def expected_epochs(job: Job, runs_: list) -> float | None:
     if own:
         return sum(own) / len(own)
     chooser = selection_label(job.label)
-    reached = [r.result["epochs_to_target"] for r in runs_
-               if chooser is not None and r.label == chooser and (r.result or {}).get("epochs_to_target")]
+    reached = [
+        r.result["epochs_to_target"]
+        for r in runs_
+        if chooser is not None and r.label == chooser and (r.result or {}).get("epochs_to_target")
+    ]
     return min(reached) if reached else None
 
 
-def history_estimate(job: Job, history: list, n_train: int,
-                     everywhere: list | None = None) -> tuple[float | None, str]:
+def history_estimate(job: Job, history: list, n_train: int, everywhere: list | None = None) -> tuple[float | None, str]:
     """Seconds for `job` from finished runs on this host (`history`), or (None, "").
     A run that stops at a target takes its epochs from `everywhere` (runs of the
     preset on any machine; default `history`): epochs to a training error belong to
     the experiment, seconds per image to the machine."""
+
     def wall(r):
         return float((r.result or {}).get("wall_time_s") or 0.0)
 
@@ -186,8 +188,7 @@ def history_estimate(job: Job, history: list, n_train: int,
     # Medians, not means: a run that shared the machine with something else (a test
     # suite, a second campaign) can take twice as long, and one such run should not
     # double the estimate of every run after it.
-    same = [r for r in history if r.label == job.label and wall(r) > 0 and me is not None
-            and _identity(r) == me]
+    same = [r for r in history if r.label == job.label and wall(r) > 0 and me is not None and _identity(r) == me]
     if same and not job.cfg.train.stop_at_train_error:
         return statistics.median(map(wall, same)), "history"
     # Then the same label at other settings, then (for a run that stops at a target)
@@ -206,8 +207,7 @@ def history_estimate(job: Job, history: list, n_train: int,
         if pool:
             s = statistics.median(map(per_image, pool))
             if target:
-                epochs = (target_epochs if target_epochs is not None
-                          else sum(len(r.metrics) for r in pool) / len(pool))
+                epochs = target_epochs if target_epochs is not None else sum(len(r.metrics) for r in pool) / len(pool)
                 epochs = min(epochs, _epochs_planned(job.cfg, job.epoch_limit))
                 return s * epochs * _images_per_epoch(job.cfg, n_train), "scaled"
             return s * _epochs_planned(job.cfg, job.epoch_limit) * _images_per_epoch(job.cfg, n_train), "scaled"
@@ -289,7 +289,8 @@ def _fit_timings(model, cfg, x, y, class_names, steps: int, epochs: int) -> tupl
     clock = keras.callbacks.LambdaCallback(
         on_epoch_begin=lambda e, logs: begins.append(time.perf_counter()),
         on_train_batch_end=lambda i, logs: last_step.__setitem__(len(begins) - 1, time.perf_counter()),
-        on_epoch_end=lambda e, logs: ends.append(time.perf_counter()))
+        on_epoch_end=lambda e, logs: ends.append(time.perf_counter()),
+    )
     nv = min(len(x), cfg.eval.batch_size)
     cfg = cfg.copy()
     cfg.train.stop_at_train_error = 0.0  # every epoch runs, whatever its error
@@ -300,8 +301,15 @@ def _fit_timings(model, cfg, x, y, class_names, steps: int, epochs: int) -> tupl
     with tempfile.TemporaryDirectory(prefix="plan-epoch-") as tmp:
         cbs = training_callbacks(cfg, tmp, {}, len(train))
         t_fit = time.perf_counter()
-        model.fit(feed, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=val,
-                  callbacks=[*cbs.all, *feed_callbacks, clock], shuffle=False, verbose=0)
+        model.fit(
+            feed,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            validation_data=val,
+            callbacks=[*cbs.all, *feed_callbacks, clock],
+            shuffle=False,
+            verbose=0,
+        )
     later = [e for e in range(1, len(ends)) if e in last_step]
     if not later:  # stopped early (a loss that turned NaN): the steps alone, no epoch cost
         spent = max(last_step.values(), default=time.perf_counter()) - t_fit
@@ -339,8 +347,9 @@ def _images_seen(job: Job, data, epochs: float | None = None) -> float:
     return epochs * _images_per_epoch(cfg, n_train) + FORWARD_SHARE * forward
 
 
-def fill_estimates(plan: SuitePlan, roots, preset: str, load_data=None, verbose: bool = True,
-                   device: str | None = None) -> None:
+def fill_estimates(
+    plan: SuitePlan, roots, preset: str, load_data=None, verbose: bool = True, device: str | None = None
+) -> None:
     """Give every job of `plan` an estimate (see the module docstring); `device`
     as in `on_this_machine`."""
     if not plan.todo:
@@ -362,12 +371,22 @@ def fill_estimates(plan: SuitePlan, roots, preset: str, load_data=None, verbose:
         est, kind = history_estimate(job, history, n_train, everywhere)
         if est is None and data is not None:
             c = job.cfg
-            key = (c.model.arch, c.model.width, c.model.towers, c.data.image_size, c.data.crop_size,
-                   c.train.batch_size, c.train.xla, c.train.run_eagerly, c.eval.ten_view)
+            key = (
+                c.model.arch,
+                c.model.width,
+                c.model.towers,
+                c.data.image_size,
+                c.data.crop_size,
+                c.train.batch_size,
+                c.train.xla,
+                c.train.run_eagerly,
+                c.eval.ten_view,
+            )
             if key not in rates:
                 if verbose:
-                    print(f"[ablations] measuring this machine's training rate ({job.label}, "
-                          "a few steps)...", flush=True)
+                    print(
+                        f"[ablations] measuring this machine's training rate ({job.label}, a few steps)...", flush=True
+                    )
                 rates[key] = calibrate(job.cfg, data)
             # A run to a target whose epochs some machine has measured: those epochs at
             # this machine's rate; one with none measured: its epoch cap, a bound.
@@ -388,22 +407,31 @@ def _rounded_up(s: float) -> float:
 def print_plan(plan: SuitePlan, preset: str, device: str, out=sys.stdout) -> None:
     n_done = len(plan.done) + len(plan.published)
     kinds = sorted({j.estimate_kind for j in plan.todo if j.estimate_kind})
-    print(f"[ablations] plan for preset {preset}: {len(plan.todo)} run(s) to train, "
-          f"{n_done} already finished ({len(plan.published)} of them published)"
-          + (f", {len(plan.pending)} more decided as the suite goes" if plan.pending else ""),
-          file=out)
+    print(
+        f"[ablations] plan for preset {preset}: {len(plan.todo)} run(s) to train, "
+        f"{n_done} already finished ({len(plan.published)} of them published)"
+        + (f", {len(plan.pending)} more decided as the suite goes" if plan.pending else ""),
+        file=out,
+    )
     capped = any(j.estimate_kind == "upper bound" for j in plan.todo)
     if plan.todo:
-        print(f"[ablations] estimated time on this machine ({device}): "
-              + ("at most " if capped else "") + fmt_duration(_rounded_up(plan.total_s)) + " in all"
-              + (f" ({', '.join(kinds)})" if kinds else "")
-              + f": the runs ~{fmt_duration(plan.estimate_s)}"
-              + (f", then the report ~{fmt_duration(plan.report_s)}" if plan.report_s else "")
-              + (f", after the {fmt_duration(plan.started_s)} spent starting and measuring"
-                 if plan.started_s else ""), file=out)
+        print(
+            f"[ablations] estimated time on this machine ({device}): "
+            + ("at most " if capped else "")
+            + fmt_duration(_rounded_up(plan.total_s))
+            + " in all"
+            + (f" ({', '.join(kinds)})" if kinds else "")
+            + f": the runs ~{fmt_duration(plan.estimate_s)}"
+            + (f", then the report ~{fmt_duration(plan.report_s)}" if plan.report_s else "")
+            + (f", after the {fmt_duration(plan.started_s)} spent starting and measuring" if plan.started_s else ""),
+            file=out,
+        )
         if capped:
-            print("    (runs that stop at a training-error target are counted at their "
-                  "train.epochs cap; they usually stop far sooner)", file=out)
+            print(
+                "    (runs that stop at a training-error target are counted at their "
+                "train.epochs cap; they usually stop far sooner)",
+                file=out,
+            )
         by_label: dict = {}
         for j in plan.todo:
             n, s = by_label.get(j.label, (0, 0.0))
@@ -415,8 +443,11 @@ def print_plan(plan: SuitePlan, preset: str, device: str, out=sys.stdout) -> Non
     if plan.total_s > LONG_SUITE_S:
         smaller = SMALLER.get(preset)
         hint = f" PRESET={smaller} is the tier sized for this kind of machine." if smaller else ""
-        print(f"[ablations] note: this suite would take {'up to' if capped else 'about'} "
-              f"{fmt_duration(_rounded_up(plan.total_s))} here." + hint, file=out)
+        print(
+            f"[ablations] note: this suite would take {'up to' if capped else 'about'} "
+            f"{fmt_duration(_rounded_up(plan.total_s))} here." + hint,
+            file=out,
+        )
     out.flush()
 
 
@@ -444,9 +475,13 @@ class Progress:
         remaining = sum(v or 0.0 for k, v in self.est.items())
         scale = self.spent_real / self.spent_est if self.spent_est > 0 else 1.0
         eta = remaining * scale
-        print(f"[ablations] run {self.i}/{max(self.total, self.i)} · elapsed "
-              f"{fmt_duration(elapsed)} · ETA {fmt_duration(eta) if remaining else 'unknown'}"
-              f" · {label} seed {seed}", file=self.out, flush=True)
+        print(
+            f"[ablations] run {self.i}/{max(self.total, self.i)} · elapsed "
+            f"{fmt_duration(elapsed)} · ETA {fmt_duration(eta) if remaining else 'unknown'}"
+            f" · {label} seed {seed}",
+            file=self.out,
+            flush=True,
+        )
         self._current = str(run_dir)
 
     def drop(self, run_dir) -> None:

@@ -370,8 +370,7 @@ _register(
 
 _BIAS_CLAIM = Claim(
     "§5",
-    "This initialization accelerates the early stages of learning by providing the "
-    "ReLUs with positive inputs.",
+    "This initialization accelerates the early stages of learning by providing the ReLUs with positive inputs.",
     metric="early",
     direction=-1,
 )
@@ -413,8 +412,9 @@ _FAIR_GRID = (0.005, 0.01, 0.02)
 _BIAS_FAIR_BASE = {**_FAIR_BOTH, "model.init": "caffe"}  # Caffe's 0.1: the arm both bias tests share
 
 
-def _bias_fair(name: str, init: str, arm: str, bias: str, direction: int, reading: str = "",
-               shares: str = "") -> Ablation:
+def _bias_fair(
+    name: str, init: str, arm: str, bias: str, direction: int, reading: str = "", shares: str = ""
+) -> Ablation:
     """One positive-bias value against Caffe's 0.1, each at its own learning rate."""
     return Ablation(
         name=name,
@@ -427,17 +427,31 @@ def _bias_fair(name: str, init: str, arm: str, bias: str, direction: int, readin
         lr_grid=_FAIR_GRID,
         arm_names=("bias 0.1", arm),
         arm_title="Positive biases",
-        claims={"*": dataclasses.replace(
-            _BIAS_CLAIM, metric="epochs", direction=direction, setting="ILSVRC-2012 train",
-            caveat=f"{reading}Epochs to 75% training error (chance 90%) at a constant rate, each arm at "
-                   "the fastest rate of its grid on the selection seed.")},
+        claims={
+            "*": dataclasses.replace(
+                _BIAS_CLAIM,
+                metric="epochs",
+                direction=direction,
+                setting="ILSVRC-2012 train",
+                caveat=f"{reading}Epochs to 75% training error (chance 90%) at a constant rate, each arm at "
+                "the fastest rate of its grid on the selection seed.",
+            )
+        },
     )
 
 
 _register(_bias_fair("bias_fair", "paper", "bias 1", "§5's bias 1", direction=-1))
-_register(_bias_fair("bias_zero_fair", "zero", "bias 0", "no positive biases (0)", direction=+1, shares="bias_fair",
-                     reading="The claim read the other way: without positive biases the early phase should "
-                             "be slower. "))
+_register(
+    _bias_fair(
+        "bias_zero_fair",
+        "zero",
+        "bias 0",
+        "no positive biases (0)",
+        direction=+1,
+        shares="bias_fair",
+        reading="The claim read the other way: without positive biases the early phase should be slower. ",
+    )
+)
 
 _register(
     Ablation(
@@ -450,15 +464,18 @@ _register(
         lr_grid=_FAIR_GRID,
         arm_names=("ReLU", "tanh"),
         arm_title="Activation",
-        claims={"*": Claim(
-            "§3.1",
-            "Deep convolutional neural networks with ReLUs train several times faster than their "
-            "equivalents with tanh units.",
-            metric="epochs",
-            direction=+1,
-            setting="ILSVRC-2012 train",
-            caveat="Epochs to 70% training error at a constant rate; the tanh arm has biases 0 (§5's "
-                   "positive biases are for ReLUs) and each arm the fastest rate of its grid.")},
+        claims={
+            "*": Claim(
+                "§3.1",
+                "Deep convolutional neural networks with ReLUs train several times faster than their "
+                "equivalents with tanh units.",
+                metric="epochs",
+                direction=+1,
+                setting="ILSVRC-2012 train",
+                caveat="Epochs to 70% training error at a constant rate; the tanh arm has biases 0 (§5's "
+                "positive biases are for ReLUs) and each arm the fastest rate of its grid.",
+            )
+        },
     )
 )
 
@@ -467,9 +484,7 @@ def get_ablation(name: str) -> Ablation:
     if name not in ABLATIONS:
         close = difflib.get_close_matches(name, list(ABLATIONS), n=2)
         hint = f" Did you mean {' or '.join(close)}?" if close else ""
-        raise ValueError(
-            f"unknown ablation {name!r}.{hint} Valid names: {', '.join(ABLATIONS)}"
-        )
+        raise ValueError(f"unknown ablation {name!r}.{hint} Valid names: {', '.join(ABLATIONS)}")
     return ABLATIONS[name]
 
 

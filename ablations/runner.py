@@ -42,11 +42,14 @@ def parse_seeds(seeds) -> list[int]:
         else:
             out = list(range(int(s)))
     except ValueError:
-        raise ValueError(f"SEEDS={seeds!r} is neither a count (3 = seeds 0, 1, 2) nor a "
-                         "comma-separated list of seeds (0,4,7)") from None
+        raise ValueError(
+            f"SEEDS={seeds!r} is neither a count (3 = seeds 0, 1, 2) nor a comma-separated list of seeds (0,4,7)"
+        ) from None
     if not out and "," not in s:  # a count of zero: probably meant the seed 0
-        raise ValueError(f"SEEDS={seeds!r} is a count (3 = seeds 0, 1, 2), so it means no "
-                         "seeds at all; for seed 0 alone write SEEDS=0, (a list of one seed)")
+        raise ValueError(
+            f"SEEDS={seeds!r} is a count (3 = seeds 0, 1, 2), so it means no "
+            "seeds at all; for seed 0 alone write SEEDS=0, (a list of one seed)"
+        )
     if not out or min(out) < 0:
         raise ValueError(f"SEEDS={seeds!r}: need at least one seed, none negative")
     return out
@@ -59,8 +62,10 @@ def parse_worker(spec) -> tuple[int, int]:
     except ValueError:
         i, n = -1, 0
     if not 0 <= i < n:
-        raise ValueError(f"--worker {spec!r}: expected I/N with 0 <= I < N, e.g. 0/4 ... 3/4 "
-                         "(SLURM: --array=0-3 and --worker $SLURM_ARRAY_TASK_ID/4)")
+        raise ValueError(
+            f"--worker {spec!r}: expected I/N with 0 <= I < N, e.g. 0/4 ... 3/4 "
+            "(SLURM: --array=0-3 and --worker $SLURM_ARRAY_TASK_ID/4)"
+        )
     return i, n
 
 
@@ -87,8 +92,17 @@ class Runner:
     same experiment's directory under one of the `published` stores does (runs
     committed to `results/` are not trained again)."""
 
-    def __init__(self, preset: str, seeds, root=None, overrides=None, verbose: int = 1,
-                 command: str | None = None, published=None, worker=None):
+    def __init__(
+        self,
+        preset: str,
+        seeds,
+        root=None,
+        overrides=None,
+        verbose: int = 1,
+        command: str | None = None,
+        published=None,
+        worker=None,
+    ):
         self.preset = preset
         # (I, N): worker I of N first trains its share of the plan (every Nth run,
         # from the I-th), then any run still left that no other process holds.
@@ -143,8 +157,9 @@ class Runner:
         # The identity the trainer gives the run: "auto" precision as it resolves here.
         fp = resolved_config(cfg).fingerprint()
         d = runs.run_dir(self.root, self.preset, label, fp, seed)
-        places = [("done", d)] + [("published", runs.run_dir(store, self.preset, label, fp, seed))
-                                  for store in self.published]
+        places = [("done", d)] + [
+            ("published", runs.run_dir(store, self.preset, label, fp, seed)) for store in self.published
+        ]
         status = [runs.read_status(p) for _, p in places]
         for (where, p), st in zip(places, status):
             if st == runs.FINISHED and not runs.can_extend(p, epoch_limit):
@@ -155,8 +170,9 @@ class Runner:
                     return d, where, runs.read_result(p)
         return d, None, None
 
-    def run_one(self, label: str, cfg: Config, seed: int,
-                epoch_limit: int | None = None, diverged_is_final: bool = False) -> dict | None:
+    def run_one(
+        self, label: str, cfg: Config, seed: int, epoch_limit: int | None = None, diverged_is_final: bool = False
+    ) -> dict | None:
         """Train the run of `label`, `cfg` and `seed` unless it is finished (here or
         published), or list it when planning; its result, or None. `epoch_limit`
         caps its epochs; with `diverged_is_final` a run that diverged is an answer,
@@ -189,8 +205,7 @@ class Runner:
         from reproduce import train as train_lib
 
         keras.backend.clear_session()
-        meta = {"preset": self.preset, "label": label, "overrides": self.overrides,
-                "command": self.command}
+        meta = {"preset": self.preset, "label": label, "overrides": self.overrides, "command": self.command}
         if self._progress is not None:
             self._progress.start(d, label, seed)
         elif self.verbose:
@@ -200,8 +215,7 @@ class Runner:
             print(f"[ablations] {d}{cap}", flush=True)
         ok = False
         try:
-            result = train_lib.train(cfg, d, meta=meta, verbose=self.verbose,
-                                     epoch_limit=epoch_limit)
+            result = train_lib.train(cfg, d, meta=meta, verbose=self.verbose, epoch_limit=epoch_limit)
             ok = True
         except runs.RunLocked as e:  # taken between the look above and the lock
             return self._leave(d, str(e))
@@ -313,14 +327,18 @@ class Runner:
             from reproduce.train import device_description
 
             device = device_description()
-            fill_estimates(plan, [self.root, *self.published], self.preset,
-                           load_data=data_lib.load, verbose=True, device=device)
+            fill_estimates(
+                plan, [self.root, *self.published], self.preset, load_data=data_lib.load, verbose=True, device=device
+            )
             print_plan(plan, self.preset, device)
             jobs = plan.todo
             if self.worker:
                 jobs = [j for j in plan.todo if str(j.run_dir) in self._share]
-                print(f"[ablations] worker {i}/{n}: {len(jobs)} of these run(s) first, then "
-                      "any run left that no other process holds", flush=True)
+                print(
+                    f"[ablations] worker {i}/{n}: {len(jobs)} of these run(s) first, then "
+                    "any run left that no other process holds",
+                    flush=True,
+                )
             self._progress = Progress(jobs)
         while True:
             trained = self.trained

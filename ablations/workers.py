@@ -28,8 +28,7 @@ def visible_gpus() -> list:
         ids = [x.strip() for x in env.split(",") if x.strip()]
         return [] if ids[:1] == ["-1"] else ids
     try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True,
-                             timeout=60).stdout
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     return [str(i) for i, _ in enumerate(ln for ln in out.splitlines() if ln.startswith("GPU "))]
@@ -64,8 +63,11 @@ def launch(argv: list, n: int, gpus: list | None = None) -> int:
             f"memory. Use --workers {len(gpus)} (make: WORKERS={len(gpus)}), or start more "
             "workers on other machines that share the runs folder (docs/distributed.md)."
         )
-    where = (f"GPUs {', '.join(gpus[:n])}" if gpus else
-             f"no GPU visible: they share this machine's {os.cpu_count()} CPU cores")
+    where = (
+        f"GPUs {', '.join(gpus[:n])}"
+        if gpus
+        else f"no GPU visible: they share this machine's {os.cpu_count()} CPU cores"
+    )
     print(f"[ablations] starting {n} workers ({where})", flush=True)
     argv = without_workers_option(argv)
     procs, pumps = [], []
@@ -74,13 +76,17 @@ def launch(argv: list, n: int, gpus: list | None = None) -> int:
             env = dict(os.environ)
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = gpus[i]
-            p = subprocess.Popen([sys.executable, "-m", "ablations", *argv, "--worker", f"{i}/{n}"],
-                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True, bufsize=1)
+            p = subprocess.Popen(
+                [sys.executable, "-m", "ablations", *argv, "--worker", f"{i}/{n}"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                bufsize=1,
+            )
             procs.append(p)
             for stream, out in ((p.stdout, sys.stdout), (p.stderr, sys.stderr)):
-                t = threading.Thread(target=_pump, args=(stream, out, f"[worker {i}/{n}] "),
-                                     daemon=True)
+                t = threading.Thread(target=_pump, args=(stream, out, f"[worker {i}/{n}] "), daemon=True)
                 t.start()
                 pumps.append(t)
         codes = [p.wait() for p in procs]
@@ -90,6 +96,8 @@ def launch(argv: list, n: int, gpus: list | None = None) -> int:
                 p.terminate()
     for t in pumps:
         t.join()
-    print(f"[ablations] {n} workers done; exit status "
-          + ", ".join(f"{i}/{n}: {c}" for i, c in enumerate(codes)), flush=True)
+    print(
+        f"[ablations] {n} workers done; exit status " + ", ".join(f"{i}/{n}: {c}" for i, c in enumerate(codes)),
+        flush=True,
+    )
     return max(codes)

@@ -38,27 +38,20 @@ CANDIDATES = {
     # Batch 64 doubles the updates of a short budget (the N(0, 0.01) start sits on
     # a plateau for the first few hundred steps).
     "w025_e8": {"model.width": 0.25, "train.epochs": 8, "train.step_epochs": [6, 7]},
-    "w025_e8_b64": {"model.width": 0.25, "train.epochs": 8, "train.batch_size": 64,
-                    "train.step_epochs": [6, 7]},
-    "w0375_e6_b64": {"model.width": 0.375, "train.epochs": 6, "train.batch_size": 64,
-                     "train.step_epochs": [4, 5]},
-    "w050_e4_b64": {"model.width": 0.5, "train.epochs": 4, "train.batch_size": 64,
-                    "train.step_epochs": [3]},
+    "w025_e8_b64": {"model.width": 0.25, "train.epochs": 8, "train.batch_size": 64, "train.step_epochs": [6, 7]},
+    "w0375_e6_b64": {"model.width": 0.375, "train.epochs": 6, "train.batch_size": 64, "train.step_epochs": [4, 5]},
+    "w050_e4_b64": {"model.width": 0.5, "train.epochs": 4, "train.batch_size": 64, "train.step_epochs": [3]},
     # The four above were measured before the trainer compiled with XLA on a CPU
     # (it now trains ~1.9x faster there); the best of them, half width, with the
     # time that XLA saves spent on two more epochs (chosen: experiments/README.md):
-    "w050_e6_b64": {"model.width": 0.5, "train.epochs": 6, "train.batch_size": 64,
-                    "train.step_epochs": [5]},
+    "w050_e6_b64": {"model.width": 0.5, "train.epochs": 6, "train.batch_size": 64, "train.step_epochs": [5]},
     # A longer tier, for the claims about overfitting (dropout, crops and flips,
     # PCA colour): the baseline must reach <= 40% validation error with a clean
     # train/validation gap of >= 5 points. Half width at batch 64 as above, with
     # lr / 10 at about 70% and 90% of the budget.
-    "w050_e16_b64": {"model.width": 0.5, "train.epochs": 16, "train.batch_size": 64,
-                     "train.step_epochs": [11, 14]},
-    "w050_e20_b64": {"model.width": 0.5, "train.epochs": 20, "train.batch_size": 64,
-                     "train.step_epochs": [14, 18]},
-    "w050_e24_b64": {"model.width": 0.5, "train.epochs": 24, "train.batch_size": 64,
-                     "train.step_epochs": [17, 21]},
+    "w050_e16_b64": {"model.width": 0.5, "train.epochs": 16, "train.batch_size": 64, "train.step_epochs": [11, 14]},
+    "w050_e20_b64": {"model.width": 0.5, "train.epochs": 20, "train.batch_size": 64, "train.step_epochs": [14, 18]},
+    "w050_e24_b64": {"model.width": 0.5, "train.epochs": 24, "train.batch_size": 64, "train.step_epochs": [17, 21]},
 }
 
 
@@ -78,8 +71,9 @@ def train_candidate(name: str, data: str, root: Path) -> dict:
 
     cfg = candidate_config(name, data)
     d = runs.run_dir(root, "imagenette", f"pilot-{name}", cfg.fingerprint(), cfg.train.seed)
-    res = train(cfg, d, meta={"preset": "imagenette", "label": f"pilot-{name}",
-                              "command": " ".join(sys.argv)}, verbose=1)
+    res = train(
+        cfg, d, meta={"preset": "imagenette", "label": f"pilot-{name}", "command": " ".join(sys.argv)}, verbose=1
+    )
     return {"name": name, "dir": str(d), **res}
 
 
@@ -123,17 +117,21 @@ def main(argv=None) -> int:
         print(json.dumps(row, default=str), flush=True)
     n = suite_runs()
     print(f"\nsuite = {n} trained runs (baseline + trained ablations, 3 seeds)")
-    print(f"{'candidate':14s} {'wall s':>7s} {'img/s':>6s} {'val top1':>8s} {'10-view':>7s} "
-          f"{'train clean':>11s} {'gap':>5s} {'suite h':>7s}  TF/JAX step img/s")
+    print(
+        f"{'candidate':14s} {'wall s':>7s} {'img/s':>6s} {'val top1':>8s} {'10-view':>7s} "
+        f"{'train clean':>11s} {'gap':>5s} {'suite h':>7s}  TF/JAX step img/s"
+    )
     for r in rows:
         b = r.get("backends", {})
         tfj = " / ".join(f"{b[k].get('ips', float('nan')):.0f}" for k in ("tensorflow", "jax") if k in b)
         if "wall_time_s" in r:
             gap = r["val_top1_err"] - r["train_top1_err_clean"]
-            print(f"{r['name']:14s} {r['wall_time_s']:7.0f} {r['images_per_s']:6.0f} "
-                  f"{100 * r['val_top1_err']:7.1f}% {100 * (r['val_top1_err_10view'] or 0):6.1f}% "
-                  f"{100 * r['train_top1_err_clean']:10.1f}% {100 * gap:4.1f} "
-                  f"{r['wall_time_s'] * n / 3600:7.2f}  {tfj}")
+            print(
+                f"{r['name']:14s} {r['wall_time_s']:7.0f} {r['images_per_s']:6.0f} "
+                f"{100 * r['val_top1_err']:7.1f}% {100 * (r['val_top1_err_10view'] or 0):6.1f}% "
+                f"{100 * r['train_top1_err_clean']:10.1f}% {100 * gap:4.1f} "
+                f"{r['wall_time_s'] * n / 3600:7.2f}  {tfj}"
+            )
         else:
             print(f"{r['name']:14s} {'':>58s}  {tfj}")
     return 0

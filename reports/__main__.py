@@ -21,8 +21,12 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", default=None, help=f"runs root (default: $REPRODUCE_RUNS or {default_root()})")
     ap.add_argument("--out", default=None, help="output folder, replaced as a whole (default: <runs root>/report)")
     ap.add_argument("--preset", default=None, help="only this preset's section")
-    ap.add_argument("--readme", default=None, metavar="README.md",
-                    help="also write the summary table into this file's results block")
+    ap.add_argument(
+        "--readme",
+        default=None,
+        metavar="README.md",
+        help="also write the summary table into this file's results block",
+    )
     args = ap.parse_args(argv)
     if args.preset is not None and args.preset not in PRESETS:
         ap.error(f"unknown preset {args.preset!r}; choose one of: {', '.join(PRESETS)}")

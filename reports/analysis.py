@@ -31,11 +31,13 @@ from reports.measures import (  # noqa: F401 (the settings and values the report
 )
 
 DEFAULT_SEEDS = (0, 1, 2)
-MULTIPLICITY = ("Bonferroni's correction over the claims of a preset that are tested, one test per claim from "
-                "its primary metric (top-1 error; the overfitting gap; early error for bias_init; the epoch "
-                "ratio for Figure 1), with simultaneous intervals at level 1 - 0.05/m beside the verdicts, so "
-                "that an interval excludes 0 exactly when its claim is significant; top-5 and other secondary "
-                "rows are reported with per-claim 95% intervals, not tested")
+MULTIPLICITY = (
+    "Bonferroni's correction over the claims of a preset that are tested, one test per claim from "
+    "its primary metric (top-1 error; the overfitting gap; early error for bias_init; the epoch "
+    "ratio for Figure 1), with simultaneous intervals at level 1 - 0.05/m beside the verdicts, so "
+    "that an interval excludes 0 exactly when its claim is significant; top-5 and other secondary "
+    "rows are reported with per-claim 95% intervals, not tested"
+)
 # An effect measured on a longer budget of the same net (registry.BUDGET_SERIES) at
 # less than this fraction of its size on a shorter one (or of the other sign)
 # makes the shorter budget's verdict `budget-limited`.
@@ -84,8 +86,9 @@ class PresetAnalysis:
                 counts[g.fingerprint] = counts.get(g.fingerprint, 0) + 1
             fp = max(counts, key=lambda k: (counts[k], -[x.fingerprint for x in used].index(k)))
             return next(g for g in used if g.fingerprint == fp)
-        return collect.current_group(self.labels.get("baseline", []),
-                                     collect.registry_fingerprint(self.preset, "baseline"))
+        return collect.current_group(
+            self.labels.get("baseline", []), collect.registry_fingerprint(self.preset, "baseline")
+        )
 
 
 def compare(preset: str, a: registry.Ablation, labels: dict, prefer_base: str | None = None) -> Comparison:
@@ -103,8 +106,12 @@ def judge(comparisons: list) -> int:
     interval recomputed at the simultaneous level (so that it excludes 0 exactly
     when the row is significant), then each row's direction, magnitude and verdict
     (see `reports.stats`). Returns the family size."""
-    family = {(c.name, r.metric): r.p for c in comparisons for r in c.rows
-              if r.role == "primary" and not r.unmeasurable and not r.withheld and math.isfinite(r.p)}
+    family = {
+        (c.name, r.metric): r.p
+        for c in comparisons
+        for r in c.rows
+        if r.role == "primary" and not r.unmeasurable and not r.withheld and math.isfinite(r.p)
+    }
     adjusted = stats.bonferroni(family)
     m = len(family)
     level = stats.simultaneous_level(m)
@@ -130,8 +137,9 @@ def judge(comparisons: list) -> int:
                 measures.add_power(r, r.ci, alpha)
                 if r.lower_bound_only:
                     r.seeds_needed = None  # a power calculation for a censored ratio would be wrong
-            r.magnitude = stats.magnitude_verdict(r.ci, r.paper_effect, r.direction, r.mde, bound=r.bound,
-                                                  lower_bound_only=r.lower_bound_only)
+            r.magnitude = stats.magnitude_verdict(
+                r.ci, r.paper_effect, r.direction, r.mde, bound=r.bound, lower_bound_only=r.lower_bound_only
+            )
             if r.role == "secondary":
                 r.direction_verdict = r.verdict = stats.SECONDARY
                 continue
@@ -159,8 +167,10 @@ def _fragility(r: Row, m: int) -> str:
     if (r.p_adj < stats.ALPHA) == (p_w < stats.ALPHA):
         return ""
     word = lambda p: "significant" if p < stats.ALPHA else "not significant"  # noqa: E731
-    return (f"the paired t test is {word(r.p_adj)} (adjusted p {r.p_adj:.3f}) but Welch's t, which ignores the "
-            f"pairing by seed, is {word(p_w)} (adjusted p {p_w:.3f})")
+    return (
+        f"the paired t test is {word(r.p_adj)} (adjusted p {r.p_adj:.3f}) but Welch's t, which ignores the "
+        f"pairing by seed, is {word(p_w)} (adjusted p {p_w:.3f})"
+    )
 
 
 def analyze_preset(preset: str, labels: dict, root) -> PresetAnalysis:
@@ -178,8 +188,12 @@ def _analyze_preset(preset: str, labels: dict, root) -> PresetAnalysis:
     # without a matched pair (two evaluations of the same runs, missing variants) fall back to it.
     votes: dict = {}
     for c in comparisons:
-        if (kind_of(c.ablation).trains_variant and c.pair.matched and c.pair.base is not None
-                and c.pair.variant is not None):
+        if (
+            kind_of(c.ablation).trains_variant
+            and c.pair.matched
+            and c.pair.base is not None
+            and c.pair.variant is not None
+        ):
             votes.setdefault(c.base_label, []).append(c.pair.base.fingerprint)
     main = {lab: max(fps, key=lambda fp: (fps.count(fp), -fps.index(fp))) for lab, fps in votes.items()}
     for i, (a, c) in enumerate(zip(ablations, comparisons)):
@@ -190,8 +204,10 @@ def _analyze_preset(preset: str, labels: dict, root) -> PresetAnalysis:
     notes = []
     classes = sorted({c.num_classes for c in comparisons if c.num_classes})
     if classes and max(classes) <= TOP5_MIN_CLASSES:
-        notes.append(f"Top-5 error is left out: the runs have {', '.join(map(str, classes))} classes, where "
-                     "top-5 error is near 0 and not comparable with the paper's 1000-class top-5.")
+        notes.append(
+            f"Top-5 error is left out: the runs have {', '.join(map(str, classes))} classes, where "
+            "top-5 error is near 0 and not comparable with the paper's 1000-class top-5."
+        )
 
     # Overfitting: baseline vs no_crop_flip vs no_dropout (the groups the comparisons used).
     overfitting, seen = [], set()
@@ -203,9 +219,16 @@ def _analyze_preset(preset: str, labels: dict, root) -> PresetAnalysis:
             if g is None or (g.label, g.fingerprint) in seen:
                 continue
             seen.add((g.label, g.fingerprint))
-            overfitting.append(OverfitRow(arm, g, result_values(g, "train_top1_err_clean"),
-                                          result_values(g, "train_top1_err"),
-                                          result_values(g, "val_top1_err"), gap_values(g)))
+            overfitting.append(
+                OverfitRow(
+                    arm,
+                    g,
+                    result_values(g, "train_top1_err_clean"),
+                    result_values(g, "train_top1_err"),
+                    result_values(g, "val_top1_err"),
+                    gap_values(g),
+                )
+            )
 
     # Which groups are in the tables; the rest are superseded.
     used = set()
@@ -213,8 +236,9 @@ def _analyze_preset(preset: str, labels: dict, root) -> PresetAnalysis:
         for g in (comp.pair.base, comp.pair.variant):
             if g is not None:
                 used.add((g.label, g.fingerprint))
-    an = PresetAnalysis(preset, Path(root), labels, ablations, comparisons, overfitting, [], [], [], [], used,
-                        family, notes)
+    an = PresetAnalysis(
+        preset, Path(root), labels, ablations, comparisons, overfitting, [], [], [], [], used, family, notes
+    )
     bg = an.baseline_group()
     if bg is not None and bg.counted:
         used.add(("baseline", bg.fingerprint))
@@ -266,8 +290,10 @@ def _analyze_preset(preset: str, labels: dict, root) -> PresetAnalysis:
     for comp in comparisons:  # runs beyond the arms' seeds (lr_grid: its grid)
         missing += kind_of(comp.ablation).missing(comp)
 
-    not_counted = sorted((r for groups in labels.values() for g in groups for r in g.runs if not collect.is_counted(r)),
-                         key=lambda r: (r.label, r.seed, str(r.path)))
+    not_counted = sorted(
+        (r for groups in labels.values() for g in groups for r in g.runs if not collect.is_counted(r)),
+        key=lambda r: (r.label, r.seed, str(r.path)),
+    )
     an.expected_seeds, an.missing, an.not_counted, an.superseded = expected, missing, not_counted, superseded
     return an
 
@@ -293,8 +319,14 @@ def budget_limits(analyses: dict) -> None:
                 comp = analyses[p].comparison(name)
                 r = comp.primary if comp is not None else None
                 e = _budget_epochs(comp) if comp is not None else None
-                if (r is None or r.is_ratio or e is None or not math.isfinite(r.ci.estimate)
-                        or r.withheld or r.unmeasurable == "baseline at chance"):
+                if (
+                    r is None
+                    or r.is_ratio
+                    or e is None
+                    or not math.isfinite(r.ci.estimate)
+                    or r.withheld
+                    or r.unmeasurable == "baseline at chance"
+                ):
                     continue  # a withheld or chance-level estimate says nothing about the effect's size
                 points.append((e, p, comp, r))
             if len(points) < 2:
@@ -315,6 +347,8 @@ def budget_limits(analyses: dict) -> None:
                     r.budgets = budgets
                     across = ", ".join(f"{100 * d:+.2f} at {ep} epochs ({q})" for q, ep, d in budgets)
                     comp.tags.append(f"budget-limited: {across}; the test at {e} epochs: {tested}")
-                    r.notes.append(f"budget-limited: the effect shrinks as the budget grows ({across}); the test "
-                                   f"at {e} epochs ({tested}) measures the budget, not the end point the paper "
-                                   "compares")
+                    r.notes.append(
+                        f"budget-limited: the effect shrinks as the budget grows ({across}); the test "
+                        f"at {e} epochs ({tested}) measures the budget, not the end point the paper "
+                        "compares"
+                    )

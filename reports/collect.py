@@ -179,15 +179,18 @@ def oddities(run: runs.Run) -> list:
     unknown = sorted(k for k in flat if k not in known and k not in RENAMED)
     removed = sorted(k for k in flat if k in RENAMED and RENAMED[k] is None)
     if unknown:
-        out.append("config.json has key(s) this code does not know (newer code, or edited by hand): "
-                   + ", ".join(f"`{k}`" for k in unknown))
+        out.append(
+            "config.json has key(s) this code does not know (newer code, or edited by hand): "
+            + ", ".join(f"`{k}`" for k in unknown)
+        )
     if removed:
-        out.append("config.json has key(s) removed since it was written (older code), ignored: "
-                   + ", ".join(f"`{k}`" for k in removed))
+        out.append(
+            "config.json has key(s) removed since it was written (older code), ignored: "
+            + ", ".join(f"`{k}`" for k in removed)
+        )
     bad = sorted(k for k, v in (run.result or {}).items() if isinstance(v, float) and not math.isfinite(v))
     if bad:
-        out.append("result.json holds non-finite values: " + ", ".join(
-            f"`{k}` = {run.result[k]}" for k in bad))
+        out.append("result.json holds non-finite values: " + ", ".join(f"`{k}` = {run.result[k]}" for k in bad))
     return out
 
 

@@ -222,6 +222,7 @@ def _pdf_table(pdf, t: Table, width: float, FontFace) -> None:
     header = [_plain(h) for h in t.header]
     size = 8.0 if n <= 6 else 7.0
     pdf.set_font("Helvetica", "", size)
+
     # Column widths from content: the longest word sets a minimum, long text wraps.
     def sw(s, bold):
         pdf.set_font("Helvetica", "B" if bold else "", size)

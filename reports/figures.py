@@ -114,7 +114,7 @@ def learning_curves(comparisons: list, path: Path, title: str) -> FigureFile | N
         integer_epochs(ax)
         ax.set_ylabel("val top-1 error (%)")
         ax.legend(fontsize=7, loc="upper right")
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     fig.suptitle(wrap_title(title + " (mean over seeds, band = +-1 sd)", fig.get_size_inches()[0], 11), fontsize=11)
     fig.tight_layout()
@@ -186,8 +186,9 @@ def delta_chart(rows: list, path: Path, title: str) -> FigureFile | None:
                     ax.plot(est, y, "o", color=blue, zorder=3)
                 else:
                     ax.plot(at(est), y, ">" if est > 0 else "<", color=blue, markersize=9, zorder=3, clip_on=False)
-                    clipped.append((est, f"{est:+.1f}" + (f" [{100 * ci.lo:+.1f}, {100 * ci.hi:+.1f}]"
-                                                          if ci.ok else "")))
+                    clipped.append(
+                        (est, f"{est:+.1f}" + (f" [{100 * ci.lo:+.1f}, {100 * ci.hi:+.1f}]" if ci.ok else ""))
+                    )
             if ci.ok:
                 lo, hi = 100 * ci.lo, 100 * ci.hi
                 ax.hlines(y, at(lo), at(hi), color=blue, linewidth=3, zorder=2)
@@ -202,13 +203,20 @@ def delta_chart(rows: list, path: Path, title: str) -> FigureFile | None:
                     clipped.append((c, f"paper {c:+.1f}"))
             for v, text in clipped:
                 any_clipped = True
-                ax.annotate(text, (at(v), y), xytext=(-6 if v > 0 else 6, 5), textcoords="offset points",
-                            ha="right" if v > 0 else "left", va="bottom", fontsize=7, color=blue)
+                ax.annotate(
+                    text,
+                    (at(v), y),
+                    xytext=(-6 if v > 0 else 6, 5),
+                    textcoords="offset points",
+                    ha="right" if v > 0 else "left",
+                    va="bottom",
+                    fontsize=7,
+                    color=blue,
+                )
         ax.set_xlim(-lim, lim)
         ax.set_ylim(-0.7, len(rs) - 0.4)
         ax.set_yticks(ys)
-        ax.set_yticklabels([f"{r.ablation}" + (f" ({r.metric})" if r.metric in ("gap", "early") else "")
-                            for r in rs])
+        ax.set_yticklabels([f"{r.ablation}" + (f" ({r.metric})" if r.metric in ("gap", "early") else "") for r in rs])
         ax.set_xlabel("variant - baseline (points)")
         ax.set_title(name, fontsize=10)
     from matplotlib.lines import Line2D
@@ -219,8 +227,17 @@ def delta_chart(rows: list, path: Path, title: str) -> FigureFile | None:
         Line2D([], [], color="crimson", marker="x", linestyle="", mew=2, label="paper's claimed delta"),
     ]
     if any_clipped:
-        handles.append(Line2D([], [], color=blue, marker=">", linestyle="", markersize=8,
-                              label=f"beyond \u00b1{DELTA_CLIP:g} points: at the edge, value written"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color=blue,
+                marker=">",
+                linestyle="",
+                markersize=8,
+                label=f"beyond \u00b1{DELTA_CLIP:g} points: at the edge, value written",
+            )
+        )
     ncol = min(len(handles), 2 * len(panels))  # one panel: two columns, so the legend fits its width
     legend_rows = math.ceil(len(handles) / ncol)
     fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=8, frameon=False)

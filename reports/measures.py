@@ -297,17 +297,36 @@ def delta_row(name, metric, claim, base, variant, image_ci_at=None, notes=(), ro
     if not seed.ok and seed.reason.startswith("no spread"):
         if image_ci is not None and image_ci.ok:
             ci, by_images = image_ci, True
-            notes.append(f"{seed.reason}, so the interval and test are the paired bootstrap over validation "
-                         "images, which reflects the finite validation set only, not training noise")
+            notes.append(
+                f"{seed.reason}, so the interval and test are the paired bootstrap over validation "
+                "images, which reflects the finite validation set only, not training noise"
+            )
         else:
-            notes.append(f"{seed.reason} and there is no image-level interval: no interval is given "
-                         "(a zero-width one would claim a precision the runs do not have)")
+            notes.append(
+                f"{seed.reason} and there is no image-level interval: no interval is given "
+                "(a zero-width one would claim a precision the runs do not have)"
+            )
+
     def interval_at(level: float) -> stats.Interval:
         return image_ci_at(level) if by_images else stats.delta_interval(base, variant, level)
 
-    row = Row(name, metric, claimed, text, claim.direction, base, variant, seed, image_ci, ci,
-              role=role if has_claim else "none", bound=claim.bound, notes=notes, label=label,
-              interval_at=interval_at)
+    row = Row(
+        name,
+        metric,
+        claimed,
+        text,
+        claim.direction,
+        base,
+        variant,
+        seed,
+        image_ci,
+        ci,
+        role=role if has_claim else "none",
+        bound=claim.bound,
+        notes=notes,
+        label=label,
+        interval_at=interval_at,
+    )
     add_power(row, seed)
     return row
 
@@ -338,8 +357,9 @@ def image_interval(base_runs, var_runs, base_key, var_key, shift=0.0):
 # --------------------------------------------------------------------------------------
 
 
-def arms_comparison(preset: str, a: registry.Ablation, labels: dict, same_runs: bool = False, allowed=(),
-                    prefer_base: str | None = None) -> Comparison:
+def arms_comparison(
+    preset: str, a: registry.Ablation, labels: dict, same_runs: bool = False, allowed=(), prefer_base: str | None = None
+) -> Comparison:
     """A `Comparison` of `a` on `preset` with its arms chosen and no rows yet: the
     baseline arm's runs (`a.base_label`) and the variant's (`a.name`; with
     `same_runs`, the baseline's runs again), the pair of groups whose
@@ -365,8 +385,10 @@ def arms_comparison(preset: str, a: registry.Ablation, labels: dict, same_runs: 
         comp.notes.append(f"no finished `{var_label}` runs")
     if pair.unexpected:
         keys = ", ".join(f"{k}: {x!r} -> {y!r}" for k, (x, y) in pair.unexpected.items())
-        comp.notes.append(f"the arms' configurations also differ outside the ablation ({keys}); "
-                          "no pair of groups differing only by the ablation was found")
+        comp.notes.append(
+            f"the arms' configurations also differ outside the ablation ({keys}); "
+            "no pair of groups differing only by the ablation was found"
+        )
     bruns = pair.base.counted if pair.base else []
     comp.setting = collect.setting_match(bruns[0] if bruns else None, claim.setting)
     comp.dataset = collect.dataset_name(bruns[0]) if bruns else ""
@@ -391,8 +413,10 @@ def check_arms(comp: Comparison, same_runs: bool = False) -> None:
     base_err = result_values(pair.base, "val_top1_err")
     m = float(np.mean(list(base_err.values()))) if base_err else stats.NAN
     if stats.near_chance(m, k_classes, n_val):
-        why = (f"the baseline is at chance ({m:.1%} top-1 error; chance is {1 - 1 / k_classes:.1%} with "
-               f"{k_classes} classes): a net that has not learned says nothing about the claim")
+        why = (
+            f"the baseline is at chance ({m:.1%} top-1 error; chance is {1 - 1 / k_classes:.1%} with "
+            f"{k_classes} classes): a net that has not learned says nothing about the claim"
+        )
         comp.notes.append(why)
         for r in comp.rows:  # the reason that matters; a lack of spread at chance is no surprise
             r.unmeasurable = "baseline at chance"
@@ -432,7 +456,8 @@ def _withhold(comp: Comparison, pair, claim: registry.Claim, k_classes, n_val, s
         comp.notes.append(
             "an arm ended at chance in some seed (" + "; ".join(texts) + f"; chance is {1 - 1 / k_classes:.1%} "
             f"with {k_classes} classes): training collapsed there, so the comparison says nothing about the "
-            "claim and no verdict is given; the collapse rate is the outcome to report")
+            "claim and no verdict is given; the collapse rate is the outcome to report"
+        )
     # Every tested row of the comparison (the primary and its secondary rows) is withheld.
     primary = [r for r in comp.rows if r.role != "none"]
     # A confound is a flaw of the design, known before any run: it is named first.
@@ -448,9 +473,11 @@ def _withhold(comp: Comparison, pair, claim: registry.Claim, k_classes, n_val, s
         gap = gap_values(pair.base)
         if gap and float(np.mean(list(gap.values()))) < SMALL_GAP:
             g = 100 * float(np.mean(list(gap.values())))
-            why = (f"the baseline's gap (val - clean train top-1 error) is {g:+.1f} points, under "
-                   f"{100 * SMALL_GAP:.0f}: the net has not begun to overfit, so a claim about overfitting cannot "
-                   "show at this budget, and more seeds would not settle it")
+            why = (
+                f"the baseline's gap (val - clean train top-1 error) is {g:+.1f} points, under "
+                f"{100 * SMALL_GAP:.0f}: the net has not begun to overfit, so a claim about overfitting cannot "
+                "show at this budget, and more seeds would not settle it"
+            )
             if not any(t.startswith("baseline gap") for t in comp.tags):
                 comp.tags.append(f"baseline gap {g:+.1f} pts: the budget ends before overfitting")
             for r in primary:

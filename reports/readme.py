@@ -26,13 +26,15 @@ def _provenance(an: analysis.PresetAnalysis) -> str:
     wall = sum(float(r.result.get("wall_time_s") or 0) for r in runs)
     dates = sorted(collect.run_date(r)[:10] for r in runs if collect.run_date(r))
     precisions = distinct(r.result.get("precision") or r.env.get("precision") for r in runs)
-    return (f"`{an.preset}`: {collect.dataset_name(ref)}; {len(runs)} finished run{'s' if len(runs) != 1 else ''}, "
-            f"seeds {', '.join(map(str, sorted({r.seed for r in runs})))}; "
-            f"{distinct(str(r.env.get('device')) for r in runs)}, "
-            f"{distinct(r.env.get('backend') for r in runs)}, {precisions}; "
-            f"{duration(wall)} of training and evaluation; "
-            + (dates[0] if dates and dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}" if dates else "undated")
-            + ".")
+    return (
+        f"`{an.preset}`: {collect.dataset_name(ref)}; {len(runs)} finished run{'s' if len(runs) != 1 else ''}, "
+        f"seeds {', '.join(map(str, sorted({r.seed for r in runs})))}; "
+        f"{distinct(str(r.env.get('device')) for r in runs)}, "
+        f"{distinct(r.env.get('backend') for r in runs)}, {precisions}; "
+        f"{duration(wall)} of training and evaluation; "
+        + (dates[0] if dates and dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}" if dates else "undated")
+        + "."
+    )
 
 
 def update_readme(readme: Path, report: Report, report_link: str) -> bool:
@@ -52,12 +54,21 @@ def update_readme(readme: Path, report: Report, report_link: str) -> bool:
     else:
         doc.add(document.Para("No claim has finished runs in both arms yet."))
     if unrun:
-        doc.add(document.Para("Not measured yet (an arm has no finished run): " + "; ".join(
-            f"`{p}`: " + ", ".join(code(n) for n in names) for p, names in unrun.items()) + "."))
+        doc.add(
+            document.Para(
+                "Not measured yet (an arm has no finished run): "
+                + "; ".join(f"`{p}`: " + ", ".join(code(n) for n in names) for p, names in unrun.items())
+                + "."
+            )
+        )
     doc.add(document.Bullets([_provenance(an) for an in report.analyses.values()]))
-    doc.add(document.Para(f"The whole report: [{report_link}/report.md]({report_link}/report.md) "
-                          f"([PDF]({report_link}/report.pdf)); per-run and per-claim tables: "
-                          f"[runs.csv]({report_link}/runs.csv), [claims.csv]({report_link}/claims.csv)."))
+    doc.add(
+        document.Para(
+            f"The whole report: [{report_link}/report.md]({report_link}/report.md) "
+            f"([PDF]({report_link}/report.pdf)); per-run and per-claim tables: "
+            f"[runs.csv]({report_link}/runs.csv), [claims.csv]({report_link}/claims.csv)."
+        )
+    )
     body = document.to_markdown(doc).strip()
     body = body.split("\n", 1)[1].strip() if body.startswith("# ") or body.startswith("#\n") else body
     atomic_write_text(readme, head + README_BEGIN + "\n" + body + "\n" + README_END + tail)

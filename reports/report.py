@@ -48,8 +48,7 @@ class Report:
     claims_csv: Path | None = None
 
 
-def build_report(runs_root=None, out_dir=None, preset: str | None = None,
-                 command: str | None = None) -> Report:
+def build_report(runs_root=None, out_dir=None, preset: str | None = None, command: str | None = None) -> Report:
     """Write report.md, report.pdf, figures/*.png, runs.csv and claims.csv for the
     runs under `runs_root`.
 
@@ -65,13 +64,17 @@ def build_report(runs_root=None, out_dir=None, preset: str | None = None,
     # An empty --runs or --out (RUNS= with make) is unset, not the current folder.
     root = Path(runs_root) if runs_root not in (None, "") else runs.default_root()
     if not root.is_dir():
-        raise ReportError(f"runs folder {root} " + ("is not a folder" if root.exists() else "does not exist")
-                          + ": pass the folder holding the run directories with --runs (or $REPRODUCE_RUNS)")
+        raise ReportError(
+            f"runs folder {root} "
+            + ("is not a folder" if root.exists() else "does not exist")
+            + ": pass the folder holding the run directories with --runs (or $REPRODUCE_RUNS)"
+        )
     out = Path(out_dir) if out_dir not in (None, "") else root / "report"
     _check_out(out)
     if command is None:
         command = f"python -m reports --runs {shlex.quote(str(root))} --out {shlex.quote(str(out))}" + (
-            f" --preset {preset}" if preset else "")
+            f" --preset {preset}" if preset else ""
+        )
     damaged: list = []
     grouped = collect.load(root, damaged)
     presets = [preset] if preset else collect.preset_order(grouped)
@@ -86,8 +89,10 @@ def build_report(runs_root=None, out_dir=None, preset: str | None = None,
     try:
         build = folder_swap.new_folder(out)
     except OSError as e:
-        raise ReportError(f"cannot write the report beside {out}: {e.strerror or e} ({e.filename or out.parent}); "
-                          "choose a writable folder with --out") from None
+        raise ReportError(
+            f"cannot write the report beside {out}: {e.strerror or e} ({e.filename or out.parent}); "
+            "choose a writable folder with --out"
+        ) from None
     held = folder_swap.hold(build)  # until the swap: a concurrent build does not take it for stale
     try:
         folder_swap.remove_stale(out)
@@ -95,8 +100,9 @@ def build_report(runs_root=None, out_dir=None, preset: str | None = None,
         try:
             folder_swap.swap_in(build, out, PRODUCTS, last=REPLACED_LAST)
         except OSError as e:
-            raise ReportError(f"cannot replace the report folder {out}: {e.strerror or e}; choose a writable "
-                              "folder with --out") from None
+            raise ReportError(
+                f"cannot replace the report folder {out}: {e.strerror or e}; choose a writable folder with --out"
+            ) from None
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
         raise
@@ -104,32 +110,44 @@ def build_report(runs_root=None, out_dir=None, preset: str | None = None,
         os.close(held)
     report.out_dir, report.markdown, report.pdf = out, out / "report.md", out / "report.pdf"
     report.runs_csv, report.claims_csv = out / "runs.csv", out / "claims.csv"
-    report.figures = [figures.FigureFile(out / f.path.relative_to(build), f.width_in, f.height_in)
-                      for f in report.figures]
+    report.figures = [
+        figures.FigureFile(out / f.path.relative_to(build), f.width_in, f.height_in) for f in report.figures
+    ]
     return report
 
 
 def _write(build: Path, root: Path, command: str, preset, grouped: dict, analyses: dict, damaged: list) -> Report:
     doc = document.Document(TITLE)
-    report = Report(build, build / "report.md", build / "report.pdf", document=doc, analyses=analyses,
-                    damaged=damaged)
-    doc.add(document.Para(f"Runs root: {code(collect.portable(str(root)))}. Built by "
-                          f"{code(collect.portable(command))} from the run directories alone "
-                          "(results, metrics, per-image correctness and kernels); it loads no training code. "
-                          "Tables for pandas: `runs.csv` (one row per run) and `claims.csv` (one row per claim and "
-                          "metric) beside this file."))
+    report = Report(build, build / "report.md", build / "report.pdf", document=doc, analyses=analyses, damaged=damaged)
+    doc.add(
+        document.Para(
+            f"Runs root: {code(collect.portable(str(root)))}. Built by "
+            f"{code(collect.portable(command))} from the run directories alone "
+            "(results, metrics, per-image correctness and kernels); it loads no training code. "
+            "Tables for pandas: `runs.csv` (one row per run) and `claims.csv` (one row per claim and "
+            "metric) beside this file."
+        )
+    )
     if not grouped:
-        doc.add(document.Para(f"No runs found under {code(collect.portable(str(root)))} (no run directory with "
-                              "config.json)."))
+        doc.add(
+            document.Para(
+                f"No runs found under {code(collect.portable(str(root)))} (no run directory with config.json)."
+            )
+        )
     elif preset and preset not in grouped:
-        doc.add(document.Para(f"No runs of preset {code(preset)} under {code(collect.portable(str(root)))}; presets "
-                              f"present: {', '.join(code(p) for p in collect.preset_order(grouped))}."))
+        doc.add(
+            document.Para(
+                f"No runs of preset {code(preset)} under {code(collect.portable(str(root)))}; presets "
+                f"present: {', '.join(code(p) for p in collect.preset_order(grouped))}."
+            )
+        )
     doc.add(*sections.summary_table(analyses))
     doc.add(*sections.damaged_runs(damaged, root))
     doc.add(*sections.other_code_runs(grouped, root))
     if len(analyses) > 1:
-        doc.add(document.Para("Presets in this report (one section each): " + ", ".join(code(p) for p in analyses)
-                              + "."))
+        doc.add(
+            document.Para("Presets in this report (one section each): " + ", ".join(code(p) for p in analyses) + ".")
+        )
     for p, an in analyses.items():
         doc.add(document.Heading(1, f"Preset {p}"))
         if not an.labels:

@@ -77,9 +77,22 @@ CONFOUNDED = "confounded: untested"  # the arms differ in more than the claim's 
 NOT_TESTABLE = "not testable at this budget"  # an overfitting claim, and the baseline does not overfit
 # Given after the test, across budgets: the effect shrinks as the budget grows.
 BUDGET_LIMITED = "budget-limited"
-VERDICTS = (REPRODUCED, DIRECTION_ONLY, SIZE_UNRESOLVED, NOT_SIGNIFICANT, UNDERPOWERED, NOT_REPRODUCED,
-            CONTRADICTED, BUDGET_LIMITED, COLLAPSED, CONFOUNDED, NOT_TESTABLE, NOT_MEASURABLE, NO_CLAIM,
-            SECONDARY)
+VERDICTS = (
+    REPRODUCED,
+    DIRECTION_ONLY,
+    SIZE_UNRESOLVED,
+    NOT_SIGNIFICANT,
+    UNDERPOWERED,
+    NOT_REPRODUCED,
+    CONTRADICTED,
+    BUDGET_LIMITED,
+    COLLAPSED,
+    CONFOUNDED,
+    NOT_TESTABLE,
+    NOT_MEASURABLE,
+    NO_CLAIM,
+    SECONDARY,
+)
 WITHHELD = (COLLAPSED, CONFOUNDED, NOT_TESTABLE)
 
 # Below this, a standard deviation is float noise around zero (errors are
@@ -167,8 +180,9 @@ def paired_t_interval(base: Sequence[float], variant: Sequence[float], level: fl
         return _na(est, "n/a", n, level, "one seed per arm")
     sd = float(d.std(ddof=1))
     if sd <= _ZERO_SD * max(1.0, abs(est)):
-        return _na(est, "paired t", n, level, f"no spread: all {n} seeds gave the same difference",
-                   float(n - 1), (0.0,))
+        return _na(
+            est, "paired t", n, level, f"no spread: all {n} seeds gave the same difference", float(n - 1), (0.0,)
+        )
     return _t_interval(est, sd / math.sqrt(n), n - 1, n, "paired t", level, (sd,))
 
 
@@ -187,8 +201,9 @@ def welch_interval(base: Sequence[float], variant: Sequence[float], level: float
     s1, s2 = float(b.std(ddof=1)), float(v.std(ddof=1))
     a1, a2 = s1**2 / n1, s2**2 / n2
     if max(s1, s2) <= _ZERO_SD * max(1.0, abs(est)):
-        return _na(est, "Welch t", (n1, n2), level, "no spread: every seed of each arm gave the same value",
-                   sds=(0.0, 0.0))
+        return _na(
+            est, "Welch t", (n1, n2), level, "no spread: every seed of each arm gave the same value", sds=(0.0, 0.0)
+        )
     df = (a1 + a2) ** 2 / (a1**2 / (n1 - 1) + a2**2 / (n2 - 1))
     return _t_interval(est, math.sqrt(a1 + a2), df, (n1, n2), "Welch t", level, (s1, s2))
 
@@ -325,8 +340,9 @@ def design_mde(iv: Interval, n: int, alpha: float = ALPHA, target_power: float =
     return NAN
 
 
-def seeds_needed(effect: float | None, iv: Interval, alpha: float = ALPHA, target_power: float = POWER,
-                 cap: int = 10_000) -> int | None:
+def seeds_needed(
+    effect: float | None, iv: Interval, alpha: float = ALPHA, target_power: float = POWER, cap: int = 10_000
+) -> int | None:
     """The fewest seeds per arm for which `design_mde` <= |effect| (None: not
     computable for this design or effect; ``cap + 1``: more than `cap`)."""
     if effect is None or not math.isfinite(effect) or effect == 0 or iv.method not in ("paired t", "Welch t"):
@@ -345,8 +361,9 @@ def seeds_needed(effect: float | None, iv: Interval, alpha: float = ALPHA, targe
     return hi
 
 
-def direction_verdict(estimate: float, p_adjusted: float, direction: int, alpha: float = ALPHA,
-                      null: float = 0.0) -> str:
+def direction_verdict(
+    estimate: float, p_adjusted: float, direction: int, alpha: float = ALPHA, null: float = 0.0
+) -> str:
     """The claimed sign is established when the adjusted p < alpha and the estimate
     lies on the claimed side of `null` (the opposite side: `DIR_OPPOSITE`)."""
     if direction not in (1, -1) or not _finite(estimate, p_adjusted):
@@ -356,8 +373,16 @@ def direction_verdict(estimate: float, p_adjusted: float, direction: int, alpha:
     return DIR_CLAIMED if direction * (estimate - null) > 0 else DIR_OPPOSITE
 
 
-def magnitude_verdict(iv: Interval, paper: float | None, direction: int, detectable: float, *,
-                      bound: str = "point", null: float = 0.0, lower_bound_only: bool = False) -> str:
+def magnitude_verdict(
+    iv: Interval,
+    paper: float | None,
+    direction: int,
+    detectable: float,
+    *,
+    bound: str = "point",
+    null: float = 0.0,
+    lower_bound_only: bool = False,
+) -> str:
     """The paper's value against the interval `iv` (all on the same scale).
 
     paper None: `MAG_NONE`. A point claim: outside the interval, the measured effect
@@ -492,8 +517,9 @@ def epochs_to_target(
     return TimeToTarget(None, observed)
 
 
-def fractional_epochs_to_target(errors: Sequence[float | None], target: float, start: float,
-                                at: float = 1.0) -> float | None:
+def fractional_epochs_to_target(
+    errors: Sequence[float | None], target: float, start: float, at: float = 1.0
+) -> float | None:
     """When a training-error curve crosses ``target``, in fractional epochs: the
     curve is taken as linear between its points, from ``start`` (the error before
     training: chance) at 0 through ``errors[i]`` at epoch ``i + at``: ``at=1`` reads

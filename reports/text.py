@@ -90,8 +90,7 @@ def measured_text(row: measures.Row, with_method: bool = False) -> str:
     if row.is_ratio:
         ci = row.ci
         exp = lambda x: math.exp(x) if x is not None and math.isfinite(x) else stats.NAN  # noqa: E731
-        text = ratio(exp(ci.estimate)) + (f" [{ratio(exp(ci.lo))}, {ratio(exp(ci.hi))}]" if ci.ok
-                                           else " (no interval)")
+        text = ratio(exp(ci.estimate)) + (f" [{ratio(exp(ci.lo))}, {ratio(exp(ci.hi))}]" if ci.ok else " (no interval)")
         return ("at least " + text) if row.lower_bound_only else text
     ci = row.ci
     text = pts(ci.estimate) + (f" [{pts(ci.lo)}, {pts(ci.hi)}]" if ci.ok else " (no interval)")

@@ -43,7 +43,11 @@ EPILOG = textwrap.dedent(
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=config_lib.DEFAULT_PRESET, help="one of: " + ", ".join(config_lib.PRESETS))
     p.add_argument(
-        "--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
         help="dotted overrides, e.g. model.lrn=false train.epochs=3",
     )
     p.add_argument("--seed", type=int, default=None, help="shorthand for train.seed")
@@ -73,8 +77,12 @@ def main(argv=None) -> int:
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
 
-    p = sub.add_parser("train", help="train one run (resumes or skips as needed)",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "train",
+        help="train one run (resumes or skips as needed)",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_config_args(p)
     p.add_argument("--runs", default=None, help="runs root (default $REPRODUCE_RUNS or ./runs)")
     p.add_argument("--label", default="baseline", help="run label (baseline or an ablation name)")
@@ -97,23 +105,32 @@ def main(argv=None) -> int:
     sub.add_parser("bench", add_help=False, help="training throughput benchmark (see reproduce.bench)")
 
     # A finished run's model.keras (see reproduce.inference).
-    p = sub.add_parser("evaluate", help="a finished run's validation error (centre crop, ten "
-                                         "views) again, from its model.keras")
+    p = sub.add_parser(
+        "evaluate", help="a finished run's validation error (centre crop, ten views) again, from its model.keras"
+    )
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory")
-    p.add_argument("--data", default=None, metavar="SOURCE",
-                   help="another data.source with the run's classes (default: the run's own)")
-    p = sub.add_parser("predict", help="the most probable classes of image files, from a "
-                                        "finished run's model.keras")
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="SOURCE",
+        help="another data.source with the run's classes (default: the run's own)",
+    )
+    p = sub.add_parser("predict", help="the most probable classes of image files, from a finished run's model.keras")
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG, PNG or WebP files, any size")
     p.add_argument("--top", type=int, default=5, help="classes per image (default 5)")
-    p = sub.add_parser("export", help="write a finished run's model.keras from its training "
-                                       "state if it has none; --savedmodel: a TF SavedModel")
+    p = sub.add_parser(
+        "export",
+        help="write a finished run's model.keras from its training state if it has none; --savedmodel: a TF SavedModel",
+    )
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory")
-    p.add_argument("--savedmodel", default=None, metavar="DIR",
-                   help="also export a TensorFlow SavedModel (Keras' model.export) into DIR")
-    p.add_argument("--force", action="store_true",
-                   help="replace a SavedModel (any files) already in DIR")
+    p.add_argument(
+        "--savedmodel",
+        default=None,
+        metavar="DIR",
+        help="also export a TensorFlow SavedModel (Keras' model.export) into DIR",
+    )
+    p.add_argument("--force", action="store_true", help="replace a SavedModel (any files) already in DIR")
 
     args, rest = parser.parse_known_args(argv)
     if args.cmd == "bench":
@@ -151,8 +168,10 @@ def _dispatch(args) -> int:
             return 2
         for d in res.removed:
             print(f"  removed {d}: left half-copied by a publish that was stopped")
-        print(f"published {len(res.copied)} run(s) from {src} into {args.to}; "
-              f"{len(res.unchanged)} already there; {len(res.skipped)} not publishable")
+        print(
+            f"published {len(res.copied)} run(s) from {src} into {args.to}; "
+            f"{len(res.unchanged)} already there; {len(res.skipped)} not publishable"
+        )
         for d, why in res.kept:
             print(f"  kept {d}: {why}")
         for d, why in res.skipped:
@@ -186,8 +205,7 @@ def _dispatch(args) -> int:
             # The fingerprint lists a local dataset's files: a DataError names a bad one.
             # "auto" precision as it resolves here, as the trainer records it.
             run_dir = args.run_dir or runs.run_dir(
-                root, args.preset, args.label, resolved_config(cfg).fingerprint(),
-                cfg.train.seed
+                root, args.preset, args.label, resolved_config(cfg).fingerprint(), cfg.train.seed
             )
             train_lib.train(cfg, run_dir, meta=meta, verbose=0 if args.quiet else 1)
         except (train_lib.TrainingDiverged, runs.RunDirError, DataError) as e:

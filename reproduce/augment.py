@@ -80,10 +80,20 @@ class Augment(keras.layers.Layer):
     image would lose its fractional part, bfloat16 has 8 significant bits).
     """
 
-    def __init__(self, crop_size: int, crop_flip: bool = True, pca_color: bool = True,
-                 pca_std: float = 0.1, mean_subtract: bool = True, mean_image=None,
-                 pca_eigvals=None, pca_eigvecs=None, seed=None, pca_unit: float = 255.0,
-                 **kwargs):
+    def __init__(
+        self,
+        crop_size: int,
+        crop_flip: bool = True,
+        pca_color: bool = True,
+        pca_std: float = 0.1,
+        mean_subtract: bool = True,
+        mean_image=None,
+        pca_eigvals=None,
+        pca_eigvecs=None,
+        seed=None,
+        pca_unit: float = 255.0,
+        **kwargs,
+    ):
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         self.crop_size = int(crop_size)
@@ -119,21 +129,31 @@ class Augment(keras.layers.Layer):
             raise ValueError(f"crop_size={self.crop_size} is larger than the images ({s})")
         self.image_size = s
         if self.mean_subtract:
-            self.mean_image = self.add_weight(shape=(s, s, 3), initializer="zeros",
-                                              trainable=False, name="mean_image", dtype="float32",
-                                              autocast=False)
+            self.mean_image = self.add_weight(
+                shape=(s, s, 3),
+                initializer="zeros",
+                trainable=False,
+                name="mean_image",
+                dtype="float32",
+                autocast=False,
+            )
             m = self._initial["mean_image"]
             if m is not None:
                 if m.shape != (s, s, 3):
                     raise ValueError(f"mean_image has shape {m.shape}; the input is {s}x{s}")
                 self.mean_image.assign(m)
         if self.pca_color:
-            self.pca_eigvals = self.add_weight(shape=(3,), initializer="zeros", trainable=False,
-                                               name="pca_eigvals", dtype="float32",
-                                               autocast=False)
-            self.pca_eigvecs = self.add_weight(shape=(3, 3), initializer="identity",
-                                               trainable=False, name="pca_eigvecs",
-                                               dtype="float32", autocast=False)
+            self.pca_eigvals = self.add_weight(
+                shape=(3,), initializer="zeros", trainable=False, name="pca_eigvals", dtype="float32", autocast=False
+            )
+            self.pca_eigvecs = self.add_weight(
+                shape=(3, 3),
+                initializer="identity",
+                trainable=False,
+                name="pca_eigvecs",
+                dtype="float32",
+                autocast=False,
+            )
             if self._initial["pca_eigvals"] is not None:
                 self.pca_eigvals.assign(self._initial["pca_eigvals"])
             if self._initial["pca_eigvecs"] is not None:
@@ -150,15 +170,13 @@ class Augment(keras.layers.Layer):
         p = {}
         if training and self.crop_flip:
             hi = self.image_size - self.crop_size + 1
-            p["offset_y"] = keras.random.randint((batch_size,), 0, hi, dtype="int32",
-                                                 seed=self.seed_generator)
-            p["offset_x"] = keras.random.randint((batch_size,), 0, hi, dtype="int32",
-                                                 seed=self.seed_generator)
-            p["flip"] = keras.random.randint((batch_size,), 0, 2, dtype="int32",
-                                             seed=self.seed_generator)
+            p["offset_y"] = keras.random.randint((batch_size,), 0, hi, dtype="int32", seed=self.seed_generator)
+            p["offset_x"] = keras.random.randint((batch_size,), 0, hi, dtype="int32", seed=self.seed_generator)
+            p["flip"] = keras.random.randint((batch_size,), 0, 2, dtype="int32", seed=self.seed_generator)
         if training and self.pca_color:
-            p["alpha"] = keras.random.normal((batch_size, 3), stddev=self.pca_std,
-                                             dtype="float32", seed=self.seed_generator)
+            p["alpha"] = keras.random.normal(
+                (batch_size, 3), stddev=self.pca_std, dtype="float32", seed=self.seed_generator
+            )
         return p
 
     def call(self, images, training=None):
@@ -169,13 +187,12 @@ class Augment(keras.layers.Layer):
         s, c = self.image_size, self.crop_size
         mean = self.mean_image if self.mean_subtract else None
         if "offset_y" in params:
-            x = _random_crops(images, mean, params["offset_y"], params["offset_x"],
-                              params["flip"], s, c)
+            x = _random_crops(images, mean, params["offset_y"], params["offset_x"], params["flip"], s, c)
         else:
             o = (s - c) // 2
-            x = ops.cast(images[:, o:o + c, o:o + c, :], "float32")
+            x = ops.cast(images[:, o : o + c, o : o + c, :], "float32")
             if mean is not None:
-                x = x - mean[o:o + c, o:o + c, :]
+                x = x - mean[o : o + c, o : o + c, :]
         if "alpha" in params:
             x = x + self.pca_shift(params["alpha"])[:, None, None, :]
         return ops.cast(x, self.compute_dtype)
@@ -208,9 +225,11 @@ def _random_crops(images, mean, oy, ox, flip, s: int, c: int):
     """Per-image CxC windows at (oy, ox), reflected where flip == 1; minus mean."""
     r = ops.arange(c, dtype="int32")
     rows = oy[:, None] + r[None, :]  # (B, C)
-    cols = ops.where(ops.equal(flip, 1)[:, None],
-                     ox[:, None] + (c - 1 - r)[None, :],  # the reflection, §4.1
-                     ox[:, None] + r[None, :])
+    cols = ops.where(
+        ops.equal(flip, 1)[:, None],
+        ox[:, None] + (c - 1 - r)[None, :],  # the reflection, §4.1
+        ox[:, None] + r[None, :],
+    )
     spatial = rows[:, :, None] * s + cols[:, None, :]  # (B, C, C) index into S*S
     b = ops.shape(images)[0]
     batch = ops.arange(b, dtype="int32")[:, None, None] * (s * s)
@@ -244,7 +263,7 @@ def ten_views(images_uint8, crop_size: int, mean_image=None, dtype="float32"):
         x[:, :c, e:, :],
         x[:, e:, :c, :],
         x[:, e:, e:, :],
-        x[:, m:m + c, m:m + c, :],
+        x[:, m : m + c, m : m + c, :],
     ]
     views += [ops.flip(v, axis=2) for v in views]
     return ops.cast(ops.stack(views, axis=0), dtype)

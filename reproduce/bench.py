@@ -341,8 +341,12 @@ def measure_fit(job: Job) -> Timing:
             job.model.fit(CycledBatches(base, steps), epochs=1, callbacks=cbs, verbose=0, shuffle=False)
             times.append(timer.t1 - timer.t0)
     epoch_end_s = None if end.t is None else round(end.t - timer.t1, 3)
-    return Timing(times, steps, compile_s, extra=dict(
-        callbacks=job.callbacks, epoch_end_s=epoch_end_s, batch_hook_callbacks=per_batch_hooks(cbs)))
+    return Timing(
+        times,
+        steps,
+        compile_s,
+        extra=dict(callbacks=job.callbacks, epoch_end_s=epoch_end_s, batch_hook_callbacks=per_batch_hooks(cbs)),
+    )
 
 
 def measure_feed(job: Job) -> Timing:
@@ -373,8 +377,7 @@ def measure_feed(job: Job) -> Timing:
     compile_s = time.perf_counter() - t0
     times = time_windows(adapter, steps, job.repeats)
     reads = time_windows(lambda n: [base[i % len(base)] for i in range(n)], steps, job.repeats)
-    extra = {"reads_images_per_s": round(job.batch * steps / float(np.median(reads)), 1),
-             "feed": "keras adapter"}
+    extra = {"reads_images_per_s": round(job.batch * steps / float(np.median(reads)), 1), "feed": "keras adapter"}
     if backend == "tensorflow":
         import tensorflow as tf
 
@@ -403,8 +406,9 @@ def _release() -> None:
     gc.collect()
 
 
-def _measure(cfg, path, measure, precision, batch, spe, steps, warmup, repeats, callbacks, real,
-             build_net, variant) -> dict:
+def _measure(
+    cfg, path, measure, precision, batch, spe, steps, warmup, repeats, callbacks, real, build_net, variant
+) -> dict:
     keras.mixed_precision.set_global_policy(precision)
     try:
         if path.startswith("e2e"):
@@ -424,12 +428,22 @@ def _measure(cfg, path, measure, precision, batch, spe, steps, warmup, repeats, 
         seconds = float(np.median(t.windows_s))
         ips = batch * t.steps / seconds
         return dict(
-            path=path, variant=variant, precision=precision, batch=batch,
-            images_per_s=round(ips, 1), step_ms=round(1000 * seconds / t.steps, 3),
-            steps=t.steps, steps_per_execution=spe, compile_s=round(t.compile_s, 2),
-            flops_per_image=training_flops(net), image_size=cfg.data.image_size,
-            crop_size=cfg.data.crop_size, width=cfg.model.width, arch=cfg.model.arch,
-            loss_finite=t.loss_finite, data=(cfg.data.source if path.startswith("e2e") else "synthetic"),
+            path=path,
+            variant=variant,
+            precision=precision,
+            batch=batch,
+            images_per_s=round(ips, 1),
+            step_ms=round(1000 * seconds / t.steps, 3),
+            steps=t.steps,
+            steps_per_execution=spe,
+            compile_s=round(t.compile_s, 2),
+            flops_per_image=training_flops(net),
+            image_size=cfg.data.image_size,
+            crop_size=cfg.data.crop_size,
+            width=cfg.model.width,
+            arch=cfg.model.arch,
+            loss_finite=t.loss_finite,
+            data=(cfg.data.source if path.startswith("e2e") else "synthetic"),
             windows_s=[round(w, 4) for w in t.windows_s],
             # The best window: on a shared machine the least disturbed one.
             images_per_s_best=round(batch * t.steps / min(t.windows_s), 1),
@@ -513,9 +527,15 @@ def run(
     device = device_description()
     date = datetime.date.today().isoformat()
     meta = {
-        "tool": "reproduce.bench", "backend": backend, "device": device, "date": date,
-        "full": bool(full), "preset": preset, "overrides": list(overrides or []),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""), "python": sys.version.split()[0],
+        "tool": "reproduce.bench",
+        "backend": backend,
+        "device": device,
+        "date": date,
+        "full": bool(full),
+        "preset": preset,
+        "overrides": list(overrides or []),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "python": sys.version.split()[0],
         "keras": keras.__version__,
     }
     if backend == "jax":
@@ -542,7 +562,7 @@ def run(
     for precision in precisions:
         for batch in batches:
             for path in paths:
-                for spe in (steps_per_execution if path in ("fit", "e2e") else (1,)):
+                for spe in steps_per_execution if path in ("fit", "e2e") else (1,):
                     if time_budget and time.perf_counter() - t_start > time_budget:
                         if verbose:
                             print(f"[bench] time budget {time_budget:.0f}s spent; stopping", flush=True)
@@ -550,24 +570,50 @@ def run(
                     cfg = bench_config(preset, overrides, small=not full, data=data if path.startswith("e2e") else "")
                     cfg.train.batch_size = batch
                     try:
-                        row = _measure(cfg, path, measures[path], precision, batch, spe, steps, warmup,
-                                       repeats, callbacks, real, build_net, variant)
+                        row = _measure(
+                            cfg,
+                            path,
+                            measures[path],
+                            precision,
+                            batch,
+                            spe,
+                            steps,
+                            warmup,
+                            repeats,
+                            callbacks,
+                            real,
+                            build_net,
+                            variant,
+                        )
                     except Exception as e:
                         if not keep_going:
                             raise
                         traceback.print_exc()
-                        bench.errors.append(dict(path=path, variant=variant, precision=precision, batch=batch,
-                                                 label=label, error=f"{type(e).__name__}: {e}"[:2000]))
+                        bench.errors.append(
+                            dict(
+                                path=path,
+                                variant=variant,
+                                precision=precision,
+                                batch=batch,
+                                label=label,
+                                error=f"{type(e).__name__}: {e}"[:2000],
+                            )
+                        )
                         save()
                         _release()
                         continue
                     ips = row["images_per_s"]
                     pk, pk_kind = (peak, "given") if peak else peak_tflops(device, precision)
                     row.update(
-                        backend=backend, device=device, date=date, label=label,
-                        overrides=list(overrides or []), preset=preset,
+                        backend=backend,
+                        device=device,
+                        date=date,
+                        label=label,
+                        overrides=list(overrides or []),
+                        preset=preset,
                         mfu=(round(row["flops_per_image"] * ips / (pk * 1e12), 4) if pk else None),
-                        peak_tflops=pk, peak_kind=pk_kind,
+                        peak_tflops=pk,
+                        peak_kind=pk_kind,
                         tflops=round(row["flops_per_image"] * ips / 1e12, 2),
                         xla_flags=os.environ.get("XLA_FLAGS", ""),
                     )
@@ -625,9 +671,14 @@ def format_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [
-            r["path"], _name(r), "bf16" if r["precision"] == "mixed_bfloat16" else "fp32",
-            str(r["batch"]), str(r.get("steps_per_execution", 1)), _fmt_int(r["images_per_s"]),
-            f"{r['step_ms']:.2f}", "-" if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%",
+            r["path"],
+            _name(r),
+            "bf16" if r["precision"] == "mixed_bfloat16" else "fp32",
+            str(r["batch"]),
+            str(r.get("steps_per_execution", 1)),
+            _fmt_int(r["images_per_s"]),
+            f"{r['step_ms']:.2f}",
+            "-" if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%",
             f"{r['compile_s']:.1f}",
         ]
         if mixed:
@@ -637,10 +688,16 @@ def format_table(rows: list[dict]) -> str:
             cells.append("-" if v is None else f"{v:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     r0 = rows[0]
-    flops = "; ".join(sorted({f"{r['flops_per_image'] / 1e9:.3g} GFLOP/image at crop {r['crop_size']}, "
-                              f"width {r['width']}" for r in rows}))
-    peak = (f"; MFU vs {r0['peak_tflops']} TFLOP/s ({r0['peak_kind']})" if r0.get("peak_tflops")
-            else "; MFU: peak unknown (--peak-tflops)")
+    flops = "; ".join(
+        sorted(
+            {f"{r['flops_per_image'] / 1e9:.3g} GFLOP/image at crop {r['crop_size']}, width {r['width']}" for r in rows}
+        )
+    )
+    peak = (
+        f"; MFU vs {r0['peak_tflops']} TFLOP/s ({r0['peak_kind']})"
+        if r0.get("peak_tflops")
+        else "; MFU: peak unknown (--peak-tflops)"
+    )
     lines.append(f"\n{r0['backend']} on {r0['device']}, {r0['date']}; model FLOPs {flops}{peak}")
     return "\n".join(lines)
 
@@ -655,7 +712,7 @@ def csv_arg(text, conv=str) -> list | None:
     if text is None:
         return None
     out = []
-    for t in (text if isinstance(text, list) else [text]):
+    for t in text if isinstance(text, list) else [text]:
         out += [conv(s) for s in str(t).split(",") if s.strip()]
     return out
 
@@ -672,14 +729,28 @@ def parser(prog: str = "python -m reproduce bench") -> argparse.ArgumentParser:
         prog=prog,
         description="Training throughput (images/s) and model FLOP utilization; see reproduce/bench.py.",
     )
-    p.add_argument("--full", action="store_true", default=None,
-                   help="the paper's sizes (227 crops, batches 128 and 512); default on accelerators")
-    p.add_argument("--small", dest="full", action="store_false",
-                   help="the small CPU configuration (67 crops, width 0.125, batch 8)")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        default=None,
+        help="the paper's sizes (227 crops, batches 128 and 512); default on accelerators",
+    )
+    p.add_argument(
+        "--small",
+        dest="full",
+        action="store_false",
+        help="the small CPU configuration (67 crops, width 0.125, batch 8)",
+    )
     p.add_argument("--data", default="", help="cached dataset (folder or archive) for the e2e path")
     p.add_argument("--preset", default=None, help=f"configuration preset (default {PAPER_PRESET}: the paper)")
-    p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="configuration overrides, as for train")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="configuration overrides, as for train",
+    )
     p.add_argument("--paths", default=None, help=f"comma-separated, of {', '.join(PATHS)}")
     p.add_argument("--precision", default=None, help="comma-separated: float32,mixed_bfloat16 (default both)")
     p.add_argument("--batch", default=None, help="comma-separated batch sizes")
@@ -687,11 +758,18 @@ def parser(prog: str = "python -m reproduce bench") -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps (the first compiles)")
     p.add_argument("--repeats", type=int, default=None, help="timed windows (median reported)")
     p.add_argument("--steps-per-execution", default="1", help="comma-separated, for fit/e2e")
-    p.add_argument("--callbacks", choices=("trainer", "none"), default="trainer",
-                   help="fit/e2e with the trainer's callbacks (default) or none")
+    p.add_argument(
+        "--callbacks",
+        choices=("trainer", "none"),
+        default="trainer",
+        help="fit/e2e with the trainer's callbacks (default) or none",
+    )
     p.add_argument("--peak-tflops", type=float, default=None, help="peak TFLOP/s for MFU")
-    p.add_argument("--out", default=None,
-                   help="results file (default $REPRODUCE_RUNS/bench.json, i.e. runs/bench.json; '' for none)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="results file (default $REPRODUCE_RUNS/bench.json, i.e. runs/bench.json; '' for none)",
+    )
     p.add_argument("--append", action="store_true", help="add rows to an existing --out")
     p.add_argument("--label", default="", help="a label stored in every row")
     p.add_argument("--time-budget", type=float, default=None, help="stop starting rows after this many seconds")
@@ -702,12 +780,24 @@ def parser(prog: str = "python -m reproduce bench") -> argparse.ArgumentParser:
 def run_args(a: argparse.Namespace) -> dict:
     """`run`'s keyword arguments from the parsed options."""
     return dict(
-        full=a.full, preset=a.preset, overrides=a.overrides, data=a.data,
-        paths=csv_arg(a.paths), precisions=csv_arg(a.precision), batches=csv_arg(a.batch, int),
-        steps=a.steps, warmup=a.warmup, repeats=a.repeats,
-        steps_per_execution=csv_arg(a.steps_per_execution, int) or [1], callbacks=a.callbacks,
-        peak=a.peak_tflops, out=out_arg(a.out), append=a.append, label=a.label,
-        time_budget=a.time_budget, verbose=not a.quiet,
+        full=a.full,
+        preset=a.preset,
+        overrides=a.overrides,
+        data=a.data,
+        paths=csv_arg(a.paths),
+        precisions=csv_arg(a.precision),
+        batches=csv_arg(a.batch, int),
+        steps=a.steps,
+        warmup=a.warmup,
+        repeats=a.repeats,
+        steps_per_execution=csv_arg(a.steps_per_execution, int) or [1],
+        callbacks=a.callbacks,
+        peak=a.peak_tflops,
+        out=out_arg(a.out),
+        append=a.append,
+        label=a.label,
+        time_budget=a.time_budget,
+        verbose=not a.quiet,
     )
 
 

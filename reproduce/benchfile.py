@@ -27,13 +27,28 @@ FILE_NAME = "bench.json"
 
 #: Keys every result row has.
 ROW_KEYS = (
-    "backend", "device", "precision", "batch", "path", "images_per_s", "mfu", "steps", "date",
+    "backend",
+    "device",
+    "precision",
+    "batch",
+    "path",
+    "images_per_s",
+    "mfu",
+    "steps",
+    "date",
 )
 #: Keys every error entry has.
 ERROR_KEYS = ("path", "variant", "precision", "batch", "label", "error")
 #: The columns that describe a row in a short table (the report's).
 TABLE_KEYS = (
-    "path", "variant", "precision", "batch", "steps_per_execution", "images_per_s", "step_ms", "mfu",
+    "path",
+    "variant",
+    "precision",
+    "batch",
+    "steps_per_execution",
+    "images_per_s",
+    "step_ms",
+    "mfu",
     "device",
 )
 

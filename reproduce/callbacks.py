@@ -117,8 +117,9 @@ class EpochRecorder(keras.callbacks.Callback):
     training stops early. Stops training when the training error reaches
     `train.stop_at_train_error` (the Figure 1 experiment, §3.1)."""
 
-    def __init__(self, cfg: Config, run_dir, state: dict, n_train: int,
-                 learning_rate: LearningRate, divergence: Divergence):
+    def __init__(
+        self, cfg: Config, run_dir, state: dict, n_train: int, learning_rate: LearningRate, divergence: Divergence
+    ):
         super().__init__()
         self.cfg, self.run_dir, self.n_train = cfg, Path(run_dir), n_train
         self.learning_rate, self.divergence = learning_rate, divergence
@@ -140,8 +141,7 @@ class EpochRecorder(keras.callbacks.Callback):
         when training stops early (so a finished run always has its state)."""
         every = max(1, int(self.cfg.train.checkpoint_every))
         last = (self.params or {}).get("epochs")
-        return ((epoch + 1) % every == 0 or bool(self.model.stop_training)
-                or last is None or epoch + 1 >= last)
+        return (epoch + 1) % every == 0 or bool(self.model.stop_training) or last is None or epoch + 1 >= last
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -150,8 +150,7 @@ class EpochRecorder(keras.callbacks.Callback):
         nan = self.divergence
         if nan.where is not None or not np.isfinite(logs.get("loss", 0.0)):
             if nan.where is None:
-                nan.where = {"epoch": epoch, "batch": "end of epoch",
-                             "loss": float(logs.get("loss", float("nan")))}
+                nan.where = {"epoch": epoch, "batch": "end of epoch", "loss": float(logs.get("loss", float("nan")))}
             self.model.stop_training = True
             return  # never checkpoint a diverged state
         row = {
@@ -174,15 +173,19 @@ class EpochRecorder(keras.callbacks.Callback):
         if not self.checkpoint_due(epoch):
             return
         lr = self.learning_rate
-        save_state(self.run_dir, self.model, {
-            "completed_epochs": epoch + 1,
-            "best": lr.best,
-            "wait": lr.wait,
-            "drops": lr.drops,
-            "wall_time_s": self.wall,
-            "epochs_to_target": self.epochs_to_target,
-            "stopped": bool(self.model.stop_training),
-        })
+        save_state(
+            self.run_dir,
+            self.model,
+            {
+                "completed_epochs": epoch + 1,
+                "best": lr.best,
+                "wait": lr.wait,
+                "drops": lr.drops,
+                "wall_time_s": self.wall,
+                "epochs_to_target": self.epochs_to_target,
+                "stopped": bool(self.model.stop_training),
+            },
+        )
 
 
 class TrainingCallbacks(NamedTuple):
@@ -205,8 +208,7 @@ def training_callbacks(cfg: Config, run_dir, state: dict, n_train: int) -> Train
     # wait for every step's results (experiments/perf/perf_log.md, "callbacks");
     # metrics.csv holds the same numbers.
     if tf_backend and importlib.util.find_spec("tensorboard") is not None:
-        cbs.append(EpochTensorBoard(log_dir=str(Path(run_dir) / runs.TENSORBOARD),
-                                    write_graph=False))
+        cbs.append(EpochTensorBoard(log_dir=str(Path(run_dir) / runs.TENSORBOARD), write_graph=False))
     return TrainingCallbacks(lr, nan, rec, cbs)
 
 
@@ -226,9 +228,12 @@ def per_batch_hooks(callbacks) -> list:
     host-device sync per step where it reads the step's results."""
     base = keras.callbacks.Callback
     return sorted(
-        type(cb).__name__ for cb in callbacks
-        if not getattr(cb, "async_safe", False) and (
+        type(cb).__name__
+        for cb in callbacks
+        if not getattr(cb, "async_safe", False)
+        and (
             type(cb).on_train_batch_end is not base.on_train_batch_end
             or type(cb).on_batch_end is not base.on_batch_end
-            or type(cb).on_train_batch_begin is not base.on_train_batch_begin)
+            or type(cb).on_train_batch_begin is not base.on_train_batch_begin
+        )
     )

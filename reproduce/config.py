@@ -63,8 +63,9 @@ class Range:
         if self.odd:
             return "an odd positive integer"
         if self.low is not None and self.high is not None:
-            return (f"in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}"
-                    f"{')' if self.high_open else ']'}")
+            return (
+                f"in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}{')' if self.high_open else ']'}"
+            )
         if self.low is not None:
             return f"{'>' if self.low_open else '>='} {_num(self.low)}"
         if self.high is not None:
@@ -262,8 +263,14 @@ class Config:
 # another scheme; XLA compiles the same step (float rounding aside), and eager
 # execution runs it op by op; a resumed run
 # trains the epochs since its last checkpoint again from the same state.
-NOT_IDENTITY = ("train.seed", "data.cache_dir", "distribute.scheme", "train.xla",
-                "train.checkpoint_every", "train.run_eagerly")
+NOT_IDENTITY = (
+    "train.seed",
+    "data.cache_dir",
+    "distribute.scheme",
+    "train.xla",
+    "train.checkpoint_every",
+    "train.run_eagerly",
+)
 
 # Keys renamed since runs were first stored: {old dotted key: new dotted key}.
 # Stored configurations are read through it, so a rename keeps published runs
@@ -358,9 +365,7 @@ def check_value(key: str, value: Any, name: str | None = None, *, optional: bool
     hint, allowed, rng = _DECLARED[key]
     # True == 1: a bool is never a choice of a numeric field, and vice versa.
     if allowed is not None and (value not in allowed or isinstance(value, bool) is not isinstance(allowed[0], bool)):
-        raise ConfigError(
-            f"{name}={value!r} is not allowed; choose one of " + ", ".join(repr(a) for a in allowed)
-        )
+        raise ConfigError(f"{name}={value!r} is not allowed; choose one of " + ", ".join(repr(a) for a in allowed))
     if rng is None:
         return
     is_optional = _is_optional(hint)
@@ -371,15 +376,17 @@ def check_value(key: str, value: Any, name: str | None = None, *, optional: bool
             raise ConfigError(f"{name}={value!r} must be a list of integers {rng.describe()}")
         for v in value:
             if isinstance(v, bool) or not isinstance(v, int) or v not in rng:
-                raise ConfigError(f"{name}={value!r}: {v!r} is not allowed; every element must "
-                                  f"be an integer {rng.describe()}")
+                raise ConfigError(
+                    f"{name}={value!r}: {v!r} is not allowed; every element must be an integer {rng.describe()}"
+                )
         return
     integral = int in typing.get_args(hint) or hint is int
     kinds = (int,) if integral else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds) or value not in rng:
         finite = "" if integral or not isinstance(value, float) or math.isfinite(value) else "a finite number "
-        raise ConfigError(f"{name}={value!r} must be {'an integer ' if integral and not rng.odd else ''}"
-                          f"{finite}{rng.describe()}")
+        raise ConfigError(
+            f"{name}={value!r} must be {'an integer ' if integral and not rng.odd else ''}{finite}{rng.describe()}"
+        )
 
 
 def check_choice(key: str, value: Any) -> None:
@@ -428,8 +435,7 @@ def _field_type(section: Any, name: str) -> Any:
 def _is_optional(hint: Any) -> bool:
     """`X | None`, written either way (`Optional[X]` is a typing.Union, `X | None` a
     types.UnionType until Python 3.14 makes them one)."""
-    return (typing.get_origin(hint) in (typing.Union, types.UnionType)
-            and type(None) in typing.get_args(hint))
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
 
 
 def _parse(key: str, text: Any, typ: Any) -> Any:
@@ -488,20 +494,49 @@ def _parse(key: str, text: Any, typ: Any) -> Any:
 # abbreviations of other frameworks' flags (lr, wd, bs), which spelling alone
 # would not find ("train.lr" is closer to "train.seed" than to "train.learning_rate").
 ALIASES = {
-    "lr": "learning_rate", "rate": "learning_rate", "eta": "learning_rate",
-    "wd": "weight_decay", "decay": "weight_decay", "l2": "weight_decay",
-    "bs": "batch_size", "batch": "batch_size", "batchsize": "batch_size",
-    "mom": "momentum", "beta1": "momentum",
-    "act": "activation", "nonlinearity": "activation", "relu": "activation",
-    "drop": "dropout", "p": "dropout",
-    "epoch": "epochs", "n_epochs": "epochs", "num_epochs": "epochs", "max_epochs": "epochs",
-    "classes": "num_classes", "n_classes": "num_classes", "nclasses": "num_classes",
-    "pool": "pooling", "norm": "lrn", "lrn_n": "lrn_size", "lrn_depth": "lrn_size",
-    "sched": "schedule", "lr_schedule": "schedule", "patience": "plateau_patience",
-    "size": "image_size", "resolution": "image_size", "res": "image_size",
-    "crop": "crop_size", "dataset": "source", "data": "source", "path": "source",
-    "dtype": "precision", "mixed_precision": "precision", "jit": "xla",
-    "views": "ten_view", "tenview": "ten_view", "strategy": "scheme",
+    "lr": "learning_rate",
+    "rate": "learning_rate",
+    "eta": "learning_rate",
+    "wd": "weight_decay",
+    "decay": "weight_decay",
+    "l2": "weight_decay",
+    "bs": "batch_size",
+    "batch": "batch_size",
+    "batchsize": "batch_size",
+    "mom": "momentum",
+    "beta1": "momentum",
+    "act": "activation",
+    "nonlinearity": "activation",
+    "relu": "activation",
+    "drop": "dropout",
+    "p": "dropout",
+    "epoch": "epochs",
+    "n_epochs": "epochs",
+    "num_epochs": "epochs",
+    "max_epochs": "epochs",
+    "classes": "num_classes",
+    "n_classes": "num_classes",
+    "nclasses": "num_classes",
+    "pool": "pooling",
+    "norm": "lrn",
+    "lrn_n": "lrn_size",
+    "lrn_depth": "lrn_size",
+    "sched": "schedule",
+    "lr_schedule": "schedule",
+    "patience": "plateau_patience",
+    "size": "image_size",
+    "resolution": "image_size",
+    "res": "image_size",
+    "crop": "crop_size",
+    "dataset": "source",
+    "data": "source",
+    "path": "source",
+    "dtype": "precision",
+    "mixed_precision": "precision",
+    "jit": "xla",
+    "views": "ten_view",
+    "tenview": "ten_view",
+    "strategy": "scheme",
 }
 
 
@@ -546,8 +581,7 @@ def set_value(cfg: Config, key: str, value: Any) -> None:
         close = suggest_keys(key, keys)
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
         raise ConfigError(
-            f"unknown configuration key {key!r}{hint} "
-            f"(`python -m reproduce keys` lists all {len(keys)} keys)"
+            f"unknown configuration key {key!r}{hint} (`python -m reproduce keys` lists all {len(keys)} keys)"
         )
     section_name, name = key.split(".", 1)
     section = getattr(cfg, section_name)
@@ -790,9 +824,7 @@ def get_config(preset: str = DEFAULT_PRESET, overrides=None) -> Config:
     if preset not in PRESETS:
         close = difflib.get_close_matches(preset, list(PRESETS), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(
-            f"unknown preset {preset!r}{hint} Choose one of: {', '.join(PRESETS)}"
-        )
+        raise ConfigError(f"unknown preset {preset!r}{hint} Choose one of: {', '.join(PRESETS)}")
     cfg = Config()
     apply_overrides(cfg, PRESETS[preset].overrides)
     apply_overrides(cfg, overrides)

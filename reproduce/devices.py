@@ -125,14 +125,16 @@ def gpu_unused_message() -> str | None:
         return None
     backend = keras.backend.backend()
     fix, check = {
-        "tensorflow": ("pip install 'tensorflow[and-cuda]==2.21.*'",
-                       "python -c \"import tensorflow as tf; print(tf.config.list_physical_devices('GPU'))\""),
-        "jax": ("pip install 'jax[cuda12]'", "python -c \"import jax; print(jax.devices())\""),
+        "tensorflow": (
+            "pip install 'tensorflow[and-cuda]==2.21.*'",
+            "python -c \"import tensorflow as tf; print(tf.config.list_physical_devices('GPU'))\"",
+        ),
+        "jax": ("pip install 'jax[cuda12]'", 'python -c "import jax; print(jax.devices())"'),
     }.get(backend, ("the backend's CUDA build", "the backend's device list"))
     return (
         f"nvidia-smi lists {len(gpus)} GPU(s) ({gpus[0]}) but Keras' {backend} backend "
         f"sees none: this run computes on the CPU. Install the GPU build ({fix}; README, "
-        f"\"GPU install\") and check with {check}; or set CUDA_VISIBLE_DEVICES= to run "
+        f'"GPU install") and check with {check}; or set CUDA_VISIBLE_DEVICES= to run '
         "on the CPU on purpose."
     )
 

@@ -144,7 +144,7 @@ def replica_batch_warning(batch_size: int, num_replicas: int, scheme: str = "") 
         f"{MIN_REPLICA_BATCH}): each device mostly waits on launches and the gradient "
         f"exchange. The paper's batch keeps its meaning only as the global batch; to use "
         f"many GPUs efficiently run one suite worker per GPU instead (docs/distributed.md, "
-        f"\"Many GPUs: one run per GPU\"), or accept the slower runs."
+        f'"Many GPUs: one run per GPU"), or accept the slower runs.'
     )
 
 
@@ -172,9 +172,7 @@ def local_devices(backend: str | None = None) -> list:
         import jax
 
         return list(jax.local_devices())
-    raise DistributeError(
-        f"distribute.scheme needs the tensorflow or jax backend; KERAS_BACKEND is {backend!r}"
-    )
+    raise DistributeError(f"distribute.scheme needs the tensorflow or jax backend; KERAS_BACKEND is {backend!r}")
 
 
 def _too_few(scheme: str, needed: str, found: list, hint: str) -> DistributeError:
@@ -230,8 +228,7 @@ class Plan:
 
     def shard_batches(self, batches):
         if self.data_parallel_jax:
-            return process_batches(batches, self.num_replicas, self.num_processes,
-                                   self.process_index, self.scheme)
+            return process_batches(batches, self.num_replicas, self.num_processes, self.process_index, self.scheme)
         return batches
 
 
@@ -266,8 +263,7 @@ def plan(cfg) -> Plan:
 
 def _unsupported(scheme):
     raise DistributeError(
-        f"distribute.scheme={scheme!r} needs the tensorflow or jax backend; "
-        f"KERAS_BACKEND is {_backend()!r}"
+        f"distribute.scheme={scheme!r} needs the tensorflow or jax backend; KERAS_BACKEND is {_backend()!r}"
     )
 
 
@@ -327,11 +323,12 @@ def _tf_plan(scheme: str) -> Plan:
         # Must come before TensorFlow initializes its runtime ("Collective ops must
         # be configured at program startup"): the trainer enters scope() first.
         strategy = _multi_worker_strategy()
-        tasks = [(kind, i) for kind in ("chief", "worker")
-                 for i in range(len(tf_config["cluster"].get(kind, [])))]
+        tasks = [(kind, i) for kind in ("chief", "worker") for i in range(len(tf_config["cluster"].get(kind, [])))]
         task = (tf_config["task"]["type"], int(tf_config["task"]["index"]))
         return Plan(
-            scheme, "tensorflow", list(strategy.extended.worker_devices),
+            scheme,
+            "tensorflow",
+            list(strategy.extended.worker_devices),
             num_replicas=strategy.num_replicas_in_sync,
             num_processes=len(tasks),
             process_index=tasks.index(task) if task in tasks else 0,
@@ -340,17 +337,17 @@ def _tf_plan(scheme: str) -> Plan:
     devices = local_devices("tensorflow")
     if scheme == "towers":
         if len(devices) < TOWER_DEVICES:
-            raise _too_few(scheme, f"{TOWER_DEVICES} devices, one per tower (§3.2)", devices,
-                           "Run it on a machine with 2 GPUs")
-        return Plan(scheme, "tensorflow", devices[:TOWER_DEVICES],
-                    placement=_TowerPlacement(devices[:TOWER_DEVICES]))
+            raise _too_few(
+                scheme, f"{TOWER_DEVICES} devices, one per tower (§3.2)", devices, "Run it on a machine with 2 GPUs"
+            )
+        return Plan(scheme, "tensorflow", devices[:TOWER_DEVICES], placement=_TowerPlacement(devices[:TOWER_DEVICES]))
     if scheme == "mirrored":
         if len(devices) < 2:
-            raise _too_few(scheme, "at least 2 devices to replicate over", devices,
-                           "Run it on a machine with several GPUs")
+            raise _too_few(
+                scheme, "at least 2 devices to replicate over", devices, "Run it on a machine with several GPUs"
+            )
         strategy = tf.distribute.MirroredStrategy(devices=devices)
-        return Plan(scheme, "tensorflow", devices, num_replicas=strategy.num_replicas_in_sync,
-                    strategy=strategy)
+        return Plan(scheme, "tensorflow", devices, num_replicas=strategy.num_replicas_in_sync, strategy=strategy)
     raise AssertionError(scheme)
 
 
@@ -397,8 +394,9 @@ def _multi_worker_strategy():
 
 def _tf_config() -> dict:
     text = os.environ.get("TF_CONFIG", "")
-    example = ('TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
-               '"task": {"type": "worker", "index": 0}}\'')
+    example = (
+        'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}\''
+    )
     if not text:
         raise DistributeError(
             "distribute.scheme='multiworker' on TensorFlow needs the cluster in the TF_CONFIG "
@@ -411,8 +409,7 @@ def _tf_config() -> dict:
         tf_config["cluster"]["worker"], tf_config["task"]["type"], int(tf_config["task"]["index"])
     except (ValueError, KeyError, TypeError) as e:
         raise DistributeError(
-            f"TF_CONFIG={text!r} is not a cluster description ({type(e).__name__}: {e}); "
-            f"expected e.g. {example}"
+            f"TF_CONFIG={text!r} is not a cluster description ({type(e).__name__}: {e}); expected e.g. {example}"
         ) from None
     return tf_config
 
@@ -642,10 +639,16 @@ def _jax_plan(scheme: str) -> Plan:
         # Each process feeds its own slice of every global batch (shard_batches),
         # so Keras must not shard the dataset again.
         distribution = kd.DataParallel(devices=devices, auto_shard_dataset=False)
-        return Plan(scheme, "jax", list(jax.local_devices()), num_replicas=len(devices),
-                    num_processes=jax.process_count(), process_index=jax.process_index(),
-                    distribution=distribution,
-                    eval_distribution=_replicated(devices))
+        return Plan(
+            scheme,
+            "jax",
+            list(jax.local_devices()),
+            num_replicas=len(devices),
+            num_processes=jax.process_count(),
+            process_index=jax.process_index(),
+            distribution=distribution,
+            eval_distribution=_replicated(devices),
+        )
     devices = list(jax.local_devices())
     if jax.process_count() > 1:
         raise DistributeError(
@@ -654,18 +657,25 @@ def _jax_plan(scheme: str) -> Plan:
         )
     if scheme == "towers":
         if len(devices) < TOWER_DEVICES:
-            raise _too_few(scheme, f"{TOWER_DEVICES} devices, one per tower (§3.2)", devices,
-                           "Run it on a machine with 2 GPUs")
+            raise _too_few(
+                scheme, f"{TOWER_DEVICES} devices, one per tower (§3.2)", devices, "Run it on a machine with 2 GPUs"
+            )
         mesh = kd.DeviceMesh((1, TOWER_DEVICES), ("batch", "model"), devices[:TOWER_DEVICES])
         distribution = TowersModelParallel(layout_map=kd.LayoutMap(mesh), batch_dim_name="batch")
         return Plan(scheme, "jax", devices[:TOWER_DEVICES], distribution=distribution)
     if scheme == "mirrored":
         if len(devices) < 2:
-            raise _too_few(scheme, "at least 2 devices to replicate over", devices,
-                           "Run it on a machine with several GPUs")
-        return Plan(scheme, "jax", devices, num_replicas=len(devices),
-                    distribution=kd.DataParallel(devices=devices),
-                    eval_distribution=_replicated(devices))
+            raise _too_few(
+                scheme, "at least 2 devices to replicate over", devices, "Run it on a machine with several GPUs"
+            )
+        return Plan(
+            scheme,
+            "jax",
+            devices,
+            num_replicas=len(devices),
+            distribution=kd.DataParallel(devices=devices),
+            eval_distribution=_replicated(devices),
+        )
     raise AssertionError(scheme)
 
 
@@ -692,8 +702,7 @@ def _replicated(devices):
     """A distribution over `devices` whose data layout is the whole batch on every device."""
     mesh = kd.DeviceMesh((1, len(devices)), ("batch", "replica"), devices)
     # Every process feeds the whole batch: nothing to shard between processes.
-    return kd.ModelParallel(layout_map=kd.LayoutMap(mesh), batch_dim_name="batch",
-                            auto_shard_dataset=False)
+    return kd.ModelParallel(layout_map=kd.LayoutMap(mesh), batch_dim_name="batch", auto_shard_dataset=False)
 
 
 class TowersModelParallel(kd.ModelParallel):
@@ -751,8 +760,13 @@ class ProcessBatches(DerivedBatches):
         inner, n = self.inner, len(self.inner)
         total = getattr(inner, "n", None)
         size = getattr(inner, "batch_size", None)
-        if (n and total is not None and size and not getattr(inner, "drop_remainder", False)
-                and (total - (n - 1) * size) % self.num_devices):
+        if (
+            n
+            and total is not None
+            and size
+            and not getattr(inner, "drop_remainder", False)
+            and (total - (n - 1) * size) % self.num_devices
+        ):
             n -= 1
         return n
 
@@ -775,13 +789,13 @@ class ProcessBatches(DerivedBatches):
         arrays = batch if isinstance(batch, tuple) else (batch,)
         k = self._check(len(arrays[0]))
         lo = self.process_index * k
-        out = tuple(None if a is None else np.asarray(a)[lo:lo + k] for a in arrays)
+        out = tuple(None if a is None else np.asarray(a)[lo : lo + k] for a in arrays)
         return out if isinstance(batch, tuple) else out[0]
 
     def _share(self, idx):
         k = self._check(len(idx))
         lo = self.process_index * k
-        return self.inner.rows(idx[lo:lo + k])
+        return self.inner.rows(idx[lo : lo + k])
 
     def batch_at(self, epoch: int, i: int):
         """This process's rows of step i of `epoch` of batches indexed by (epoch,
@@ -789,8 +803,9 @@ class ProcessBatches(DerivedBatches):
         return self._share(self.inner.indices_at(epoch, i))
 
 
-def process_batches(inner, num_devices: int, num_processes: int = 1, process_index: int = 0,
-                    scheme: str = "") -> ProcessBatches:
+def process_batches(
+    inner, num_devices: int, num_processes: int = 1, process_index: int = 0, scheme: str = ""
+) -> ProcessBatches:
     """This process's slice of every global batch of the PyDataset ``inner``.
 
     Process ``p`` of ``P`` gets rows ``[p*G/P, (p+1)*G/P)`` of each global batch of

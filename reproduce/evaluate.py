@@ -116,8 +116,7 @@ def evaluate(cfg: Config, model, net, stats, arrays, ten_view: bool) -> dict:
     out["top1_center"], out["top5_center"] = _correct(logits, labels)
     if ten_view:
         tv = build_ten_view_model(cfg, net, stats)
-        b10 = PaddedBatches(ArrayBatches(arrays.images, None, max(1, cfg.eval.batch_size // VIEWS),
-                                         shuffle=False))
+        b10 = PaddedBatches(ArrayBatches(arrays.images, None, max(1, cfg.eval.batch_size // VIEWS), shuffle=False))
         probs = np.asarray(tv.predict(b10, verbose=0), np.float32)[:n]
         out["top1_10view"], out["top5_10view"] = _correct(probs, labels)
     return out
@@ -127,6 +126,7 @@ def validation_errors(out: dict) -> dict:
     """The validation errors a result records (runs.RESULT_KEYS), from `evaluate`'s
     per-image results: top-1 and top-5 error of the centre crop and of the ten
     views (None where the ten views were not evaluated)."""
+
     def error(key):
         return float(1 - out[key].mean()) if key in out else None
 
@@ -172,6 +172,7 @@ def training_sample(cfg: Config, train):
     if isinstance(train, Stream):
         sb = train.batches(250, shuffle=False)
         parts = [sb[i] for i in range(min(len(sb), TRAIN_SAMPLE // 250))]
-        return SimpleNamespace(images=np.concatenate([p[0] for p in parts]),
-                               labels=np.concatenate([p[1] for p in parts]))
+        return SimpleNamespace(
+            images=np.concatenate([p[0] for p in parts]), labels=np.concatenate([p[1] for p in parts])
+        )
     return subset(train, min(len(train), TRAIN_SAMPLE), seed=cfg.train.seed)

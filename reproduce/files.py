@@ -18,8 +18,9 @@ def cache_root(cache_dir: str = "") -> Path:
     """Where decoded images, dataset digests and JAX's compiled programs are kept:
     `cache_dir` (`data.cache_dir`) if given, else $REPRODUCE_CACHE, else
     ~/.cache/reproduce."""
-    root = cache_dir or os.environ.get("REPRODUCE_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "reproduce")
+    root = (
+        cache_dir or os.environ.get("REPRODUCE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "reproduce")
+    )
     return Path(root).expanduser().absolute()
 
 

@@ -113,12 +113,13 @@ def load(run_dir) -> Loaded:
     missing = [f for f in (runs.MODEL, runs.CLASSES) if not (run_dir / f).is_file()]
     if missing:
         if (run_dir / runs.STATE).is_dir():
-            fix = (f"Write it from the run's training state ({runs.STATE}/) with "
-                   f"`python -m reproduce export {run_dir}`.")
+            fix = f"Write it from the run's training state ({runs.STATE}/) with `python -m reproduce export {run_dir}`."
         else:
-            fix = (f"This copy has no training state ({runs.STATE}/) to write it from either "
-                   "(published runs in results/ keep only the small files): use the run "
-                   "directory on the machine that trained it.")
+            fix = (
+                f"This copy has no training state ({runs.STATE}/) to write it from either "
+                "(published runs in results/ keep only the small files): use the run "
+                "directory on the machine that trained it."
+            )
         raise RunError(f"{run_dir} has no {' or '.join(missing)}. {fix}")
     try:
         model = keras.saving.load_model(run_dir / runs.MODEL, compile=False)
@@ -227,8 +228,7 @@ def read_image(path, size: int) -> np.ndarray:
         return decode_image(data, size)
     except Exception as e:  # Pillow raises several types; any of them means this file
         raise RunError(
-            f"{path}: not a readable image ({type(e).__name__}: {e}). Give a JPEG, PNG "
-            "or WebP file."
+            f"{path}: not a readable image ({type(e).__name__}: {e}). Give a JPEG, PNG or WebP file."
         ) from None
 
 
@@ -241,7 +241,7 @@ def predict_images(loaded: Loaded, paths: Sequence, top: int = TOP, batch_size: 
     preds, errors = [], []
     for start in range(0, len(paths), batch_size):
         good, images = [], []
-        for p in paths[start:start + batch_size]:
+        for p in paths[start : start + batch_size]:
             try:
                 images.append(read_image(p, loaded.image_size))
                 good.append(p)
@@ -268,22 +268,22 @@ def _check_export_target(out_dir: Path, force: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise RunError(
             f"--savedmodel {out_dir}: that is a file, and a SavedModel is a folder. Give "
-            "the path of a new folder (it is created), or remove the file.")
+            "the path of a new folder (it is created), or remove the file."
+        )
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
         raise RunError(
             f"--savedmodel {out_dir}: the folder is not empty (an earlier export?). Give "
-            "--force to replace it (make export ... FORCE=1), or another folder.")
+            "--force to replace it (make export ... FORCE=1), or another folder."
+        )
 
 
 def _remove_stale_exports(out_dir: Path) -> None:
     """Temp folders of exports whose process is gone (killed half-way)."""
     prefix = f".{out_dir.name}{EXPORT_TMP}"
     for p in out_dir.parent.glob(prefix + "*"):
-        pid = p.name[len(prefix):].split("-", 1)[0]
+        pid = p.name[len(prefix) :].split("-", 1)[0]
         if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(p, ignore_errors=True)
-
-
 
 
 def export_savedmodel(loaded: Loaded, out_dir, force: bool = False) -> Path:
@@ -299,17 +299,19 @@ def export_savedmodel(loaded: Loaded, out_dir, force: bool = False) -> Path:
     _check_export_target(out_dir, force)
     # On JAX, Keras converts the model with jax2tf: TensorFlow must be installed.
     if importlib.util.find_spec("tensorflow") is None:
-        raise RunError("exporting a SavedModel needs TensorFlow; install it "
-                       "(pip install tensorflow) or export on a machine that has it.")
+        raise RunError(
+            "exporting a SavedModel needs TensorFlow; install it "
+            "(pip install tensorflow) or export on a machine that has it."
+        )
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_exports(out_dir)
-        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent,
-                                    prefix=f".{out_dir.name}{EXPORT_TMP}{os.getpid()}-"))
+        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}{EXPORT_TMP}{os.getpid()}-"))
     except OSError as e:
         raise RunError(
             f"--savedmodel {out_dir}: cannot write in {out_dir.parent} ({e.strerror or e}). "
-            "Give a folder you can write to.") from None
+            "Give a folder you can write to."
+        ) from None
     old = None
     try:
         loaded.model.export(str(tmp), format="tf_saved_model", verbose=False)
@@ -328,7 +330,8 @@ def export_savedmodel(loaded: Loaded, out_dir, force: bool = False) -> Path:
         raise RunError(
             f"--savedmodel {out_dir}: writing the SavedModel failed "
             f"({getattr(e, 'strerror', None) or e}); "
-            f"nothing was left there. Check the folder's permissions and free space.") from None
+            f"nothing was left there. Check the folder's permissions and free space."
+        ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
@@ -345,8 +348,7 @@ def command(args) -> int:
     """Run one of the commands; a bad run directory, image or data source prints
     its message and returns 1."""
     try:
-        return {"evaluate": _evaluate_cmd, "predict": _predict_cmd, "export": _export_cmd}[
-            args.cmd](args)
+        return {"evaluate": _evaluate_cmd, "predict": _predict_cmd, "export": _export_cmd}[args.cmd](args)
     except (RunError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -366,11 +368,15 @@ def _evaluate_cmd(args) -> int:
             line += f"   result.json: {100 * s1:.2f}% {100 * s5:.2f}%"
         print(line)
     precision = stored.get("precision")
-    if own and precision not in (None, "float32") and any(
-            stored.get(k) is not None and abs(stored[k] - v) > 1e-9 for k, v in res.items()
-            if k.startswith("val_")):
-        print(f"(the run trained and was evaluated in {precision}; model.keras computes in "
-              "float32, so a few images may be classified differently)")
+    if (
+        own
+        and precision not in (None, "float32")
+        and any(stored.get(k) is not None and abs(stored[k] - v) > 1e-9 for k, v in res.items() if k.startswith("val_"))
+    ):
+        print(
+            f"(the run trained and was evaluated in {precision}; model.keras computes in "
+            "float32, so a few images may be classified differently)"
+        )
     return 0
 
 
@@ -379,8 +385,7 @@ def _predict_cmd(args) -> int:
         raise RunError(f"--top={args.top} asks for no classes; give 1 or more (default {TOP})")
     loaded = load(args.run_dir)
     if args.top > len(loaded.class_names):
-        print(f"(the model has {len(loaded.class_names)} classes: showing all of them)",
-              file=sys.stderr)
+        print(f"(the model has {len(loaded.class_names)} classes: showing all of them)", file=sys.stderr)
     preds, errors = predict_images(loaded, args.images, top=args.top)
     for p in preds:
         print(p.path)
@@ -405,6 +410,8 @@ def _export_cmd(args) -> int:
     if args.savedmodel:
         out = export_savedmodel(loaded, args.savedmodel, force=getattr(args, "force", False))
         s = loaded.image_size
-        print(f"wrote the SavedModel {out}: signature 'serve', uint8 (batch, {s}, {s}, 3) RGB "
-              f"-> probabilities of the {len(loaded.class_names)} classes of {run_dir / runs.CLASSES}")
+        print(
+            f"wrote the SavedModel {out}: signature 'serve', uint8 (batch, {s}, {s}, 3) RGB "
+            f"-> probabilities of the {len(loaded.class_names)} classes of {run_dir / runs.CLASSES}"
+        )
     return 0

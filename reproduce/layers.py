@@ -125,9 +125,9 @@ class LocalResponseNormalization(keras.layers.Layer):
         pad = [[0, 0]] * (len(x.shape) - 1) + [[r, r]]
         rows = ops.reshape(ops.pad(sq, pad), (-1, channels + 2 * r, 1))
         # average_pool divides by `size`; multiplying back costs one rounding.
-        total = ops.average_pool(
-            rows, self.size, strides=1, padding="valid", data_format="channels_last"
-        ) * float(self.size)
+        total = ops.average_pool(rows, self.size, strides=1, padding="valid", data_format="channels_last") * float(
+            self.size
+        )
         total = ops.reshape(total, ops.shape(x))
         denom = ops.power(self.k + self.effective_alpha * total, self.beta)
         return x / denom
@@ -205,9 +205,7 @@ class LocallyConnected2D(keras.layers.Layer):
             raise ValueError(f"LocallyConnected2D filters={filters!r} must be a positive integer")
         padding = str(padding).lower()
         if padding not in ("valid", "same"):
-            raise ValueError(
-                f"LocallyConnected2D padding={padding!r} is not allowed; choose 'valid' or 'same'"
-            )
+            raise ValueError(f"LocallyConnected2D padding={padding!r} is not allowed; choose 'valid' or 'same'")
         self.filters = filters
         self.kernel_size = _pair(kernel_size, "kernel_size")
         self.strides = _pair(strides, "strides")

@@ -143,9 +143,7 @@ class _Init:
 
 
 def _lrn(x, name, size, k, alpha, beta, convention):
-    return LocalResponseNormalization(
-        size=size, k=k, alpha=alpha, beta=beta, convention=convention, name=name
-    )(x)
+    return LocalResponseNormalization(size=size, k=k, alpha=alpha, beta=beta, convention=convention, name=name)(x)
 
 
 # --------------------------------------------------------------------------------------
@@ -290,8 +288,14 @@ def alexnet(
     """
     _check_image_size(image_size)
     _check_common(
-        num_classes=num_classes, activation=activation, lrn_convention=lrn_convention,
-        lrn_size=lrn_size, pooling=pooling, dropout=dropout, width=width, init=init,
+        num_classes=num_classes,
+        activation=activation,
+        lrn_convention=lrn_convention,
+        lrn_size=lrn_size,
+        pooling=pooling,
+        dropout=dropout,
+        width=width,
+        init=init,
         weight_decay=weight_decay,
     )
     check_value("model.towers", towers, "towers")
@@ -305,16 +309,26 @@ def alexnet(
 
     def conv(x, filters, size, stride, padding, name, bias):
         return keras.layers.Conv2D(
-            filters, size, strides=stride, padding=padding, activation=activation,
-            kernel_initializer=mk.normal(0.01), bias_initializer=mk.constant(bias),
-            kernel_regularizer=mk.decay(), name=name,
+            filters,
+            size,
+            strides=stride,
+            padding=padding,
+            activation=activation,
+            kernel_initializer=mk.normal(0.01),
+            bias_initializer=mk.constant(bias),
+            kernel_regularizer=mk.decay(),
+            name=name,
         )(x)
 
     def dense(x, units, name, bias, act, dtype=None):
         return keras.layers.Dense(
-            units, activation=act, kernel_initializer=mk.normal(0.01),
-            bias_initializer=mk.constant(bias), kernel_regularizer=mk.decay(),
-            name=name, dtype=dtype,
+            units,
+            activation=act,
+            kernel_initializer=mk.normal(0.01),
+            bias_initializer=mk.constant(bias),
+            kernel_regularizer=mk.decay(),
+            name=name,
+            dtype=dtype,
         )(x)
 
     def norm(x, name):
@@ -376,9 +390,7 @@ def tower_layers(model: keras.Model, tower) -> list[str]:
     elif isinstance(tower, str) and ("_" + tower.lstrip("_")) in TOWER_SUFFIXES:
         suffix = "_" + tower.lstrip("_")
     else:
-        raise ValueError(
-            f"tower={tower!r} is not allowed; choose 0, 1, 'a', 'b', '_a' or '_b'"
-        )
+        raise ValueError(f"tower={tower!r} is not allowed; choose 0, 1, 'a', 'b', '_a' or '_b'")
     return [layer.name for layer in model.layers if layer.name.endswith(suffix)]
 
 
@@ -414,10 +426,15 @@ def _cifar_pool(x, kind, pooling, name):
 def _cifar_check(arch, image_size, num_pools, kw):
     _check_image_size(image_size)
     _check_common(
-        num_classes=kw["num_classes"], activation=kw["activation"],
-        lrn_convention=kw["lrn_convention"], lrn_size=kw["lrn_size"],
-        pooling=kw["pooling"], dropout=kw["dropout"], width=kw["width"],
-        init=kw["init"], weight_decay=kw["weight_decay"],
+        num_classes=kw["num_classes"],
+        activation=kw["activation"],
+        lrn_convention=kw["lrn_convention"],
+        lrn_size=kw["lrn_size"],
+        pooling=kw["pooling"],
+        dropout=kw["dropout"],
+        width=kw["width"],
+        init=kw["init"],
+        weight_decay=kw["weight_decay"],
     )
     if kw["dropout"] != 0:
         raise ValueError(
@@ -454,9 +471,13 @@ class _CifarLayers:
 
     def _args(self, filters, name, bias):
         return dict(
-            filters=_scaled(filters, self.kw["width"]), padding="same", activation=self.kw["activation"],
+            filters=_scaled(filters, self.kw["width"]),
+            padding="same",
+            activation=self.kw["activation"],
             kernel_initializer=self.mk.normal(_CIFAR_INIT_STD[name]),
-            bias_initializer=self.mk.constant(bias), kernel_regularizer=self.mk.decay(), name=name,
+            bias_initializer=self.mk.constant(bias),
+            kernel_regularizer=self.mk.decay(),
+            name=name,
         )
 
     def conv(self, x, filters, name, bias):
@@ -480,8 +501,11 @@ class _CifarLayers:
         """flatten -> fc10 logits (float32 also under mixed precision) -> the model."""
         h = keras.layers.Flatten(name="flatten")(h)
         logits = keras.layers.Dense(
-            self.kw["num_classes"], kernel_initializer=self.mk.normal(_CIFAR_INIT_STD["fc10"]),
-            bias_initializer=self.mk.constant(0.0), kernel_regularizer=self.mk.decay(), name="fc10",
+            self.kw["num_classes"],
+            kernel_initializer=self.mk.normal(_CIFAR_INIT_STD["fc10"]),
+            bias_initializer=self.mk.constant(0.0),
+            kernel_regularizer=self.mk.decay(),
+            name="fc10",
             dtype="float32",
         )(h)
         return keras.Model(inputs, logits, name=self.kw["name"])
@@ -669,15 +693,22 @@ def inference_model(cfg, net, stats) -> keras.Model:
     # as mixed_bfloat16 would compute in bfloat16 on every machine that loads it.
     keras.config.set_dtype_policy("float32")
     try:
-        net32 = build_model(cfg.model, image_size=d.crop_size,
-                            num_classes=int(net.output_shape[-1]),
-                            weight_decay=cfg.train.weight_decay, seed=cfg.train.seed)
+        net32 = build_model(
+            cfg.model,
+            image_size=d.crop_size,
+            num_classes=int(net.output_shape[-1]),
+            weight_decay=cfg.train.weight_decay,
+            seed=cfg.train.seed,
+        )
         net32.set_weights(net.get_weights())
         preprocess = Augment(
-            crop_size=d.crop_size, crop_flip=False, pca_color=False,
+            crop_size=d.crop_size,
+            crop_flip=False,
+            pca_color=False,
             mean_subtract=d.mean_subtract,
             mean_image=stats.mean_image if d.mean_subtract else None,
-            seed=cfg.train.seed, name=PREPROCESS,
+            seed=cfg.train.seed,
+            name=PREPROCESS,
         )
         inputs = keras.Input((d.image_size, d.image_size, 3), dtype="uint8", name="image")
         probs = keras.layers.Softmax(name=PROBABILITIES)(net32(preprocess(inputs)))

@@ -222,8 +222,11 @@ def lock(path: os.PathLike):
             "make, --runs or --run-dir on the command line)."
         ) from None
     try:
-        held_by = _claim(fd, path / LOCK, "(NFS needs its lock service; Lustre the 'flock' mount option). Put "
-                         "the runs folder on one that does.")
+        held_by = _claim(
+            fd,
+            path / LOCK,
+            "(NFS needs its lock service; Lustre the 'flock' mount option). Put the runs folder on one that does.",
+        )
         if held_by is not None:
             raise RunLocked(
                 f"{path} is being trained by another process ({held_by or 'unknown holder'}); "
@@ -244,8 +247,9 @@ def _claim(fd: int, lock_file: Path, fix: str) -> str | None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
         if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-            raise RunDirError(f"cannot lock {lock_file} ({e.strerror or e}): its file system does not "
-                              f"support file locks {fix}") from None
+            raise RunDirError(
+                f"cannot lock {lock_file} ({e.strerror or e}): its file system does not support file locks {fix}"
+            ) from None
         return os.pread(fd, 512, 0).decode(errors="replace").strip()
     when = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     os.ftruncate(fd, 0)
@@ -622,15 +626,19 @@ def _publish(src_root: Path, dst_root: Path) -> Published:
         files = [run.path / f for f in names if (run.path / f).is_file()]
         size = sum(f.stat().st_size for f in files)
         if size > PUBLISHED_MAX_BYTES:
-            out.skipped.append((run.path, f"{size / 1e6:.1f} MB of files, over the "
-                                          f"{PUBLISHED_MAX_BYTES / 1e6:.1f} MB a published run may hold"))
+            out.skipped.append(
+                (
+                    run.path,
+                    f"{size / 1e6:.1f} MB of files, over the "
+                    f"{PUBLISHED_MAX_BYTES / 1e6:.1f} MB a published run may hold",
+                )
+            )
             continue
         dst = dst_root / run.path.relative_to(src_root)
         if dst.exists() and not diverged and read_status(dst) == DIVERGED and read_result(dst) is None:
             shutil.rmtree(dst)  # a finished run supersedes a recorded divergence
         if dst.exists():
-            same = all((dst / f.name).is_file() and filecmp.cmp(f, dst / f.name, shallow=False)
-                       for f in files)
+            same = all((dst / f.name).is_file() and filecmp.cmp(f, dst / f.name, shallow=False) for f in files)
             if same:
                 out.unchanged.append(dst)
             else:
@@ -764,8 +772,7 @@ def iter_runs(root: os.PathLike, damaged: list | None = None) -> Iterator[Run]:
     root = Path(root)
     if not root.exists():
         return
-    dirs = {p.parent for name in (CONFIG, RESULT, METRICS) for p in root.rglob(name)
-            if not is_hidden(p.parent, root)}
+    dirs = {p.parent for name in (CONFIG, RESULT, METRICS) for p in root.rglob(name) if not is_hidden(p.parent, root)}
     for d in sorted(dirs):
         try:
             run = load_run(d)

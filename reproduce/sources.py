@@ -65,7 +65,7 @@ def tfds_dataset(source: str) -> str:
     ('imagenette' for 'tfds:imagenette/160px-v2'); '' for other sources."""
     if not source.startswith(TFDS):
         return ""
-    return source[len(TFDS):].split("/")[0].split(":")[0]
+    return source[len(TFDS) :].split("/")[0].split(":")[0]
 
 
 def data_identity(source: str) -> str:
@@ -165,8 +165,9 @@ def image_files(top) -> list:
         try:
             entries = sorted(os.scandir(logical), key=lambda e: e.name)
         except OSError as e:
-            raise DataError(f"cannot list the folder {logical}: {e.strerror or e}. Check "
-                            "its permissions (or remove it).") from None
+            raise DataError(
+                f"cannot list the folder {logical}: {e.strerror or e}. Check its permissions (or remove it)."
+            ) from None
         for e in entries:
             if _skipped(e.name):
                 continue
@@ -183,7 +184,8 @@ def image_files(top) -> list:
                         f"{e.path} links to {real}, a folder that contains it{seen_as}: "
                         "following it would list the same images again and again, under the "
                         "wrong class. Remove the link, or make it point to a folder outside "
-                        f"{real}.")
+                        f"{real}."
+                    )
             chain.append((e.path, real))
             try:
                 walk(e.path, sub)

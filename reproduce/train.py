@@ -54,8 +54,16 @@ from reproduce.runs import RunConflict
 
 # What other code calls through this module (some of it lives in the parts above).
 __all__ = [
-    "train", "prepare_run_dir", "build_training_model", "compile_model", "TrainingDiverged",
-    "RunConflict", "save_state", "load_state", "accelerator", "device_description",
+    "train",
+    "prepare_run_dir",
+    "build_training_model",
+    "compile_model",
+    "TrainingDiverged",
+    "RunConflict",
+    "save_state",
+    "load_state",
+    "accelerator",
+    "device_description",
     "resolve_precision",
 ]
 
@@ -102,8 +110,7 @@ def compile_model(model, cfg: Config, steps_per_execution: int | None = None):
 
     See `reproduce.devices.xla` for when XLA is asked for; `train.run_eagerly`
     (TensorFlow, one device) traces and compiles nothing."""
-    eager = (bool(cfg.train.run_eagerly) and keras.backend.backend() == "tensorflow"
-             and cfg.distribute.scheme == "none")
+    eager = bool(cfg.train.run_eagerly) and keras.backend.backend() == "tensorflow" and cfg.distribute.scheme == "none"
     model.compile(
         optimizer=keras.optimizers.SGD(learning_rate=cfg.train.learning_rate, momentum=cfg.train.momentum),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -165,9 +172,11 @@ def _check_same_run(cfg: Config, run_dir: Path, data_id: str, unresolved: bool =
 
 def prepare_run_dir(cfg: Config, run_dir: Path, meta: dict, data_id: str) -> None:
     _check_same_run(cfg, run_dir, data_id)
-    runs.write_config(run_dir, cfg.to_dict(), {
-        **meta, "fingerprint": cfg.fingerprint(data_id), "data_id": data_id,
-        "seed": cfg.train.seed})
+    runs.write_config(
+        run_dir,
+        cfg.to_dict(),
+        {**meta, "fingerprint": cfg.fingerprint(data_id), "data_id": data_id, "seed": cfg.train.seed},
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -175,8 +184,14 @@ def prepare_run_dir(cfg: Config, run_dir: Path, meta: dict, data_id: str) -> Non
 # --------------------------------------------------------------------------------------
 
 
-def train(cfg: Config, run_dir, meta: dict | None = None, verbose: int = 1,
-          epoch_limit: int | None = None, callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict:
+def train(
+    cfg: Config,
+    run_dir,
+    meta: dict | None = None,
+    verbose: int = 1,
+    epoch_limit: int | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> dict:
     """Train one run into `run_dir` (resuming or skipping as needed); returns the result.
 
     epoch_limit: stop after this many epochs in all, even if `train.epochs` is more
@@ -251,15 +266,25 @@ def training_feed(cfg: Config, train, initial_epoch: int):
     # compiles once (a last partial batch compiles a second program: tens of
     # seconds on a GPU, per run). Each epoch leaves out < batch_size images.
     if not isinstance(train, data_lib.ImageArrays):  # a stream: ImageNet through tf.data
-        return (train.batches(cfg.train.batch_size, shuffle=True, seed=cfg.train.seed,
-                              epoch=initial_epoch, drop_remainder=True),
-                [], cfg.train.steps_per_epoch or None)
+        return (
+            train.batches(
+                cfg.train.batch_size, shuffle=True, seed=cfg.train.seed, epoch=initial_epoch, drop_remainder=True
+            ),
+            [],
+            cfg.train.steps_per_epoch or None,
+        )
     # train.steps_per_epoch is the batches' own epoch length, so fit gets none
     # and starts every epoch afresh (see ArrayBatches).
-    batches = data_lib.ArrayBatches(train.images, train.labels, cfg.train.batch_size,
-                                    shuffle=True, seed=cfg.train.seed, epoch=initial_epoch,
-                                    drop_remainder=True,
-                                    steps_per_epoch=cfg.train.steps_per_epoch)
+    batches = data_lib.ArrayBatches(
+        train.images,
+        train.labels,
+        cfg.train.batch_size,
+        shuffle=True,
+        seed=cfg.train.seed,
+        epoch=initial_epoch,
+        drop_remainder=True,
+        steps_per_epoch=cfg.train.steps_per_epoch,
+    )
     if tf_data_feed():
         ds, feed_epoch = data_lib.tf_dataset(batches)
         return ds, [feed_epoch], None
@@ -270,14 +295,19 @@ def training_feed(cfg: Config, train, initial_epoch: int):
 
 
 def _train(cfg, run_dir, data, precision, verbose, epoch_limit, extra_callbacks) -> dict:
-    runs.write_env(run_dir, runs.environment({
-        "backend": keras.backend.backend(),
-        "device": device_description(),
-        "precision": precision,
-        "num_classes": data.num_classes,
-        "n_train": len(data.train),
-        "n_val": len(data.val),
-    }))
+    runs.write_env(
+        run_dir,
+        runs.environment(
+            {
+                "backend": keras.backend.backend(),
+                "device": device_description(),
+                "precision": precision,
+                "num_classes": data.num_classes,
+                "n_train": len(data.train),
+                "n_val": len(data.val),
+            }
+        ),
+    )
     model, net = build_training_model(cfg, data.stats, data.num_classes)
     compile_model(model, cfg)
     distribute.place(model)
@@ -292,8 +322,7 @@ def _train(cfg, run_dir, data, precision, verbose, epoch_limit, extra_callbacks)
     cbs = training_callbacks(cfg, run_dir, state, len(data.train))
     last_epoch = min(cfg.train.epochs, epoch_limit) if epoch_limit else cfg.train.epochs
     train_batches, feed_callbacks, steps_per_epoch = training_feed(cfg, data.train, initial_epoch)
-    val_batches = data_lib.ArrayBatches(data.val.images, data.val.labels, cfg.eval.batch_size,
-                                        shuffle=False)
+    val_batches = data_lib.ArrayBatches(data.val.images, data.val.labels, cfg.eval.batch_size, shuffle=False)
     if initial_epoch < last_epoch and not state.get("stopped", False):
         try:
             model.fit(
@@ -332,7 +361,8 @@ def _train(cfg, run_dir, data, precision, verbose, epoch_limit, extra_callbacks)
     last = rows[-1] if rows else {}
     # Throughput without the first epoch (it compiles), when there is more than one.
     ips = [r["images_per_s"] for r in rows[1:] if r.get("images_per_s")] or [
-        r["images_per_s"] for r in rows if r.get("images_per_s")]
+        r["images_per_s"] for r in rows if r.get("images_per_s")
+    ]
     rec = cbs.recorder
     result = {
         "status": "ok",
@@ -388,13 +418,16 @@ def _divergence_message(cfg: Config, run_dir: Path, w: dict, lr: float, precisio
         advice += " or the caffe bias init (--set model.init=caffe)"
     done = len(runs.read_metrics_rows(run_dir))
     if done == 0:
-        kept = (f"No epoch completed, so no weights were saved: {run_dir} holds the run's "
-                f"description and {runs.FAILURE}.")
+        kept = (
+            f"No epoch completed, so no weights were saved: {run_dir} holds the run's description and {runs.FAILURE}."
+        )
     else:
         epochs = f"Epochs 1-{done} completed" if done > 1 else "Epoch 1 completed"
-        kept = (f"{epochs}: the weights after epoch {done} are kept in {run_dir / runs.STATE} "
-                f"and each epoch's row in {run_dir / runs.METRICS}; the same command "
-                f"resumes after epoch {done} at the same rate.")
+        kept = (
+            f"{epochs}: the weights after epoch {done} are kept in {run_dir / runs.STATE} "
+            f"and each epoch's row in {run_dir / runs.METRICS}; the same command "
+            f"resumes after epoch {done} at the same rate."
+        )
     return (
         f"training diverged: the loss became {w['loss']} at epoch {w['epoch'] + 1}, "
         f"batch {w['batch']} (learning rate {lr:g}, init {cfg.model.init!r}, "

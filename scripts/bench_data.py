@@ -81,8 +81,7 @@ def bench_feed(arrays, batch, seconds=10.0):
     from reproduce.data import ArrayBatches, tf_dataset
 
     def batches():
-        return ArrayBatches(arrays.images, arrays.labels, batch, shuffle=True, seed=0,
-                            drop_remainder=True)
+        return ArrayBatches(arrays.images, arrays.labels, batch, shuffle=True, seed=0, drop_remainder=True)
 
     out = []
     for feed in ("keras", "tf.data"):
@@ -112,8 +111,9 @@ def bench_augment(stats, s, c, batch, reps=20):
 
     from reproduce.augment import Augment
 
-    layer = Augment(c, mean_image=stats.mean_image, pca_eigvals=stats.pca_eigvals,
-                    pca_eigvecs=stats.pca_eigvecs, seed=0)
+    layer = Augment(
+        c, mean_image=stats.mean_image, pca_eigvals=stats.pca_eigvals, pca_eigvecs=stats.pca_eigvecs, seed=0
+    )
     x = np.random.default_rng(0).integers(0, 256, (batch, s, s, 3), dtype=np.uint8)
     backend = keras.backend.backend()
     if backend == "jax":
@@ -163,9 +163,11 @@ def bench_shards(train, sizes, n, tmp, batch=128, seconds=10.0):
 
         def resized(size=size):
             for i in range(0, n, 64):
-                imgs = [np.asarray(Image.fromarray(np.asarray(im)).resize((size, size), Image.BILINEAR))
-                        for im in train.images[i:min(i + 64, n)]]
-                yield np.stack(imgs), train.labels[i:i + len(imgs)]
+                imgs = [
+                    np.asarray(Image.fromarray(np.asarray(im)).resize((size, size), Image.BILINEAR))
+                    for im in train.images[i : min(i + 64, n)]
+                ]
+                yield np.stack(imgs), train.labels[i : i + len(imgs)]
 
         entry = shards.write_split(folder, "train", resized(), per_shard=128)
         shards.write_manifest(folder, size, train.class_names, {"train": entry})
@@ -187,12 +189,17 @@ def main(argv=None):
     ap.add_argument("--data", help="folder holding the archives (default: $DATA_DIR, else ./data)")
     ap.add_argument("--max", type=int, default=0, help="use at most N images per split (0 = all)")
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--shard-sizes", default="144,160,256",
-                    help="S of the ImageNet feed's shards to measure ('' for none)")
+    ap.add_argument(
+        "--shard-sizes", default="144,160,256", help="S of the ImageNet feed's shards to measure ('' for none)"
+    )
     ap.add_argument("--shard-images", type=int, default=1024)
     ap.add_argument("--shard-seconds", type=float, default=8.0, help="seconds per shard measurement")
-    ap.add_argument("--gpu-rate", type=float, default=45_000,
-                    help="images/s the GPU trains at (the paper's net at batch 512 on an H200: the target)")
+    ap.add_argument(
+        "--gpu-rate",
+        type=float,
+        default=45_000,
+        help="images/s the GPU trains at (the paper's net at batch 512 on an H200: the target)",
+    )
     ap.add_argument("--only-shards", action="store_true", help="measure only the shard feed")
     args = ap.parse_args(argv)
 
@@ -208,8 +215,11 @@ def main(argv=None):
 
     def row(source, stage, n, sec, note=""):
         rows.append((source, stage, n, sec, n / sec if sec > 0 else float("nan"), note))
-        print(f"  {source:28s} {stage:8s} {n:8d} img {sec:8.2f} s {n / sec:10.0f} img/s {note}",
-              file=sys.stderr, flush=True)
+        print(
+            f"  {source:28s} {stage:8s} {n:8d} img {sec:8.2f} s {n / sec:10.0f} img/s {note}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
         sources = [("synthetic", 256, 227, "val", None)]
@@ -221,9 +231,15 @@ def main(argv=None):
             print("(no archives found: pass --data or set DATA_DIR)", file=sys.stderr)
         for name, s, c, val, path in sources:
             cfg = DataConfig(
-                source="synthetic" if path is None else str(path), image_size=s, crop_size=c,
-                val_split=val, cache_dir=tmp, max_train=args.max, max_val=args.max,
-                synthetic_train=args.max or 2048, synthetic_val=256,
+                source="synthetic" if path is None else str(path),
+                image_size=s,
+                crop_size=c,
+                val_split=val,
+                cache_dir=tmp,
+                max_train=args.max,
+                max_val=args.max,
+                synthetic_train=args.max or 2048,
+                synthetic_val=256,
             )
             t0 = time.perf_counter()
             train = data.load_split(cfg, cfg.train_split)
@@ -236,10 +252,16 @@ def main(argv=None):
                 decode_per_core[name] = (s, n / dt / decode.num_workers())
             sizes = [int(v) for v in args.shard_sizes.split(",") if v.strip()]
             if "imagenette" in name and sizes:
-                for size, threads, n, dt in bench_shards(train, sizes, args.shard_images, tmp,
-                                                         args.batch, args.shard_seconds):
-                    row(name, "shards", n, dt, f"S={size} JPEG, {threads} thread(s)"
-                        + (" (per core)" if threads == 1 else ""))
+                for size, threads, n, dt in bench_shards(
+                    train, sizes, args.shard_images, tmp, args.batch, args.shard_seconds
+                ):
+                    row(
+                        name,
+                        "shards",
+                        n,
+                        dt,
+                        f"S={size} JPEG, {threads} thread(s)" + (" (per core)" if threads == 1 else ""),
+                    )
                     if threads == 1:
                         per_core[size] = n / dt
             if args.only_shards:
@@ -264,8 +286,7 @@ def main(argv=None):
         dev = str(jax.devices()[0]) if keras.backend.backend() == "jax" else dev
     except Exception:
         pass
-    print(f"\nData pipeline throughput ({os.cpu_count()} CPUs, Keras {keras.backend.backend()}, "
-          f"augment on {dev})\n")
+    print(f"\nData pipeline throughput ({os.cpu_count()} CPUs, Keras {keras.backend.backend()}, augment on {dev})\n")
     print("| source | stage | images | seconds | images/s | notes |")
     print("| --- | --- | ---: | ---: | ---: | --- |")
     for source, stage, n, sec, ips, note in rows:
@@ -276,8 +297,10 @@ def main(argv=None):
         print(f"\nImageNet feed (pre-resized JPEG shards), per core, vs a GPU at {args.gpu_rate:,.0f} img/s:")
         for size, rate in sorted(per_core.items()):
             need = int(np.ceil(args.gpu_rate / rate))
-            print(f"  S={size}: {rate:,.0f} img/s per core; {need} cores to feed the GPU. "
-                  + (feed_shortfall(16, rate, args.gpu_rate) or "16 cores keep up."))
+            print(
+                f"  S={size}: {rate:,.0f} img/s per core; {need} cores to feed the GPU. "
+                + (feed_shortfall(16, rate, args.gpu_rate) or "16 cores keep up.")
+            )
         for source, (size, rate) in sorted(decode_per_core.items()):
             print(f"  decoding {source} (S={size}, Pillow, first build): {rate:,.0f} img/s per core")
 

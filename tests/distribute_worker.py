@@ -37,9 +37,7 @@ def two_cpu_devices() -> None:
         import tensorflow as tf
 
         cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * 2
-        )
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     else:
         assert "--xla_force_host_platform_device_count=2" in os.environ.get("XLA_FLAGS", "")
 
@@ -74,8 +72,7 @@ def _build(cfg, weights=None):
     if weights is not None:
         net.set_weights(weights)
     net.compile(
-        optimizer=keras.optimizers.SGD(learning_rate=cfg.train.learning_rate,
-                                       momentum=cfg.train.momentum),
+        optimizer=keras.optimizers.SGD(learning_rate=cfg.train.learning_rate, momentum=cfg.train.momentum),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     return net
@@ -100,16 +97,20 @@ def _state(model):
 
     from reproduce.checkpoint import state_variables
 
-    return ([np.asarray(v.numpy()) for v in state_variables(model)],
-            [np.asarray(v.numpy()) for v in model.optimizer.variables])
+    return (
+        [np.asarray(v.numpy()) for v in state_variables(model)],
+        [np.asarray(v.numpy()) for v in model.optimizer.variables],
+    )
 
 
 def _max_diff(a, b) -> float:
     import numpy as np
 
     assert len(a) == len(b), (len(a), len(b))
-    return max(float(np.max(np.abs(np.asarray(u, np.float64) - np.asarray(v, np.float64))))
-               if np.size(u) else 0.0 for u, v in zip(a, b))
+    return max(
+        float(np.max(np.abs(np.asarray(u, np.float64) - np.asarray(v, np.float64)))) if np.size(u) else 0.0
+        for u, v in zip(a, b)
+    )
 
 
 def _round_trip(src, dst) -> float:
@@ -175,8 +176,11 @@ def equivalence(out_path: str, *schemes: str) -> None:
             if BACKEND == "tensorflow" and scheme == "towers":
                 r["placement"] = _tf_placement(model, x, y)
             if BACKEND == "jax":
-                r["layouts"] = {v.path: str(v.value.sharding.spec) for v in model.weights
-                                if hasattr(v.value, "sharding") and hasattr(v.value.sharding, "spec")}
+                r["layouts"] = {
+                    v.path: str(v.value.sharding.spec)
+                    for v in model.weights
+                    if hasattr(v.value, "sharding") and hasattr(v.value.sharding, "spec")
+                }
         results["schemes"][scheme] = r
     for scheme in schemes if train_root else ():
         # The trainer end to end (uint8 batches, Augment, fit with validation,
@@ -193,11 +197,9 @@ def _tf_placement(model, x, y) -> dict:
     variables = {v.path: v.value.device for v in model.weights}
     fn = tf.function(model.train_step)
     graph = fn.get_concrete_function(
-        (tf.TensorSpec((GLOBAL_BATCH, IMAGE, IMAGE, 3), tf.float32),
-         tf.TensorSpec((GLOBAL_BATCH,), tf.int32))
+        (tf.TensorSpec((GLOBAL_BATCH, IMAGE, IMAGE, 3), tf.float32), tf.TensorSpec((GLOBAL_BATCH,), tf.int32))
     ).graph
-    captured = {id(internal): external.device for external, internal in graph.captures
-                if hasattr(external, "device")}
+    captured = {id(internal): external.device for external, internal in graph.captures if hasattr(external, "device")}
 
     def device_of(t):
         if t.dtype == tf.resource:
@@ -206,8 +208,7 @@ def _tf_placement(model, x, y) -> dict:
 
     ops = []
     for op in graph.get_operations():
-        inputs = [[i.op.name, device_of(i), i.shape.rank == 0 or i.shape.num_elements() == 1]
-                  for i in op.inputs]
+        inputs = [[i.op.name, device_of(i), i.shape.rank == 0 or i.shape.num_elements() == 1] for i in op.inputs]
         ops.append({"name": op.name, "type": op.type, "device": op.device, "inputs": inputs})
     return {"variables": variables, "ops": ops}
 
@@ -216,8 +217,13 @@ def _tf_placement(model, x, y) -> dict:
 # random numbers are per replica under tf.distribute (statistically the same, not
 # the same numbers as on one device). The ten-view evaluation stays on under
 # TensorFlow.
-SMOKE_RUN = ("data.crop_flip=false", "data.pca_color=false", "model.dropout=0",
-             "train.epochs=1", "train.steps_per_epoch=2")
+SMOKE_RUN = (
+    "data.crop_flip=false",
+    "data.pca_color=false",
+    "model.dropout=0",
+    "train.epochs=1",
+    "train.steps_per_epoch=2",
+)
 
 
 def _train(run_dir: str, scheme: str, *overrides: str) -> dict:

@@ -21,8 +21,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_registry_entries_are_complete():
-    assert {"tanh", "no_lrn", "lrn_convention", "no_overlap_pool", "no_pca_color", "no_crop_flip",
-            "no_dropout", "one_tower", "single_view_eval", "bias_init", "fig1_tanh"} <= set(ABLATIONS)
+    assert {
+        "tanh",
+        "no_lrn",
+        "lrn_convention",
+        "no_overlap_pool",
+        "no_pca_color",
+        "no_crop_flip",
+        "no_dropout",
+        "one_tower",
+        "single_view_eval",
+        "bias_init",
+        "fig1_tanh",
+    } <= set(ABLATIONS)
     for a in ABLATIONS.values():
         assert a.description and a.presets and set(a.presets) <= set(PRESETS)
         for p in a.presets:
@@ -69,8 +80,10 @@ def test_seeds_0_is_zero_seeds_and_says_how_to_ask_for_seed_0():
     assert parse_seeds("0,") == [0]
     with pytest.raises(ValueError) as e:
         parse_seeds("0")
-    assert str(e.value) == ("SEEDS='0' is a count (3 = seeds 0, 1, 2), so it means no seeds at all; "
-                            "for seed 0 alone write SEEDS=0, (a list of one seed)")
+    assert str(e.value) == (
+        "SEEDS='0' is a count (3 = seeds 0, 1, 2), so it means no seeds at all; "
+        "for seed 0 alone write SEEDS=0, (a list of one seed)"
+    )
 
 
 @pytest.mark.parametrize("name", sorted(ABLATIONS))
@@ -85,11 +98,16 @@ def test_every_ablation_builds_and_takes_one_smoke_step(name):
         cfg.data.image_size, cfg.data.crop_size = 76, 67
     keras.utils.set_random_seed(0)
     S = cfg.data.image_size
-    stats = Stats(np.full((S, S, 3), 120, np.float32), np.array([0.2, 0.02, 0.005], np.float32) * 255**2,
-                  np.eye(3, dtype=np.float32))
+    stats = Stats(
+        np.full((S, S, 3), 120, np.float32),
+        np.array([0.2, 0.02, 0.005], np.float32) * 255**2,
+        np.eye(3, dtype=np.float32),
+    )
     model, net = build_training_model(cfg, stats, num_classes=4)
-    model.compile(optimizer=keras.optimizers.SGD(0.001, momentum=0.9),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.001, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     x = np.random.default_rng(0).integers(0, 256, (4, cfg.data.image_size, cfg.data.image_size, 3), dtype=np.uint8)
     loss = model.train_on_batch(x, np.arange(4) % 4)
     assert np.isfinite(loss)
@@ -98,14 +116,25 @@ def test_every_ablation_builds_and_takes_one_smoke_step(name):
 @pytest.mark.slow
 def test_make_ablation_end_to_end_then_nothing_to_do(tmp_path):
     env = {**os.environ, "REPRODUCE_CACHE": str(tmp_path / "cache")}
-    cmd = ["make", "-s", "ablation", "NAME=no_lrn", "PRESET=smoke", "SEEDS=2", f"RUNS={tmp_path / 'runs'}",
-           f"PY={sys.executable}", f"BACKEND={keras.backend.backend()}", "SET=eval.ten_view=false"]
+    cmd = [
+        "make",
+        "-s",
+        "ablation",
+        "NAME=no_lrn",
+        "PRESET=smoke",
+        "SEEDS=2",
+        f"RUNS={tmp_path / 'runs'}",
+        f"PY={sys.executable}",
+        f"BACKEND={keras.backend.backend()}",
+        "SET=eval.ten_view=false",
+    ]
     first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "plan for preset smoke: 4 run(s) to train, 0 already finished" in first.stdout
     assert "estimated time on this machine" in first.stdout
     assert [ln.split(" · ")[0] for ln in first.stdout.splitlines() if " · ETA " in ln] == [
-        f"[ablations] run {i}/4" for i in (1, 2, 3, 4)]
+        f"[ablations] run {i}/4" for i in (1, 2, 3, 4)
+    ]
     assert "trained 4 run(s); 0 already finished" in first.stdout
     # not a terminal: one line per epoch, no progress-bar redraws; no TensorFlow start-up noise
     assert "\r" not in first.stdout and "\x08" not in first.stdout
@@ -142,9 +171,13 @@ def _fake_training(monkeypatch, needs):
         n = needs(lr, act)
         limit = min(cfg.train.epochs, epoch_limit or cfg.train.epochs)
         reached = n is not None and n <= limit
-        return {"status": "ok", "epochs": n if reached else limit,
-                "epochs_to_target": n if reached else None,
-                "train_top1_err": 0.25 - lr if reached else 0.3, "censored": not reached}
+        return {
+            "status": "ok",
+            "epochs": n if reached else limit,
+            "epochs_to_target": n if reached else None,
+            "train_top1_err": 0.25 - lr if reached else 0.3,
+            "censored": not reached,
+        }
 
     monkeypatch.setattr(train_lib, "train", fake)
     return calls
@@ -160,16 +193,24 @@ def test_fig1_grid_order_censoring_and_seeds(tmp_path, monkeypatch):
     Runner("cifar10", 2, tmp_path, verbose=0).run(["fig1_tanh"])
     grid = [c for c in calls if c[1] == GRID_SEED]
     assert [(c[0], c[2], c[3]) for c in grid] == [
-        ("fig1_tanh.base.grid", 0.005, None), ("fig1_tanh.base.grid", 0.01, 8),
-        ("fig1_tanh.base.grid", 0.0025, 8), ("fig1_tanh.base.grid", 0.02, 8),
+        ("fig1_tanh.base.grid", 0.005, None),
+        ("fig1_tanh.base.grid", 0.01, 8),
+        ("fig1_tanh.base.grid", 0.0025, 8),
+        ("fig1_tanh.base.grid", 0.02, 8),
         # tanh: 0.01 beat 0.005, so the rate on that side (0.02) runs before 0.0025.
-        ("fig1_tanh.grid", 0.005, None), ("fig1_tanh.grid", 0.01, 40),
-        ("fig1_tanh.grid", 0.02, 30), ("fig1_tanh.grid", 0.0025, 30),
+        ("fig1_tanh.grid", 0.005, None),
+        ("fig1_tanh.grid", 0.01, 40),
+        ("fig1_tanh.grid", 0.02, 30),
+        ("fig1_tanh.grid", 0.0025, 30),
     ]
     seeded = [(c[0], c[1], c[2], c[3]) for c in calls if c[1] != GRID_SEED]
     # ReLU: 0.0025 and 0.005 both need 8 epochs; 0.005 ends lower (0.25 - lr): chosen.
-    assert seeded == [("fig1_tanh.base", 0, 0.005, None), ("fig1_tanh.base", 1, 0.005, None),
-                      ("fig1_tanh", 0, 0.01, None), ("fig1_tanh", 1, 0.01, None)]
+    assert seeded == [
+        ("fig1_tanh.base", 0, 0.005, None),
+        ("fig1_tanh.base", 1, 0.005, None),
+        ("fig1_tanh", 0, 0.01, None),
+        ("fig1_tanh", 1, 0.01, None),
+    ]
 
 
 def test_the_next_grid_rate_is_the_untried_one_nearest_the_fastest():
@@ -196,8 +237,9 @@ def test_fig1_grid_grows_when_the_best_rate_is_at_its_edge(tmp_path, monkeypatch
 
     # Faster and faster towards high rates up to 0.08; tanh best inside the grid.
     relu = {0.0025: 20, 0.005: 15, 0.01: 10, 0.02: 6, 0.04: 5, 0.08: 4, 0.16: None}
-    calls = _fake_training(monkeypatch, lambda lr, act: relu[lr] if act == "relu" else
-                           {0.005: 40, 0.01: 30, 0.0025: 70, 0.02: 35}[lr])
+    calls = _fake_training(
+        monkeypatch, lambda lr, act: relu[lr] if act == "relu" else {0.005: 40, 0.01: 30, 0.0025: 70, 0.02: 35}[lr]
+    )
     Runner("cifar10", 1, tmp_path, verbose=0).run(["fig1_tanh"])
     relu_grid = [c[2] for c in calls if c[1] == GRID_SEED and c[0] == "fig1_tanh.base.grid"]
     assert relu_grid == [0.005, 0.01, 0.02, 0.0025, 0.04, 0.08, 0.16]  # towards the faster side first
@@ -221,10 +263,21 @@ def test_a_diverged_grid_rate_is_decided_once_and_travels_with_the_published_run
             raise train_lib.TrainingDiverged(f"the loss became nan (learning rate {lr})")
         n = {0.0025: 9, 0.005: 8, 0.01: 10}[lr] if act == "relu" else 30
         R.write_metrics_rows(run_dir, [{"epoch": e, "top1_err": 0.3} for e in range(n)])
-        res = {"status": "ok", "epochs": n, "epochs_to_target": n, "train_top1_err": 0.25, "censored": False,
-               "val_top1_err": 0.3, "val_top5_err": 0.1, "val_top1_err_10view": None,
-               "val_top5_err_10view": None, "train_top5_err": 0.1, "train_top1_err_clean": 0.25,
-               "wall_time_s": 1.0, "images_per_s": 1.0}
+        res = {
+            "status": "ok",
+            "epochs": n,
+            "epochs_to_target": n,
+            "train_top1_err": 0.25,
+            "censored": False,
+            "val_top1_err": 0.3,
+            "val_top5_err": 0.1,
+            "val_top1_err_10view": None,
+            "val_top5_err_10view": None,
+            "train_top5_err": 0.1,
+            "train_top1_err_clean": 0.25,
+            "wall_time_s": 1.0,
+            "images_per_s": 1.0,
+        }
         R.write_result(run_dir, {k: res.get(k) for k in R.RESULT_KEYS} | res)
         return res
 
@@ -242,8 +295,9 @@ def test_a_diverged_grid_rate_is_decided_once_and_travels_with_the_published_run
     # Published, they travel: a fresh runs root with the store trains nothing.
     res = R.publish(tmp_path / "runs", tmp_path / "results")
     pub = [d for d in res.copied if (d / R.FAILURE).exists()]
-    assert len(pub) == 2 and all(sorted(p.name for p in d.iterdir()) == sorted(
-        f for f in R.DIVERGED_FILES if f != R.METRICS) for d in pub)
+    assert len(pub) == 2 and all(
+        sorted(p.name for p in d.iterdir()) == sorted(f for f in R.DIVERGED_FILES if f != R.METRICS) for d in pub
+    )
     fresh = Runner("cifar10", 1, tmp_path / "fresh", verbose=0, published=[tmp_path / "results"])
     done = fresh.plan(names=["fig1_tanh"], baseline=False)
     assert done.todo == [] and done.pending == []  # both grids decided: nothing left to decide
@@ -275,10 +329,16 @@ def test_a_grid_run_that_diverges_when_extended_keeps_its_earlier_result(tmp_pat
     cfg.train.seed = GRID_SEED
     r = Runner("cifar10", 1, tmp_path, verbose=0)
     d = R.run_dir(tmp_path, "cifar10", "x.grid", cfg.fingerprint(), GRID_SEED)
-    R.write_config(d, cfg.to_dict(), {"preset": "cifar10", "label": "x.grid", "seed": GRID_SEED,
-                                      "fingerprint": cfg.fingerprint()})
-    earlier = {k: 0.0 for k in R.RESULT_KEYS} | {"status": "ok", "epochs": 8, "censored": True,
-                                                   "epochs_to_target": None, "train_top1_err": 0.3}
+    R.write_config(
+        d, cfg.to_dict(), {"preset": "cifar10", "label": "x.grid", "seed": GRID_SEED, "fingerprint": cfg.fingerprint()}
+    )
+    earlier = {k: 0.0 for k in R.RESULT_KEYS} | {
+        "status": "ok",
+        "epochs": 8,
+        "censored": True,
+        "epochs_to_target": None,
+        "train_top1_err": 0.3,
+    }
     R.write_result(d, earlier)
     R.write_failure(d, "diverged", {"epoch": 11})  # after the result: the extension diverged
     assert R.can_extend(d, 20) and R.is_diverged(d)
@@ -287,7 +347,6 @@ def test_a_grid_run_that_diverges_when_extended_keeps_its_earlier_result(tmp_pat
     # A seeded run (not a grid rate) in the same state is trained again.
     r.run_one("x.grid", cfg, GRID_SEED, epoch_limit=20)
     assert len(calls) == 1
-
 
 
 def test_an_ablation_of_an_unknown_kind_is_refused_naming_the_kinds(tmp_path, monkeypatch):
@@ -329,12 +388,16 @@ def test_the_lr_grid_plan_walks_each_arms_grid_then_its_seeds(tmp_path):
     plan = Runner("smoke", 3, tmp_path, verbose=0, published=[]).plan(["fig1_tanh"])
     walk = [(j.label, j.seed, j.cfg.train.learning_rate, j.epoch_limit) for j in plan.todo]
     middle_out = (0.005, 0.01, 0.0025, 0.02)
-    assert walk == ([("fig1_tanh.base.grid", GRID_SEED, lr, None) for lr in middle_out]
-                    + [("fig1_tanh.base", s, 0.0025, None) for s in range(3)]
-                    + [("fig1_tanh.grid", GRID_SEED, lr, None) for lr in middle_out]
-                    + [("fig1_tanh", s, 0.0025, None) for s in range(3)])
-    assert plan.pending == ["(Figure 1: grid rates stop early once they cannot win; the grid may grow by x2 at "
-                            "an edge, up to 3 more rates per arm)"]
+    assert walk == (
+        [("fig1_tanh.base.grid", GRID_SEED, lr, None) for lr in middle_out]
+        + [("fig1_tanh.base", s, 0.0025, None) for s in range(3)]
+        + [("fig1_tanh.grid", GRID_SEED, lr, None) for lr in middle_out]
+        + [("fig1_tanh", s, 0.0025, None) for s in range(3)]
+    )
+    assert plan.pending == [
+        "(Figure 1: grid rates stop early once they cannot win; the grid may grow by x2 at "
+        "an edge, up to 3 more rates per arm)"
+    ]
     # A seeded run at a rate is the same experiment as its grid run at that rate, one seed apart.
     by = {(j.label, j.cfg.train.learning_rate): j.run_dir.parent.name.rsplit("-", 1)[1] for j in plan.todo}
     for arm in ("fig1_tanh.base", "fig1_tanh"):
@@ -354,34 +417,51 @@ def test_a_new_fair_test_reuses_the_lr_grid_kind(tmp_path, monkeypatch):
     from ablations.registry import Ablation, Claim
     from reports import analysis
 
-    ab = Ablation(name="tanh_tuned", description="tanh instead of ReLU, each at its fastest rate",
-                  overrides={"model.activation": "tanh"}, presets=("smoke",), kind="lr_grid",
-                  base_overrides={"train.stop_at_train_error": 0.25}, lr_grid=(0.005, 0.01),
-                  arm_names=("ReLU", "tanh"), arm_title="Activation",
-                  claims={"*": Claim("§3.1", "tanh is worse at the same budget", top1=1.0)})
+    ab = Ablation(
+        name="tanh_tuned",
+        description="tanh instead of ReLU, each at its fastest rate",
+        overrides={"model.activation": "tanh"},
+        presets=("smoke",),
+        kind="lr_grid",
+        base_overrides={"train.stop_at_train_error": 0.25},
+        lr_grid=(0.005, 0.01),
+        arm_names=("ReLU", "tanh"),
+        arm_title="Activation",
+        claims={"*": Claim("§3.1", "tanh is worse at the same budget", top1=1.0)},
+    )
     monkeypatch.setitem(registry.ABLATIONS, ab.name, ab)
     plan = Runner("smoke", 2, tmp_path, verbose=0, published=[]).plan([ab.name])
     assert [(j.label, j.seed) for j in plan.todo] == (
-        [("tanh_tuned.base.grid", GRID_SEED)] * 2 + [("tanh_tuned.base", 0), ("tanh_tuned.base", 1)]
-        + [("tanh_tuned.grid", GRID_SEED)] * 2 + [("tanh_tuned", 0), ("tanh_tuned", 1)])
+        [("tanh_tuned.base.grid", GRID_SEED)] * 2
+        + [("tanh_tuned.base", 0), ("tanh_tuned.base", 1)]
+        + [("tanh_tuned.grid", GRID_SEED)] * 2
+        + [("tanh_tuned", 0), ("tanh_tuned", 1)]
+    )
     comp = analysis.compare("smoke", ab, {})
     assert [r.metric for r in comp.rows] == ["top-1", "top-5"] and comp.rows[0].role == "primary"
     fig = comp.extra
     assert fig.ratio is None and set(fig.grid) == {"relu", "tanh"}
     assert [(c.lr, c.status) for c in fig.grid["tanh"]] == [(0.005, "missing"), (0.01, "missing")]
-    assert kind_of(ab).missing(comp) == [("tanh_tuned.base.grid (lr 0.005)", GRID_SEED, "absent"),
-                                         ("tanh_tuned.base.grid (lr 0.01)", GRID_SEED, "absent"),
-                                         ("tanh_tuned.grid (lr 0.005)", GRID_SEED, "absent"),
-                                         ("tanh_tuned.grid (lr 0.01)", GRID_SEED, "absent")]
+    assert kind_of(ab).missing(comp) == [
+        ("tanh_tuned.base.grid (lr 0.005)", GRID_SEED, "absent"),
+        ("tanh_tuned.base.grid (lr 0.01)", GRID_SEED, "absent"),
+        ("tanh_tuned.grid (lr 0.005)", GRID_SEED, "absent"),
+        ("tanh_tuned.grid (lr 0.01)", GRID_SEED, "absent"),
+    ]
 
 
 def _finished_run(cfg, label, wall_s, epochs):
     from reproduce import runs
 
-    return runs.Run(path=Path("unused"), config=cfg.to_dict(),
-                    meta={"preset": "smoke", "label": label, "data_id": cfg.data_id()},
-                    env={"host": "h", "n_train": 640}, metrics=[{"epoch": i} for i in range(epochs)],
-                    result={"status": "ok", "wall_time_s": wall_s}, failure=None)
+    return runs.Run(
+        path=Path("unused"),
+        config=cfg.to_dict(),
+        meta={"preset": "smoke", "label": label, "data_id": cfg.data_id()},
+        env={"host": "h", "n_train": 640},
+        metrics=[{"epoch": i} for i in range(epochs)],
+        result={"status": "ok", "wall_time_s": wall_s},
+        failure=None,
+    )
 
 
 def test_history_for_estimates_is_this_host_and_device(tmp_path):
@@ -393,10 +473,12 @@ def test_history_for_estimates_is_this_host_and_device(tmp_path):
     from reproduce import runs as R
 
     here = socket.gethostname()
-    for name, env in (("same", {"host": here, "device": "CPU (A, 2 cores)"}),
-                      ("other_cpu", {"host": here, "device": "CPU (B, 2 cores)"}),
-                      ("no_device", {"host": here}),
-                      ("other_host", {"host": here + "-not", "device": "CPU (A, 2 cores)"})):
+    for name, env in (
+        ("same", {"host": here, "device": "CPU (A, 2 cores)"}),
+        ("other_cpu", {"host": here, "device": "CPU (B, 2 cores)"}),
+        ("no_device", {"host": here}),
+        ("other_host", {"host": here + "-not", "device": "CPU (A, 2 cores)"}),
+    ):
         d = tmp_path / "smoke" / f"{name}-0123456789" / "seed0"
         d.mkdir(parents=True)
         R.write_config(d, {}, {"preset": "smoke", "label": name, "seed": 0})
@@ -416,13 +498,19 @@ def test_the_estimate_takes_the_median_so_one_slowed_run_does_not_skew_it():
     cfg = get_config("smoke", ["train.epochs=4", "train.batch_size=64"])
     job = Job("baseline", 3, Path("unused"), cfg)
     # Three seeds of the same experiment, one of them slowed twice by a neighbour.
-    same = [_finished_run(get_config("smoke", ["train.epochs=4", "train.batch_size=64", f"train.seed={s}"]),
-                          "baseline", w, 4) for s, w in ((0, 100.0), (1, 110.0), (2, 400.0))]
+    same = [
+        _finished_run(
+            get_config("smoke", ["train.epochs=4", "train.batch_size=64", f"train.seed={s}"]), "baseline", w, 4
+        )
+        for s, w in ((0, 100.0), (1, 110.0), (2, 400.0))
+    ]
     assert history_estimate(job, same, 640) == (110.0, "history")
     # Another label of the preset, 2 epochs instead of 4: scaled by images seen
     # (per image: 50/1280, 55/1280, 300/1280 s; median 55/1280 s).
-    other = [_finished_run(get_config("smoke", ["train.epochs=2", "train.batch_size=64", "model.lrn=false"]),
-                           "no_lrn", w, 2) for w in (50.0, 55.0, 300.0)]
+    other = [
+        _finished_run(get_config("smoke", ["train.epochs=2", "train.batch_size=64", "model.lrn=false"]), "no_lrn", w, 2)
+        for w in (50.0, 55.0, 300.0)
+    ]
     est, kind = history_estimate(job, other, 640)
     assert kind == "scaled"
     assert est == pytest.approx(55.0 / 1280 * 4 * 640)
@@ -436,8 +524,7 @@ def test_a_run_to_a_target_is_estimated_from_its_own_arms_grid():
     from reproduce.config import get_config
 
     def cfg(*extra):
-        return get_config("smoke", ["train.epochs=60", "train.batch_size=64", "train.stop_at_train_error=0.25",
-                                    *extra])
+        return get_config("smoke", ["train.epochs=60", "train.batch_size=64", "train.stop_at_train_error=0.25", *extra])
 
     def run(label, wall, epochs, reached):
         r = _finished_run(cfg(), label, wall, epochs)
@@ -445,8 +532,11 @@ def test_a_run_to_a_target_is_estimated_from_its_own_arms_grid():
         return r
 
     relu = [run("fig1_tanh.base", 8.0, 8, True) for _ in range(5)]  # 1 s an epoch, 8 epochs
-    grid = [run("fig1_tanh.grid", 60.0, 30, True), run("fig1_tanh.grid", 40.0, 20, False),
-            run("fig1_tanh.grid", 36.0, 18, True)]  # 2 s an epoch; the fastest rate needed 18
+    grid = [
+        run("fig1_tanh.grid", 60.0, 30, True),
+        run("fig1_tanh.grid", 40.0, 20, False),
+        run("fig1_tanh.grid", 36.0, 18, True),
+    ]  # 2 s an epoch; the fastest rate needed 18
     job = Job("fig1_tanh", 0, Path("unused"), cfg("model.activation=tanh"))
     est, kind = history_estimate(job, relu + grid, 640)
     assert kind == "scaled" and est == pytest.approx(2.0 * 18)
@@ -466,8 +556,9 @@ def test_a_new_machine_times_known_target_epochs_at_its_calibrated_rate(tmp_path
     from ablations import plan as P
     from reproduce.config import get_config
 
-    cfg = get_config("smoke", ["train.epochs=60", "train.batch_size=64", "train.stop_at_train_error=0.25",
-                               "model.activation=tanh"])
+    cfg = get_config(
+        "smoke", ["train.epochs=60", "train.batch_size=64", "train.stop_at_train_error=0.25", "model.activation=tanh"]
+    )
     elsewhere = _finished_run(cfg, "fig1_tanh.grid", 36.0, 18)
     elsewhere.result["epochs_to_target"] = 18
     monkeypatch.setattr(P, "preset_history", lambda roots, preset: [elsewhere])  # host "h": not this one
@@ -510,15 +601,18 @@ def test_the_printed_total_adds_the_start_and_the_report_and_rounds_up(tmp_path)
     from ablations.plan import REPORT_S_PER_PRESET, Job, SuitePlan, print_plan, report_seconds
     from reproduce.config import get_config
 
-    jobs = [Job("baseline", s, tmp_path / str(s), get_config("smoke"), estimate_s=50.0,
-                estimate_kind="calibrated") for s in range(2)]
+    jobs = [
+        Job("baseline", s, tmp_path / str(s), get_config("smoke"), estimate_s=50.0, estimate_kind="calibrated")
+        for s in range(2)
+    ]
     plan = SuitePlan(todo=jobs, started_s=20.0, report_s=15.0)
     out = io.StringIO()
     print_plan(plan, "smoke", "CPU", out)
     line = next(x for x in out.getvalue().splitlines() if "estimated time" in x)
     # 135 s in all: 3 min (2 min would be the nearer whole minute, and below it)
-    assert line.endswith("3 min in all (calibrated): the runs ~2 min, then the report ~15 s, "
-                         "after the 20 s spent starting and measuring"), line
+    assert line.endswith(
+        "3 min in all (calibrated): the runs ~2 min, then the report ~15 s, after the 20 s spent starting and measuring"
+    ), line
 
     (tmp_path / "runs" / "cifar10").mkdir(parents=True)
     (tmp_path / "runs" / "report").mkdir()  # the report's own folder is no preset
@@ -530,8 +624,14 @@ def test_the_printed_total_adds_the_start_and_the_report_and_rounds_up(tmp_path)
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the process start is read from /proc")
 def test_the_time_already_spent_counts_from_the_process_start():
     code = "import time; time.sleep(1.5); from ablations.plan import process_seconds; print(process_seconds())"
-    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    p = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     assert 1.5 <= float(p.stdout) < 120  # the sleep before the import counts
 

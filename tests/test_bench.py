@@ -63,12 +63,12 @@ def test_bench_writes_its_results_file(tmp_path):
     assert saved.meta["backend"] == BACKEND and saved.rows == json.loads(json.dumps(rows))
     assert saved.errors == []
     assert "| step |" in bench.format_table(rows)
+
     # --append adds to what is there; with keep_going a failing row is recorded, not raised.
     def out_of_memory(job):
         raise RuntimeError(f"out of memory at batch {job.batch}")
 
-    more = bench.run(paths=["fit"], out=str(out), append=True, keep_going=True,
-                     measures={"fit": out_of_memory}, **TINY)
+    more = bench.run(paths=["fit"], out=str(out), append=True, keep_going=True, measures={"fit": out_of_memory}, **TINY)
     saved = benchfile.read(out)
     assert more == [] and len(saved.rows) == 2 and len(saved.errors) == 1
     assert saved.errors[0]["error"] == "RuntimeError: out of memory at batch 4"
@@ -78,11 +78,28 @@ def test_bench_writes_its_results_file(tmp_path):
 def test_results_file_round_trip_and_the_reports_table(tmp_path):
     """The report reads bench.json through reproduce.benchfile: after a failed row
     it shows the measurements, not the error list."""
-    row = {"backend": "jax", "device": "1 x NVIDIA H200", "precision": "mixed_bfloat16", "batch": 512,
-           "path": "step", "images_per_s": 24321.5, "mfu": 0.107, "steps": 30, "date": "2026-11-29",
-           "variant": "project", "step_ms": 21.05, "steps_per_execution": 1}
-    error = {"path": "fit", "variant": "project", "precision": "float32", "batch": 512, "label": "J8",
-             "error": "RuntimeError: out of memory"}
+    row = {
+        "backend": "jax",
+        "device": "1 x NVIDIA H200",
+        "precision": "mixed_bfloat16",
+        "batch": 512,
+        "path": "step",
+        "images_per_s": 24321.5,
+        "mfu": 0.107,
+        "steps": 30,
+        "date": "2026-11-29",
+        "variant": "project",
+        "step_ms": 21.05,
+        "steps_per_execution": 1,
+    }
+    error = {
+        "path": "fit",
+        "variant": "project",
+        "precision": "float32",
+        "batch": 512,
+        "label": "J8",
+        "error": "RuntimeError: out of memory",
+    }
     p = tmp_path / benchfile.FILE_NAME
     benchfile.write(p, benchfile.BenchFile({"tool": "reproduce.bench"}, [row], [error]))
     back = benchfile.read(p)
@@ -94,7 +111,7 @@ def test_results_file_round_trip_and_the_reports_table(tmp_path):
     from reports import build_report
 
     md = build_report(tmp_path, tmp_path / "report").markdown.read_text()
-    section = md[md.index("Throughput benchmark"):]
+    section = md[md.index("Throughput benchmark") :]
     assert "24321.5" in section and "step" in section
     assert "out of memory" not in section
 
@@ -118,10 +135,27 @@ def test_jax_bench_runs_without_tensorflow(tmp_path):
     ArrayBatches) must run with `import tensorflow` failing, and write its file."""
     out = tmp_path / "bench.json"
     env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT)}
-    args = ["--small", "--paths", "step,fit", "--precision", "float32", "--batch", "4",
-            "--steps", "2", "--warmup", "1", "--repeats", "1", "--out", str(out), "--quiet"]
-    p = subprocess.run([sys.executable, "-c", _NO_TF, *args], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
+    args = [
+        "--small",
+        "--paths",
+        "step,fit",
+        "--precision",
+        "float32",
+        "--batch",
+        "4",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--repeats",
+        "1",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    p = subprocess.run(
+        [sys.executable, "-c", _NO_TF, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     saved = benchfile.read(out)
     _check_rows(saved.rows, ["step", "fit"])
@@ -146,8 +180,10 @@ def test_two_cpus_of_one_model_name_are_told_apart_by_family_and_model():
     from reproduce.devices import cpu_name
 
     def cpuinfo(model):  # two processors, as Linux writes them
-        block = (f"processor\t: {{}}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\n"
-                 f"model\t\t: {model}\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2\n")
+        block = (
+            f"processor\t: {{}}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\n"
+            f"model\t\t: {model}\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2\n"
+        )
         return block.format(0) + "\n" + block.format(1).replace(f": {model}\n", ": 99\n")
 
     assert cpu_name(cpuinfo(17)) == "AMD EPYC, family 25 model 17"

@@ -48,9 +48,25 @@ def test_reproduce_without_data_stops_at_once_with_both_ways(tmp_path):
     import os
 
     env = {**os.environ, "REPRODUCE_OFFLINE": "1", "TFDS_DATA_DIR": str(tmp_path / "tfds")}
-    p = subprocess.run([sys.executable, "-m", "ablations", "reproduce", "--preset", "imagenette",
-                        "--seeds", "1", "--runs", str(tmp_path / "runs")],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ablations",
+            "reproduce",
+            "--preset",
+            "imagenette",
+            "--seeds",
+            "1",
+            "--runs",
+            str(tmp_path / "runs"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 2, p.stderr[-2000:]
     assert "offline" in p.stderr and "DATA_DIR" in p.stderr and "imagenette" in p.stderr
     assert not (tmp_path / "runs").exists()  # nothing half-made

@@ -29,8 +29,16 @@ def test_every_preset_resolves(preset):
 
 
 def test_overrides_are_parsed_and_typed():
-    cfg = C.get_config("imagenette", ["model.lrn=false", "train.epochs=3", "train.learning_rate=2e-3",
-                                      "train.step_epochs=2,5", "model.num_classes=none"])
+    cfg = C.get_config(
+        "imagenette",
+        [
+            "model.lrn=false",
+            "train.epochs=3",
+            "train.learning_rate=2e-3",
+            "train.step_epochs=2,5",
+            "model.num_classes=none",
+        ],
+    )
     assert cfg.model.lrn is False and cfg.train.epochs == 3
     assert cfg.train.learning_rate == pytest.approx(2e-3) and cfg.train.step_epochs == [2, 5]
     assert cfg.model.num_classes is None
@@ -171,8 +179,7 @@ def test_every_numeric_key_has_a_finite_range():
         ("train.seed=-1", "train.seed=-1 must be an integer in [0, 2147483647]"),
         ("train.weight_decay=nan", "train.weight_decay=nan must be a finite number >= 0"),
         ("train.stop_at_train_error=1.5", "train.stop_at_train_error=1.5 must be in [0, 1]"),
-        ("train.step_epochs=0,5", "train.step_epochs=[0, 5]: 0 is not allowed; every element "
-                                  "must be an integer >= 1"),
+        ("train.step_epochs=0,5", "train.step_epochs=[0, 5]: 0 is not allowed; every element must be an integer >= 1"),
         ("model.lrn_beta=-inf", "model.lrn_beta=-inf must be a finite number >= 0"),
     ],
 )
@@ -224,7 +231,13 @@ def test_every_command_starts_from_the_same_default_preset(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == C.get_config(C.DEFAULT_PRESET).to_dict()
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     makefile = Path(__file__).resolve().parent.parent / "Makefile"
-    p = subprocess.run(["make", "--no-print-directory", "-n", "-f", str(makefile), "train"], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=60, env=env)
+    p = subprocess.run(
+        ["make", "--no-print-directory", "-n", "-f", str(makefile), "train"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert p.returncode == 0, p.stderr
     assert re.search(r"-m reproduce train --preset (\S+)", p.stdout).group(1) == C.DEFAULT_PRESET

@@ -35,8 +35,7 @@ def _img(rng, h, w, mode="RGB"):
     return im.convert(mode) if mode != "RGB" else im
 
 
-def make_tree(base: Path, splits=("train", "val"), per_class=3, classes=CLASSES, corrupt=True,
-              top="mydata") -> Path:
+def make_tree(base: Path, splits=("train", "val"), per_class=3, classes=CLASSES, corrupt=True, top="mydata") -> Path:
     """<base>/<top>/<split>/<class>/<i>.<jpg|png|webp>, mixed sizes and modes."""
     rng = np.random.default_rng(0)
     root = base / top if top else base
@@ -197,8 +196,11 @@ def test_parallel_workers_match_inline_decoding(tmp_path, monkeypatch):
     monkeypatch.setenv("REPRODUCE_DATA_WORKERS", "2")
     from reproduce.data import imagefolder
 
-    for source, two_pass in ((src, False), (make_archive(src, tmp_path / "d.tar.xz"), False),
-                             (make_archive(src, tmp_path / "d.tar.gz"), True)):
+    for source, two_pass in (
+        (src, False),
+        (make_archive(src, tmp_path / "d.tar.xz"), False),
+        (make_archive(src, tmp_path / "d.tar.gz"), True),
+    ):
         # two_pass: too big to keep in memory -> list, then stream again to the workers
         monkeypatch.setattr(imagefolder, "STREAM_MEMORY_BYTES", 0 if two_pass else 1 << 30)
         n0 = data.decode_count()
@@ -273,8 +275,7 @@ def test_mean_image_and_pca_equal_numpy():
     np.testing.assert_allclose(st.pca_eigvals, w, rtol=1e-5)
     for i in range(3):  # eigenvectors up to sign
         assert abs(abs(float(st.pca_eigvecs[:, i] @ v[:, i])) - 1) < 1e-5
-        np.testing.assert_allclose(cov @ st.pca_eigvecs[:, i], w[i] * st.pca_eigvecs[:, i],
-                                   rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(cov @ st.pca_eigvecs[:, i], w[i] * st.pca_eigvecs[:, i], rtol=1e-4, atol=1e-3)
     assert st.pca_eigvals[0] >= st.pca_eigvals[1] >= st.pca_eigvals[2]
     assert st.num_pixels == 40 * 36 and st.num_images == 40
 
@@ -344,8 +345,9 @@ def test_subset_is_lazy_and_deterministic(tmp_path):
 
 
 def test_synthetic_is_deterministic_and_balanced():
-    c = DataConfig(source="synthetic", image_size=20, crop_size=16, synthetic_classes=5,
-                   synthetic_train=100, synthetic_val=20)
+    c = DataConfig(
+        source="synthetic", image_size=20, crop_size=16, synthetic_classes=5, synthetic_train=100, synthetic_val=20
+    )
     a, b = data.load(c), data.load(c)
     np.testing.assert_array_equal(a.train.images, b.train.images)
     assert a.train.images.shape == (100, 20, 20, 3) and a.val.images.shape == (20, 20, 20, 3)
@@ -359,22 +361,30 @@ def test_synthetic_is_learnable_through_augment():
     from reproduce.augment import Augment
     from reproduce.data import ArrayBatches
 
-    c = DataConfig(source="synthetic", image_size=20, crop_size=16, synthetic_classes=4,
-                   synthetic_train=384, synthetic_val=128)
+    c = DataConfig(
+        source="synthetic", image_size=20, crop_size=16, synthetic_classes=4, synthetic_train=384, synthetic_val=128
+    )
     d = data.load(c)
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((20, 20, 3), dtype="uint8"),
-        Augment(16, mean_image=d.stats.mean_image, pca_eigvals=d.stats.pca_eigvals,
-                pca_eigvecs=d.stats.pca_eigvecs, seed=0),
-        keras.layers.Rescaling(1 / 64.0),
-        keras.layers.Conv2D(8, 3, strides=2, activation="relu"),
-        keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dense(4),
-    ])
-    model.compile(keras.optimizers.Adam(0.02),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
+    model = keras.Sequential(
+        [
+            keras.Input((20, 20, 3), dtype="uint8"),
+            Augment(
+                16,
+                mean_image=d.stats.mean_image,
+                pca_eigvals=d.stats.pca_eigvals,
+                pca_eigvecs=d.stats.pca_eigvecs,
+                seed=0,
+            ),
+            keras.layers.Rescaling(1 / 64.0),
+            keras.layers.Conv2D(8, 3, strides=2, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(4),
+        ]
+    )
+    model.compile(
+        keras.optimizers.Adam(0.02), keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
+    )
     model.fit(ArrayBatches(d.train, batch_size=32, seed=0), epochs=4, verbose=0, shuffle=False)
     _, acc = model.evaluate(ArrayBatches(d.val, batch_size=64, shuffle=False), verbose=0)
     assert acc > 0.9, acc
@@ -461,8 +471,7 @@ assert "tensorflow" not in sys.modules
 print("ok")
 """
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                       timeout=120)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
 
 
@@ -507,7 +516,12 @@ def test_links_to_folders_are_followed_and_counted_by_the_identity_too(tmp_path)
     from reproduce.sources import image_files
 
     assert sorted(n for n in image_files(src / "train") if n.startswith("apple/")) == [
-        "apple/00.jpg", "apple/01.png", "apple/02.webp", "apple/deeper/x.png", "apple/deeper/y.png"]
+        "apple/00.jpg",
+        "apple/01.png",
+        "apple/02.webp",
+        "apple/deeper/x.png",
+        "apple/deeper/y.png",
+    ]
 
 
 def _png16(path: Path, a: np.ndarray) -> None:
@@ -543,8 +557,7 @@ def _huge_member_header(name: str, size: int) -> bytes:
 
 
 @pytest.mark.parametrize("ext", ["tar.gz", "tar"])
-def test_a_huge_archive_member_is_refused_from_its_header_without_reading_it(
-        tmp_path, ext, monkeypatch):
+def test_a_huge_archive_member_is_refused_from_its_header_without_reading_it(tmp_path, ext, monkeypatch):
     """A 3 GB member (its tar header says so; a .tar.gz of it is tiny) is refused
     before a byte of it is read: reading first used gigabytes of memory."""
     src = make_tree(tmp_path / "src", corrupt=False)
@@ -565,13 +578,16 @@ def test_a_huge_archive_member_is_refused_from_its_header_without_reading_it(
         out.write_bytes(gzip.compress(body + _huge_member_header(member, size)))  # header only
     read = []
     real_extractfile = tarfile.TarFile.extractfile
-    monkeypatch.setattr(tarfile.TarFile, "extractfile",
-                        lambda self, m: read.append(m.name) or real_extractfile(self, m))
+    monkeypatch.setattr(
+        tarfile.TarFile, "extractfile", lambda self, m: read.append(m.name) or real_extractfile(self, m)
+    )
     with pytest.raises(DataError) as e:
         data.load(cfg(out, tmp_path))
     msg = str(e.value)
-    assert (f"the member 'mydata/train/apple/huge.png' of the archive {out} is 3,072.0 MiB "
-            f"({size} bytes), more than the 64.0 MiB one image file may have") in msg
+    assert (
+        f"the member 'mydata/train/apple/huge.png' of the archive {out} is 3,072.0 MiB "
+        f"({size} bytes), more than the 64.0 MiB one image file may have"
+    ) in msg
     assert "Remove it from the archive" in msg
     assert member not in read
 
@@ -581,10 +597,12 @@ def test_the_image_size_cap_applies_to_zip_members_and_folder_files(tmp_path, mo
     src = make_tree(tmp_path / "src", corrupt=False)
     big = src / "mydata" / "train" / "apple" / "big.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(big)
-    assert big.stat().st_size > 1024 and all(
-        p.stat().st_size <= 1024 for p in src.rglob("0*.*"))
-    with pytest.raises(DataError, match=r"the member 'train/apple/big.png' of the archive .*d.zip "
-                                        r"is [0-9.]+ KiB \([0-9]+ bytes\), more than the 1.0 KiB"):
+    assert big.stat().st_size > 1024 and all(p.stat().st_size <= 1024 for p in src.rglob("0*.*"))
+    with pytest.raises(
+        DataError,
+        match=r"the member 'train/apple/big.png' of the archive .*d.zip "
+        r"is [0-9.]+ KiB \([0-9]+ bytes\), more than the 1.0 KiB",
+    ):
         data.load(cfg(make_archive(src / "mydata", tmp_path / "d.zip"), tmp_path))
     # a folder: that file is an unreadable one, named (one of 10: tolerated at 20%)
     monkeypatch.setenv("REPRODUCE_MAX_BAD_FRACTION", "0.2")
@@ -611,8 +629,10 @@ def test_a_cache_built_under_a_raised_tolerance_says_so_when_reused(tmp_path, mo
     with pytest.warns(UserWarning) as rec:
         arr = data.load_split(cfg(src, tmp_path), "train")
     (msg,) = [str(w.message) for w in rec]
-    assert (f"the cache entry {arr.cache_path} was built skipping 1 of 10 unreadable images "
-            f"(10.0%), more than the 1% allowed now") in msg
+    assert (
+        f"the cache entry {arr.cache_path} was built skipping 1 of 10 unreadable images "
+        f"(10.0%), more than the 1% allowed now"
+    ) in msg
     assert "REPRODUCE_MAX_BAD_FRACTION" in msg and "delete it to rebuild" in msg
 
 

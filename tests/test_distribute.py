@@ -36,8 +36,9 @@ TOL = 1e-5
 
 
 def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("TF_CONFIG", "KERAS_DISTRIBUTION_", "JAX_COORDINATOR"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("TF_CONFIG", "KERAS_DISTRIBUTION_", "JAX_COORDINATOR"))
+    }
     env.update(KERAS_BACKEND=BACKEND, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
     env.update(extra)
     return env
@@ -50,8 +51,9 @@ def _free_port() -> int:
 
 
 def _start(args, env, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(WORKER), *args], env=env, cwd=ROOT,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), *args], env=env, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT
+    )
 
 
 def _wait(procs: dict, logs: dict) -> None:
@@ -64,8 +66,7 @@ def _wait(procs: dict, logs: dict) -> None:
                 p.kill()
     failed = {n: p.returncode for n, p in procs.items() if p.returncode}
     if failed:
-        tails = "\n".join(f"--- {n} (exit {failed[n]}):\n" + logs[n].read_text()[-3000:]
-                          for n in failed)
+        tails = "\n".join(f"--- {n} (exit {failed[n]}):\n" + logs[n].read_text()[-3000:] for n in failed)
         raise AssertionError(f"subprocess failed: {failed}\n{tails}")
 
 
@@ -97,8 +98,7 @@ def two_devices(tmp_path_factory):
 
     def produce(d):
         out, log = d / "equivalence.json", d / "equivalence.log"
-        p = _start(["equivalence", str(out), "towers", "mirrored", f"--train={d / 'runs'}"],
-                   _two_device_env(), log)
+        p = _start(["equivalence", str(out), "towers", "mirrored", f"--train={d / 'runs'}"], _two_device_env(), log)
         _wait({"equivalence": p}, {"equivalence": log})
         return json.loads(out.read_text())
 
@@ -107,12 +107,16 @@ def two_devices(tmp_path_factory):
 
 def _cluster_env(index: int, ports: list) -> dict:
     if BACKEND == "tensorflow":
-        tf_config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-                     "task": {"type": "worker", "index": index}}
+        tf_config = {
+            "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+            "task": {"type": "worker", "index": index},
+        }
         return _env(TF_CONFIG=json.dumps(tf_config))
-    return _env(KERAS_DISTRIBUTION_JOB_ADDRESSES=f"127.0.0.1:{ports[0]}",
-                KERAS_DISTRIBUTION_NUM_PROCESSES="2",
-                KERAS_DISTRIBUTION_PROCESS_ID=str(index))
+    return _env(
+        KERAS_DISTRIBUTION_JOB_ADDRESSES=f"127.0.0.1:{ports[0]}",
+        KERAS_DISTRIBUTION_NUM_PROCESSES="2",
+        KERAS_DISTRIBUTION_PROCESS_ID=str(index),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +131,7 @@ def multiworker(tmp_path_factory):
     def produce(d):
         ports = [_free_port(), _free_port()]
         procs, logs = {}, {}
-        for name, env in (("worker0", _cluster_env(0, ports)), ("worker1", _cluster_env(1, ports)),
-                          ("single", _env())):
+        for name, env in (("worker0", _cluster_env(0, ports)), ("worker1", _cluster_env(1, ports)), ("single", _env())):
             logs[name] = d / f"{name}.log"
             scheme = "none" if name == "single" else "multiworker"
             procs[name] = _start(["train", str(d / name), scheme], env, logs[name])
@@ -259,8 +262,7 @@ def test_towers_variables_and_ops_on_their_devices(two_devices):
             if device_of(i_name, ops[i_name]["device"]) != d:
                 crossings.add((_layer_of(i_name), _layer_of(o["name"]), o["type"]))
     assert crossings, "no cross-device traffic at all: the towers were not split"
-    bad = {c for c in crossings
-           if not (CROSS_TALK.match(c[0] or "") or CROSS_TALK.match(c[1] or ""))}
+    bad = {c for c in crossings if not (CROSS_TALK.match(c[0] or "") or CROSS_TALK.match(c[1] or ""))}
     assert not bad, f"cross-device traffic outside conv3 and fc6-fc8: {sorted(bad, key=str)}"
 
 
@@ -309,8 +311,10 @@ def test_multiworker_state_resumes_on_one_device(multiworker):
     cfg = get_config("smoke", list(SMOKE_RUN))  # the workers' net (dropout=0 has no RNG state)
     data = load(cfg.data)
     model, _ = build_training_model(cfg, data.stats, data.num_classes)
-    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     info = load_state(state.parent.parent, model)
     assert info["completed_epochs"] == 1
     got = [np.asarray(v.numpy()) for v in state_variables(model)]
@@ -326,8 +330,7 @@ def _one_device() -> bool:
     return len(distribute.local_devices()) == 1
 
 
-@pytest.mark.parametrize("scheme,needs", [("towers", "needs 2 devices"),
-                                          ("mirrored", "needs at least 2 devices")])
+@pytest.mark.parametrize("scheme,needs", [("towers", "needs 2 devices"), ("mirrored", "needs at least 2 devices")])
 def test_too_few_devices_is_a_clear_error(scheme, needs):
     if not _one_device():
         pytest.skip("this process sees several devices")
@@ -348,8 +351,13 @@ def test_towers_needs_the_two_tower_net():
 
 def test_multiworker_without_cluster_is_a_clear_error(monkeypatch):
     cfg = get_config("smoke", {"distribute.scheme": "multiworker"})
-    for k in ("TF_CONFIG", "KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES",
-              "KERAS_DISTRIBUTION_PROCESS_ID", "JAX_COORDINATOR_ADDRESS"):
+    for k in (
+        "TF_CONFIG",
+        "KERAS_DISTRIBUTION_JOB_ADDRESSES",
+        "KERAS_DISTRIBUTION_NUM_PROCESSES",
+        "KERAS_DISTRIBUTION_PROCESS_ID",
+        "JAX_COORDINATOR_ADDRESS",
+    ):
         monkeypatch.delenv(k, raising=False)
     if BACKEND == "tensorflow":
         with pytest.raises(distribute.DistributeError, match="TF_CONFIG"):
@@ -380,9 +388,12 @@ def test_process_batches_split_each_global_batch():
     x = np.arange(40, dtype=np.uint8).reshape(40, 1, 1, 1)
     y = np.arange(40, dtype=np.int32)
     full = ArrayBatches(x, y, 8, shuffle=True, seed=3, workers=1)
-    parts = [distribute.process_batches(ArrayBatches(x, y, 8, shuffle=True, seed=3, workers=1),
-                                        num_devices=2, num_processes=2, process_index=i)
-             for i in range(2)]
+    parts = [
+        distribute.process_batches(
+            ArrayBatches(x, y, 8, shuffle=True, seed=3, workers=1), num_devices=2, num_processes=2, process_index=i
+        )
+        for i in range(2)
+    ]
     assert len(parts[0]) == len(full) == 5
     for i in range(len(full)):
         fx, fy = full[i]

@@ -61,8 +61,9 @@ def _commands(text: str) -> list:
     return [c for c in map(_command, _snippets(text)) if c is not None]
 
 
-DOC_COMMANDS = sorted({c for path in DOCS for c in _commands(path.read_text())}
-                      | {c for p in PRESETS.values() for c in _commands(p.doc)})
+DOC_COMMANDS = sorted(
+    {c for path in DOCS for c in _commands(path.read_text())} | {c for p in PRESETS.values() for c in _commands(p.doc)}
+)
 MAKE = [args for kind, args in DOC_COMMANDS if kind == "make"]
 PYTHON = [(kind, args) for kind, args in DOC_COMMANDS if kind != "make"]
 
@@ -70,27 +71,40 @@ PYTHON = [(kind, args) for kind, args in DOC_COMMANDS if kind != "make"]
 @cache
 def _make_n(args: tuple) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}  # under `make test`
-    return subprocess.run(["make", "--no-print-directory", "-n", "-f", str(ROOT / "Makefile"), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    return subprocess.run(
+        ["make", "--no-print-directory", "-n", "-f", str(ROOT / "Makefile"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
 
 
 def _option(args, name):
     """The values given to option `name` (up to the next option) in an argument list."""
     if name not in args:
         return None
-    rest = args[args.index(name) + 1:]
-    return list(rest[:next((i for i, a in enumerate(rest) if a.startswith("-")), len(rest))])
+    rest = args[args.index(name) + 1 :]
+    return list(rest[: next((i for i, a in enumerate(rest) if a.startswith("-")), len(rest))])
 
 
 def test_the_commands_of_a_text_are_found():
-    text = ("Run `make reproduce\nPRESET=smoke` or ``python -m reproduce\n   presets``.\n\n```sh\n"
-            "KERAS_BACKEND=jax .venv/bin/python -m ablations run a \\\n  --preset smoke   # a comment\n"
-            "make reproduce ... DATA_DIR=... SET=\"a=1 b=2\"\nruff check .\n```\n")
-    assert _commands(text) == [("ablations", ("run", "a", "--preset", "smoke")),
-                               ("make", ("reproduce", "DATA_DIR=...", "SET=a=1 b=2")),
-                               ("make", ("reproduce", "PRESET=smoke")), ("reproduce", ("presets",))]
-    assert _command('ssh h "cd x && .venv/bin/python -m ablations run a --worker $i/3" & done; wait') == \
-        ("ablations", ("run", "a", "--worker", "i/3"))
+    text = (
+        "Run `make reproduce\nPRESET=smoke` or ``python -m reproduce\n   presets``.\n\n```sh\n"
+        "KERAS_BACKEND=jax .venv/bin/python -m ablations run a \\\n  --preset smoke   # a comment\n"
+        'make reproduce ... DATA_DIR=... SET="a=1 b=2"\nruff check .\n```\n'
+    )
+    assert _commands(text) == [
+        ("ablations", ("run", "a", "--preset", "smoke")),
+        ("make", ("reproduce", "DATA_DIR=...", "SET=a=1 b=2")),
+        ("make", ("reproduce", "PRESET=smoke")),
+        ("reproduce", ("presets",)),
+    ]
+    assert _command('ssh h "cd x && .venv/bin/python -m ablations run a --worker $i/3" & done; wait') == (
+        "ablations",
+        ("run", "a", "--worker", "i/3"),
+    )
     assert MAKE and PYTHON  # the docs give both kinds, so the tests below test something
 
 
@@ -132,17 +146,31 @@ def _check_config(kind, args):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("module, sub", sorted({(k, a[0] if a and not a[0].startswith("-") else "")
-                                                for k, a in PYTHON}), ids=lambda x: x or "-")
+@pytest.mark.parametrize(
+    "module, sub",
+    sorted({(k, a[0] if a and not a[0].startswith("-") else "") for k, a in PYTHON}),
+    ids=lambda x: x or "-",
+)
 def test_a_documented_python_command_parses(module, sub):
     """`python -m module [subcommand] --help` works and lists every option the docs
     give it."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    p = subprocess.run([sys.executable, "-m", module, *([sub] if sub else []), "--help"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300, env=env)
+    p = subprocess.run(
+        [sys.executable, "-m", module, *([sub] if sub else []), "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
-    given = {a.split("=", 1)[0] for k, args in PYTHON if k == module and (args[:1] == (sub,) or not sub)
-             for a in args if a.startswith("--")}
+    given = {
+        a.split("=", 1)[0]
+        for k, args in PYTHON
+        if k == module and (args[:1] == (sub,) or not sub)
+        for a in args
+        if a.startswith("--")
+    }
     missing = [o for o in sorted(given) if not re.search(rf"(?<![\w-]){re.escape(o)}(?![\w-])", p.stdout)]
     assert not missing, (missing, p.stdout)
 
@@ -156,6 +184,9 @@ def test_a_preset_docstring_gives_a_command_that_runs_it(name):
         p = _make_n(args)
         assert p.returncode == 0, p.stderr
         cmds += [c for c in map(_command, p.stdout.splitlines()) if c is not None]
-    ran = [(_option(args, "--preset") or [DEFAULT_PRESET])[0] for kind, args in cmds
-           if kind in ("reproduce", "ablations") and args[:1] in TRAINS]
+    ran = [
+        (_option(args, "--preset") or [DEFAULT_PRESET])[0]
+        for kind, args in cmds
+        if kind in ("reproduce", "ablations") and args[:1] in TRAINS
+    ]
     assert ran and set(ran) == {name}, ran

@@ -68,8 +68,9 @@ def test_each_of_two_processes_reads_half_the_rows_of_each_global_batch():
     seen = []
     for p in range(2):
         images = CountingRows(40)
-        part = distribute.process_batches(ArrayBatches(images, y, 8, seed=3, workers=1),
-                                          num_devices=2, num_processes=2, process_index=p)
+        part = distribute.process_batches(
+            ArrayBatches(images, y, 8, seed=3, workers=1), num_devices=2, num_processes=2, process_index=p
+        )
         seen.append([part[i] for i in range(len(part))])
         assert images.rows_read == 20  # 5 batches x 4 rows, not 5 x 8
     for i in range(len(full)):
@@ -117,16 +118,14 @@ def _fit_labels(feed, steps_per_epoch, initial_epoch=1, epochs=3):
 
     x = np.zeros((37, 4, 4, 3), np.uint8)
     y = np.arange(37, dtype=np.int32)  # a label names its example
-    batches = ArrayBatches(x, y, 8, seed=5, epoch=initial_epoch, drop_remainder=True,
-                           steps_per_epoch=steps_per_epoch)
+    batches = ArrayBatches(x, y, 8, seed=5, epoch=initial_epoch, drop_remainder=True, steps_per_epoch=steps_per_epoch)
     model = LabelsSeen()
     model.compile(run_eagerly=True)
     callbacks = []
     if feed == "tf.data":
         batches, feed_epoch = tf_dataset(batches)
         callbacks.append(feed_epoch)
-    model.fit(batches, epochs=epochs, initial_epoch=initial_epoch, shuffle=False, verbose=0,
-              callbacks=callbacks)
+    model.fit(batches, epochs=epochs, initial_epoch=initial_epoch, shuffle=False, verbose=0, callbacks=callbacks)
     return model.seen
 
 
@@ -145,7 +144,7 @@ def test_the_tf_data_feed_gives_fit_the_same_batches_as_the_pydataset(steps_per_
     for epoch in (1, 2):
         for i in range(per_epoch):
             p, b = divmod((epoch + 1) * per_epoch + i, 4)
-            want.append(np.sort(epoch_permutation(37, 5, p)[8 * b:8 * b + 8]))
+            want.append(np.sort(epoch_permutation(37, 5, p)[8 * b : 8 * b + 8]))
     assert len(keras_feed) == len(tf_feed) == len(want) == 2 * per_epoch
     for k, (a, b, w) in enumerate(zip(keras_feed, tf_feed, want)):
         np.testing.assert_array_equal(a, w, err_msg=f"step {k}")
@@ -164,8 +163,7 @@ def test_training_through_tf_data_computes_what_the_pydataset_feed_does(tmp_path
         train_lib.train(cfg, tmp_path / feed, verbose=0)
         rows = runs.read_metrics_rows(tmp_path / feed)
         with np.load(runs.state_path(tmp_path / feed)) as z:
-            out[feed] = ([(r["loss"], r["top1_err"]) for r in rows],
-                         {k: z[k] for k in z.files if k != "info"})
+            out[feed] = ([(r["loss"], r["top1_err"]) for r in rows], {k: z[k] for k in z.files if k != "info"})
     assert len(out["keras"][0]) == 2
     assert out["tf.data"][0] == out["keras"][0]
     for k, v in out["keras"][1].items():
@@ -181,7 +179,7 @@ def _fit_batch_labels(epoch, per_epoch):
     out = []
     for i in range(per_epoch):
         p, b = divmod((epoch + 1) * per_epoch + i, 4)
-        out.append(np.sort(epoch_permutation(37, 5, p)[8 * b:8 * b + 8]))
+        out.append(np.sort(epoch_permutation(37, 5, p)[8 * b : 8 * b + 8]))
     return out
 
 
@@ -208,15 +206,13 @@ def _step_feed_labels(steps_per_epoch, initial_epoch, epochs=3):
 
     y = np.arange(37, dtype=np.int32)  # a label names its example, and so does its image
     x = np.broadcast_to(y[:, None, None, None], (37, 4, 4, 3)).astype(np.uint8)
-    batches = ArrayBatches(x, y, 8, seed=5, epoch=initial_epoch, drop_remainder=True,
-                           steps_per_epoch=steps_per_epoch)
+    batches = ArrayBatches(x, y, 8, seed=5, epoch=initial_epoch, drop_remainder=True, steps_per_epoch=steps_per_epoch)
     record = RecordInput()
     model = keras.Sequential([keras.Input((4, 4, 3), dtype="uint8"), record, keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse", run_eagerly=True)
     feed, feed_epoch = step_feed(batches, initial_epoch, threads=3)
     try:
-        model.fit(feed, epochs=epochs, initial_epoch=initial_epoch, shuffle=False, verbose=0,
-                  callbacks=[feed_epoch])
+        model.fit(feed, epochs=epochs, initial_epoch=initial_epoch, shuffle=False, verbose=0, callbacks=[feed_epoch])
     finally:
         feed.close()
     return record.seen
@@ -250,7 +246,7 @@ def test_a_step_feed_batch_depends_on_its_epoch_and_step_not_on_what_was_read_ah
         for epoch, i in [(2, 0), (2, 1), (7, 1), (2, 3), (3, 0), (3, 0), (0, 2)]:
             feed.set_epoch(epoch)
             _, labels = feed[i]
-            want = np.sort(epoch_permutation(37, 5, epoch)[8 * i:8 * i + 8])
+            want = np.sort(epoch_permutation(37, 5, epoch)[8 * i : 8 * i + 8])
             np.testing.assert_array_equal(labels, want, err_msg=f"{(epoch, i)}")
         with pytest.raises(IndexError, match="batch 4 of 4"):
             feed[4]
@@ -457,8 +453,7 @@ def test_shards_hold_the_images_and_read_back_in_a_seeded_order(tmp_path):
     base = np.linspace(0, 255, 32)[None, :, None] * np.ones((32, 1, 3))
     images = np.stack([np.roll(base, k, axis=1) for k in range(10)]).astype(np.uint8)
     labels = rng.integers(0, 3, 10)
-    entry = shards.write_split(tmp_path, "train", [(images[:6], labels[:6]), (images[6:], labels[6:])],
-                               per_shard=4)
+    entry = shards.write_split(tmp_path, "train", [(images[:6], labels[:6]), (images[6:], labels[6:])], per_shard=4)
     shards.write_manifest(tmp_path, 32, ["a", "b", "c"], {"train": entry})
     assert entry["n"] == 10 and len(entry["files"]) == 3
 
@@ -520,8 +515,9 @@ def test_shards_are_a_data_source_that_reads_back_what_was_written(shards_folder
     folder, out = shards_folder
 
     def cfg(source, **kw):
-        return DataConfig(source=str(source), image_size=76, crop_size=67, val_split="val",
-                          cache_dir=str(tmp_path / "cache"), **kw)
+        return DataConfig(
+            source=str(source), image_size=76, crop_size=67, val_split="val", cache_dir=str(tmp_path / "cache"), **kw
+        )
 
     orig = data.load(cfg(folder))  # the folder's own decode, at the same S
     cached = data.load(cfg(out))
@@ -533,8 +529,9 @@ def test_shards_are_a_data_source_that_reads_back_what_was_written(shards_folder
         assert np.abs(np.asarray(b.images, int) - np.asarray(a.images)).mean() < 2  # JPEG q95
     # The cache holds exactly the JPEGs decoded, record by record, in the order written.
     m = json.loads((out / "shards.json").read_text())
-    records = [r for f in m["splits"]["train"]["files"]
-               for r in tf.data.TFRecordDataset(str(out / f)).as_numpy_iterator()]
+    records = [
+        r for f in m["splits"]["train"]["files"] for r in tf.data.TFRecordDataset(str(out / f)).as_numpy_iterator()
+    ]
     for i in (0, 17, 47):
         ex = tf.train.Example.FromString(records[i])
         img = tf.io.decode_jpeg(ex.features.feature["image"].bytes_list.value[0], channels=3)
@@ -548,8 +545,10 @@ def test_shards_are_a_data_source_that_reads_back_what_was_written(shards_folder
     assert isinstance(streamed.val, data.ImageArrays)  # evaluation indexes it
     plain = list(streamed.train.dataset(16, shuffle=False).as_numpy_iterator())
     np.testing.assert_array_equal(np.concatenate([x for x, _ in plain]), cached.train.images)
-    epochs = [np.concatenate([y for _, y in streamed.train.dataset(16, seed=3, epoch=e)
-                              .as_numpy_iterator()]) for e in (0, 0, 1)]
+    epochs = [
+        np.concatenate([y for _, y in streamed.train.dataset(16, seed=3, epoch=e).as_numpy_iterator()])
+        for e in (0, 0, 1)
+    ]
     np.testing.assert_array_equal(epochs[0], epochs[1])
     assert not np.array_equal(epochs[0], epochs[2])
     np.testing.assert_array_equal(np.sort(epochs[2]), np.sort(cached.train.labels))
@@ -559,8 +558,8 @@ def test_shards_are_a_data_source_that_reads_back_what_was_written(shards_folder
     sub_cached = data.load(cfg(out, max_train=20)).train
     assert len(sub_stream) == len(sub_cached) == 20
     np.testing.assert_array_equal(
-        np.concatenate([x for x, _ in sub_stream.dataset(8, shuffle=False).as_numpy_iterator()]),
-        sub_cached.images)
+        np.concatenate([x for x, _ in sub_stream.dataset(8, shuffle=False).as_numpy_iterator()]), sub_cached.images
+    )
 
     # Identity by content: a copy elsewhere is the same dataset, re-encoded shards are not.
     ident = data_identity(str(out))
@@ -569,13 +568,13 @@ def test_shards_are_a_data_source_that_reads_back_what_was_written(shards_folder
     assert data_identity(str(tmp_path / "copy")) == ident
     from reproduce.data import shards
 
-    shards.main([str(folder), str(tmp_path / "q80"), "--size", "76", "--val-split", "val",
-                 "--quality", "80"])
+    shards.main([str(folder), str(tmp_path / "q80"), "--size", "76", "--val-split", "val", "--quality", "80"])
     assert data_identity(str(tmp_path / "q80")).startswith("shards:")
     assert data_identity(str(tmp_path / "q80")) != ident
     with pytest.raises(data.DataError, match=r"hold 76x76 images, but data.image_size=64"):
-        data.load(DataConfig(source=str(out), image_size=64, crop_size=56, val_split="val",
-                             cache_dir=str(tmp_path / "cache")))
+        data.load(
+            DataConfig(source=str(out), image_size=64, crop_size=56, val_split="val", cache_dir=str(tmp_path / "cache"))
+        )
 
 
 def test_the_smoke_preset_trains_from_streamed_shards(shards_folder, tmp_path, monkeypatch):
@@ -585,8 +584,7 @@ def test_the_smoke_preset_trains_from_streamed_shards(shards_folder, tmp_path, m
     _, out = shards_folder
     monkeypatch.setenv("REPRODUCE_STREAM", "1")
     monkeypatch.setenv("REPRODUCE_CACHE", str(tmp_path / "cache"))
-    cfg = get_config("smoke", [f"data.source={out}", "data.val_split=val", "train.epochs=1",
-                               "eval.ten_view=false"])
+    cfg = get_config("smoke", [f"data.source={out}", "data.val_split=val", "train.epochs=1", "eval.ten_view=false"])
     result = train(cfg, tmp_path / "run", verbose=0)
     assert result["status"] == "ok" and result["epochs"] == 1
     rows = runs.read_metrics_rows(tmp_path / "run")

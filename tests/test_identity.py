@@ -28,8 +28,7 @@ pytestmark = pytest.mark.one_backend
 N = 40
 
 
-def _store(root: Path, label: str, cfg, seed: int, wrong: int, drop_keys=(), data_id=None,
-           host="machine-a") -> Path:
+def _store(root: Path, label: str, cfg, seed: int, wrong: int, drop_keys=(), data_id=None, host="machine-a") -> Path:
     """A finished run as older code on another machine would have stored it: its
     config.json lacks `drop_keys` (keys added to the tree since)."""
     cfg = cfg.copy()
@@ -41,19 +40,29 @@ def _store(root: Path, label: str, cfg, seed: int, wrong: int, drop_keys=(), dat
     data_id = data_id or cfg.data.source
     fp = fingerprint_of(experiment_identity(d, data_id))
     path = R.run_dir(root, "smoke", label, fp, seed)
-    R.write_config(path, d, {"preset": "smoke", "label": label, "seed": seed,
-                             "fingerprint": fp, "data_id": data_id})
+    R.write_config(path, d, {"preset": "smoke", "label": label, "seed": seed, "fingerprint": fp, "data_id": data_id})
     R.write_env(path, {"date": "2026-01-01T00:00:00+00:00", "host": host})
     R.write_metrics_rows(path, [{"epoch": 0, "top1_err": 0.5, "val_top1_err": 0.5}])
     ok = np.ones(N, bool)
     ok[:wrong] = False
-    R.write_val_correct(path, labels=np.arange(N) % 4, top1_center=ok, top5_center=ok,
-                        top1_10view=ok, top5_10view=ok)
-    R.write_result(path, {"status": "ok", "epochs": 1, "val_top1_err": wrong / N,
-                          "val_top5_err": wrong / N, "val_top1_err_10view": wrong / N,
-                          "val_top5_err_10view": wrong / N, "train_top1_err": 0.5,
-                          "train_top5_err": 0.5, "train_top1_err_clean": 0.5,
-                          "wall_time_s": 1.0, "images_per_s": 1.0, "epochs_to_target": None})
+    R.write_val_correct(path, labels=np.arange(N) % 4, top1_center=ok, top5_center=ok, top1_10view=ok, top5_10view=ok)
+    R.write_result(
+        path,
+        {
+            "status": "ok",
+            "epochs": 1,
+            "val_top1_err": wrong / N,
+            "val_top5_err": wrong / N,
+            "val_top1_err_10view": wrong / N,
+            "val_top5_err_10view": wrong / N,
+            "train_top1_err": 0.5,
+            "train_top5_err": 0.5,
+            "train_top1_err_clean": 0.5,
+            "wall_time_s": 1.0,
+            "images_per_s": 1.0,
+            "epochs_to_target": None,
+        },
+    )
     return path
 
 
@@ -116,8 +125,9 @@ def test_same_name_other_data_trains_again_same_archive_elsewhere_does_not(tmp_p
     assert run(c).trained == 1  # another dataset with the same file name: trained
     dirs = sorted(p.parent.parent.name for p in (tmp_path / "runs").rglob(R.RESULT))
     assert len(dirs) == 2 and dirs[0] != dirs[1]
-    ids = {json.loads((p.parent / R.CONFIG).read_text())["meta"]["data_id"]
-           for p in (tmp_path / "runs").rglob(R.RESULT)}
+    ids = {
+        json.loads((p.parent / R.CONFIG).read_text())["meta"]["data_id"] for p in (tmp_path / "runs").rglob(R.RESULT)
+    }
     assert len(ids) == 2 and all(i.startswith("sha256:") for i in ids)
 
 
@@ -133,8 +143,7 @@ def test_publish_copies_small_files_of_finished_runs_and_the_runner_skips_them(t
     assert len(res.copied) == 1 and len(res.skipped) == 1
     dst = res.copied[0]
     assert dst == tmp_path / "results" / done.relative_to(tmp_path / "runs")
-    assert sorted(p.name for p in dst.iterdir()) == sorted(
-        f for f in R.PUBLISHED_FILES if (done / f).exists())
+    assert sorted(p.name for p in dst.iterdir()) == sorted(f for f in R.PUBLISHED_FILES if (done / f).exists())
     assert (done / R.RESULT).read_bytes() == (dst / R.RESULT).read_bytes()
     # publishing again changes nothing; a different copy of the same run is kept out
     again = R.publish(tmp_path / "runs", tmp_path / "results")
@@ -146,4 +155,5 @@ def test_publish_copies_small_files_of_finished_runs_and_the_runner_skips_them(t
     runner = Runner("smoke", "0,", tmp_path / "fresh", verbose=0, published=[tmp_path / "results"])
     plan = runner.plan(baseline=True, names=[])
     assert [j.seed for j in plan.todo] == [] and plan.published == [
-        R.run_dir(tmp_path / "fresh", "smoke", "baseline", base.fingerprint(), 0)]
+        R.run_dir(tmp_path / "fresh", "smoke", "baseline", base.fingerprint(), 0)
+    ]

@@ -130,23 +130,23 @@ def test_there_are_no_import_cycles():
 
 def test_the_library_imports_nothing_of_the_ablations_or_the_report():
     graph = import_graph()
-    wrong = {m: sorted(t for t in ts if t.split(".")[0] != "reproduce")
-             for m, ts in graph.items() if m.split(".")[0] == "reproduce"}
+    wrong = {
+        m: sorted(t for t in ts if t.split(".")[0] != "reproduce")
+        for m, ts in graph.items()
+        if m.split(".")[0] == "reproduce"
+    }
     assert {m: ts for m, ts in wrong.items() if ts} == {}
 
 
 def test_the_report_reaches_no_training_code():
     graph = import_graph()
-    reached = {m: sorted(_reachable(graph, m) & set(TRAINING_CODE))
-               for m in graph if m.split(".")[0] == "reports"}
+    reached = {m: sorted(_reachable(graph, m) & set(TRAINING_CODE)) for m in graph if m.split(".")[0] == "reports"}
     assert {m: r for m, r in reached.items() if r} == {}
 
 
 def _fresh(code: str, backend: str = "tensorflow") -> str:
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONPATH": str(ROOT)}
-    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=300)
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     return p.stdout.strip().splitlines()[-1]
 
@@ -154,11 +154,13 @@ def _fresh(code: str, backend: str = "tensorflow") -> str:
 def test_config_runs_and_the_report_load_no_keras_and_no_training_code():
     heavy = ("keras", "tensorflow", "jax") + TRAINING_CODE
     reports = sorted(m for m in import_graph() if m.split(".")[0] == "reports" and m != "reports.__main__")
-    code = (f"import sys, importlib\n"
-            f"import reproduce.config, reproduce.runs\n"
-            f"light = [m for m in {heavy!r} if m in sys.modules]\n"
-            f"for m in {reports!r}: importlib.import_module(m)\n"
-            f"print(light, [m for m in {TRAINING_CODE!r} if m in sys.modules])")
+    code = (
+        f"import sys, importlib\n"
+        f"import reproduce.config, reproduce.runs\n"
+        f"light = [m for m in {heavy!r} if m in sys.modules]\n"
+        f"for m in {reports!r}: importlib.import_module(m)\n"
+        f"print(light, [m for m in {TRAINING_CODE!r} if m in sys.modules])"
+    )
     assert _fresh(code) == "[] []"
 
 
@@ -174,8 +176,11 @@ def test_import_reproduce_is_all_a_saved_model_needs(tmp_path, first):
     x = np.random.default_rng(1).integers(0, 256, (2,) + model.input_shape[1:], dtype=np.uint8)
     np.save(tmp_path / "x.npy", x)
     imports = "import reproduce\nimport keras" if first == "reproduce" else "import keras\nimport reproduce"
-    _fresh(f"{imports}\nimport numpy as np\n"
-           f"m = keras.saving.load_model({str(tmp_path / 'model.keras')!r})\n"
-           f"np.save({str(tmp_path / 'p.npy')!r}, m.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0))\n"
-           f"print('ok')", keras.backend.backend())
+    _fresh(
+        f"{imports}\nimport numpy as np\n"
+        f"m = keras.saving.load_model({str(tmp_path / 'model.keras')!r})\n"
+        f"np.save({str(tmp_path / 'p.npy')!r}, m.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0))\n"
+        f"print('ok')",
+        keras.backend.backend(),
+    )
     np.testing.assert_allclose(np.load(tmp_path / "p.npy"), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)

@@ -33,11 +33,19 @@ CLASSES = [f"class{k}" for k in range(6)]
 # short epochs make the output depend on the image (an untrained net's
 # probabilities vary by ~1e-6 between images, which a 1e-5 comparison cannot see).
 OVERRIDES = {
-    "model.arch": "cifar_fig1", "model.lrn": True, "model.dropout": 0.0,
-    "data.image_size": 36, "data.crop_size": 32, "data.pca_color": False,
-    "data.synthetic_classes": len(CLASSES), "data.synthetic_train": 192,
-    "data.synthetic_val": 24, "train.schedule": "constant", "train.learning_rate": 0.1,
-    "train.epochs": 2, "eval.batch_size": 64,
+    "model.arch": "cifar_fig1",
+    "model.lrn": True,
+    "model.dropout": 0.0,
+    "data.image_size": 36,
+    "data.crop_size": 32,
+    "data.pca_color": False,
+    "data.synthetic_classes": len(CLASSES),
+    "data.synthetic_train": 192,
+    "data.synthetic_val": 24,
+    "train.schedule": "constant",
+    "train.learning_rate": 0.1,
+    "train.epochs": 2,
+    "eval.batch_size": 64,
 }
 
 
@@ -48,8 +56,9 @@ def run(tmp_path_factory):
     cfg = get_config("smoke", OVERRIDES)
     result = train(cfg, d, meta={"preset": "smoke", "label": "baseline"}, verbose=0)
     val = data_lib.load_split(cfg.data, cfg.data.val_split)
-    return SimpleNamespace(root=root, dir=d, cfg=cfg, result=result,
-                           images=np.asarray(val.images), labels=np.asarray(val.labels))
+    return SimpleNamespace(
+        root=root, dir=d, cfg=cfg, result=result, images=np.asarray(val.images), labels=np.asarray(val.labels)
+    )
 
 
 @pytest.fixture
@@ -86,9 +95,14 @@ print(json.dumps({"backend": keras.backend.backend(), "input": [str(m.input.dtyp
 def _fresh_process_predict(model_path, images, tmp_path, backend):
     np.save(tmp_path / "x.npy", images)
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    p = subprocess.run([sys.executable, "-c", _FRESH, str(model_path), str(tmp_path / "x.npy"),
-                        str(tmp_path / "p.npy")], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-c", _FRESH, str(model_path), str(tmp_path / "x.npy"), str(tmp_path / "p.npy")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     return json.loads(p.stdout.strip().splitlines()[-1]), np.load(tmp_path / "p.npy")
 
@@ -97,8 +111,7 @@ def test_model_file_loads_in_a_fresh_process_and_predicts_as_training_did(run, t
     assert runs.read_classes(run.dir) == CLASSES
     # written before result.json, which marks the run finished
     assert (run.dir / runs.MODEL).stat().st_mtime_ns <= (run.dir / runs.RESULT).stat().st_mtime_ns
-    info, probs = _fresh_process_predict(run.dir / runs.MODEL, run.images, tmp_path,
-                                         keras.backend.backend())
+    info, probs = _fresh_process_predict(run.dir / runs.MODEL, run.images, tmp_path, keras.backend.backend())
     assert info["backend"] == keras.backend.backend()
     assert info["input"] == ["uint8", [None, 36, 36, 3]]
     assert info["training_code"] == []
@@ -116,8 +129,9 @@ def test_model_file_loads_in_a_fresh_process_and_predicts_as_training_did(run, t
 
 @pytest.mark.slow  # TensorFlow -> JAX under `make test`; the other way by hand
 @pytest.mark.skipif(
-    importlib.util.find_spec("jax" if keras.backend.backend() == "tensorflow" else "tensorflow")
-    is None, reason="the other backend is not installed")
+    importlib.util.find_spec("jax" if keras.backend.backend() == "tensorflow" else "tensorflow") is None,
+    reason="the other backend is not installed",
+)
 def test_model_saved_on_one_backend_loads_on_the_other(run, tmp_path):
     other = "jax" if keras.backend.backend() == "tensorflow" else "tensorflow"
     info, probs = _fresh_process_predict(run.dir / runs.MODEL, run.images, tmp_path, other)
@@ -130,7 +144,7 @@ def test_preprocessing_is_the_centre_crop_minus_the_training_mean_and_never_augm
     pre = inference.load(run.dir).model.get_layer(inference.PREPROCESS)
     mean = data_lib.load_stats(run.cfg.data).mean_image
     o = (36 - 32) // 2
-    expected = run.images[:, o:o + 32, o:o + 32, :].astype(np.float32) - mean[o:o + 32, o:o + 32]
+    expected = run.images[:, o : o + 32, o : o + 32, :].astype(np.float32) - mean[o : o + 32, o : o + 32]
     for training in (False, True):
         got = keras.ops.convert_to_numpy(pre(run.images, training=training))
         np.testing.assert_array_equal(got, expected)
@@ -167,7 +181,7 @@ def _printed_errors(out: str) -> dict:
     for line in out.splitlines():
         for label in ("centre crop", "ten views"):
             if line.startswith(label):
-                rows[label] = line[len(label):].split()
+                rows[label] = line[len(label) :].split()
     return rows
 
 
@@ -185,8 +199,7 @@ def test_evaluate_agrees_with_result_json(run, capsys):
 
 
 def test_evaluate_on_another_source_with_the_same_classes(run, tmp_path, capsys, own_cache):
-    src = make_tree(tmp_path / "src", splits=("validation",), per_class=3,
-                    classes=CLASSES, corrupt=False)
+    src = make_tree(tmp_path / "src", splits=("validation",), per_class=3, classes=CLASSES, corrupt=False)
     assert main(["evaluate", str(run.dir), "--data", str(src)]) == 0
     rows = _printed_errors(capsys.readouterr().out)
     # independently: every file decoded as training does, through the saved model
@@ -202,8 +215,7 @@ def test_evaluate_on_another_source_with_the_same_classes(run, tmp_path, capsys,
     assert len(rows["ten views"]) == 2  # no result.json to compare with on other data
 
 
-def test_evaluate_on_data_with_other_classes_fails_and_names_them(run, tmp_path, capsys,
-                                                                  own_cache):
+def test_evaluate_on_data_with_other_classes_fails_and_names_them(run, tmp_path, capsys, own_cache):
     src = make_tree(tmp_path / "src", splits=("validation",), per_class=1, corrupt=False)
     assert main(["evaluate", str(run.dir), "--data", str(src)]) == 1
     err = capsys.readouterr().err
@@ -244,7 +256,8 @@ def test_predict_names_the_top_five_classes_of_awkward_images(run, tmp_path, cap
     preds = _printed_predictions(capsys.readouterr().out)
     assert list(preds) == [str(f) for f in files]
     probs = inference.load(run.dir).model.predict(
-        np.stack([decode_image(f.read_bytes(), 36) for f in files]), verbose=0)
+        np.stack([decode_image(f.read_bytes(), 36) for f in files]), verbose=0
+    )
     for f, row in zip(files, probs):
         top = np.argsort(-row)[:5]
         assert preds[str(f)] == [(CLASSES[i], round(100 * float(row[i]), 2)) for i in top]
@@ -258,8 +271,7 @@ def test_predict_shows_every_class_when_asked_for_more(run, tmp_path, capsys):
     assert sorted(n for n, _ in _printed_predictions(cap.out)[str(f)]) == CLASSES
 
 
-def test_predict_reports_unreadable_and_missing_images_and_still_predicts_the_rest(
-        run, tmp_path, capsys):
+def test_predict_reports_unreadable_and_missing_images_and_still_predicts_the_rest(run, tmp_path, capsys):
     good = _awkward_images(tmp_path / "img")[1]
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff not a jpeg")
@@ -333,8 +345,7 @@ def test_export_from_state_refuses_other_data_than_the_run_trained_on(run, tmp_p
     assert not (d / runs.MODEL).exists()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
-                    reason="a SavedModel needs TensorFlow")
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="a SavedModel needs TensorFlow")
 def test_savedmodel_export_serves_the_same_probabilities(run, tmp_path, capsys):
     import tensorflow as tf
 
@@ -356,8 +367,7 @@ def _export(run, out, *extra):
     return main(["export", str(run.dir), "--savedmodel", str(out), *extra])
 
 
-needs_tf = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
-                              reason="a SavedModel needs TensorFlow")
+needs_tf = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="a SavedModel needs TensorFlow")
 
 
 def test_savedmodel_export_refuses_a_file_and_an_unwritable_folder(run, tmp_path, capsys):
@@ -392,7 +402,8 @@ def test_savedmodel_export_into_a_folder_it_cannot_create_is_a_clear_error(run, 
 
 @needs_tf
 def test_savedmodel_export_never_overwrites_without_force_and_leaves_no_partial_export(
-        run, tmp_path, capsys, monkeypatch):
+    run, tmp_path, capsys, monkeypatch
+):
     out = tmp_path / "serving"
     out.mkdir()
     (out / "keep.txt").write_text("an earlier export")

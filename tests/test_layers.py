@@ -198,8 +198,14 @@ def local_loop(x, kernel, bias, kernel_size, strides, padding):
 def test_locally_connected_matches_loop(padding, strides, size, kernel_size):
     rng = np.random.RandomState(3)
     x = rng.randn(2, size, size + 1, 3).astype("float32")
-    layer = LocallyConnected2D(4, kernel_size, strides=strides, padding=padding,
-                               kernel_initializer=HostNormal(0.1, seed=1), bias_initializer=HostNormal(1.0, seed=2))
+    layer = LocallyConnected2D(
+        4,
+        kernel_size,
+        strides=strides,
+        padding=padding,
+        kernel_initializer=HostNormal(0.1, seed=1),
+        bias_initializer=HostNormal(1.0, seed=2),
+    )
     y = apply(layer, x)
     kernel, bias = (keras.ops.convert_to_numpy(w) for w in (layer.kernel, layer.bias))
     want = local_loop(x, kernel, bias, kernel_size, (strides, strides), padding)
@@ -224,10 +230,16 @@ def test_locally_connected_with_tied_weights_is_conv2d(padding):
 
 
 def test_locally_connected_config_round_trip():
-    layer = LocallyConnected2D(3, 3, padding="same", activation="relu",
-                               kernel_initializer=HostNormal(0.04, seed=1),
-                               bias_initializer=HostConstant(0.1),
-                               kernel_regularizer=keras.regularizers.L2(0.002), name="local_x")
+    layer = LocallyConnected2D(
+        3,
+        3,
+        padding="same",
+        activation="relu",
+        kernel_initializer=HostNormal(0.04, seed=1),
+        bias_initializer=HostConstant(0.1),
+        kernel_regularizer=keras.regularizers.L2(0.002),
+        name="local_x",
+    )
     config = layer.get_config()
     clone = LocallyConnected2D.from_config(config)
     assert clone.get_config() == config

@@ -26,11 +26,21 @@ def conv_params(k, cin, cout):
 def alexnet_params(towers, classes=1000, pool5=6):
     """Parameter count from the paper's layer shapes (§3.5, Fig. 2)."""
     if towers == 2:  # per tower, times two
-        convs = 2 * (conv_params(11, 3, 48) + conv_params(5, 48, 128) + conv_params(3, 256, 192)
-                     + conv_params(3, 192, 192) + conv_params(3, 192, 128))
+        convs = 2 * (
+            conv_params(11, 3, 48)
+            + conv_params(5, 48, 128)
+            + conv_params(3, 256, 192)
+            + conv_params(3, 192, 192)
+            + conv_params(3, 192, 128)
+        )
     else:  # §3.2: half the kernels, except conv5
-        convs = (conv_params(11, 3, 48) + conv_params(5, 48, 128) + conv_params(3, 128, 192)
-                 + conv_params(3, 192, 192) + conv_params(3, 192, 256))
+        convs = (
+            conv_params(11, 3, 48)
+            + conv_params(5, 48, 128)
+            + conv_params(3, 128, 192)
+            + conv_params(3, 192, 192)
+            + conv_params(3, 192, 256)
+        )
     fcs = (pool5 * pool5 * 256 * 4096 + 4096) + (4096 * 4096 + 4096) + (4096 * classes + classes)
     return convs + fcs
 
@@ -127,7 +137,14 @@ def test_one_tower_net():
     assert {"conv1", "lrn1", "pool1", "lrn2", "conv3", "fc6", "drop7", "fc8"} <= set(names)
     assert not M.tower_layers(m, 0) and not any(n.endswith(M.TOWER_SUFFIXES) for n in names)
     assert [side(m, n) for n in ("conv1", "pool1", "conv2", "pool2", "conv3", "conv5", "pool5")] == [
-        55, 27, 27, 13, 13, 13, 6]
+        55,
+        27,
+        27,
+        13,
+        13,
+        13,
+        6,
+    ]
     full = M.alexnet(67, 1000, towers=1)
     assert [full.get_layer(f"conv{i}").filters for i in range(1, 6)] == [48, 128, 192, 192, 256]
     assert full.get_layer("conv3").kernel.shape == (3, 3, 128, 192)  # one tower: no cross-talk to add
@@ -181,8 +198,9 @@ def test_pooling_variants_give_identical_shapes():
         shapes = {}
         for pooling in ("overlap", "non_overlap"):
             m = M.alexnet(size, pooling=pooling, **TINY)  # 1 tower, 1 kernel per layer
-            shapes[pooling] = [tuple(layer.output.shape) for layer in m.layers
-                               if layer.name.startswith(("conv", "pool"))]
+            shapes[pooling] = [
+                tuple(layer.output.shape) for layer in m.layers if layer.name.startswith(("conv", "pool"))
+            ]
         assert shapes["overlap"] == shapes["non_overlap"], size
         parities.add(tuple(side(m, n) % 2 for n in ("conv1", "pool1", "pool2")))
         if size == 227:
@@ -219,23 +237,24 @@ def test_smallest_input():
 CHOICES = {name: C.choices(f"model.{name}") for name in ("activation", "lrn_convention", "pooling", "towers", "init")}
 SWITCHES = {**CHOICES, "lrn": (True, False), "dropout": (0.5, 0.0), "weight_decay": (0.0, 5e-4)}
 
+
 def _covering_design(switches: dict) -> list:
     """A strength-2 covering array, built greedily: each run is the combination of
     values that covers the most pairs (a value of one switch with a value of
     another) not yet covered, until every pair appears; a handful of runs instead of
     the product of every switch's values."""
     keys = list(switches)
-    todo = {(a, x, b, y) for i, a in enumerate(keys) for b in keys[i + 1:]
-            for x in switches[a] for y in switches[b]}
+    todo = {(a, x, b, y) for i, a in enumerate(keys) for b in keys[i + 1 :] for x in switches[a] for y in switches[b]}
     candidates = [dict(zip(keys, combo)) for combo in itertools.product(*switches.values())]
     design = []
     while todo:
+
         def gain(run, todo=todo):
-            return sum((a, run[a], b, run[b]) in todo for i, a in enumerate(keys) for b in keys[i + 1:])
+            return sum((a, run[a], b, run[b]) in todo for i, a in enumerate(keys) for b in keys[i + 1 :])
 
         run = max(candidates, key=gain)
         design.append(run)
-        todo -= {(a, run[a], b, run[b]) for i, a in enumerate(keys) for b in keys[i + 1:]}
+        todo -= {(a, run[a], b, run[b]) for i, a in enumerate(keys) for b in keys[i + 1 :]}
     return design
 
 
@@ -251,7 +270,7 @@ def test_design_covers_the_models_switches():
     keys = list(SWITCHES)
     for i, a in enumerate(keys):
         assert {run[a] for run in DESIGN} == set(SWITCHES[a]), a
-        for b in keys[i + 1:]:
+        for b in keys[i + 1 :]:
             seen = {(run[a], run[b]) for run in DESIGN}
             assert len(seen) == len(SWITCHES[a]) * len(SWITCHES[b]), (a, b)
 
@@ -375,9 +394,19 @@ def test_mixed_bfloat16_gives_float32_logits():
 
 
 def test_build_model_passes_every_switch():
-    cfg = ModelConfig(activation="tanh", lrn_convention="cuda-convnet", lrn_size=3, lrn_k=1.0,
-                      lrn_alpha=2e-4, lrn_beta=0.5, pooling="non_overlap", dropout=0.25,
-                      towers=1, width=0.0625, init="caffe")
+    cfg = ModelConfig(
+        activation="tanh",
+        lrn_convention="cuda-convnet",
+        lrn_size=3,
+        lrn_k=1.0,
+        lrn_alpha=2e-4,
+        lrn_beta=0.5,
+        pooling="non_overlap",
+        dropout=0.25,
+        towers=1,
+        width=0.0625,
+        init="caffe",
+    )
     m = M.build_model(cfg, 67, 3, weight_decay=1e-3, seed=0)
     lrn = m.get_layer("lrn2")
     assert (lrn.size, lrn.k, lrn.alpha, lrn.beta, lrn.convention) == (3, 1.0, 2e-4, 0.5, "cuda-convnet")
@@ -391,8 +420,20 @@ def test_build_model_passes_every_switch():
 
     fig1 = M.build_model(ModelConfig(arch="cifar_fig1", lrn=False, dropout=0.0, width=CIFAR_WIDTH), 32, 10)
     assert fig1.name == "cifar_fig1" and fig1.get_layer("conv1").filters == 8
-    local = M.build_model(ModelConfig(arch="cifar_local", dropout=0.0, num_classes=10, width=CIFAR_WIDTH,
-                                      lrn_size=9, lrn_k=1.0, lrn_alpha=1e-3, lrn_convention="cuda-convnet"), 24, 10)
+    local = M.build_model(
+        ModelConfig(
+            arch="cifar_local",
+            dropout=0.0,
+            num_classes=10,
+            width=CIFAR_WIDTH,
+            lrn_size=9,
+            lrn_k=1.0,
+            lrn_alpha=1e-3,
+            lrn_convention="cuda-convnet",
+        ),
+        24,
+        10,
+    )
     assert local.name == "cifar_local" and local.get_layer("lrn2").size == 9
     with pytest.raises(ValueError, match="model.num_classes=10 .*num_classes=4"):
         M.build_model(ModelConfig(num_classes=10, width=0.0625), 67, 4)
@@ -428,6 +469,7 @@ def test_cifar_local_shapes_and_count():
     assert [m.get_layer(n).filters for n in ("conv1", "conv2", "local3", "local4")] == [64, 64, 64, 32]
     lrn = m.get_layer("lrn1")  # the release's cmrnorm: size 9, scale 0.001 / size, pow 0.75, + 1
     assert (lrn.size, lrn.k, lrn.alpha, lrn.beta, lrn.convention) == (9, 1.0, 1e-3, 0.75, "cuda-convnet")
+
     def local(cin, cout):  # 6x6 positions, unshared
         return 36 * (9 * cin * cout + cout)
 

@@ -38,13 +38,24 @@ def _tiny(**over):
 
 
 def _env(tmp_path, **extra):
-    return {**os.environ, "KERAS_BACKEND": BACKEND, "REPRODUCE_CACHE": str(tmp_path / "cache"),
-            "PYTHONUNBUFFERED": "1", **extra}
+    return {
+        **os.environ,
+        "KERAS_BACKEND": BACKEND,
+        "REPRODUCE_CACHE": str(tmp_path / "cache"),
+        "PYTHONUNBUFFERED": "1",
+        **extra,
+    }
 
 
 def _cli(tmp_path, *args, env=None, timeout=600):
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env or _env(tmp_path),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        env=env or _env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 # -- the classes and the batch --------------------------------------------------------
@@ -52,10 +63,14 @@ def _cli(tmp_path, *args, env=None, timeout=600):
 
 def test_one_class_is_refused_before_a_run_directory(tmp_path):
     src = make_tree(tmp_path / "src", classes=("cat",), corrupt=False) / "mydata"
-    cfg = get_config("smoke", {"data.source": str(src), "data.cache_dir": str(tmp_path / "cache"),
-                               "data.val_split": "val"})
-    with pytest.raises(DataError, match=r"split 'train' in .*mydata has 1 class \('cat'\); "
-                                        r"training needs at least two"):
+    cfg = get_config(
+        "smoke", {"data.source": str(src), "data.cache_dir": str(tmp_path / "cache"), "data.val_split": "val"}
+    )
+    with pytest.raises(
+        DataError,
+        match=r"split 'train' in .*mydata has 1 class \('cat'\); "
+        r"training needs at least two",
+    ):
         train(cfg, tmp_path / "run", verbose=0)
     assert not (tmp_path / "run").exists()
     assert not list((tmp_path / "cache").glob("*__S*"))  # refused before decoding
@@ -109,8 +124,11 @@ def test_a_damaged_cache_entry_is_named_and_rebuilt(tmp_path, damage, monkeypatc
     DAMAGE[damage](entry)
     monkeypatch.setattr(cache, "_VERIFIED", set())  # as a new process sees it
     n0 = data.decode_count()
-    with pytest.warns(UserWarning, match=rf"the cache entry {re.escape(str(entry))} is damaged: "
-                                         r".*Rebuilding it from the source"):
+    with pytest.warns(
+        UserWarning,
+        match=rf"the cache entry {re.escape(str(entry))} is damaged: "
+        r".*Rebuilding it from the source",
+    ):
         again = data.load_split(c, "train")
     assert data.decode_count() - n0 == 9
     np.testing.assert_array_equal(np.asarray(again.images), images)
@@ -126,8 +144,11 @@ def test_a_damaged_stats_file_is_named_and_recomputed(tmp_path):
         ref = data.load_stats(c)
         entry = Path(data.load_split(c, "train").cache_path)
     (entry / cache.STATS).write_bytes(b"garbage")
-    with pytest.warns(UserWarning, match=rf"{re.escape(str(entry / cache.STATS))} is damaged "
-                                         r"\(not a NumPy file\); recomputing"):
+    with pytest.warns(
+        UserWarning,
+        match=rf"{re.escape(str(entry / cache.STATS))} is damaged "
+        r"\(not a NumPy file\); recomputing",
+    ):
         st = data.load_stats(c)
     np.testing.assert_array_equal(st.mean_image, ref.mean_image)
     assert cache.read_stats(entry) is not None  # replaced by a sound one
@@ -138,13 +159,27 @@ def test_a_damaged_stats_file_is_named_and_recomputed(tmp_path):
 
 def test_a_held_run_directory_is_refused_until_its_holder_dies(tmp_path):
     d = tmp_path / "run"
-    with runs.lock(d), pytest.raises(runs.RunLocked, match=rf"{re.escape(str(d))} is being trained by "
-                                             rf"another process \(pid {os.getpid()} on host"), runs.lock(d):
+    with (
+        runs.lock(d),
+        pytest.raises(
+            runs.RunLocked,
+            match=rf"{re.escape(str(d))} is being trained by "
+            rf"another process \(pid {os.getpid()} on host",
+        ),
+        runs.lock(d),
+    ):
         pass
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom reproduce import runs\n"
-         f"with runs.lock({str(d)!r}):\n    print('held', flush=True)\n    time.sleep(120)"],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom reproduce import runs\n"
+            f"with runs.lock({str(d)!r}):\n    print('held', flush=True)\n    time.sleep(120)",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(runs.RunLocked, match=f"pid {holder.pid} "), runs.lock(d):
@@ -158,19 +193,29 @@ def test_a_held_run_directory_is_refused_until_its_holder_dies(tmp_path):
 
 @pytest.mark.slow
 def test_two_make_train_on_the_same_run_train_it_once(tmp_path):
-    cmd = ["make", "-s", "train", "PRESET=smoke", f"RUNS={tmp_path / 'runs'}", f"PY={sys.executable}",
-           f"BACKEND={BACKEND}", "SET=eval.ten_view=false"]
-    procs = [subprocess.Popen(cmd, cwd=ROOT, env=_env(tmp_path), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    cmd = [
+        "make",
+        "-s",
+        "train",
+        "PRESET=smoke",
+        f"RUNS={tmp_path / 'runs'}",
+        f"PY={sys.executable}",
+        f"BACKEND={BACKEND}",
+        "SET=eval.ten_view=false",
+    ]
+    procs = [
+        subprocess.Popen(cmd, cwd=ROOT, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outs = [(p.wait(timeout=600), *p.communicate()) for p in procs]
     trained = [o for o in outs if "Epoch 1/2" in o[1]]
     assert len(trained) == 1, outs
     other = next(o for o in outs if o is not trained[0])
     assert trained[0][0] == 0, trained[0][2][-2000:]
     # The other one either found the run held (and said so) or already finished.
-    assert ((other[0] != 0 and "is being trained by another process (pid" in other[2]
-             and "Traceback" not in other[2])
-            or (other[0] == 0 and "already finished; nothing to do" in other[1])), other
+    assert (
+        other[0] != 0 and "is being trained by another process (pid" in other[2] and "Traceback" not in other[2]
+    ) or (other[0] == 0 and "already finished; nothing to do" in other[1]), other
     (d,) = [p.parent for p in (tmp_path / "runs").rglob(runs.RESULT)]
     assert [r["epoch"] for r in runs.read_metrics_rows(d)] == [0, 1]
 
@@ -202,8 +247,11 @@ def _read_only(folder: Path):
     """`folder` made unwritable (as root: immutable, since root ignores modes)."""
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o555)
-    immutable = os.geteuid() == 0 and shutil.which("chattr") is not None and subprocess.run(
-        ["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+    immutable = (
+        os.geteuid() == 0
+        and shutil.which("chattr") is not None
+        and subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+    )
     try:
         try:
             (folder / "probe").mkdir()
@@ -220,8 +268,11 @@ def _read_only(folder: Path):
 
 def test_a_read_only_runs_folder_is_a_clear_error(tmp_path):
     with _read_only(tmp_path / "ro") as ro:
-        with pytest.raises(runs.RunDirError, match=rf"cannot write in {re.escape(str(ro))}/smoke.*"
-                                                   "Make that folder writable"):
+        with pytest.raises(
+            runs.RunDirError,
+            match=rf"cannot write in {re.escape(str(ro))}/smoke.*"
+            "Make that folder writable",
+        ):
             train(_tiny(), ro / "smoke" / "seed0", verbose=0)
         from ablations.runner import Runner
 
@@ -262,13 +313,16 @@ def test_the_runner_reports_a_damaged_run_and_trains_the_others(tmp_path):
 # -- the backend ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cli", [("reproduce", "train", "--preset", "smoke"),
-                                 ("ablations", "run", "no_lrn", "--preset", "smoke")])
+@pytest.mark.parametrize(
+    "cli", [("reproduce", "train", "--preset", "smoke"), ("ablations", "run", "no_lrn", "--preset", "smoke")]
+)
 def test_an_unsupported_backend_says_which_are(tmp_path, cli):
     p = _cli(tmp_path, *cli, env=_env(tmp_path, KERAS_BACKEND="torch"), timeout=120)
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
-    assert p.stderr.startswith("error: Keras backend 'torch' (KERAS_BACKEND, or BACKEND= with make) "
-                               "is not supported here; use tensorflow or jax")
+    assert p.stderr.startswith(
+        "error: Keras backend 'torch' (KERAS_BACKEND, or BACKEND= with make) "
+        "is not supported here; use tensorflow or jax"
+    )
     assert "pip install" in p.stderr
 
 
@@ -287,9 +341,19 @@ def test_a_missing_backend_says_how_to_install_it(monkeypatch):
 @pytest.mark.slow
 def test_divergence_at_a_huge_rate_suggests_the_presets_and_says_nothing_was_kept(tmp_path):
     d = tmp_path / "run"
-    p = _cli(tmp_path, "reproduce", "train", "--preset", "smoke", "--run-dir", str(d), "--set",
-             "train.learning_rate=1e6", "eval.ten_view=false",
-             env=_env(tmp_path, TF_CPP_MIN_LOG_LEVEL="0"))
+    p = _cli(
+        tmp_path,
+        "reproduce",
+        "train",
+        "--preset",
+        "smoke",
+        "--run-dir",
+        str(d),
+        "--set",
+        "train.learning_rate=1e6",
+        "eval.ten_view=false",
+        env=_env(tmp_path, TF_CPP_MIN_LOG_LEVEL="0"),
+    )
     assert p.returncode == 1, p.stderr[-3000:]
     err = p.stderr.strip().splitlines()
     # The message is the last line: nothing from TensorFlow follows it.
@@ -321,7 +385,6 @@ def test_divergence_after_an_epoch_says_which_epochs_are_kept(tmp_path):
     assert [r["epoch"] for r in runs.read_metrics_rows(d)] == [0]
 
 
-
 def test_one_status_per_run_directory_and_each_reader_chooses_what_it_accepts(tmp_path, monkeypatch):
     """Run directories trained here: one finished, one diverged (a huge rate), one
     stopped after its first epoch, and one stopped with a recorded failure of
@@ -347,8 +410,12 @@ def test_one_status_per_run_directory_and_each_reader_chooses_what_it_accepts(tm
 
     root = tmp_path / "runs"
     r = Runner("smoke", 1, root, verbose=0, published=[])
-    cfgs = {"ok": _tiny(**{"train.epochs": 1}), "nan": _tiny(**{"train.learning_rate": 1e12, "train.epochs": 1}),
-            "stopped": _tiny(**{"train.epochs": 2}), "failed": _tiny(**{"train.epochs": 2})}
+    cfgs = {
+        "ok": _tiny(**{"train.epochs": 1}),
+        "nan": _tiny(**{"train.learning_rate": 1e12, "train.epochs": 1}),
+        "stopped": _tiny(**{"train.epochs": 2}),
+        "failed": _tiny(**{"train.epochs": 2}),
+    }
     assert r.run_one("ok", cfgs["ok"], 0)["status"] == "ok"
     assert r.run_one("nan", cfgs["nan"], 0) is None and [d.parent.name.split("-")[0] for d, _ in r.failed] == ["nan"]
     monkeypatch.setattr(train_lib, "train", stopping_train)
@@ -366,8 +433,11 @@ def test_one_status_per_run_directory_and_each_reader_chooses_what_it_accepts(tm
     loaded = {label: runs.load_run(d) for label, d in dirs.items()}
     assert [label for label, run in loaded.items() if C.is_counted(run)] == ["ok"]
     assert {label: C.run_status(run) for label, run in loaded.items()} == {
-        "ok": "finished", "nan": "failed: diverged", "stopped": "unfinished (1 epochs logged)",
-        "failed": "failed: out of memory"}
+        "ok": "finished",
+        "nan": "failed: diverged",
+        "stopped": "unfinished (1 epochs logged)",
+        "failed": "failed: out of memory",
+    }
     # The runner: a finished run is not trained again; a diverged one is a grid rate's
     # answer, and trained again as a seeded run; the others are trained again.
     calls = []
@@ -381,7 +451,9 @@ def test_one_status_per_run_directory_and_each_reader_chooses_what_it_accepts(tm
     pub = runs.publish(root, tmp_path / "results")
     assert sorted(d.parent.name.split("-")[0] for d in pub.copied) == ["nan", "ok"]
     assert sorted((p.parent.name.split("-")[0], why) for p, why in pub.skipped) == [
-        ("failed", "failed"), ("stopped", "not finished")]
+        ("failed", "failed"),
+        ("stopped", "not finished"),
+    ]
 
 
 def test_the_divergence_check_never_syncs_the_training_state_from_its_thread():
@@ -416,14 +488,36 @@ def test_make_passes_a_data_dir_with_spaces_as_one_argument(tmp_path):
     fake.chmod(0o755)
     cwd = tmp_path / "here"
     cwd.mkdir()
-    for data_dir, want in (("my data/it's.tar.xz", f"{cwd}/my data/it's.tar.xz"),
-                           ("/abs/my data", "/abs/my data")):
-        p = subprocess.run(["make", "-s", "-f", str(ROOT / "Makefile"), "train", "PRESET=smoke",
-                            f"DATA_DIR={data_dir}", f"PY={fake}", "SET=train.epochs=1 model.lrn=false"],
-                           cwd=cwd, capture_output=True, text=True, timeout=60)
+    for data_dir, want in (("my data/it's.tar.xz", f"{cwd}/my data/it's.tar.xz"), ("/abs/my data", "/abs/my data")):
+        p = subprocess.run(
+            [
+                "make",
+                "-s",
+                "-f",
+                str(ROOT / "Makefile"),
+                "train",
+                "PRESET=smoke",
+                f"DATA_DIR={data_dir}",
+                f"PY={fake}",
+                "SET=train.epochs=1 model.lrn=false",
+            ],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert p.returncode == 0, p.stderr
-        assert json.loads(p.stdout) == ["-m", "reproduce", "train", "--preset", "smoke", "--set",
-                                        f"data.source={want}", "train.epochs=1", "model.lrn=false"]
+        assert json.loads(p.stdout) == [
+            "-m",
+            "reproduce",
+            "train",
+            "--preset",
+            "smoke",
+            "--set",
+            f"data.source={want}",
+            "train.epochs=1",
+            "model.lrn=false",
+        ]
 
 
 # -- several workers on one runs folder -----------------------------------------------
@@ -432,9 +526,24 @@ def test_make_passes_a_data_dir_with_spaces_as_one_argument(tmp_path):
 @pytest.mark.slow
 def test_two_workers_share_a_suite_and_train_every_run_once(tmp_path):
     root = tmp_path / "runs"
-    p = _cli(tmp_path, "ablations", "run", "no_lrn", "--preset", "smoke", "--seeds", "2",
-             "--runs", str(root), "--workers", "2", "--set", "eval.ten_view=false",
-             env=_env(tmp_path, CUDA_VISIBLE_DEVICES=""), timeout=900)
+    p = _cli(
+        tmp_path,
+        "ablations",
+        "run",
+        "no_lrn",
+        "--preset",
+        "smoke",
+        "--seeds",
+        "2",
+        "--runs",
+        str(root),
+        "--workers",
+        "2",
+        "--set",
+        "eval.ten_view=false",
+        env=_env(tmp_path, CUDA_VISIBLE_DEVICES=""),
+        timeout=900,
+    )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "[ablations] starting 2 workers (no GPU visible" in p.stdout
     for i in (0, 1):
@@ -462,7 +571,8 @@ def test_workers_get_one_gpu_each_and_no_more_workers_than_gpus(tmp_path, monkey
     (fake / "__init__.py").write_text("")
     (fake / "__main__.py").write_text(
         "import os, sys\nprint(os.environ['CUDA_VISIBLE_DEVICES'], *sys.argv[1:])\n"
-        "sys.exit(3 if sys.argv[-1] == '1/2' else 0)\n")
+        "sys.exit(3 if sys.argv[-1] == '1/2' else 0)\n"
+    )
     monkeypatch.chdir(tmp_path)
     assert workers.launch(["run", "no_lrn", "--workers", "2", "--seeds", "1"], 2) == 3
     out = capfd.readouterr().out
@@ -481,8 +591,7 @@ def _fake_train(monkeypatch, needs=lambda lr: 8):
     def fake(cfg, run_dir, meta=None, verbose=0, epoch_limit=None):
         calls.append((meta["label"], cfg.train.seed, cfg.train.learning_rate))
         n = needs(cfg.train.learning_rate)
-        result = {"status": "ok", "epochs": n, "epochs_to_target": n, "train_top1_err": 0.2,
-                  "censored": False}
+        result = {"status": "ok", "epochs": n, "epochs_to_target": n, "train_top1_err": 0.2, "censored": False}
         runs.atomic_write_json(Path(run_dir) / runs.RESULT, result)
         return result
 
@@ -528,12 +637,15 @@ def test_a_held_run_is_left_to_its_holder_and_a_held_grid_run_its_whole_arm(tmp_
 # suggestions: tests/test_config.py; the SavedModel target: tests/test_inference.py)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.learning_rate=-0.01", "train.learning_rate=-0.01 must be > 0"),
-    ("data.max_train=-1", "data.max_train=-1 must be an integer >= 0"),
-    ("train.seed=-1", "train.seed=-1 must be an integer in [0, 2147483647]"),
-    ("model.dropout=nan", "model.dropout=nan must be a finite number in [0, 1)"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.learning_rate=-0.01", "train.learning_rate=-0.01 must be > 0"),
+        ("data.max_train=-1", "data.max_train=-1 must be an integer >= 0"),
+        ("train.seed=-1", "train.seed=-1 must be an integer in [0, 2147483647]"),
+        ("model.dropout=nan", "model.dropout=nan must be a finite number in [0, 1)"),
+    ],
+)
 def test_out_of_range_settings_stop_train_before_a_run_directory(tmp_path, override, message):
     cfg = _tiny()
     key, value = override.split("=")
@@ -551,9 +663,16 @@ def test_forced_streaming_trains_and_evaluates(tmp_path, monkeypatch):
     pytest.importorskip("tensorflow")
     tfds = pytest.importorskip("tensorflow_datasets")
     monkeypatch.setenv("REPRODUCE_STREAM", "1")
-    cfg = get_config("smoke", ["data.source=tfds:cifar10", "data.val_split=test",
-                               f"data.cache_dir={tmp_path / 'cache'}", "eval.ten_view=false",
-                               "train.epochs=1"])
+    cfg = get_config(
+        "smoke",
+        [
+            "data.source=tfds:cifar10",
+            "data.val_split=test",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "eval.ten_view=false",
+            "train.epochs=1",
+        ],
+    )
     with tfds.testing.mock_data(num_examples=32):
         d = data.load(cfg.data)
         assert isinstance(d.train, data.Stream) and not isinstance(d.val, data.Stream)
@@ -597,8 +716,11 @@ def test_a_second_publish_into_the_same_store_is_refused_while_one_runs(tmp_path
     src, store = tmp_path / "runs", tmp_path / "results"
     _two_finished_runs(src)
     with runs.publish_lock(store):
-        with pytest.raises(runs.PublishLocked, match=r"another publish is running into .*results "
-                                                     rf"\(pid {os.getpid()} on host "):
+        with pytest.raises(
+            runs.PublishLocked,
+            match=r"another publish is running into .*results "
+            rf"\(pid {os.getpid()} on host ",
+        ):
             runs.publish(src, store)
         assert main(["publish", "--runs", str(src), "--to", str(store)]) == 2
         assert "error: another publish is running into" in capsys.readouterr().err
@@ -614,8 +736,11 @@ def test_a_result_json_with_a_non_number_is_skipped_as_damaged_and_the_rest_publ
     res = json.loads((r1 / "result.json").read_text())
     (r1 / "result.json").write_text(json.dumps({**res, "val_top1_err": "abc"}))
 
-    with pytest.raises(runs.RunFileError, match=r"result\.json: `val_top1_err` = 'abc' is not a number; "
-                                                "restore the file"):
+    with pytest.raises(
+        runs.RunFileError,
+        match=r"result\.json: `val_top1_err` = 'abc' is not a number; "
+        "restore the file",
+    ):
         runs.load_run(r1)
     out = runs.publish(src, store)
     assert out.copied == [store / r0.relative_to(src)]
@@ -660,8 +785,13 @@ def test_an_empty_runs_setting_means_the_default_folder(tmp_path, monkeypatch):
     assert rep.out_dir == Path("runs") / "report" and (tmp_path / "runs/report/report.md").exists()
     assert not (tmp_path / "report.md").exists()
     for target in ("reproduce", "report", "publish"):
-        p = subprocess.run(["make", "-n", "-f", str(ROOT / "Makefile"), target, "RUNS="], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=60)
+        p = subprocess.run(
+            ["make", "-n", "-f", str(ROOT / "Makefile"), target, "RUNS="],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert p.returncode == 0, p.stderr
         assert "--runs runs" in p.stdout, p.stdout
         assert "--runs  " not in p.stdout and "REPRODUCE_RUNS= " not in p.stdout
@@ -712,8 +842,14 @@ def test_the_scheme_is_not_part_of_the_fingerprint():
 
 def test_make_tensorboard_shows_the_runs_folder(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}  # under `make test`
-    p = subprocess.run(["make", "--no-print-directory", "-n", "-f", str(ROOT / "Makefile"), "tensorboard",
-                        "RUNS=/some/runs"], cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
+    p = subprocess.run(
+        ["make", "--no-print-directory", "-n", "-f", str(ROOT / "Makefile"), "tensorboard", "RUNS=/some/runs"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert p.returncode == 0, p.stderr
     assert re.search(r"tensorboard --logdir '/some/runs'$", p.stdout.strip()), p.stdout
 
@@ -725,8 +861,7 @@ def test_only_the_tensorflow_backend_logs_to_tensorboard(tmp_path):
 
     from reproduce.callbacks import EpochTensorBoard, training_callbacks
 
-    logs = [c for c in training_callbacks(get_config("smoke"), tmp_path, {}, 64).all
-            if isinstance(c, EpochTensorBoard)]
+    logs = [c for c in training_callbacks(get_config("smoke"), tmp_path, {}, 64).all if isinstance(c, EpochTensorBoard)]
     if BACKEND == "tensorflow" and importlib.util.find_spec("tensorboard") is not None:
         assert [Path(c.log_dir) for c in logs] == [tmp_path / runs.TENSORBOARD]
     else:

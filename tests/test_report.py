@@ -55,8 +55,10 @@ def base_curve(seed, top1=None, train_clean=None):
     """The curve make_run draws by default, explicitly (val error after each epoch)."""
     top1 = BASE_TOP1[seed] if top1 is None else top1
     tc = TRAIN_CLEAN["baseline"][seed] if train_clean is None else train_clean
-    return [{"epoch": e, "top1_err": tc + 0.1 * (EPOCHS - e), "val_top1_err": top1 / N_IMG + 0.05 * (EPOCHS - 1 - e)}
-            for e in range(EPOCHS)]
+    return [
+        {"epoch": e, "top1_err": tc + 0.1 * (EPOCHS - e), "val_top1_err": top1 / N_IMG + 0.05 * (EPOCHS - 1 - e)}
+        for e in range(EPOCHS)
+    ]
 
 
 def config_for(preset: str, label: str, extra=None):
@@ -77,10 +79,30 @@ def correct_arrays(k_wrong: int, seed: int, n: int = N_IMG) -> np.ndarray:
     return ok
 
 
-def make_run(root, preset, label, seed, *, top1=None, top5=None, top1_10v=None, train_clean=0.3,
-             extra=None, curve=None, finished=True, failure=None, date="2025-03-01T10:00:00+00:00",
-             wall=100.0, kernels=False, epochs_to_target=None, lr=None, n_img=N_IMG, classes=4, val_correct=True,
-             device="cpu"):
+def make_run(
+    root,
+    preset,
+    label,
+    seed,
+    *,
+    top1=None,
+    top5=None,
+    top1_10v=None,
+    train_clean=0.3,
+    extra=None,
+    curve=None,
+    finished=True,
+    failure=None,
+    date="2025-03-01T10:00:00+00:00",
+    wall=100.0,
+    kernels=False,
+    epochs_to_target=None,
+    lr=None,
+    n_img=N_IMG,
+    classes=4,
+    val_correct=True,
+    device="cpu",
+):
     extra = dict(EXTRA if extra is None else extra)
     if lr is not None:
         extra["train.learning_rate"] = lr
@@ -88,21 +110,51 @@ def make_run(root, preset, label, seed, *, top1=None, top5=None, top1_10v=None, 
     cfg.train.seed = seed
     fp = cfg.fingerprint()
     path = R.run_dir(root, preset, label, fp, seed)
-    meta = {"preset": preset, "label": label, "seed": seed, "fingerprint": fp,
-            "overrides": [f"{k}={v}" for k, v in extra.items()], "command": COMMAND if preset == "smoke"
-            else f"python -m ablations run --preset {preset}"}
+    meta = {
+        "preset": preset,
+        "label": label,
+        "seed": seed,
+        "fingerprint": fp,
+        "overrides": [f"{k}={v}" for k, v in extra.items()],
+        "command": COMMAND if preset == "smoke" else f"python -m ablations run --preset {preset}",
+    }
     R.write_config(path, cfg.to_dict(), meta)
-    R.write_env(path, {"date": date, "host": "fixture-host", "processor": "x86_64", "device": device,
-                       "backend": "jax", "versions": {"keras": "3.6.0", "jax": "0.4.35"}, "python": "3.11.7",
-                       "git": {"commit": "0123456789abcdef", "dirty": False}, "num_classes": classes})
+    R.write_env(
+        path,
+        {
+            "date": date,
+            "host": "fixture-host",
+            "processor": "x86_64",
+            "device": device,
+            "backend": "jax",
+            "versions": {"keras": "3.6.0", "jax": "0.4.35"},
+            "python": "3.11.7",
+            "git": {"commit": "0123456789abcdef", "dirty": False},
+            "num_classes": classes,
+        },
+    )
     top1 = 120 if top1 is None else top1
     top5 = 30 if top5 is None else top5
     val = top1 / n_img
     if curve is None:  # a val curve that ends at the final error
-        curve = [{"epoch": e, "top1_err": train_clean + 0.1 * (EPOCHS - e),
-                  "val_top1_err": val + 0.05 * (EPOCHS - 1 - e)} for e in range(EPOCHS)]
-    rows = [{"loss": 1.0, "top5_err": 0.1, "val_loss": 1.0, "val_top5_err": 0.1, "lr": 0.01, "epoch_time_s": 1.0,
-             "images_per_s": 64.0, "val_top1_err": 0.5, **r} for r in curve]
+        curve = [
+            {"epoch": e, "top1_err": train_clean + 0.1 * (EPOCHS - e), "val_top1_err": val + 0.05 * (EPOCHS - 1 - e)}
+            for e in range(EPOCHS)
+        ]
+    rows = [
+        {
+            "loss": 1.0,
+            "top5_err": 0.1,
+            "val_loss": 1.0,
+            "val_top5_err": 0.1,
+            "lr": 0.01,
+            "epoch_time_s": 1.0,
+            "images_per_s": 64.0,
+            "val_top1_err": 0.5,
+            **r,
+        }
+        for r in curve
+    ]
     R.write_metrics_rows(path, rows)
     if failure:
         R.write_failure(path, failure, {"epoch": 2})
@@ -113,18 +165,29 @@ def make_run(root, preset, label, seed, *, top1=None, top5=None, top1_10v=None, 
         t1c = correct_arrays(top1, seed, n_img)
         t5c = correct_arrays(top5, seed + 50, n_img)
         t1v = correct_arrays(top1_10v if top1_10v is not None else top1, seed + 100, n_img)
-        R.write_val_correct(path, labels=labels, top1_center=t1c, top5_center=t5c, top1_10view=t1v,
-                            top5_10view=t5c.copy())
+        R.write_val_correct(
+            path, labels=labels, top1_center=t1c, top5_center=t5c, top1_10view=t1v, top5_10view=t5c.copy()
+        )
     if kernels:
         rng = np.random.default_rng(seed)
         R.write_conv1(path, a=rng.normal(size=(11, 11, 3, 6)), b=rng.normal(size=(11, 11, 3, 6)))
-    R.write_result(path, {
-        "status": "ok", "epochs": len(curve), "val_top1_err": val, "val_top5_err": top5 / n_img,
-        "val_top1_err_10view": (top1_10v / n_img) if top1_10v is not None else None,
-        "val_top5_err_10view": top5 / n_img, "train_top1_err": curve[-1]["top1_err"],
-        "train_top5_err": 0.1, "train_top1_err_clean": train_clean, "wall_time_s": wall,
-        "images_per_s": 64.0, "epochs_to_target": epochs_to_target,
-    })
+    R.write_result(
+        path,
+        {
+            "status": "ok",
+            "epochs": len(curve),
+            "val_top1_err": val,
+            "val_top5_err": top5 / n_img,
+            "val_top1_err_10view": (top1_10v / n_img) if top1_10v is not None else None,
+            "val_top5_err_10view": top5 / n_img,
+            "train_top1_err": curve[-1]["top1_err"],
+            "train_top5_err": 0.1,
+            "train_top1_err_clean": train_clean,
+            "wall_time_s": wall,
+            "images_per_s": 64.0,
+            "epochs_to_target": epochs_to_target,
+        },
+    )
     return path
 
 
@@ -138,11 +201,28 @@ def fig1_curve(reach, n_epochs=20):
 def build_fixture(root: Path) -> Path:
     P = "smoke"
     # A superseded baseline: the registry's own 2-epoch config, older, one seed.
-    make_run(root, P, "baseline", 0, extra={}, top1=200, date="2025-01-01T00:00:00+00:00",
-             curve=[{"epoch": 0, "top1_err": 0.7}, {"epoch": 1, "top1_err": 0.6}])
+    make_run(
+        root,
+        P,
+        "baseline",
+        0,
+        extra={},
+        top1=200,
+        date="2025-01-01T00:00:00+00:00",
+        curve=[{"epoch": 0, "top1_err": 0.7}, {"epoch": 1, "top1_err": 0.6}],
+    )
     for s in (0, 1, 2):
-        make_run(root, P, "baseline", s, top1=BASE_TOP1[s], top5=BASE_TOP5[s], top1_10v=BASE_TOP1_10V[s],
-                 train_clean=TRAIN_CLEAN["baseline"][s], kernels=(s == 0))
+        make_run(
+            root,
+            P,
+            "baseline",
+            s,
+            top1=BASE_TOP1[s],
+            top5=BASE_TOP5[s],
+            top1_10v=BASE_TOP1_10V[s],
+            train_clean=TRAIN_CLEAN["baseline"][s],
+            kernels=(s == 0),
+        )
         make_run(root, P, "no_lrn", s, top1=NO_LRN_TOP1[s], top5=NO_LRN_TOP5[s])
         make_run(root, P, "tanh", s, top1=TANH_TOP1[s])
         make_run(root, P, "lrn_convention", s, top1=LRN_CONV_TOP1[s])
@@ -162,13 +242,17 @@ def build_fixture(root: Path) -> Path:
     # Figure 1: seeded arms (ReLU lr 0.01, tanh lr 0.02) and the lr grid (seed 0).
     for s in (0, 1, 2):
         rc, tc = fig1_curve(FIG1_RELU[s]), fig1_curve(FIG1_TANH[s])
-        make_run(root, P, "fig1_tanh.base", s, curve=rc, lr=0.01, wall=10.0 * FIG1_RELU[s],
-                 epochs_to_target=FIG1_RELU[s])
-        make_run(root, P, "fig1_tanh", s, curve=tc, lr=0.02, wall=10.0 * (FIG1_TANH[s] or 20),
-                 epochs_to_target=FIG1_TANH[s])
+        make_run(
+            root, P, "fig1_tanh.base", s, curve=rc, lr=0.01, wall=10.0 * FIG1_RELU[s], epochs_to_target=FIG1_RELU[s]
+        )
+        make_run(
+            root, P, "fig1_tanh", s, curve=tc, lr=0.02, wall=10.0 * (FIG1_TANH[s] or 20), epochs_to_target=FIG1_TANH[s]
+        )
     assert ABLATIONS["fig1_tanh"].lr_grid == (0.0025, 0.005, 0.01, 0.02)
-    grid = {"fig1_tanh.base": {0.0025: "censored", 0.005: 6, 0.01: 3, 0.02: 5},
-            "fig1_tanh": {0.005: None, 0.01: 19, 0.02: 15}}  # tanh lr 0.0025 missing
+    grid = {
+        "fig1_tanh.base": {0.0025: "censored", 0.005: 6, 0.01: 3, 0.02: 5},
+        "fig1_tanh": {0.005: None, 0.01: 19, 0.02: 15},
+    }  # tanh lr 0.0025 missing
     for base, reaches in grid.items():
         for lr, reach in reaches.items():
             _grid_run(root, P, base, lr, reach)
@@ -179,11 +263,25 @@ def build_fixture(root: Path) -> Path:
         make_run(root, "cifar10", "no_lrn", s, top1=66 + 2 * s, extra=shared)
     from reproduce import benchfile  # bench.json's format has one owner
 
-    bench = {"backend": "jax", "device": "cpu", "batch": 128, "path": "step", "mfu": None, "steps": 10,
-             "date": "2025-01-01"}
-    benchfile.write(root / "bench.json", benchfile.BenchFile({}, [
-        {**bench, "variant": "alexnet bf16", "precision": "mixed_bfloat16", "images_per_s": 2500.5},
-        {**bench, "variant": "alexnet f32", "precision": "float32", "images_per_s": 1200.25}]))
+    bench = {
+        "backend": "jax",
+        "device": "cpu",
+        "batch": 128,
+        "path": "step",
+        "mfu": None,
+        "steps": 10,
+        "date": "2025-01-01",
+    }
+    benchfile.write(
+        root / "bench.json",
+        benchfile.BenchFile(
+            {},
+            [
+                {**bench, "variant": "alexnet bf16", "precision": "mixed_bfloat16", "images_per_s": 2500.5},
+                {**bench, "variant": "alexnet f32", "precision": "float32", "images_per_s": 1200.25},
+            ],
+        ),
+    )
     return root
 
 
@@ -194,17 +292,39 @@ def _grid_run(root, preset, base_label, lr, reach, device="cpu"):
     cfg.train.seed = GRID_SEED
     fp = cfg.fingerprint()
     path = R.run_dir(root, preset, label, fp, GRID_SEED)
-    R.write_config(path, cfg.to_dict(), {"preset": preset, "label": label, "seed": GRID_SEED, "fingerprint": fp,
-                                         "command": f"python -m ablations grid fig1_tanh --preset {preset}"})
+    R.write_config(
+        path,
+        cfg.to_dict(),
+        {
+            "preset": preset,
+            "label": label,
+            "seed": GRID_SEED,
+            "fingerprint": fp,
+            "command": f"python -m ablations grid fig1_tanh --preset {preset}",
+        },
+    )
     R.write_env(path, {"date": "2025-02-01T00:00:00+00:00", "device": device})
     censored = reach == "censored"  # stopped after 3 epochs: the fastest rate had needed 3
     curve = fig1_curve(None)[:3] if censored else fig1_curve(reach)
     R.write_metrics_rows(path, [{"val_top1_err": 0.5, **r} for r in curve])
-    R.write_result(path, {
-        "status": "ok", "epochs": len(curve), "val_top1_err": 0.5, "val_top5_err": 0.1, "val_top1_err_10view": None,
-        "val_top5_err_10view": None, "train_top1_err": curve[-1]["top1_err"], "train_top5_err": 0.1,
-        "train_top1_err_clean": curve[-1]["top1_err"], "wall_time_s": 10.0 * len(curve), "images_per_s": 64.0,
-        "epochs_to_target": None if censored else reach, "censored": censored})
+    R.write_result(
+        path,
+        {
+            "status": "ok",
+            "epochs": len(curve),
+            "val_top1_err": 0.5,
+            "val_top5_err": 0.1,
+            "val_top1_err_10view": None,
+            "val_top5_err_10view": None,
+            "train_top1_err": curve[-1]["top1_err"],
+            "train_top5_err": 0.1,
+            "train_top1_err_clean": curve[-1]["top1_err"],
+            "wall_time_s": 10.0 * len(curve),
+            "images_per_s": 64.0,
+            "epochs_to_target": None if censored else reach,
+            "censored": censored,
+        },
+    )
     return path
 
 
@@ -226,7 +346,7 @@ def full_md(report):
 def preset_section(md: str, preset: str) -> str:
     start = md.index(f"\n## Preset {preset}\n")
     ends = [i for i in (md.find("\n## ", start + 1),) if i > 0]
-    return md[start: min(ends) if ends else len(md)]
+    return md[start : min(ends) if ends else len(md)]
 
 
 @pytest.fixture(scope="module")
@@ -258,12 +378,11 @@ def fmt_pm(values):
     return f"{x.mean():.2f} ± {x.std(ddof=1):.2f}"
 
 
-
 def section(md: str, start: str, end: str = "\n### ") -> str:
     """The text from heading `start` to the next heading of the given kind."""
     i = md.index(start)
     j = md.find(end, i + len(start))
-    return md[i: j if j > 0 else len(md)]
+    return md[i : j if j > 0 else len(md)]
 
 
 def the_tests_table(md: str) -> str:
@@ -512,12 +631,23 @@ def test_identical_differences_without_images_are_not_measurable(tmp_path):
 
 def test_bonferroni_over_claims_matches_scipy_and_hand_bonferroni(report, md):
     an = report.analyses["smoke"]
-    rows = {c.name: c.primary for c in an.comparisons if c.primary is not None and not c.primary.unmeasurable
-            and not c.primary.withheld}
+    rows = {
+        c.name: c.primary
+        for c in an.comparisons
+        if c.primary is not None and not c.primary.unmeasurable and not c.primary.withheld
+    }
     # tanh is confounded: measured, not tested, so not in the family.
     assert primary(an, "tanh").verdict == S.CONFOUNDED
-    assert set(rows) == {"fig1_tanh", "no_lrn", "no_overlap_pool", "no_pca_color", "no_crop_flip",
-                         "no_dropout", "single_view_eval", "bias_init"}
+    assert set(rows) == {
+        "fig1_tanh",
+        "no_lrn",
+        "no_overlap_pool",
+        "no_pca_color",
+        "no_crop_flip",
+        "no_dropout",
+        "single_view_eval",
+        "bias_init",
+    }
     raw = {k: scipy_p(r) for k, r in rows.items()}
     for k, r in rows.items():
         assert r.p == pytest.approx(raw[k], rel=1e-9), k
@@ -601,8 +731,17 @@ def _chance_root(root: Path) -> Path:
     """A smoke suite that never learned: 4 classes, 32 images, 24 wrong (75%) everywhere."""
     for s in (0, 1):
         for label in ("baseline", "no_lrn", "tanh", "no_crop_flip", "no_dropout", "no_pca_color", "bias_init"):
-            make_run(root, "smoke", label, s, top1=24 + (s if label == "tanh" else 0), top5=0, top1_10v=24,
-                     n_img=32, train_clean=0.75)
+            make_run(
+                root,
+                "smoke",
+                label,
+                s,
+                top1=24 + (s if label == "tanh" else 0),
+                top5=0,
+                top1_10v=24,
+                n_img=32,
+                train_clean=0.75,
+            )
     return root
 
 
@@ -796,8 +935,9 @@ def test_summary_table_comes_first(report, full_md):
     first_table = full_md.index("\n| ")
     assert full_md.index("## Summary") < first_table < full_md.index("## Preset")
     summary = section(full_md, "## Summary", "\n## ")
-    assert summary.splitlines()[2].startswith("| Preset (data) | Claim, metric | Paper | Measured [CI] | CI level | "
-                                              "Verdict |")
+    assert summary.splitlines()[2].startswith(
+        "| Preset (data) | Claim, metric | Paper | Measured [CI] | CI level | Verdict |"
+    )
     row = primary(report.analyses["smoke"], "no_lrn")
     cells = table_row(summary, "smoke (synthetic)", "`no_lrn`")
     assert cells[2] == "+1.4 pts"
@@ -1079,8 +1219,9 @@ def test_report_folder_is_replaced_as_a_whole(tmp_path, monkeypatch):
     from reports import folder_swap
 
     monkeypatch.setattr(folder_swap, "exchange", lambda a, b: False)
-    make_run(root, "imagenet", "one_tower", 0, top1=130, extra={**EXTRA, "data.source": "tfds:imagenet2012"},
-             classes=1000)
+    make_run(
+        root, "imagenet", "one_tower", 0, top1=130, extra={**EXTRA, "data.source": "tfds:imagenet2012"}, classes=1000
+    )
     third = build_report(root, out)
     assert "one_tower @ " in third.markdown.read_text() and third.pdf.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "runs"]
@@ -1093,7 +1234,8 @@ def test_report_folder_is_replaced_as_a_whole(tmp_path, monkeypatch):
     assert (out / "notes.txt").read_text() == "mine" and (out / "imagenet").is_dir()
     assert "one_tower @ " in fourth.markdown.read_text() and fourth.pdf.stat().st_size > 0
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["notes.txt", "imagenet", "report.md", "report.pdf", "figures", "runs.csv", "claims.csv"])
+        ["notes.txt", "imagenet", "report.md", "report.pdf", "figures", "runs.csv", "claims.csv"]
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "runs"]
     # the store as its own report folder (make publish: --runs results --out results)
     store_report = build_report(root, root)
@@ -1134,7 +1276,6 @@ def test_readme_block_is_written_from_the_report(fixture_root, tmp_path):
     readme.write_text("# no block\n")
     assert main(["--runs", str(fixture_root), "--out", str(tmp_path / "out"), "--readme", str(readme)]) == 2
     assert readme.read_text() == "# no block\n"
-
 
 
 def test_a_variant_that_never_learned_is_said_beside_its_row(tmp_path):
@@ -1209,18 +1350,29 @@ def test_figure1_wall_times_compare_runs_on_one_device(tmp_path):
     CPU is left out of the wall-time ratio (and said so), not averaged in."""
     root = tmp_path / "runs"
     for s in range(3):
-        make_run(root, "smoke", "fig1_tanh.base", s, curve=fig1_curve(3), lr=0.01, epochs_to_target=3,
-                 wall=10.0 * (1 + 0.01 * s), device="CPU (A, 2 cores)")
+        make_run(
+            root,
+            "smoke",
+            "fig1_tanh.base",
+            s,
+            curve=fig1_curve(3),
+            lr=0.01,
+            epochs_to_target=3,
+            wall=10.0 * (1 + 0.01 * s),
+            device="CPU (A, 2 cores)",
+        )
     for s, dev, wall in ((0, "CPU (A, 2 cores)", 60.0), (1, "CPU (A, 2 cores)", 61.0), (2, "CPU (B, 2 cores)", 400.0)):
-        make_run(root, "smoke", "fig1_tanh", s, curve=fig1_curve(15), lr=0.02, epochs_to_target=15, wall=wall,
-                 device=dev)
+        make_run(
+            root, "smoke", "fig1_tanh", s, curve=fig1_curve(15), lr=0.02, epochs_to_target=15, wall=wall, device=dev
+        )
     _grid_run(root, "smoke", "fig1_tanh.base", 0.01, 3, device="CPU (A, 2 cores)")
     _grid_run(root, "smoke", "fig1_tanh", 0.02, 15, device="CPU (B, 2 cores)")
     rep = build_report(root, tmp_path / "out")
     f1 = rep.analyses["smoke"].comparison("fig1_tanh").extra
     assert f1.wall_device == "CPU (A, 2 cores)"
-    assert f1.wall_ratio.estimate == pytest.approx(np.exp(np.mean(np.log([60.0, 61.0])) - np.mean(
-        np.log([10.0, 10.1, 10.2]))))
+    assert f1.wall_ratio.estimate == pytest.approx(
+        np.exp(np.mean(np.log([60.0, 61.0])) - np.mean(np.log([10.0, 10.1, 10.2])))
+    )
     assert any("1 run(s) on other or unrecorded devices are left out" in n for n in f1.notes)
     md = rep.markdown.read_text()
     assert "Wall-time ratio (tanh / ReLU, time to target, runs on CPU (A, 2 cores))" in md
@@ -1268,14 +1420,17 @@ def test_runs_written_by_other_code_are_noted(tmp_path, monkeypatch):
     text = rep.markdown.read_text()
     assert "# Runs written by other code (used, check them)" in text
     listing = section(text, "# Runs written by other code", "\n#")
-    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in listing.splitlines()
-            if line.startswith("| `smoke/")}
+    rows = {
+        line.split("|")[1].strip(): line.split("|")[2].strip()
+        for line in listing.splitlines()
+        if line.startswith("| `smoke/")
+    }
     assert rows == {
         f"`{newer.relative_to(tmp_path)}`": "config.json has key(s) this code does not know (newer code, or "
-                                            "edited by hand): `model.fancy_norm`",
+        "edited by hand): `model.fancy_norm`",
         f"`{odd.relative_to(tmp_path)}`": "config.json has key(s) removed since it was written (older code), "
-                                          "ignored: `train.old_knob`; result.json holds non-finite values: "
-                                          "`val_top5_err` = nan",
+        "ignored: `train.old_knob`; result.json holds non-finite values: "
+        "`val_top5_err` = nan",
     }
     # A run written by this code is not listed; without odd runs there is no such section.
     clean = tmp_path / "clean"

@@ -57,9 +57,11 @@ def _abs_path_root(tmp_path: Path, monkeypatch) -> tuple[Path, Path]:
             cfg = json.loads((path / R.CONFIG).read_text())
             meta = cfg.pop("meta")
             meta["data_id"] = data_identity(str(archive))  # what the trainer records
-            meta["command"] = (f"python {REPO}/experiments/run.py && python -m ablations run {label} --preset smoke "
-                               f"--runs {root} --set data.source={archive} train.epochs=5 "
-                               "--cache /root/.cache/reproduce")
+            meta["command"] = (
+                f"python {REPO}/experiments/run.py && python -m ablations run {label} --preset smoke "
+                f"--runs {root} --set data.source={archive} train.epochs=5 "
+                "--cache /root/.cache/reproduce"
+            )
             R.write_config(path, cfg, meta)
     return root, archive
 
@@ -80,8 +82,10 @@ def test_no_machine_paths_in_the_report_files(tmp_path, monkeypatch):
     assert digest.startswith("sha256:")
     assert f"Dataset: `alexnet-data.tar.xz` (content digest `{digest}`)" in md
     # Commands: the data by name, a repository path relative, other folders by name.
-    assert ("python experiments/run.py && python -m ablations run no_lrn --preset smoke --runs runs "
-            "--set data.source=alexnet-data.tar.xz train.epochs=5 --cache reproduce") in md
+    assert (
+        "python experiments/run.py && python -m ablations run no_lrn --preset smoke --runs runs "
+        "--set data.source=alexnet-data.tar.xz train.epochs=5 --cache reproduce"
+    ) in md
     assert "python -m reports --runs runs --out out" in md
     assert "Runs root: `runs`" in md
 
@@ -90,15 +94,19 @@ def test_portable_paths():
     repo = Path("/srv/checkout")
     assert C.portable("a --runs /srv/checkout/results --x=/srv/checkout", repo=repo) == "a --runs results --x=."
     assert C.portable("--set data.source=../shared/d/a.tar.xz", ["../shared/d/a.tar.xz"], repo) == (
-        "--set data.source=a.tar.xz")
+        "--set data.source=a.tar.xz"
+    )
     assert C.portable("data.source=shared/a.tar and shared/a.tar.xz", ["shared/a.tar"], repo) == (
-        "data.source=a.tar and shared/a.tar.xz")
+        "data.source=a.tar and shared/a.tar.xz"
+    )
     # A relative path out of the folder the command ran in (not a data source): its last name.
     assert C.portable("--data ../d/a.tar.xz --runs ../../x/runs", repo=repo) == "--data a.tar.xz --runs runs"
     # Other absolute and home paths: their last name; sentences, URLs, ratios, TFDS names and
     # relative paths are left alone.
-    assert C.portable("under /tmp/x/runs. See ~/y/z, https://a.org/b 3/4 tfds:imagenette/160px-v2 ./c/d",
-                      repo=repo) == "under runs. See z, https://a.org/b 3/4 tfds:imagenette/160px-v2 ./c/d"
+    assert (
+        C.portable("under /tmp/x/runs. See ~/y/z, https://a.org/b 3/4 tfds:imagenette/160px-v2 ./c/d", repo=repo)
+        == "under runs. See z, https://a.org/b 3/4 tfds:imagenette/160px-v2 ./c/d"
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -107,15 +115,18 @@ def test_portable_paths():
 
 
 def test_preset_description_is_whole_sentences(tmp_path, monkeypatch):
-    doc = ("A preset whose first sentence runs over\n    two lines of its docstring (a, b). A second one.\n\n"
-           "    Command: ``make reproduce``.")
+    doc = (
+        "A preset whose first sentence runs over\n    two lines of its docstring (a, b). A second one.\n\n"
+        "    Command: ``make reproduce``."
+    )
     monkeypatch.setitem(PRESETS, "smoke", dataclasses.replace(PRESETS["smoke"], doc=doc))
     for s in (0, 1):
         make_run(tmp_path / "runs", "smoke", "baseline", s)
     md = build_report(tmp_path / "runs", tmp_path / "out").markdown.read_text()
     line = next(x for x in md.splitlines() if x.startswith("- Preset: `smoke`"))
-    assert line == ("- Preset: `smoke` - A preset whose first sentence runs over two lines of its docstring "
-                    "(a, b). A second one.")
+    assert line == (
+        "- Preset: `smoke` - A preset whose first sentence runs over two lines of its docstring (a, b). A second one."
+    )
 
 
 def test_a_long_description_is_cut_at_a_sentence_end():
@@ -160,8 +171,11 @@ def test_caption_stays_on_the_page_of_its_figure(tmp_path):
         pages = _pdf_pages(tmp_path / "c.pdf")
         with_image = [i for i, p in enumerate(pages) if p.images]
         texts = [squash(p.extract_text()) for p in pages]
-        assert with_image == [i for i, t in enumerate(texts) if "CAPTION-START" in t] == [
-            i for i, t in enumerate(texts) if "CAPTION-END" in t], words
+        assert (
+            with_image
+            == [i for i, t in enumerate(texts) if "CAPTION-START" in t]
+            == [i for i, t in enumerate(texts) if "CAPTION-END" in t]
+        ), words
 
 
 # --------------------------------------------------------------------------------------
@@ -175,8 +189,9 @@ def _ci(est, lo, hi):
 
 def _row(name, est, half, claimed=None, metric="top-1"):
     nan = float("nan")
-    ci = _ci(est, est - half, est + half) if est is not None else SimpleNamespace(estimate=nan, lo=nan, hi=nan,
-                                                                                   ok=False)
+    ci = (
+        _ci(est, est - half, est + half) if est is not None else SimpleNamespace(estimate=nan, lo=nan, hi=nan, ok=False)
+    )
     return SimpleNamespace(ablation=name, metric=metric, ci=ci, image_ci=None, claimed=claimed)
 
 

@@ -92,8 +92,9 @@ def test_learns_generated_data(tmp_path):
         def on_train_begin(self, logs=None):
             seen["jit_compile"] = self.model.jit_compile
 
-    result = train(cfg, tmp_path / "run", meta={"preset": "smoke", "label": "baseline"}, verbose=0,
-                   callbacks=[Compiled()])
+    result = train(
+        cfg, tmp_path / "run", meta={"preset": "smoke", "label": "baseline"}, verbose=0, callbacks=[Compiled()]
+    )
     assert 1 - result["val_top1_err"] > 0.9, result
     assert seen["jit_compile"] is True  # XLA, also where Keras' default would not use it
 
@@ -136,8 +137,19 @@ def test_divergence_is_a_clear_error_and_keeps_progress(tmp_path):
 
 def _train_cmd(run_dir, epochs):
     return [
-        sys.executable, "-m", "reproduce", "train", "--preset", "smoke", "--run-dir", str(run_dir),
-        "--quiet", "--set", f"train.epochs={epochs}", "data.synthetic_train=320", "eval.ten_view=false",
+        sys.executable,
+        "-m",
+        "reproduce",
+        "train",
+        "--preset",
+        "smoke",
+        "--run-dir",
+        str(run_dir),
+        "--quiet",
+        "--set",
+        f"train.epochs={epochs}",
+        "data.synthetic_train=320",
+        "eval.ten_view=false",
     ]
 
 
@@ -167,8 +179,13 @@ def test_sigkill_mid_epoch_resumes_with_every_epoch_once(tmp_path):
     d, marker = tmp_path / "run", tmp_path / "in-epoch-2"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
     overrides = ["train.epochs=4", "data.synthetic_train=320", "eval.ten_view=false"]
-    proc = subprocess.Popen([sys.executable, "-c", _PAUSED_IN_EPOCH_2, str(d), str(marker), *overrides],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _PAUSED_IN_EPOCH_2, str(d), str(marker), *overrides],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 240
     while not marker.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -287,7 +304,7 @@ def test_dead_fc7_units_are_counted_and_recorded(tmp_path):
         fc7.set_weights([np.zeros_like(k), np.full_like(b, bias)])
         assert fc7_dead_fraction(cfg, model, net, data.train) == pytest.approx(expected)
     b[: len(b) // 4] = -1.0  # a quarter of the units pushed below 0 on every input
-    b[len(b) // 4:] = 1.0
+    b[len(b) // 4 :] = 1.0
     fc7.set_weights([np.zeros_like(k), b])
     assert fc7_dead_fraction(cfg, model, net, data.train) == pytest.approx((len(b) // 4) / len(b))
     # tanh has no dead units to count; a trained run records its fraction

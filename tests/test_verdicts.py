@@ -117,8 +117,7 @@ def test_an_overfitting_claim_is_not_testable_while_the_baseline_does_not_overfi
 def _lrn_pair(root, preset, seeds, base, delta):
     for s in seeds:
         make_run(root, preset, "baseline", s, top1=base + s, extra={}, classes=10, train_clean=0.3)
-        make_run(root, preset, "no_lrn", s, top1=base + s + delta + (s % 2), extra={}, classes=10,
-                 train_clean=0.3)
+        make_run(root, preset, "no_lrn", s, top1=base + s + delta + (s % 2), extra={}, classes=10, train_clean=0.3)
 
 
 def test_an_effect_that_shrinks_with_budget_is_budget_limited(tmp_path):

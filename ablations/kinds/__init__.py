@@ -34,8 +34,10 @@ def get_kind(name: str) -> Kind:
 def kind_of(ab) -> Kind:
     """The kind of ablation `ab`; a ValueError naming the kinds if it has none of them."""
     if ab.kind not in KINDS:
-        raise ValueError(f"ablation {ab.name!r} has kind {ab.kind!r}, which is not a kind of ablation; "
-                         f"the kinds are: {', '.join(KINDS)}")
+        raise ValueError(
+            f"ablation {ab.name!r} has kind {ab.kind!r}, which is not a kind of ablation; "
+            f"the kinds are: {', '.join(KINDS)}"
+        )
     return KINDS[ab.kind]
 
 

@@ -45,8 +45,9 @@ class Runs(Protocol):
 
     def variant_config(self, ab) -> Config: ...
 
-    def run_one(self, label: str, cfg: Config, seed: int, epoch_limit: int | None = None,
-                diverged_is_final: bool = False) -> dict | None:
+    def run_one(
+        self, label: str, cfg: Config, seed: int, epoch_limit: int | None = None, diverged_is_final: bool = False
+    ) -> dict | None:
         """Train (or find finished) the run of `label`, `cfg` and `seed`; its
         result, or None (not finished: failed, left to another process, or only
         planned). `epoch_limit` caps its epochs (a capped run is extended by a

@@ -102,8 +102,10 @@ def grid_rank(epochs_to_target, train_err) -> tuple:
     (None: not reached), then the training error at the last epoch run. Both are
     properties of the run's computation, not of the machine's load, unlike wall
     time."""
-    return (float("inf") if epochs_to_target is None else int(epochs_to_target),
-            float("inf") if train_err is None else float(train_err))
+    return (
+        float("inf") if epochs_to_target is None else int(epochs_to_target),
+        float("inf") if train_err is None else float(train_err),
+    )
 
 
 def arm_names(ab) -> tuple:
@@ -130,8 +132,9 @@ class LrGrid(Kind):
 
     def check(self, ab) -> None:
         if not ab.lr_grid:
-            raise ValueError(f"ablation {ab.name!r} is of kind {self.name!r} but has no learning rates to "
-                             "try (its lr_grid is empty)")
+            raise ValueError(
+                f"ablation {ab.name!r} is of kind {self.name!r} but has no learning rates to try (its lr_grid is empty)"
+            )
 
     def extra_labels(self, ab) -> tuple:
         return (grid_label(ab.base_label), grid_label(ab.name))
@@ -154,15 +157,20 @@ class LrGrid(Kind):
                 # (it walks the grid in the same order and then trains the seeds), or,
                 # on a worker's first pass, to the worker whose share the run is.
                 if e.args[0] in runner.held:
-                    print(f"[ablations] {label}: another process is training its "
-                          "learning-rate grid and then its seeds; moving on", flush=True)
+                    print(
+                        f"[ablations] {label}: another process is training its "
+                        "learning-rate grid and then its seeds; moving on",
+                        flush=True,
+                    )
 
     def plan_notes(self, ab, todo: list) -> list:
         grids = set(self.extra_labels(ab))
         if not any(j.label in grids for j in todo):  # the seeds' rate is known
             return []
-        return [f"({_title(ab) or ab.name}: grid rates stop early once they cannot win; the grid may grow "
-                f"by x{GRID_EXTEND_FACTOR:g} at an edge, up to {GRID_MAX_EXTENSIONS} more rates per arm)"]
+        return [
+            f"({_title(ab) or ab.name}: grid rates stop early once they cannot win; the grid may grow "
+            f"by x{GRID_EXTEND_FACTOR:g} at an edge, up to {GRID_MAX_EXTENSIONS} more rates per arm)"
+        ]
 
     def compare(self, preset: str, ab, labels: dict, prefer_base: str | None = None):
         comp = measures.arms_comparison(preset, ab, labels, allowed=(LR_KEY,), prefer_base=prefer_base)
@@ -178,8 +186,9 @@ class LrGrid(Kind):
         for key, label in zip(fig.keys, self.extra_labels(ab)):
             for cell in fig.grid[key]:
                 if cell.status != "finished":
-                    out.append((f"{label} (lr {cell.lr:g})", GRID_SEED,
-                                "absent" if cell.status == "missing" else cell.status))
+                    out.append(
+                        (f"{label} (lr {cell.lr:g})", GRID_SEED, "absent" if cell.status == "missing" else cell.status)
+                    )
         return out
 
     def measured_suffix(self, comp) -> str:
@@ -190,8 +199,11 @@ class LrGrid(Kind):
         ab, p = comp.ablation, an.preset
         title = _title(ab)
         stem = title.lower().replace(" ", "") if title else ab.name
-        fig = figure(comp.extra, out_dir / "figures" / f"{p}_{stem}.png",
-                     f"{title or ab.name} ({p}): {ab.description.split(': ', 1)[-1]}")
+        fig = figure(
+            comp.extra,
+            out_dir / "figures" / f"{p}_{stem}.png",
+            f"{title or ab.name} ({p}): {ab.description.split(': ', 1)[-1]}",
+        )
         if fig is not None:
             figs.append(fig)
         return blocks(an, comp, out_dir, fig)
@@ -209,8 +221,7 @@ def _walk_arm(ab, label: str, cfg, runner) -> None:
         r = runner.run_one(grid_label(label), c, GRID_SEED, epoch_limit=cap, diverged_is_final=True)
         if runner.passed_on:
             raise _ArmPassedOn(runner.passed_on)
-        ranks[float(lr)] = (grid_rank(r.get("epochs_to_target"), r.get("train_top1_err"))
-                            if r else (math.inf, math.inf))
+        ranks[float(lr)] = grid_rank(r.get("epochs_to_target"), r.get("train_top1_err")) if r else (math.inf, math.inf)
 
     while (lr := next_grid_rate(ab.lr_grid, ranks)) is not None:
         try_rate(lr)
@@ -227,9 +238,12 @@ def _walk_arm(ab, label: str, cfg, runner) -> None:
     chosen.train.learning_rate = best
     if runner.verbose and not runner.dry:
         e = ranks[best][0]
-        print(f"[ablations] {label}: learning rate {best:g} chosen from "
-              f"{', '.join(f'{lr:g}' for lr in sorted(ranks))} (epochs to target "
-              f"{'not reached' if e == math.inf else int(e)})", flush=True)
+        print(
+            f"[ablations] {label}: learning rate {best:g} chosen from "
+            f"{', '.join(f'{lr:g}' for lr in sorted(ranks))} (epochs to target "
+            f"{'not reached' if e == math.inf else int(e)})",
+            flush=True,
+        )
     for s in runner.seeds:
         runner.run_one(label, chosen, s)
 
@@ -305,21 +319,33 @@ def _one_device(names, bruns, vruns, wb: dict, wv: dict):
     known = (set(dev_b.values()) | set(dev_v.values())) - {None}
     if not known:
         return None, wb, wv, None
-    shared = ((set(dev_b.values()) & set(dev_v.values())) if dev_b and dev_v
-              else set(dev_b.values()) | set(dev_v.values())) - {None}
+    shared = (
+        (set(dev_b.values()) & set(dev_v.values())) if dev_b and dev_v else set(dev_b.values()) | set(dev_v.values())
+    ) - {None}
     if not shared:
-        return None, {}, {}, (f"wall times: the {names[0]} and {names[1]} runs ran on different devices, so no "
-                              "wall times or wall-time ratio are given (seconds are not comparable across "
-                              "machines)")
-    dev = max(shared, key=lambda d: (min(list(dev_b.values()).count(d), list(dev_v.values()).count(d)),
-                                     str(d)))
+        return (
+            None,
+            {},
+            {},
+            (
+                f"wall times: the {names[0]} and {names[1]} runs ran on different devices, so no "
+                "wall times or wall-time ratio are given (seconds are not comparable across "
+                "machines)"
+            ),
+        )
+    dev = max(shared, key=lambda d: (min(list(dev_b.values()).count(d), list(dev_v.values()).count(d)), str(d)))
     keep_b = {s: x for s, x in wb.items() if dev_b[s] == dev}
     keep_v = {s: x for s, x in wv.items() if dev_v[s] == dev}
     left = len(wb) + len(wv) - len(keep_b) - len(keep_v)
-    note = None if not left else (
-        f"wall times: only the runs on {dev} ({names[0]} {len(keep_b)}, {names[1]} {len(keep_v)}) are compared; "
-        f"{left} run(s) on other or unrecorded devices are left out of the wall-time columns, since seconds are "
-        "not comparable across machines (epochs are)")
+    note = (
+        None
+        if not left
+        else (
+            f"wall times: only the runs on {dev} ({names[0]} {len(keep_b)}, {names[1]} {len(keep_v)}) are compared; "
+            f"{left} run(s) on other or unrecorded devices are left out of the wall-time columns, since seconds are "
+            "not comparable across machines (epochs are)"
+        )
+    )
     return dev, keep_b, keep_v, note
 
 
@@ -350,37 +376,63 @@ def _epochs_row(comp, names, bt: dict, vt: dict, target: float, notes: list):
         e = (r.result or {}).get("epochs_to_target")
         t = (bt if r in bruns else vt)[r.seed]
         if e is not None and t.reached and int(e) != t.epochs:
-            notes.append(f"`{r.label}` seed {r.seed}: result.json says {e} epochs to target, "
-                         f"the logged curve {t.epochs}; the curve is used")
+            notes.append(
+                f"`{r.label}` seed {r.seed}: result.json says {e} epochs to target, "
+                f"the logged curve {t.epochs}; the curve is used"
+            )
     ratio = wall = None
     n = min(len(bt), len(vt))
     wb = measures.result_values(comp.pair.base, "wall_time_s")
     wv = measures.result_values(comp.pair.variant, "wall_time_s")
-    wall_device, wb, wv, note = _one_device(names, bruns, vruns, {s: x for s, x in wb.items() if x > 0},
-                                            {s: x for s, x in wv.items() if x > 0})
+    wall_device, wb, wv, note = _one_device(
+        names, bruns, vruns, {s: x for s, x in wb.items() if x > 0}, {s: x for s, x in wv.items() if x > 0}
+    )
     if note:
         notes.append(note)
     if bt and vt:
-        ratio = stats.ratio_interval({s: t.bound for s, t in bt.items()}, {s: t.bound for s, t in vt.items()},
-                                     measures.LEVEL)
+        ratio = stats.ratio_interval(
+            {s: t.bound for s, t in bt.items()}, {s: t.bound for s, t in vt.items()}, measures.LEVEL
+        )
         if wb and wv:
             wall = stats.ratio_interval(wb, wv, measures.LEVEL)
     base_cens = [s for s, t in bt.items() if not t.reached]
     var_cens = [s for s, t in vt.items() if not t.reached]
     if var_cens:
-        notes.append(f"{names[1]} seeds {var_cens} never reached {target:.0%}; their epochs are counted as the "
-                     f"epochs run, so the ratio and its interval are lower bounds: {names[1]} needs at least that "
-                     "many times the epochs")
+        notes.append(
+            f"{names[1]} seeds {var_cens} never reached {target:.0%}; their epochs are counted as the "
+            f"epochs run, so the ratio and its interval are lower bounds: {names[1]} needs at least that "
+            "many times the epochs"
+        )
     claimed, claim_text, _ = measures.claimed_text(claim, "epochs")
-    log_ci = (ratio.log if ratio is not None
-              else stats.Interval(stats.NAN, stats.NAN, stats.NAN, "n/a", n, reason="an arm has no runs"))
-    row = measures.Row(a.name, "epochs", claimed, claim_text, claim.direction,
-                       {s: t.bound for s, t in bt.items()}, {s: t.bound for s, t in vt.items()},
-                       ratio if ratio is not None else stats.RatioSummary(*(stats.NAN,) * 5, "n/a", n), None, log_ci,
-                       lower_bound_only=bool(var_cens), notes=notes, label=f"epochs to {target:.0%} train err",
-                       interval_at=(lambda level: stats.ratio_interval({s: t.bound for s, t in bt.items()},
-                                                                       {s: t.bound for s, t in vt.items()}, level).log)
-                       if ratio is not None else None)
+    log_ci = (
+        ratio.log
+        if ratio is not None
+        else stats.Interval(stats.NAN, stats.NAN, stats.NAN, "n/a", n, reason="an arm has no runs")
+    )
+    row = measures.Row(
+        a.name,
+        "epochs",
+        claimed,
+        claim_text,
+        claim.direction,
+        {s: t.bound for s, t in bt.items()},
+        {s: t.bound for s, t in vt.items()},
+        ratio if ratio is not None else stats.RatioSummary(*(stats.NAN,) * 5, "n/a", n),
+        None,
+        log_ci,
+        lower_bound_only=bool(var_cens),
+        notes=notes,
+        label=f"epochs to {target:.0%} train err",
+        interval_at=(
+            lambda level: (
+                stats.ratio_interval(
+                    {s: t.bound for s, t in bt.items()}, {s: t.bound for s, t in vt.items()}, level
+                ).log
+            )
+        )
+        if ratio is not None
+        else None,
+    )
     measures.add_power(row, log_ci)
     if base_cens:
         row.unmeasurable = f"{names[0]} seeds {base_cens} never reached {target:.0%}"
@@ -395,18 +447,21 @@ def _grid_cells(ab, labels: dict, target: float, label: str) -> tuple[list, set]
     """([GridCell] by rate, the seeds of its finished runs) of the grid runs `label`."""
     grid_runs = [r for g in labels.get(label, []) for r in g.runs]
     seeds = {r.seed for r in grid_runs if collect.is_counted(r)}
-    lrs = sorted({collect.learning_rate(r) for r in grid_runs if collect.learning_rate(r) is not None}
-                 | set(ab.lr_grid))
+    lrs = sorted(
+        {collect.learning_rate(r) for r in grid_runs if collect.learning_rate(r) is not None} | set(ab.lr_grid)
+    )
     cells = []
     for lr in lrs:
-        at = [r for r in grid_runs
-              if collect.learning_rate(r) is not None and math.isclose(collect.learning_rate(r), lr)]
+        at = [
+            r for r in grid_runs if collect.learning_rate(r) is not None and math.isclose(collect.learning_rate(r), lr)
+        ]
         done = sorted((r for r in at if collect.is_counted(r)), key=lambda r: collect._date_key(collect.run_date(r)))
         if done:
             r = done[-1]
             wall_s = (r.result or {}).get("wall_time_s")
-            cells.append(GridCell(lr, r, measures.run_ttt(r, target), wall_s, "finished",
-                                  bool(r.result.get("censored"))))
+            cells.append(
+                GridCell(lr, r, measures.run_ttt(r, target), wall_s, "finished", bool(r.result.get("censored")))
+            )
         elif at:
             r = sorted(at, key=lambda r: collect._date_key(collect.run_date(r)))[-1]
             status = collect.run_status(r)
@@ -439,29 +494,54 @@ def analyze(ab, labels: dict, comp) -> Fig1:
     for key, label in zip(keys, (grid_label(ab.base_label), grid_label(ab.name))):
         grid[key], seeds = _grid_cells(ab, labels, target, label)
         grid_seeds |= seeds
-    fig = Fig1(ab, target, bruns, vruns, bt, vt, ratio, wall, _lr_of(bruns), _lr_of(vruns), grid, notes,
-               wall_device, dict(zip(keys, (wb, wv))), names=names)
+    fig = Fig1(
+        ab,
+        target,
+        bruns,
+        vruns,
+        bt,
+        vt,
+        ratio,
+        wall,
+        _lr_of(bruns),
+        _lr_of(vruns),
+        grid,
+        notes,
+        wall_device,
+        dict(zip(keys, (wb, wv))),
+        names=names,
+    )
     for key, chosen in zip(keys, (fig.base_lr, fig.variant_lr)):
         done = [c for c in grid[key] if c.ttt is not None]
         if not done or chosen is None:
             continue
-        best = min(done, key=lambda c: (grid_rank(c.ttt.epochs if c.ttt.reached else None,
-                                                  (c.run.result or {}).get("train_top1_err")), c.lr))
+        best = min(
+            done,
+            key=lambda c: (
+                grid_rank(c.ttt.epochs if c.ttt.reached else None, (c.run.result or {}).get("train_top1_err")),
+                c.lr,
+            ),
+        )
         if best.ttt.reached and not math.isclose(best.lr, chosen):
-            fig.notes.append(f"{key}: the seeded runs used lr {chosen:g}, but the grid's fastest "
-                             f"to {target:.0%} was lr {best.lr:g}")
+            fig.notes.append(
+                f"{key}: the seeded runs used lr {chosen:g}, but the grid's fastest to {target:.0%} was lr {best.lr:g}"
+            )
         # A rate that diverged was tried: the grid is closed on that side (a higher rate
         # would diverge too), so it counts for the edges.
         rates = sorted(c.lr for c in grid[key] if c.ttt is not None or c.status.startswith("diverged"))
         if len(rates) == 1 or math.isclose(chosen, rates[0]) or math.isclose(chosen, rates[-1]):
             side = "only" if len(rates) == 1 else ("lowest" if math.isclose(chosen, rates[0]) else "highest")
-            fig.notes.append(f"{key}: the chosen lr {chosen:g} is the {side} rate of the grid run "
-                             f"({', '.join(f'{x:g}' for x in rates)}): a rate beyond it may be faster, so the "
-                             f"{key} arm may be slower than its best (the grid grows by x{GRID_EXTEND_FACTOR:g} "
-                             f"at an edge, at most {GRID_MAX_EXTENSIONS} times)")
+            fig.notes.append(
+                f"{key}: the chosen lr {chosen:g} is the {side} rate of the grid run "
+                f"({', '.join(f'{x:g}' for x in rates)}): a rate beyond it may be faster, so the "
+                f"{key} arm may be slower than its best (the grid grows by x{GRID_EXTEND_FACTOR:g} "
+                f"at an edge, at most {GRID_MAX_EXTENSIONS} times)"
+            )
     if grid_seeds and len(grid_seeds) == 1:
-        fig.notes.append(f"the learning rates were picked on a single selection seed ({sorted(grid_seeds)[0]}): "
-                         "rates whose epochs to target are close may rank differently on another seed")
+        fig.notes.append(
+            f"the learning rates were picked on a single selection seed ({sorted(grid_seeds)[0]}): "
+            "rates whose epochs to target are close may rank differently on another seed"
+        )
     fig.rules = counting_rules(fig)
     return fig
 
@@ -476,13 +556,28 @@ def counting_rules(fig: Fig1) -> list:
     pair = lambda b, v: {s: (b[s], v[s]) for s in sorted(set(b) & set(v))}  # noqa: E731
     bi = {s: t.bound for s, t in fig.base_ttt.items()}
     vi = {s: t.bound for s, t in fig.variant_ttt.items()}
-    rules = [CountingRule("whole epochs: the first epoch at or under the target (the test)", fig.ratio.estimate,
-                          fig.ratio, len(set(bi) & set(vi)), pair(bi, vi))]
+    rules = [
+        CountingRule(
+            "whole epochs: the first epoch at or under the target (the test)",
+            fig.ratio.estimate,
+            fig.ratio,
+            len(set(bi) & set(vi)),
+            pair(bi, vi),
+        )
+    ]
     censored = [s for s, t in (*fig.base_ttt.items(), *fig.variant_ttt.items()) if not t.reached]
-    for at, name in ((1.0, "the crossing interpolated within its epoch, each logged error read as the epoch's "
-                           "end (linear, from chance before training)"),
-                     (0.5, "the crossing interpolated, each logged error read at the middle of its epoch (the "
-                           "log holds the epoch's running mean)")):
+    for at, name in (
+        (
+            1.0,
+            "the crossing interpolated within its epoch, each logged error read as the epoch's "
+            "end (linear, from chance before training)",
+        ),
+        (
+            0.5,
+            "the crossing interpolated, each logged error read at the middle of its epoch (the "
+            "log holds the epoch's running mean)",
+        ),
+    ):
         bf = {r.seed: measures.run_fractional_ttt(r, fig.target, at) for r in fig.base_runs}
         vf = {r.seed: measures.run_fractional_ttt(r, fig.target, at) for r in fig.variant_runs}
         if censored or any(x is None or x <= 0 for x in (*bf.values(), *vf.values())) or not bf or not vf:
@@ -490,8 +585,10 @@ def counting_rules(fig: Fig1) -> list:
         rf = stats.ratio_interval(bf, vf, measures.LEVEL)
         rules.append(CountingRule(name, rf.estimate, rf, len(set(bf) & set(vf)), pair(bf, vf)))
     if censored:
-        fig.notes.append(f"seeds {sorted(set(censored))} never reached the target, so the interpolated counting "
-                         "rules are left out (they would drop the slowest seeds)")
+        fig.notes.append(
+            f"seeds {sorted(set(censored))} never reached the target, so the interpolated counting "
+            "rules are left out (they would drop the slowest seeds)"
+        )
 
     def selected(key, lr):
         cell = next((c for c in fig.grid.get(key, []) if lr is not None and math.isclose(c.lr, lr)), None)
@@ -500,11 +597,24 @@ def counting_rules(fig: Fig1) -> list:
     sb, sv = selected(fig.keys[0], fig.base_lr), selected(fig.keys[1], fig.variant_lr)
     if sb and sv:
         rp = stats.ratio_interval({**bi, GRID_SEED: sb}, {**vi, GRID_SEED: sv}, measures.LEVEL)
-        rules.append(CountingRule(f"whole epochs, the selection seed {GRID_SEED} counted as one more pair",
-                                  rp.estimate, rp, len(set(bi) & set(vi)) + 1,
-                                  {**pair(bi, vi), GRID_SEED: (sb, sv)}))
-        rules.append(CountingRule(f"the selection seed {GRID_SEED} alone (its grid runs at the chosen rates)",
-                                  sv / sb, None, 1, {GRID_SEED: (sb, sv)}))
+        rules.append(
+            CountingRule(
+                f"whole epochs, the selection seed {GRID_SEED} counted as one more pair",
+                rp.estimate,
+                rp,
+                len(set(bi) & set(vi)) + 1,
+                {**pair(bi, vi), GRID_SEED: (sb, sv)},
+            )
+        )
+        rules.append(
+            CountingRule(
+                f"the selection seed {GRID_SEED} alone (its grid runs at the chosen rates)",
+                sv / sb,
+                None,
+                1,
+                {GRID_SEED: (sb, sv)},
+            )
+        )
     return rules
 
 
@@ -536,8 +646,7 @@ def figure(fig: Fig1, path: Path, title: str) -> figures.FigureFile | None:
     lr = lambda x: f", lr {x:g}" if x is not None else ""  # noqa: E731
     figures.draw_band(ax, b, color_b, "-", f"{nb}{lr(fig.base_lr)} (n={b.seed.nunique()})", seeds_too=True)
     figures.draw_band(ax, v, color_v, "--", f"{nv}{lr(fig.variant_lr)} (n={v.seed.nunique()})", seeds_too=True)
-    ax.axhline(100 * fig.target, color="0.25", linestyle=":", linewidth=1.2,
-               label=f"{fig.target:.0%} training error")
+    ax.axhline(100 * fig.target, color="0.25", linestyle=":", linewidth=1.2, label=f"{fig.target:.0%} training error")
     ax.set_xlabel("epochs")
     figures.integer_epochs(ax)
     ax.set_ylabel("training error rate (%)")
@@ -557,23 +666,43 @@ def blocks(an, comp, out_dir: Path, fig_file: figures.FigureFile | None) -> list
     kb, kv = f1.keys
     title = _title(ab)
     out = [document.Heading(3, (f"{title}: " if title else "") + f"{nb} vs {nv} ({text.code(ab.name)})")]
-    out.append(text.figure_block(fig_file, out_dir, f"Training error vs epochs: {nb} solid, {nv} dashed, "
-                                 f"{f1.target:.0%} target dotted" + (f" (cf. the paper's {title})" if title else "")
-                                 + ". Thin lines: single seeds; thick line and band: mean ± 1 sd over seeds, drawn "
-                                 "over the epochs every seed ran (runs stop at the target)."))
+    out.append(
+        text.figure_block(
+            fig_file,
+            out_dir,
+            f"Training error vs epochs: {nb} solid, {nv} dashed, "
+            f"{f1.target:.0%} target dotted"
+            + (f" (cf. the paper's {title})" if title else "")
+            + ". Thin lines: single seeds; thick line and band: mean ± 1 sd over seeds, drawn "
+            "over the epochs every seed ran (runs stop at the target).",
+        )
+    )
     rows = []
     for arm, ttt, lr, key in ((nb, f1.base_ttt, f1.base_lr, kb), (nv, f1.variant_ttt, f1.variant_lr, kv)):
         m, sd, n = stats.mean_sd([t.bound for t in ttt.values()])
         walls = list(f1.arm_walls.get(key, {}).values())
         wm, wsd, _ = stats.mean_sd(walls)
-        rows.append([arm, text.num(lr, "{:g}"), str(n),
-                     "n/a" if n == 0 else (f"{m:.1f} ± {sd:.1f}" if n >= 2 else f"{m:.1f}"),
-                     ", ".join(f"s{s}: {t}" for s, t in sorted(ttt.items())) or "n/a",
-                     "n/a" if not walls else (f"{wm:.0f} ± {wsd:.0f}" if len(walls) >= 2 else f"{wm:.0f}")
-                     + (f" (n = {len(walls)})" if walls and len(walls) != n else "")])
-    out.append(document.Table([ab.arm_title, "lr", "n", f"Epochs to {f1.target:.0%} (mean ± sd)", "Per seed",
-                               "Wall time to target (s)"], rows, ["l", "r", "r", "r", "l", "r"],
-                              caption=f"Wall times: the runs on {f1.wall_device}." if f1.wall_device else ""))
+        rows.append(
+            [
+                arm,
+                text.num(lr, "{:g}"),
+                str(n),
+                "n/a" if n == 0 else (f"{m:.1f} ± {sd:.1f}" if n >= 2 else f"{m:.1f}"),
+                ", ".join(f"s{s}: {t}" for s, t in sorted(ttt.items())) or "n/a",
+                "n/a"
+                if not walls
+                else (f"{wm:.0f} ± {wsd:.0f}" if len(walls) >= 2 else f"{wm:.0f}")
+                + (f" (n = {len(walls)})" if walls and len(walls) != n else ""),
+            ]
+        )
+    out.append(
+        document.Table(
+            [ab.arm_title, "lr", "n", f"Epochs to {f1.target:.0%} (mean ± sd)", "Per seed", "Wall time to target (s)"],
+            rows,
+            ["l", "r", "r", "r", "l", "r"],
+            caption=f"Wall times: the runs on {f1.wall_device}." if f1.wall_device else "",
+        )
+    )
     r = f1.ratio
     row = next((x for x in comp.rows if x.metric == "epochs"), None)
     if r is not None and row is not None:
@@ -582,54 +711,78 @@ def blocks(an, comp, out_dir: Path, fig_file: figures.FigureFile | None) -> list
         if claim.ratio and row.verdict == stats.NOT_MEASURABLE:
             cmp6 = f"not measurable here, so no comparison with the paper's x{claim.ratio:g}"
         elif claim.ratio and row.lower_bound_only and row.magnitude == stats.MAG_LARGER:
-            cmp6 = (f"even as a lower bound the interval lies above the paper's x{claim.ratio:g}: {nv} is slower "
-                    f"here, relative to {nb}, than in the paper")
+            cmp6 = (
+                f"even as a lower bound the interval lies above the paper's x{claim.ratio:g}: {nv} is slower "
+                f"here, relative to {nb}, than in the paper"
+            )
         elif claim.ratio and row.lower_bound_only:
-            cmp6 = (f"censored {nv} runs make the ratio a lower bound, so the paper's x{claim.ratio:g} cannot "
-                    "be ruled out above the interval; run those seeds longer to resolve it")
+            cmp6 = (
+                f"censored {nv} runs make the ratio a lower bound, so the paper's x{claim.ratio:g} cannot "
+                "be ruled out above the interval; run those seeds longer to resolve it"
+            )
         elif claim.ratio and row.magnitude == stats.MAG_UNDERPOWERED:
-            cmp6 = (f"the paper's x{claim.ratio:g} is inside the interval, but below the detectable ratio "
-                    f"({text.mde_text(row)}): no evidence either way")
+            cmp6 = (
+                f"the paper's x{claim.ratio:g} is inside the interval, but below the detectable ratio "
+                f"({text.mde_text(row)}): no evidence either way"
+            )
         elif claim.ratio:
-            cmp6 = {stats.MAG_INSIDE: f"the paper's x{claim.ratio:g} lies inside the interval",
-                    stats.MAG_SMALLER: f"the paper's x{claim.ratio:g} lies above the interval (a smaller speed-up)",
-                    stats.MAG_LARGER: f"the paper's x{claim.ratio:g} lies below the interval ({nv} is slower here)",
-                    }.get(row.magnitude, cmp6)
+            cmp6 = {
+                stats.MAG_INSIDE: f"the paper's x{claim.ratio:g} lies inside the interval",
+                stats.MAG_SMALLER: f"the paper's x{claim.ratio:g} lies above the interval (a smaller speed-up)",
+                stats.MAG_LARGER: f"the paper's x{claim.ratio:g} lies below the interval ({nv} is slower here)",
+            }.get(row.magnitude, cmp6)
         spread = f"per-seed ratios {r.mean:.2f} ± {r.sd:.2f}" if math.isfinite(r.sd) else "per-seed ratios n/a"
         wall = ""
         if f1.wall_ratio is not None and math.isfinite(f1.wall_ratio.estimate):
             w = f1.wall_ratio
             on = f", runs on {f1.wall_device}" if f1.wall_device else ""
-            wall = (f" Wall-time ratio ({nv} / {nb}, time to target{on}): {at_least}x{w.estimate:.2f}"
-                    + (f", 95% CI [x{w.lo:.2f}, x{w.hi:.2f}]." if w.ok else "."))
-        out.append(document.Para(
-            f"Epochs to {f1.target:.0%} training error, {nv} / {nb}: {at_least}x{r.estimate:.2f} (geometric mean, "
-            f"{spread}), 95% CI " + (f"[x{r.lo:.2f}, x{r.hi:.2f}]" if r.ok else "n/a")
-            + f" ({r.method} on log epochs, n = {r.n}"
-            + (f", a lower bound: censored {nv} runs count the epochs they ran" if row.lower_bound_only else "")
-            + f"). Direction (adjusted p {text.fmt_p(row.p_adj)}): {row.direction_verdict}; verdict: "
-            f"**{text.verdict_text(row)}**. Against the paper: {cmp6}.{wall}"))
+            wall = f" Wall-time ratio ({nv} / {nb}, time to target{on}): {at_least}x{w.estimate:.2f}" + (
+                f", 95% CI [x{w.lo:.2f}, x{w.hi:.2f}]." if w.ok else "."
+            )
+        out.append(
+            document.Para(
+                f"Epochs to {f1.target:.0%} training error, {nv} / {nb}: {at_least}x{r.estimate:.2f} (geometric mean, "
+                f"{spread}), 95% CI "
+                + (f"[x{r.lo:.2f}, x{r.hi:.2f}]" if r.ok else "n/a")
+                + f" ({r.method} on log epochs, n = {r.n}"
+                + (f", a lower bound: censored {nv} runs count the epochs they ran" if row.lower_bound_only else "")
+                + f"). Direction (adjusted p {text.fmt_p(row.p_adj)}): {row.direction_verdict}; verdict: "
+                f"**{text.verdict_text(row)}**. Against the paper: {cmp6}.{wall}"
+            )
+        )
     if f1.rules:
         rng = f1.rule_range
-        out.append(document.Para(
-            "How the epochs are counted moves the ratio more than its interval over seeds suggests, so the "
-            "ratio is given under each counting rule; the range over rules"
-            + (f" is **{text.ratio(rng[0])} to {text.ratio(rng[1])}**" if rng else " is not available")
-            + (f" (the paper: x{claim.ratio:g})" if claim.ratio else "")
-            + ". The test above uses whole epochs; the selection seed's runs were picked for being fastest, so "
-            "they stay out of the test."))
+        out.append(
+            document.Para(
+                "How the epochs are counted moves the ratio more than its interval over seeds suggests, so the "
+                "ratio is given under each counting rule; the range over rules"
+                + (f" is **{text.ratio(rng[0])} to {text.ratio(rng[1])}**" if rng else " is not available")
+                + (f" (the paper: x{claim.ratio:g})" if claim.ratio else "")
+                + ". The test above uses whole epochs; the selection seed's runs were picked for being fastest, so "
+                "they stay out of the test."
+            )
+        )
         rule_rows = []
         for rule in f1.rules:
             ci = rule.ci
-            rule_rows.append([rule.name, text.ratio(rule.estimate),
-                              f"[{text.ratio(ci.lo)}, {text.ratio(ci.hi)}]" if ci is not None and ci.ok else "n/a",
-                              str(rule.n),
-                              ", ".join(f"s{s}: {text.epochs_pair(b, v)}"
-                                        for s, (b, v) in sorted(rule.per_seed.items()))])
-        out.append(document.Table(["Counting rule", f"{nv} / {nb}", "95% CI (seeds)", "Pairs",
-                                   f"Per seed ({nb}, {nv})"], rule_rows, ["l", "r", "r", "r", "l"],
-                                  caption="Fractional crossings: the training-error curve taken as linear within each "
-                                          "epoch, starting from chance before the first."))
+            rule_rows.append(
+                [
+                    rule.name,
+                    text.ratio(rule.estimate),
+                    f"[{text.ratio(ci.lo)}, {text.ratio(ci.hi)}]" if ci is not None and ci.ok else "n/a",
+                    str(rule.n),
+                    ", ".join(f"s{s}: {text.epochs_pair(b, v)}" for s, (b, v) in sorted(rule.per_seed.items())),
+                ]
+            )
+        out.append(
+            document.Table(
+                ["Counting rule", f"{nv} / {nb}", "95% CI (seeds)", "Pairs", f"Per seed ({nb}, {nv})"],
+                rule_rows,
+                ["l", "r", "r", "r", "l"],
+                caption="Fractional crossings: the training-error curve taken as linear within each "
+                "epoch, starting from chance before the first.",
+            )
+        )
     out += _grid_blocks(f1, ab)
     if f1.notes:
         out.append(document.Bullets(list(f1.notes)))
@@ -666,21 +819,29 @@ def _grid_blocks(f1: Fig1, ab) -> list:
                 # No cell: a rate only the other arm's grid grew to (an edge extension).
                 row_ += [(c.status if c else "-") + mark, "n/a" if c else "-"]
             elif c.censored and not c.ttt.reached:
-                row_ += [f"> {c.ttt.observed} (stopped: could not beat the fastest rate)" + mark,
-                         wall_text(c)]
+                row_ += [f"> {c.ttt.observed} (stopped: could not beat the fastest rate)" + mark, wall_text(c)]
             else:
                 row_ += [str(c.ttt) + mark, wall_text(c)]
         grid_rows.append(row_)
-    return [document.Table(["lr", f"{nb}: epochs to {f1.target:.0%}", f"{nb}: wall s",
-                            f"{nv}: epochs to {f1.target:.0%}", f"{nv}: wall s"], grid_rows,
-                           ["r", "l", "r", "l", "r"],
-                           caption=f"Learning-rate grid (one run per rate and {ab.arm_title.lower()}, on selection "
-                                   f"seed {GRID_SEED}, apart from the measured ones); (chosen) marks the rate the "
-                                   "seeded runs above used. §3.1: the rates were chosen independently per network "
-                                   "to make training as fast as possible. A grid run stops once it can no longer "
-                                   "beat the fastest rate (> N: stopped after N epochs); - : not in that arm's grid."
-                                   + (f" Wall s on {ref}; * on {', '.join(sorted(elsewhere))}, not comparable."
-                                      if elsewhere else ""))]
+    return [
+        document.Table(
+            [
+                "lr",
+                f"{nb}: epochs to {f1.target:.0%}",
+                f"{nb}: wall s",
+                f"{nv}: epochs to {f1.target:.0%}",
+                f"{nv}: wall s",
+            ],
+            grid_rows,
+            ["r", "l", "r", "l", "r"],
+            caption=f"Learning-rate grid (one run per rate and {ab.arm_title.lower()}, on selection "
+            f"seed {GRID_SEED}, apart from the measured ones); (chosen) marks the rate the "
+            "seeded runs above used. §3.1: the rates were chosen independently per network "
+            "to make training as fast as possible. A grid run stops once it can no longer "
+            "beat the fastest rate (> N: stopped after N epochs); - : not in that arm's grid."
+            + (f" Wall s on {ref}; * on {', '.join(sorted(elsewhere))}, not comparable." if elsewhere else ""),
+        )
+    ]
 
 
 KIND = LrGrid()

@@ -32,13 +32,16 @@ class TwoEvals(Kind):
             b = measures.result_values(pair.base, BASE_EVAL[0].format(key=key))
             v = measures.result_values(pair.base, VARIANT_EVAL[0].format(key=key))
             v = {s: x for s, x in v.items() if s in b}
-            ici, why = (measures.image_interval(runs, runs, BASE_EVAL[1].format(key=key),
-                                                VARIANT_EVAL[1].format(key=key))
-                        if b else (None, "no ten-view results"))
+            ici, why = (
+                measures.image_interval(runs, runs, BASE_EVAL[1].format(key=key), VARIANT_EVAL[1].format(key=key))
+                if b
+                else (None, "no ten-view results")
+            )
             notes = [f"image CI: {why}"] if why else []
             role = "primary" if metric == "top-1" and claim.metric == "error" else "secondary"
-            comp.rows.append(measures.delta_row(ab.name, metric, claim, b, v, ici, notes, role,
-                                                f"val {metric} err{LABEL}"))
+            comp.rows.append(
+                measures.delta_row(ab.name, metric, claim, b, v, ici, notes, role, f"val {metric} err{LABEL}")
+            )
         measures.check_arms(comp, same_runs=True)
         return comp
 

@@ -39,12 +39,18 @@ def anchors_note(rows: list) -> str:
     """One line per row that has an H200 anchor or target to compare with."""
     lines = []
     for r in rows:
-        if (re.search(r"H200", r.get("device", "")) and "NVL" not in r.get("device", "")
-                and r["precision"] == "mixed_bfloat16" and r.get("crop_size") == 227):
+        if (
+            re.search(r"H200", r.get("device", ""))
+            and "NVL" not in r.get("device", "")
+            and r["precision"] == "mixed_bfloat16"
+            and r.get("crop_size") == 227
+        ):
             anchor, target = H200_ANCHORS.get((r["path"], r["batch"])), H200_TARGETS.get(r["batch"])
             if anchor or target:
-                lines.append(f"{r['path']} {r['variant']} b={r['batch']}: {r['images_per_s']:,.0f} img/s; "
-                             f"anchor {anchor or '-'}, target {target or '-'}")
+                lines.append(
+                    f"{r['path']} {r['variant']} b={r['batch']}: {r['images_per_s']:,.0f} img/s; "
+                    f"anchor {anchor or '-'}, target {target or '-'}"
+                )
     return "\n".join(lines)
 
 
@@ -124,7 +130,7 @@ def resident_measure(variant: Variant):
             if order["pos"] + chunk > per_epoch:
                 order["perm"] = rng.permutation(n)[: per_epoch * batch].reshape(per_epoch, batch)
                 order["pos"] = 0
-            idx = order["perm"][order["pos"]: order["pos"] + chunk].astype(np.int32)
+            idx = order["perm"][order["pos"] : order["pos"] + chunk].astype(np.int32)
             order["pos"] += chunk
             return imgs, labs, idx
 

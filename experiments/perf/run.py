@@ -52,8 +52,16 @@ def run_variants(variants=("project",), paths=None, verbose=True, data="", time_
                 todo.append(p)
         if not todo:
             continue
-        rows += bench.run(paths=todo, data=data, verbose=verbose, time_budget=left, build_net=net_builder(v),
-                          variant=v.name, measures=measures_for(v), **kwargs)
+        rows += bench.run(
+            paths=todo,
+            data=data,
+            verbose=verbose,
+            time_budget=left,
+            build_net=net_builder(v),
+            variant=v.name,
+            measures=measures_for(v),
+            **kwargs,
+        )
         kwargs["append"] = True  # later variants add to the same file
     return rows
 
@@ -86,8 +94,11 @@ def run_plan(jobs: list, forced: dict, out, append: bool, time_budget, peak, ver
                 break
         print(f"[bench] plan job {i + 1}/{len(jobs)}: {json.dumps(job)}", flush=True)
         try:
-            n += len(run_variants(out=out, append=append, time_budget=left, keep_going=True, peak=peak,
-                                  verbose=verbose, **kw))
+            n += len(
+                run_variants(
+                    out=out, append=append, time_budget=left, keep_going=True, peak=peak, verbose=verbose, **kw
+                )
+            )
         except Exception as e:  # a job that cannot start (bad arguments, data)
             traceback.print_exc()
             print(f"[bench] plan job {i + 1} failed: {e}", flush=True)
@@ -110,8 +121,11 @@ def main(argv=None) -> int:
     try:
         if a.plan:
             jobs = json.loads(Path(a.plan).read_text())
-            forced = {k: v for k, v in kw.items() if k in ("full", "batches", "steps", "warmup", "repeats",
-                                                         "precisions") and v is not None}
+            forced = {
+                k: v
+                for k, v in kw.items()
+                if k in ("full", "batches", "steps", "warmup", "repeats", "precisions") and v is not None
+            }
             n = run_plan(jobs, forced, out, kw["append"], a.time_budget, a.peak_tflops, not a.quiet)
         else:
             n = len(run_variants(a.variant, **kw))

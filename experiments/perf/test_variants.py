@@ -42,7 +42,8 @@ def test_lrn_forms_agree_with_the_layer():
     x = rng.normal(0, 30, (2, 3, 3, 12)).astype("float32")
     ref = np.asarray(LocalResponseNormalization(size=5, alpha=1e-3)(x))
     halves = np.concatenate(
-        [np.asarray(LocalResponseNormalization(size=5, alpha=1e-3)(h)) for h in (x[..., :6], x[..., 6:])], -1)
+        [np.asarray(LocalResponseNormalization(size=5, alpha=1e-3)(h)) for h in (x[..., :6], x[..., 6:])], -1
+    )
     for form in LRN_FORMS:
         for groups, want in ((1, ref), (2, halves)):
             y = VariantLRN(form=form, groups=groups, size=5, alpha=1e-3)(x)
@@ -67,7 +68,10 @@ def test_space_to_depth_conv1_equals_the_strided_convolution(n):
     k = rng.normal(size=(11, 11, 3, 4)).astype("float32")
     np.testing.assert_allclose(
         np.asarray(space_to_depth_conv(keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(k), 4)),
-        np.asarray(keras.ops.conv(x, k, strides=4, padding="valid")), rtol=1e-4, atol=2e-4)
+        np.asarray(keras.ops.conv(x, k, strides=4, padding="valid")),
+        rtol=1e-4,
+        atol=2e-4,
+    )
 
 
 @pytest.mark.skipif(BACKEND == "jax", reason="keras.ops only: checked once, in the TensorFlow session")
@@ -81,8 +85,7 @@ def test_variant_nets_compute_the_projects_function():
         np.testing.assert_allclose(np.asarray(fused.predict(x, verbose=0)), want, rtol=1e-4, atol=1e-5)
     for name in ("lrn=bf16+conv1=s2d", "towers=blockdiag+conv1=s2d"):
         net = net_builder(parse_variant(name))(ModelConfig(width=0.125), 67, 5, 0.0, 1)
-        np.testing.assert_allclose(np.asarray(net.predict(x, verbose=0)), want, rtol=1e-4, atol=1e-5,
-                                   err_msg=name)
+        np.testing.assert_allclose(np.asarray(net.predict(x, verbose=0)), want, rtol=1e-4, atol=1e-5, err_msg=name)
     dense = fused_alexnet(split, "dense")
     assert training_flops(dense) > training_flops(split)  # a larger net
 
@@ -91,9 +94,21 @@ def test_variant_nets_compute_the_projects_function():
 def test_resident_and_scan_rows(tmp_path):
     out = tmp_path / "bench.json"
     rows = perf_run.run_variants(
-        ["scan=2", "no_augment"], paths=["step", "resident"], full=False, precisions=["float32"],
-        batches=[4], steps=2, warmup=1, repeats=1, out=str(out), verbose=False)
+        ["scan=2", "no_augment"],
+        paths=["step", "resident"],
+        full=False,
+        precisions=["float32"],
+        batches=[4],
+        steps=2,
+        warmup=1,
+        repeats=1,
+        out=str(out),
+        verbose=False,
+    )
     assert [(r["path"], r["variant"]) for r in rows] == [
-        ("step", "scan=2"), ("resident", "scan=2"), ("step", "no_augment")]  # no_augment: step only
+        ("step", "scan=2"),
+        ("resident", "scan=2"),
+        ("step", "no_augment"),
+    ]  # no_augment: step only
     assert all(r["images_per_s"] > 0 and r["loss_finite"] and r["steps"] == 2 for r in rows)
     assert len(json.loads(out.read_text())["rows"]) == 3  # one file for all variants

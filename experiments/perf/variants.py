@@ -243,9 +243,15 @@ class SpaceToDepthConv2D(keras.layers.Conv2D):
 
     def convolution_op(self, inputs, kernel):
         st = tuple(self.strides)
-        if (st[0] == st[1] and st[0] > 1 and self.padding == "valid" and self.groups == 1
-                and tuple(self.dilation_rate) == (1, 1) and self.data_format == "channels_last"
-                and self.kernel_size[0] == self.kernel_size[1]):
+        if (
+            st[0] == st[1]
+            and st[0] > 1
+            and self.padding == "valid"
+            and self.groups == 1
+            and tuple(self.dilation_rate) == (1, 1)
+            and self.data_format == "channels_last"
+            and self.kernel_size[0] == self.kernel_size[1]
+        ):
             return space_to_depth_conv(inputs, kernel, st[0])
         return super().convolution_op(inputs, kernel)
 
@@ -315,8 +321,11 @@ def fused_alexnet(split: keras.Model, towers: str = "grouped", lrn_form: str = "
     def norm(x, stage):
         if f"{stage}_a" not in names:  # lrn=False
             return x
-        return VariantLRN(form=lrn_form, groups=1 if towers == "dense" else 2,
-                          **{**split.get_layer(f"{stage}_a").get_config(), "name": stage})(x)
+        return VariantLRN(
+            form=lrn_form,
+            groups=1 if towers == "dense" else 2,
+            **{**split.get_layer(f"{stage}_a").get_config(), "name": stage},
+        )(x)
 
     def pool(x, index):  # the split net's crop (non_overlap on an even map) and pool
         for kind in ("crop", "pool"):
