@@ -69,6 +69,11 @@ def parse_worker(spec) -> tuple[int, int]:
     return i, n
 
 
+# Where `Runner._finished` found a run whose result.json is damaged (its numbers
+# are not numbers): neither finished nor to be trained.
+DAMAGED = "damaged"
+
+
 def _with_seed(cfg: Config, seed: int) -> Config:
     cfg = cfg.copy()
     cfg.train.seed = seed
@@ -117,6 +122,7 @@ class Runner:
         self.plan_ = SuitePlan()
         self.failed: list = []  # (run_dir, message)
         self.held: dict = {}  # run_dir -> message: being trained by another process
+        self.damaged: dict = {}  # run_dir -> message: finished, but its result.json is damaged
         # The run the last run_one left to another process (its holder, or the worker
         # whose share it is), for the kinds whose next runs depend on it.
         self.passed_on: str | None = None
@@ -151,7 +157,8 @@ class Runner:
         from the run's status (`reproduce.runs.read_status`): FINISHED and not to be
         extended under `epoch_limit`, here or in a published store; with
         `diverged_is_final`, DIVERGED too (with the result it had before, if it
-        diverged when extended)."""
+        diverged when extended). DAMAGED, with the `RunFileError` in place of the
+        result, when such a run's result.json is damaged and no other place answers."""
         from reproduce.devices import resolved_config  # imports Keras
 
         # The identity the trainer gives the run: "auto" precision as it resolves here.
@@ -161,13 +168,27 @@ class Runner:
             ("published", runs.run_dir(store, self.preset, label, fp, seed)) for store in self.published
         ]
         status = [runs.read_status(p) for _, p in places]
+        # A result whose numbers are not numbers is damaged, as for publishing and
+        # the report: another place's copy may still answer; else it is DAMAGED.
+        damaged = None
         for (where, p), st in zip(places, status):
-            if st == runs.FINISHED and not runs.can_extend(p, epoch_limit):
-                return d, where, runs.read_result(p)
+            if st == runs.FINISHED:
+                try:
+                    result = runs.read_result(p, checked=True)
+                except runs.RunFileError as e:
+                    damaged = damaged or e
+                    continue
+                if not runs.can_extend(p, epoch_limit):
+                    return d, where, result
         if diverged_is_final:
             for (where, p), st in zip(places, status):
                 if st == runs.DIVERGED:
-                    return d, where, runs.read_result(p)
+                    try:
+                        return d, where, runs.read_result(p, checked=True)
+                    except runs.RunFileError as e:
+                        damaged = damaged or e
+        if damaged is not None:
+            return d, DAMAGED, damaged
         return d, None, None
 
     def run_one(
@@ -176,11 +197,14 @@ class Runner:
         """Train the run of `label`, `cfg` and `seed` unless it is finished (here or
         published), or list it when planning; its result, or None. `epoch_limit`
         caps its epochs; with `diverged_is_final` a run that diverged is an answer,
-        not a failure (see `ablations.kinds.base.Runs`)."""
+        not a failure (see `ablations.kinds.base.Runs`). A finished run with a
+        damaged result.json gives None and is reported (`_damaged`)."""
         self.passed_on = None
         cfg = _with_seed(cfg, seed)
         d, where, result = self._finished(label, cfg, seed, epoch_limit, diverged_is_final)
         key = str(d)
+        if where == DAMAGED:
+            return self._damaged(d, result)
         if where is not None:
             if key not in self._seen:
                 self._seen.add(key)
@@ -222,7 +246,10 @@ class Runner:
         except train_lib.TrainingDiverged as e:
             if diverged_is_final:  # a grid rate that does not train: an answer, not a failure
                 print(f"[ablations] {d} diverged: recorded as this learning rate's answer ({e})", flush=True)
-                return runs.read_result(d)
+                try:
+                    return runs.read_result(d, checked=True)
+                except runs.RunFileError as damaged:
+                    return self._damaged(d, damaged)
             self.failed.append((d, str(e)))
             print(f"[ablations] FAILED {d}: {e}", file=sys.stderr)
             return None
@@ -237,6 +264,22 @@ class Runner:
         self._seen.add(key)  # a later walk finds it finished: not "already finished"
         self.trained += 1
         return result
+
+    def _damaged(self, d: Path, error: runs.RunFileError) -> None:
+        """The finished run `d` has a damaged result: it is neither used nor trained
+        again (that would discard or overwrite what it computed), and it is reported
+        at the end, as a failure, like a damaged run directory met in training. The
+        kinds whose next runs depend on it (a learning-rate grid) stop there."""
+        key = str(d)
+        if key not in self.damaged:
+            print(f"[ablations] skipping a damaged run: {error}", file=sys.stderr, flush=True)
+        self.damaged[key] = str(error)
+        if not self._dry and all(str(f) != key for f, _ in self.failed):
+            self.failed.append((d, str(error)))
+        self.passed_on = key
+        if self._progress is not None:
+            self._progress.drop(d)
+        return None
 
     def _leave(self, d: Path, why: str) -> None:
         """Another process is training `d`: go on to the next run."""

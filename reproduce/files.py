@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +40,32 @@ def as_created(path: os.PathLike) -> None:
     os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~current_umask())
 
 
+def host_tag() -> str:
+    """This machine's name as temporary names carry it: no '-', which separates
+    their fields."""
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())
+
+
+# A temporary file of `replacing`: .<name>.tmp-<host>-<pid>-<random><suffix>.
+TMP_MARK = ".tmp-"
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """The temporary files that writers of `path` on this machine left when they
+    were killed (their process is gone): nothing else would remove them. A live
+    writer's, or another machine's (its process cannot be looked up here), stays."""
+    prefix = f".{path.name}{TMP_MARK}{host_tag()}-"
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return
+    for e in entries:
+        m = re.fullmatch(rf"{re.escape(prefix)}(\d+)-[a-z0-9_]+\.\w+", e.name)
+        if m and not pid_alive(int(m.group(1))):
+            with contextlib.suppress(OSError):
+                os.unlink(e.path)
+
+
 @contextlib.contextmanager
 def replacing(path: os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     """A temporary file beside `path` for the with-block to write. When the block
@@ -45,10 +73,14 @@ def replacing(path: os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     over `path`, so `path` is the old file or the whole new one whenever the
     process is killed; if the block raises, the file is removed. `suffix` ends the
     temporary name, for writers that want theirs (NumPy's savez: .npz, Keras'
-    save: .keras)."""
+    save: .keras). The name carries this machine and process, so that the next
+    write of `path` removes what a killed writer left (`_remove_stale_temps`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    _remove_stale_temps(path)
+    fd, name = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}{TMP_MARK}{host_tag()}-{os.getpid()}-", suffix=suffix
+    )
     os.close(fd)
     tmp = Path(name)
     try:

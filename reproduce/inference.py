@@ -47,6 +47,7 @@ from reproduce import data as data_lib
 from reproduce import runs
 from reproduce import train as train_lib
 from reproduce.config import Config
+from reproduce.data import decode as dec
 from reproduce.data.decode import decode_image
 from reproduce.evaluate import evaluate, validation_errors
 from reproduce.files import as_created, pid_alive
@@ -219,9 +220,20 @@ class Prediction:
 
 
 def read_image(path, size: int) -> np.ndarray:
-    """An image file as the model's input: the data pipeline's §2 decoding."""
+    """An image file as the model's input: the data pipeline's §2 decoding. A file
+    larger than training reads (`reproduce.data.decode.MAX_IMAGE_BYTES`) is refused
+    before any byte of it is read: a wrong path (a disk image, a video) would fill
+    the memory."""
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            too_big = dec.too_big(
+                os.fstat(f.fileno()).st_size,
+                f"{path}",
+                "Check the path, or give a smaller copy of the image (JPEG, PNG or WebP).",
+            )
+            if too_big:
+                raise RunError(too_big)
+            data = f.read()
     except OSError as e:
         raise RunError(f"{path}: cannot open it ({e.strerror or e}); check the path.") from None
     try:

@@ -328,10 +328,16 @@ def read_status(path: os.PathLike) -> str:
     return status_of(_read_optional_json(Path(path) / RESULT), _read_optional_json(Path(path) / FAILURE))
 
 
-def read_result(path: os.PathLike) -> dict | None:
+def read_result(path: os.PathLike, checked: bool = False) -> dict | None:
     """The run's result.json (None if absent or unreadable). A DIVERGED run may
-    have one: what it reached before an extension diverged."""
-    return _read_optional_json(Path(path) / RESULT)
+    have one: what it reached before an extension diverged. `checked`: one whose
+    numbers are not numbers raises `RunFileError` naming it, as `load_run` does,
+    for callers that compute with its values (a learning-rate grid ranks on them)."""
+    p = Path(path) / RESULT
+    result = _read_optional_json(p)
+    if checked and result is not None:
+        _check_result(p, result)
+    return result
 
 
 def is_finished(path: os.PathLike) -> bool:

@@ -5,6 +5,7 @@ Everything is generated in tmp_path (tiny images, a few per class): no network.
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -20,6 +21,7 @@ import reproduce.data as data
 from reproduce.config import DataConfig, data_identity
 from reproduce.data import DataError, cache, decode
 from reproduce.data.pixelstats import compute_stats
+from reproduce.files import host_tag
 
 # Code that runs no Keras model differently per backend: `make test` runs it once.
 pytestmark = pytest.mark.one_backend
@@ -169,7 +171,9 @@ def test_second_load_reuses_the_cache_without_decoding(tmp_path, tolerant):
     assert data.decode_count() - n1 == 4
 
 
-def test_interrupted_cache_is_never_read_and_is_rebuilt(tmp_path, tolerant):
+def test_interrupted_cache_is_never_read_and_is_rebuilt(tmp_path, tolerant, monkeypatch):
+    # A host name with a dash, which a temp folder's name carries as "_".
+    monkeypatch.setattr(socket, "gethostname", lambda: "node-7.lab")
     src = make_tree(tmp_path / "src", corrupt=False)
     c = cfg(src, tmp_path, val_split="val")
     arr = data.load_split(c, "train")
@@ -179,7 +183,7 @@ def test_interrupted_cache_is_never_read_and_is_rebuilt(tmp_path, tolerant):
     (entry / cache.COMPLETE).unlink()
     np.lib.format.open_memmap(entry / cache.IMAGES, mode="r+")[:] = 0  # garbage inside
     # ... and a temp folder of a dead process.
-    stale = entry.parent / f".{entry.name}.tmp-{cache.socket.gethostname()}-999999999-abcd1234"
+    stale = entry.parent / f".{entry.name}.tmp-{host_tag()}-999999999-abcd1234"
     stale.mkdir()
     n0 = data.decode_count()
     arr2 = data.load_split(c, "train")
@@ -524,6 +528,21 @@ def test_links_to_folders_are_followed_and_counted_by_the_identity_too(tmp_path)
     ]
 
 
+def test_a_file_added_deep_inside_a_class_folder_is_loaded_not_the_cached_entry(tmp_path):
+    """The cache entry's key sees every file training reads: an image added to a
+    nested folder changes neither the split folder's mtime nor the class folder's."""
+    src = make_tree(tmp_path / "src", corrupt=False) / "mydata"
+    (src / "train" / "apple" / "deeper").mkdir()
+    Image.new("RGB", (8, 8)).save(src / "train" / "apple" / "deeper" / "x.png")
+    assert len(data.load(cfg(src, tmp_path)).train) == 10
+    n0 = data.decode_count()
+    assert len(data.load(cfg(src, tmp_path)).train) == 10 and data.decode_count() == n0  # the cache, unchanged
+    Image.new("RGB", (8, 8)).save(src / "train" / "apple" / "deeper" / "y.png")
+    d = data.load(cfg(src, tmp_path))
+    assert len(d.train) == 11
+    np.testing.assert_array_equal(d.train.labels, [0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
+
+
 def _png16(path: Path, a: np.ndarray) -> None:
     im = Image.fromarray(a.astype(np.uint16))
     assert im.mode == "I;16"
@@ -615,6 +634,21 @@ def test_a_bad_worker_count_names_the_variable(tmp_path, monkeypatch):
     monkeypatch.setenv("REPRODUCE_DATA_WORKERS", "abc")
     with pytest.raises(DataError, match=r"REPRODUCE_DATA_WORKERS='abc' is not a whole number"):
         decode.num_workers()
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "5"])
+def test_a_bad_tolerance_of_unreadable_images_names_the_variable(tmp_path, monkeypatch, value):
+    """NaN compares false with every fraction: it would skip every unreadable image."""
+    src = make_tree(tmp_path / "src")  # one unreadable image of 10 in train
+    monkeypatch.setenv("REPRODUCE_MAX_BAD_FRACTION", value)
+    with pytest.raises(DataError) as e:
+        data.load(cfg(src, tmp_path))
+    assert str(e.value) == (
+        f"REPRODUCE_MAX_BAD_FRACTION='{value}' is not a fraction in [0, 1]: set it to the share of a split's "
+        "images that may be unreadable and skipped (e.g. REPRODUCE_MAX_BAD_FRACTION=0.05), or unset it for "
+        "the default 0.01."
+    )
+    assert not list((tmp_path / "cache").glob("*__train__*"))  # nothing half-built is left
 
 
 def test_a_cache_built_under_a_raised_tolerance_says_so_when_reused(tmp_path, monkeypatch):

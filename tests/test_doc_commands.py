@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ablations.registry import for_preset
-from reproduce.config import PRESETS, get_config
+from reproduce.config import NOT_IDENTITY, PRESETS, flatten, get_config
 
 # Commands and configuration only, no Keras model: `make test` runs them once.
 pytestmark = pytest.mark.one_backend
@@ -190,3 +190,37 @@ def test_a_preset_docstring_gives_a_command_that_runs_it(name):
         if kind in ("reproduce", "ablations") and args[:1] in TRAINS
     ]
     assert ran and set(ran) == {name}, ran
+
+
+def _fingerprint_claims(text: str) -> list:
+    """(key, is_part) for each backticked configuration key that a sentence of `text`
+    says is, or is not, part of the run's fingerprint (its identity)."""
+    keys = set(flatten(get_config("smoke").to_dict()))
+    prose = " ".join(re.sub(r"^```[^\n]*\n.*?^```", "", text, flags=re.S | re.M).split())
+    out = []
+    for sentence in re.split(r"(?<=[.;:])\s+(?=[`A-Z(])", prose):
+        if "fingerprint" not in sentence and "identity" not in sentence:
+            continue
+        named = [k for k in re.findall(r"`([\w.]+)`", sentence) if k in keys]
+        negated = re.search(r"\b(?:not|never|no)\b[^.]*\b(?:fingerprint|identity)\b", sentence) is not None
+        out += [(k, not negated) for k in named]
+    return out
+
+
+def test_fingerprint_claims_of_a_text_are_found():
+    text = (
+        "`distribute.scheme` is not part of the configuration fingerprint, so runs resume. "
+        "The `model.lrn` switch is part of the fingerprint. `train.seed` sets the seed.\n"
+    )
+    assert _fingerprint_claims(text) == [("distribute.scheme", False), ("model.lrn", True)]
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_what_the_docs_say_is_in_a_fingerprint_is_what_the_code_keys_runs_by(path):
+    """A key the docs call part of the fingerprint changes the run directory, and a key
+    they call no part of it is one of NOT_IDENTITY (and the other way round)."""
+    for key, is_part in _fingerprint_claims(path.read_text()):
+        assert (key not in NOT_IDENTITY) == is_part, (
+            f"{path.name} says `{key}` is {'' if is_part else 'not '}part of the fingerprint; "
+            f"reproduce.config.NOT_IDENTITY says otherwise"
+        )

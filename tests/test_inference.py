@@ -285,6 +285,24 @@ def test_predict_reports_unreadable_and_missing_images_and_still_predicts_the_re
     assert str(missing) in lines[1] and "check the path" in lines[1]
 
 
+def test_predict_refuses_a_file_larger_than_training_reads(run, tmp_path, capsys):
+    from reproduce.data import decode
+
+    good = _awkward_images(tmp_path / "img")[1]
+    huge = tmp_path / "huge.jpg"
+    with open(huge, "wb") as f:  # sparse: one byte past the cap, no disk used
+        f.seek(decode.MAX_IMAGE_BYTES)
+        f.write(b"\0")
+    assert main(["predict", str(run.dir), str(huge), str(good)]) == 1
+    cap = capsys.readouterr()
+    assert list(_printed_predictions(cap.out)) == [str(good)]
+    assert cap.err.strip() == (
+        f"error: {huge} is 64.0 MiB ({decode.MAX_IMAGE_BYTES + 1} bytes), more than the 64.0 MiB one image file "
+        "may have (reproduce.data.decode.MAX_IMAGE_BYTES): it is not read. Check the path, or give a smaller "
+        "copy of the image (JPEG, PNG or WebP)."
+    )
+
+
 def test_unusable_run_directories_say_what_is_wrong_and_the_fix(run, tmp_path, capsys):
     def fails(*args):
         assert main(list(map(str, args))) == 1
@@ -370,15 +388,19 @@ def _export(run, out, *extra):
 needs_tf = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="a SavedModel needs TensorFlow")
 
 
-def test_savedmodel_export_refuses_a_file_and_an_unwritable_folder(run, tmp_path, capsys):
+@needs_tf
+def test_savedmodel_export_refuses_a_file(run, tmp_path, capsys):
     target = tmp_path / "model.pb"
     target.write_text("not a folder")
     assert _export(run, target) == 1
     err = capsys.readouterr().err
     assert f"--savedmodel {target}: that is a file, and a SavedModel is a folder" in err
     assert "Traceback" not in err and target.read_text() == "not a folder"
-    if os.geteuid() == 0:
-        return  # root writes anywhere: no unwritable folder to test
+
+
+@needs_tf
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere: no unwritable folder to test")
+def test_savedmodel_export_refuses_an_unwritable_folder(run, tmp_path, capsys):
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)

@@ -631,6 +631,41 @@ def test_a_held_run_is_left_to_its_holder_and_a_held_grid_run_its_whole_arm(tmp_
     assert {label for label, _, _ in calls} == {f"{ab.base_label}.grid", ab.base_label}
 
 
+def test_a_damaged_grid_result_is_named_and_the_rest_of_the_suite_goes_on(tmp_path, monkeypatch, capsys):
+    """A finished grid run whose result.json holds text for a number is damaged, as
+    publishing and the report call it: named with the fix, not ranked (its arm
+    chooses no rate) and not trained over; the other arm trains."""
+    from ablations.kinds.lr_grid import GRID_SEED
+    from ablations.registry import get_ablation
+    from ablations.runner import Runner, _with_seed
+
+    calls = _fake_train(monkeypatch)
+    ab = get_ablation("fig1_tanh")
+    Runner("cifar10", 1, tmp_path, verbose=0).run(["fig1_tanh"])
+    first = _with_seed(Runner("cifar10", 1, tmp_path, verbose=0).baseline_config(ab), GRID_SEED)
+    first.train.learning_rate = 0.005  # the grid's first rate (middle-out)
+    bad = runs.run_dir(tmp_path, "cifar10", f"{ab.base_label}.grid", first.fingerprint(), GRID_SEED)
+    result = json.loads((bad / runs.RESULT).read_text())
+    (bad / runs.RESULT).write_text(json.dumps({**result, "epochs_to_target": "abc"}))
+    (variant_seed,) = (tmp_path / "cifar10").glob(f"{ab.name}-*/seed0")
+    shutil.rmtree(variant_seed)
+    message = (
+        f"{bad / runs.RESULT}: `epochs_to_target` = 'abc' is not a number; restore the file "
+        "from a copy, or delete the run directory so that the run is trained again"
+    )
+    calls.clear()
+    capsys.readouterr()
+
+    r = Runner("cifar10", 1, tmp_path, verbose=0)
+    plan = r.plan(["fig1_tanh"])
+    assert message in capsys.readouterr().err
+    assert [(j.label, j.seed) for j in plan.todo] == [(ab.name, 0)]
+    r.run(["fig1_tanh"])
+    assert [c[:2] for c in calls] == [(ab.name, 0)] and r.trained == 1
+    assert r.failed == [(bad, message)]
+    assert json.loads((bad / runs.RESULT).read_text())["epochs_to_target"] == "abc"  # left for the user
+
+
 # -- data the pipeline used to misread, and settings that were not checked ------------------
 # (link loops, 16-bit PNGs, huge archive members, empty class folders, a raised
 # bad-file tolerance, REPRODUCE_DATA_WORKERS: tests/test_data.py; ranges and key
@@ -644,6 +679,7 @@ def test_a_held_run_is_left_to_its_holder_and_a_held_grid_run_its_whole_arm(tmp_
         ("data.max_train=-1", "data.max_train=-1 must be an integer >= 0"),
         ("train.seed=-1", "train.seed=-1 must be an integer in [0, 2147483647]"),
         ("model.dropout=nan", "model.dropout=nan must be a finite number in [0, 1)"),
+        ("train.learning_rate=nan", "train.learning_rate=nan must be a finite number > 0"),
     ],
 )
 def test_out_of_range_settings_stop_train_before_a_run_directory(tmp_path, override, message):
@@ -654,6 +690,7 @@ def test_out_of_range_settings_stop_train_before_a_run_directory(tmp_path, overr
     with pytest.raises(ValueError) as e:  # a ConfigError
         train(cfg, tmp_path / "run", verbose=0)
     assert str(e.value) == message
+    assert str(e.value).count(override) == 1  # named as the problem, never offered as the fix
     assert not (tmp_path / "run").exists()
 
 
@@ -884,3 +921,30 @@ def test_a_replacement_that_fails_keeps_the_old_file_and_leaves_no_temporary(tmp
         np.savez(tmp, a=np.arange(5))
     assert np.load(p)["a"].tolist() == [0, 1, 2, 3, 4]
     assert [x.name for x in tmp_path.iterdir()] == ["state.npz"]
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write_and_ignored_by_git(tmp_path):
+    """`reproduce.files.replacing`: what a writer killed mid-write left beside the
+    file (the repository's README.md, for a report built into the checkout) goes
+    with the next write of that file; a live writer's, or another machine's, stays."""
+    from reproduce.files import host_tag, replacing
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = host_tag()
+    stale = tmp_path / f".README.md.tmp-{host}-{dead.pid}-k1ll3d00.tmp"
+    live = tmp_path / f".README.md.tmp-{host}-{os.getpid()}-wr1t1ng0.tmp"
+    elsewhere = tmp_path / f".README.md.tmp-other_host-{dead.pid}-k1ll3d00.tmp"
+    other_file = tmp_path / f".notes.md.tmp-{host}-{dead.pid}-k1ll3d00.tmp"
+    for p in (stale, live, elsewhere, other_file):
+        p.write_text("half a file")
+    with replacing(tmp_path / "README.md") as tmp:
+        tmp.write_text("# the report")
+        name = tmp.name
+    assert (tmp_path / "README.md").read_text() == "# the report"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["README.md", live.name, elsewhere.name, other_file.name]
+    )
+    for ignored in (name, stale.name, f"results/smoke/x/seed0/.state.npz.tmp-{host}-1-ab12cd34.npz"):
+        p = subprocess.run(["git", "check-ignore", "-q", "--no-index", ignored], cwd=ROOT)
+        assert p.returncode == 0, f"{ignored} is not ignored by git"

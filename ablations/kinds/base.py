@@ -37,8 +37,9 @@ class Runs(Protocol):
     verbose: int
     dry: bool  # planning only: `run_one` lists the runs it would train, and trains none
     held: dict  # run directory -> why: runs that other processes are training
+    damaged: dict  # run directory -> why: finished runs whose result.json is damaged
     # The run directory the last `run_one` left to another process (one that holds
-    # it, or another worker whose share it is), else None.
+    # it, or another worker whose share it is) or to the user (damaged), else None.
     passed_on: str | None
 
     def baseline_config(self, ab) -> Config: ...
@@ -49,8 +50,8 @@ class Runs(Protocol):
         self, label: str, cfg: Config, seed: int, epoch_limit: int | None = None, diverged_is_final: bool = False
     ) -> dict | None:
         """Train (or find finished) the run of `label`, `cfg` and `seed`; its
-        result, or None (not finished: failed, left to another process, or only
-        planned). `epoch_limit` caps its epochs (a capped run is extended by a
+        result, or None (not finished: failed, damaged, left to another process,
+        or only planned). `epoch_limit` caps its epochs (a capped run is extended by a
         later call with a higher cap); with `diverged_is_final` a run that
         diverged is an answer (its earlier result, if any), not a failure."""
         ...

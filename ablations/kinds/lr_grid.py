@@ -25,6 +25,7 @@ and tanh).
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,6 +161,15 @@ class LrGrid(Kind):
                     print(
                         f"[ablations] {label}: another process is training its "
                         "learning-rate grid and then its seeds; moving on",
+                        flush=True,
+                    )
+                elif e.args[0] in runner.damaged:
+                    # Ranking the other rates without it could choose another rate
+                    # and train every seed at it.
+                    print(
+                        f"[ablations] {label}: a run of its learning-rate grid is damaged (named above), so "
+                        "no rate is chosen and its seeds wait until that run is restored or deleted; moving on",
+                        file=sys.stderr,
                         flush=True,
                     )
 

@@ -23,7 +23,7 @@ that changes neither (a failing disk) is noticed by the next process. Entries
 built before the checksum existed get the other checks only.
 
 `hash12` covers the source's identity (an archive's absolute path, size and
-mtime; a folder's path and the mtimes of its split and class folders; a TFDS
+mtime; a folder's path, its image files' names and its folders' mtimes; a TFDS
 name, version and data_dir), the requested split, S and the subsample size, so a
 changed archive or setting makes a new entry. An entry is built in a hidden
 sibling folder `.<name>.tmp-<host>-<pid>-<random>`, completed with the COMPLETE
@@ -40,17 +40,15 @@ import json
 import os
 import re
 import shutil
-import socket
 import uuid
 import warnings
 import zlib
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
 from reproduce.data.common import DataError, ImageArrays, Stats, max_bad_fraction
-from reproduce.files import pid_alive, replacing
+from reproduce.files import host_tag, pid_alive, replacing
 
 CACHE_FORMAT = 1  # bump when the decode or the layout changes
 COMPLETE = "COMPLETE"
@@ -111,8 +109,7 @@ def _opened(path: Path):
         raise DataError(f"{MANIFEST} cannot be read ({e})") from None
     if not isinstance(m, dict):
         raise DataError(f"{MANIFEST} holds a JSON {type(m).__name__}, not an object")
-    wrong = [k for k, kind in (("n", int), ("class_names", list), ("split", str))
-             if not isinstance(m.get(k), kind)]
+    wrong = [k for k, kind in (("n", int), ("class_names", list), ("split", str)) if not isinstance(m.get(k), kind)]
     wrong += [] if isinstance(m.get("checksums", {}), dict) else ["checksums"]
     if wrong:
         raise DataError(f"{MANIFEST} lacks a valid {', '.join(wrong)}")
@@ -120,23 +117,23 @@ def _opened(path: Path):
     arrays = {}
     for name in (IMAGES, LABELS):
         try:  # any failure to read the file is damage: a truncated header, garbage, ...
-            arrays[name] = np.load(path / name, mmap_mode="r" if name == IMAGES else None,
-                                   allow_pickle=False)
+            arrays[name] = np.load(path / name, mmap_mode="r" if name == IMAGES else None, allow_pickle=False)
         except Exception as e:
             raise DataError(f"{name} cannot be read ({_why_unreadable(e)})") from None
     images, labels = arrays[IMAGES], arrays[LABELS]
     size = m.get("image_size", images.shape[1] if images.ndim == 4 else 0)
     if images.dtype != np.uint8 or images.shape != (n, size, size, 3):
-        raise DataError(f"{IMAGES} holds {images.dtype} {images.shape}, the manifest says "
-                        f"uint8 {(n, size, size, 3)}")
+        raise DataError(f"{IMAGES} holds {images.dtype} {images.shape}, the manifest says uint8 {(n, size, size, 3)}")
     on_disk = (path / IMAGES).stat().st_size
     expected = getattr(images, "offset", on_disk - images.nbytes) + images.nbytes
     if on_disk != expected:
         raise DataError(f"{IMAGES} is {on_disk} bytes, its header says {expected}")
-    if labels.shape != (n,) or labels.dtype.kind not in "iu" or (
-            n and (labels.min() < 0 or labels.max() >= len(classes))):
-        raise DataError(f"{LABELS} holds {labels.dtype} {labels.shape}, not {n} labels in "
-                        f"0..{len(classes) - 1}")
+    if (
+        labels.shape != (n,)
+        or labels.dtype.kind not in "iu"
+        or (n and (labels.min() < 0 or labels.max() >= len(classes)))
+    ):
+        raise DataError(f"{LABELS} holds {labels.dtype} {labels.shape}, not {n} labels in 0..{len(classes) - 1}")
     for name, want in m.get("checksums", {}).items():
         if name not in (IMAGES, LABELS):
             continue
@@ -149,7 +146,7 @@ def _opened(path: Path):
     return m, images, labels
 
 
-def damage(path: Path) -> Optional[str]:
+def damage(path: Path) -> str | None:
     """What is wrong with the complete entry at `path`, or None if it is sound."""
     try:
         _opened(Path(path))
@@ -167,8 +164,7 @@ def usable(path: Path) -> bool:
     why = damage(path)
     if why is None:
         return True
-    warnings.warn(f"the cache entry {path} is damaged: {why}. Rebuilding it from the source.",
-                  stacklevel=3)
+    warnings.warn(f"the cache entry {path} is damaged: {why}. Rebuilding it from the source.", stacklevel=3)
     gone = path.parent / f".{path.name}.damaged-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         os.rename(path, gone)
@@ -190,8 +186,7 @@ def open_entry(path: Path, source: str) -> ImageArrays:
     try:
         m, images, labels = _opened(path)
     except DataError as e:
-        raise DataError(f"the cache entry {path} is damaged: {e}. Delete it to rebuild "
-                        "it from the source.") from None
+        raise DataError(f"the cache entry {path} is damaged: {e}. Delete it to rebuild it from the source.") from None
     return ImageArrays(
         images=images,
         labels=labels.astype(np.int32, copy=False),
@@ -219,18 +214,20 @@ def warn_if_over_tolerance(path: Path, manifest: dict) -> None:
             f"images ({100 * frac:.1f}%), more than the {100 * limit:g}% allowed now: a raised "
             f"REPRODUCE_MAX_BAD_FRACTION was in force when it was built. It is reused as it "
             f"is; delete it to rebuild under the current limit (which then names the files), "
-            f"or replace the unreadable files.", stacklevel=4)
+            f"or replace the unreadable files.",
+            stacklevel=4,
+        )
 
 
 def _remove_stale_temps(final: Path) -> None:
-    host = socket.gethostname()
+    host = host_tag()
     prefix = f".{final.name}.tmp-"
     if not final.parent.is_dir():
         return
     for p in final.parent.iterdir():
         if not p.name.startswith(prefix):
             continue
-        m = re.match(r"(.+)-(\d+)-[0-9a-f]+$", p.name[len(prefix):])
+        m = re.match(r"(.+)-(\d+)-[0-9a-f]+$", p.name[len(prefix) :])
         if m and m.group(1) == host and not pid_alive(int(m.group(2))):
             shutil.rmtree(p, ignore_errors=True)
 
@@ -242,10 +239,7 @@ class EntryBuilder:
         self.final = Path(final)
         self.final.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temps(self.final)
-        host = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())
-        self.tmp = self.final.parent / (
-            f".{self.final.name}.tmp-{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        )
+        self.tmp = self.final.parent / (f".{self.final.name}.tmp-{host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         self.tmp.mkdir()
         self.n_alloc = 0
         self.size = 0
@@ -256,8 +250,7 @@ class EntryBuilder:
 
     def allocate(self, n: int, size: int) -> str:
         """The uint8 (n, size, size, 3) file workers decode into; returns its path."""
-        arr = np.lib.format.open_memmap(self.images_path, mode="w+", dtype=np.uint8,
-                                        shape=(n, size, size, 3))
+        arr = np.lib.format.open_memmap(self.images_path, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
         arr.flush()
         del arr
         self.n_alloc, self.size = n, size
@@ -272,10 +265,9 @@ class EntryBuilder:
             os.replace(src, dst)
         else:  # rare: a few corrupt files; copy the good rows once
             a = np.load(src, mmap_mode="r")
-            out = np.lib.format.open_memmap(dst, mode="w+", dtype=np.uint8,
-                                            shape=(len(keep),) + a.shape[1:])
+            out = np.lib.format.open_memmap(dst, mode="w+", dtype=np.uint8, shape=(len(keep),) + a.shape[1:])
             for i in range(0, len(keep), 1024):
-                out[i:i + 1024] = a[keep[i:i + 1024]]
+                out[i : i + 1024] = a[keep[i : i + 1024]]
             out.flush()
             del out, a
             os.remove(src)
@@ -319,7 +311,7 @@ def _fsync_dir_files(d: Path) -> None:
             pass
 
 
-def read_stats(path: Path) -> Optional[Stats]:
+def read_stats(path: Path) -> Stats | None:
     """The entry's statistics; None if absent, or damaged (said in a warning; the
     caller recomputes and replaces them)."""
     p = Path(path) / STATS
@@ -336,11 +328,13 @@ def read_stats(path: Path) -> Optional[Stats]:
             )
         shapes = (st.mean_image.ndim, st.pca_eigvals.shape, st.pca_eigvecs.shape)
         if shapes != (3, (3,), (3, 3)) or not all(
-                np.isfinite(a).all() for a in (st.mean_image, st.pca_eigvals, st.pca_eigvecs)):
+            np.isfinite(a).all() for a in (st.mean_image, st.pca_eigvals, st.pca_eigvecs)
+        ):
             raise ValueError(f"arrays of shapes {shapes} or not finite")
     except Exception as e:
-        warnings.warn(f"the cache file {p} is damaged ({_why_unreadable(e)}); "
-                      "recomputing the statistics.", stacklevel=2)
+        warnings.warn(
+            f"the cache file {p} is damaged ({_why_unreadable(e)}); recomputing the statistics.", stacklevel=2
+        )
         return None
     return st
 

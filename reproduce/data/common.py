@@ -6,15 +6,15 @@ Standard library and NumPy only: decode worker processes import this.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
 
 import numpy as np
 
 from reproduce.sources import IMAGE_EXTENSIONS, DataError  # noqa: F401  (for the data sources)
-
 
 # Corrupt or unreadable images below this fraction of a split are skipped with a
 # warning that names them; above it the build fails (a folder that is mostly broken
@@ -29,15 +29,23 @@ VAL_ALIASES = ("validation", "val", "valid", "test")
 
 
 def max_bad_fraction() -> float:
+    """$REPRODUCE_MAX_BAD_FRACTION, else MAX_BAD_FRACTION. A value that is not a
+    fraction is refused: NaN compares false with every fraction, so every
+    unreadable image would be skipped without a stop."""
     env = os.environ.get("REPRODUCE_MAX_BAD_FRACTION")
-    if env:
-        try:
-            return float(env)
-        except ValueError:
-            raise DataError(
-                f"REPRODUCE_MAX_BAD_FRACTION={env!r} is not a number; use e.g. 0.01"
-            ) from None
-    return MAX_BAD_FRACTION
+    if not env:
+        return MAX_BAD_FRACTION
+    try:
+        value = float(env)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or not 0 <= value <= 1:
+        raise DataError(
+            f"REPRODUCE_MAX_BAD_FRACTION={env!r} is not a fraction in [0, 1]: set it to the share "
+            f"of a split's images that may be unreadable and skipped (e.g. REPRODUCE_MAX_BAD_FRACTION=0.05), "
+            f"or unset it for the default {MAX_BAD_FRACTION:g}."
+        )
+    return value
 
 
 def check_bad_images(bad: list, n: int, where: str, split: str, builder) -> list:
@@ -98,8 +106,10 @@ def resolve_split(requested: str, available: Sequence[str], where: str) -> str:
     )
 
 
-FOLDER_CLASSES_FIX = ("Each class is a folder <split>/<class>/ holding its images: add the "
-                      "other classes' folders, or point data.source at the dataset's root.")
+FOLDER_CLASSES_FIX = (
+    "Each class is a folder <split>/<class>/ holding its images: add the "
+    "other classes' folders, or point data.source at the dataset's root."
+)
 
 
 def check_classes(split: str, class_names, where: str, fix: str = FOLDER_CLASSES_FIX) -> None:
@@ -108,8 +118,7 @@ def check_classes(split: str, class_names, where: str, fix: str = FOLDER_CLASSES
     if len(class_names) < 2:
         raise DataError(
             f"split {split!r} in {where} has {len(class_names)} class "
-            f"({', '.join(map(repr, class_names)) or 'none'}); training needs at least two. "
-            + fix
+            f"({', '.join(map(repr, class_names)) or 'none'}); training needs at least two. " + fix
         )
 
 
@@ -147,7 +156,7 @@ class ImageArrays:
     class_names: list
     split: str = ""  # the split actually used (after any fallback)
     source: str = ""
-    cache_path: Optional[str] = None  # the cache entry folder, if any
+    cache_path: str | None = None  # the cache entry folder, if any
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

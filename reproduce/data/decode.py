@@ -28,7 +28,7 @@ import threading
 import time
 import traceback
 import zipfile
-from typing import Iterable, Iterator, Optional
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -72,13 +72,15 @@ def num_workers() -> int:
     return max(1, min(n, 32))
 
 
-def too_big(nbytes: int, what: str, fix: str) -> Optional[str]:
+def too_big(nbytes: int, what: str, fix: str) -> str | None:
     """The message for an image file larger than MAX_IMAGE_BYTES, else None."""
     if nbytes <= MAX_IMAGE_BYTES:
         return None
-    return (f"{what} is {_size(nbytes)} ({nbytes} bytes), more than the "
-            f"{_size(MAX_IMAGE_BYTES)} one image file may have "
-            f"(reproduce.data.decode.MAX_IMAGE_BYTES): it is not read. {fix}")
+    return (
+        f"{what} is {_size(nbytes)} ({nbytes} bytes), more than the "
+        f"{_size(MAX_IMAGE_BYTES)} one image file may have "
+        f"(reproduce.data.decode.MAX_IMAGE_BYTES): it is not read. {fix}"
+    )
 
 
 def _size(nbytes: int) -> str:
@@ -146,8 +148,7 @@ def _read(reader: tuple, payload) -> bytes:
         return payload
     if kind == "file":
         with open(os.path.join(where, payload), "rb") as f:
-            msg = too_big(os.fstat(f.fileno()).st_size, "the file",
-                          "Remove it from the data folder.")
+            msg = too_big(os.fstat(f.fileno()).st_size, "the file", "Remove it from the data folder.")
             if msg:
                 raise ValueError(msg)
             return f.read()
@@ -159,7 +160,9 @@ def _read(reader: tuple, payload) -> bytes:
     if kind == "tar":
         f = _OPEN.get(("tar", where))
         if f is None:
-            f = _OPEN[("tar", where)] = open(where, "rb")
+            # Kept open for the worker's life: every image of the archive is read
+            # through it (as the zip's ZipFile above).
+            f = _OPEN[("tar", where)] = open(where, "rb")  # noqa: SIM115
         offset, size = payload
         f.seek(offset)
         data = f.read(size)
@@ -224,8 +227,11 @@ def run_jobs(jobs: Iterable[tuple], total: int, label: str = "") -> list:
         now = time.perf_counter()
         if total >= PARALLEL_MIN and now - last > 15:
             last = now
-            print(f"[reproduce.data] {label}: {done}/{total} images decoded "
-                  f"({done / max(now - t0, 1e-9):.0f}/s)", file=sys.stderr, flush=True)
+            print(
+                f"[reproduce.data] {label}: {done}/{total} images decoded ({done / max(now - t0, 1e-9):.0f}/s)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     if workers <= 1 or total < PARALLEL_MIN:
         for job in jobs:
@@ -274,11 +280,11 @@ class _WorkerPool:
         # levels below it), so the workers import this same copy.
         pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([pkg_root] + [p for p in
-                                             env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        env["PYTHONPATH"] = os.pathsep.join([pkg_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
         self.procs = [
-            subprocess.Popen([sys.executable, "-m", "reproduce.data._worker"],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+            subprocess.Popen(
+                [sys.executable, "-m", "reproduce.data._worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+            )
             for _ in range(n)
         ]
 

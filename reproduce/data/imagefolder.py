@@ -16,13 +16,13 @@ NumPy and Pillow only (no TensorFlow).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tarfile
 import time
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -55,7 +55,7 @@ ARCHIVE_KINDS = {
 }
 
 
-def archive_kind(path: str) -> Optional[str]:
+def archive_kind(path: str) -> str | None:
     low = path.lower()
     for suffix in sorted(ARCHIVE_KINDS, key=len, reverse=True):
         if low.endswith(suffix):
@@ -88,8 +88,9 @@ class _Layout:
         # the level holds no split-like folder.
         prefix = ""
         for _ in range(3):
-            firsts = {p[len(prefix):].split("/", 1)[0] for p in paths
-                      if p.startswith(prefix) and "/" in p[len(prefix):]}
+            firsts = {
+                p[len(prefix) :].split("/", 1)[0] for p in paths if p.startswith(prefix) and "/" in p[len(prefix) :]
+            }
             if _split_like(firsts) or set(wanted) & firsts or len(firsts) != 1:
                 break
             prefix += firsts.pop() + "/"
@@ -97,15 +98,15 @@ class _Layout:
         self.tree: dict = {}
         self.loose = 0
         for d in dirs:
-            if d.startswith(prefix) and d[len(prefix):]:
-                parts = d[len(prefix):].split("/")
+            if d.startswith(prefix) and d[len(prefix) :]:
+                parts = d[len(prefix) :].split("/")
                 split = self.tree.setdefault(parts[0], {})
                 if len(parts) >= 2:  # a class folder, perhaps without images
                     split.setdefault(parts[1], [])
         for name, payload in files:
             if not name.startswith(prefix):
                 continue
-            parts = name[len(prefix):].split("/")
+            parts = name[len(prefix) :].split("/")
             if len(parts) < 2:
                 continue  # a file next to the split folders
             split = self.tree.setdefault(parts[0], {})
@@ -148,7 +149,7 @@ class _Request:
         self.items: list = []
         self.n_listed = 0
         self.empty_classes: list = []
-        self.builder: Optional[cache_lib.EntryBuilder] = None
+        self.builder: cache_lib.EntryBuilder | None = None
         self.out = ""
 
 
@@ -174,14 +175,26 @@ class FolderSource:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not _ignored(p.name))
 
     def identity(self, split: str) -> dict:
-        # Adding, removing or renaming files changes their folder's mtime; files
-        # rewritten in place are not noticed (delete the cache entry to rebuild).
+        # The cache entry's key: the image files training reads (`classes`' listing,
+        # at any depth and through links to folders), by name, and the mtime of the
+        # split folder, of each class folder (an empty one is a class too) and of
+        # every folder holding images: adding, removing, renaming or replacing a
+        # file anywhere changes it. One listing and a stat per folder, not per
+        # image; files rewritten in place are not noticed (delete the cache entry
+        # to rebuild).
         d = self.root / split
-        sig = [(split, d.stat().st_mtime_ns)]
-        for e in sorted(os.scandir(d), key=lambda e: e.name):
-            if e.is_dir():
-                sig.append((e.name, e.stat().st_mtime_ns))
-        return {"kind": "folder", "path": str(self.root), "split": split, "mtimes": sig}
+        names = image_files(d)
+        folders = {""} | {e.name for e in os.scandir(d) if e.is_dir() and not _ignored(e.name)}
+        for parent in {n.rpartition("/")[0] for n in names}:
+            while parent and parent not in folders:
+                folders.add(parent)
+                parent = parent.rpartition("/")[0]
+        h = hashlib.sha256()
+        for name in names:
+            h.update(f"{name}\n".encode())
+        for f in sorted(folders):
+            h.update(f"{f}/\t{(d / f).stat().st_mtime_ns}\n".encode())
+        return {"kind": "folder", "path": str(self.root), "split": split, "files": len(names), "digest": h.hexdigest()}
 
     def classes(self, split: str) -> dict:
         d = self.root / split
@@ -208,22 +221,23 @@ class ArchiveSource:
         if not p.is_file():
             raise DataError(f"data.source={path!r}: no such file")
         self.path, self.kind, self.where = p, kind, str(p)
-        self._layout: Optional[_Layout] = None
-        self.blobs: Optional[dict] = None  # compressed tar: member bytes, if kept
+        self._layout: _Layout | None = None
+        self.blobs: dict | None = None  # compressed tar: member bytes, if kept
 
     def identity(self) -> dict:
         st = self.path.stat()
-        return {"kind": "archive", "path": str(self.path), "size": st.st_size,
-                "mtime_ns": st.st_mtime_ns}
+        return {"kind": "archive", "path": str(self.path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
     def check_size(self, name: str, nbytes: int) -> None:
         """DataError for an image member too large to read (its header's size, before
         any byte of it is read: a compressed archive can hold gigabytes in a few MB)."""
         if not is_image_name(name) or _ignored(name):
             return  # never read
-        msg = dec.too_big(nbytes, f"the member {name!r} of the archive {self.path}",
-                          "Remove it from the archive, or unpack the archive without it and "
-                          "point data.source at the folder.")
+        msg = dec.too_big(
+            nbytes,
+            f"the member {name!r} of the archive {self.path}",
+            "Remove it from the archive, or unpack the archive without it and point data.source at the folder.",
+        )
         if msg:
             raise DataError(msg)
 
@@ -324,10 +338,16 @@ def load_splits(source: str, requests, size: int, root: Path, same_classes: bool
         _plan(src, kind, todo)
         if same_classes:
             planned = {str(r.final): r for r in todo}
-            names = [(r.split, planned[str(r.final)].resolved, planned[str(r.final)].class_names)
-                     if str(r.final) in planned else
-                     (r.split, cache_lib.read_manifest(r.final)["split"],
-                      cache_lib.read_manifest(r.final)["class_names"]) for r in reqs]
+            names = [
+                (r.split, planned[str(r.final)].resolved, planned[str(r.final)].class_names)
+                if str(r.final) in planned
+                else (
+                    r.split,
+                    cache_lib.read_manifest(r.final)["split"],
+                    cache_lib.read_manifest(r.final)["class_names"],
+                )
+                for r in reqs
+            ]
             check_classes(names[0][1], names[0][2], src.where)  # before decoding
             for _, split, cls in names[1:]:
                 check_same_classes(names[0][1], names[0][2], split, cls, source)
@@ -338,15 +358,17 @@ def load_splits(source: str, requests, size: int, root: Path, same_classes: bool
         m = cache_lib.read_manifest(r.final)
         if m.get("split") != r.split:  # say which folder stands in, on every load
             warnings.warn(
-                f"split {r.split!r} not found in {m.get('where', source)}; using "
-                f"{m['split']!r} instead", stacklevel=3)
+                f"split {r.split!r} not found in {m.get('where', source)}; using {m['split']!r} instead", stacklevel=3
+            )
         if m.get("empty_classes"):  # on every load too: the labels depend on it
             empty = m["empty_classes"]
             warnings.warn(
                 f"{len(empty)} class folder(s) of split {m['split']!r} in "
                 f"{m.get('where', source)} hold no images and are left out: "
                 f"{', '.join(empty[:20])}{' ...' if len(empty) > 20 else ''}. Put their "
-                f"images in, or delete the folders.", stacklevel=3)
+                f"images in, or delete the folders.",
+                stacklevel=3,
+            )
         if str(r.final) not in built:
             cache_lib.warn_if_over_tolerance(r.final, m)
         out.append(cache_lib.open_entry(r.final, source))
@@ -363,8 +385,10 @@ def _plan(src, kind, reqs) -> None:
                 r.resolved = resolve_split(r.split, layout.splits(), src.where)
             classes = layout.tree[r.resolved]
             if layout.loose:
-                warnings.warn(f"{layout.loose} image(s) in {src.where} are not inside a "
-                              f"<split>/<class>/ folder and are ignored", stacklevel=3)
+                warnings.warn(
+                    f"{layout.loose} image(s) in {src.where} are not inside a <split>/<class>/ folder and are ignored",
+                    stacklevel=3,
+                )
         else:
             r.resolved = r.identity["split"]
             classes = src.classes(r.resolved)
@@ -384,8 +408,7 @@ def _build(src, kind, reqs, size: int, source: str) -> None:
         if kind == "tarstream" and src.blobs is not None:  # read once, in memory
             jobs = []
             for r in reqs:
-                items = [(i, name, src.blobs[payload])
-                         for i, (_, name, payload) in enumerate(r.items)]
+                items = [(i, name, src.blobs[payload]) for i, (_, name, payload) in enumerate(r.items)]
                 jobs.extend(dec.chunked(r.out, size, ("bytes", None), items))
             bad = dec.run_jobs(jobs, total, label)
         elif kind == "tarstream":

@@ -72,5 +72,5 @@ def compute_stats(images: np.ndarray, chunk: int = 256) -> Stats:
     """Mean image and pixel PCA of a uint8 (N, S, S, 3) array (memmap friendly)."""
     acc = StatsAccumulator()
     for i in range(0, images.shape[0], chunk):
-        acc.update(images[i:i + chunk])
+        acc.update(images[i : i + chunk])
     return acc.result()

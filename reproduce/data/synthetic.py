@@ -38,7 +38,7 @@ def synthetic_arrays(n: int, num_classes: int, size: int, seed: int = SEED):
 
     images = np.empty((n, size, size, 3), np.uint8)
     for i in range(0, n, 256):
-        lab = labels[i:i + 256]
+        lab = labels[i : i + 256]
         b = len(lab)
         phase = rng.uniform(0, 2 * np.pi, b).astype(np.float32)[:, None, None]
         stripes = np.sin(phase) * cos_k[lab] + np.cos(phase) * sin_k[lab]  # sin(arg + phase)
@@ -50,5 +50,5 @@ def synthetic_arrays(n: int, num_classes: int, size: int, seed: int = SEED):
         x += 120.0 + bright + casts[lab][:, None, None, :].astype(np.float32)
         np.rint(x, out=x)
         np.clip(x, 0, 255, out=x)
-        images[i:i + b] = x
+        images[i : i + b] = x
     return images, labels
