@@ -9,10 +9,19 @@ Time per run comes from what this machine has measured, most specific first:
 3. otherwise a calibration: a few training steps of the preset's baseline net on
    this machine (the compile is timed apart), images/s times the run's images,
    plus what every epoch costs whatever its images (the validation pass's start,
-   the checkpoint, metrics.csv and the other callbacks: a few tenths of a second,
-   which on the smoke preset's 4-step epochs is most of an epoch), plus what a run
-   costs once (building and compiling the net, the validation and final
-   evaluation's compiles, writing model.keras: seconds, most of a smoke run).
+   metrics.csv and the other callbacks: a few tenths of a second, which on the
+   smoke preset's 4-step epochs is most of an epoch), plus a checkpoint every
+   `train.checkpoint_every` epochs and after the last (a save is timed apart),
+   plus what a run costs once (building and compiling the net, the validation
+   and final evaluation's compiles, writing model.keras: seconds, most of a
+   smoke run).
+
+A calibrated suite that trains from pre-resized shards (`reproduce.data.shards`)
+also compares the feed with the training rate: where scripts/bench_data.py has
+measured this machine's shard rate per core at the run's image size, and this
+machine's cores at that rate fall short of the calibrated images/s, the plan
+says so (`reproduce.data.shards.planned_feed_warning`); without a measured rate
+it says nothing.
 
 The suite's total adds what its command costs beyond the runs: the time this
 process has already spent (Python and the libraries starting, the data, the
@@ -80,6 +89,7 @@ class SuitePlan:
     pending: list = field(default_factory=list)  # descriptions of runs not yet known
     started_s: float = 0.0  # what this process had spent when it planned (`fill_estimates`)
     report_s: float = 0.0  # the report built after the runs
+    warnings: list = field(default_factory=list)  # what would slow the suite (the feed), printed with it
 
     @property
     def estimate_s(self) -> float:
@@ -221,16 +231,17 @@ def _identity(run) -> dict | None:
         return None
 
 
-def calibrate(cfg, data, steps: int = 3, epochs: int = 3) -> tuple[float, float, float]:
-    """(training images/s, fixed seconds per run, fixed seconds per epoch) of `cfg`'s
-    net on this machine, measured as a run spends them, through the trainer's own
-    model, compile, feed, callbacks and evaluation, on one random uint8 batch of
-    the data's image size.
+def calibrate(cfg, data, steps: int = 3, epochs: int = 3) -> tuple[float, float, float, float]:
+    """(training images/s, fixed seconds per run, fixed seconds per epoch, seconds
+    per checkpoint) of `cfg`'s net on this machine, measured as a run spends them,
+    through the trainer's own model, compile, feed, callbacks and evaluation, on
+    one random uint8 batch of the data's image size.
 
     A `fit` of `epochs` epochs of `steps` steps each, with a one-batch validation
-    pass, into a scratch folder (`_fit_timings`) gives the step rate and what each
+    pass, into a scratch folder (`_fit_timings`) gives the step rate, what each
     epoch costs beyond its steps and validation images (the validation pass's
-    start, the checkpoint, metrics.csv, the feed). What a run costs once, whatever
+    start, metrics.csv, the feed) and, apart, what saving the state costs (a run
+    saves every `train.checkpoint_every` epochs). What a run costs once, whatever
     its length: building and compiling the net, the first epoch's extra (`fit`
     starting, the step and the validation step traced or compiled), the final
     evaluation's compiles (centre crop, ten views, the fc7 probe: one batch each),
@@ -254,7 +265,7 @@ def calibrate(cfg, data, steps: int = 3, epochs: int = 3) -> tuple[float, float,
     x = rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8)
     y = rng.integers(0, data.num_classes, (b,), dtype=np.int32)
     built = time.perf_counter() - t_build
-    ips, per_epoch, first_epoch = _fit_timings(model, cfg, x, y, data.class_names, steps, epochs)
+    ips, per_epoch, first_epoch, save_s = _fit_timings(model, cfg, x, y, data.class_names, steps, epochs)
     t_end = time.perf_counter()
     batch = SimpleNamespace(images=x, labels=y)
     evaluate(cfg, model, net, data.stats, batch, cfg.eval.ten_view)
@@ -262,23 +273,26 @@ def calibrate(cfg, data, steps: int = 3, epochs: int = 3) -> tuple[float, float,
     with tempfile.TemporaryDirectory(prefix="plan-model-") as tmp:
         runs.write_model(tmp, inference_model(cfg, net, data.stats), data.class_names)
     keras.backend.clear_session()
-    return ips, built + first_epoch + (time.perf_counter() - t_end), per_epoch
+    return ips, built + first_epoch + (time.perf_counter() - t_end), per_epoch, save_s
 
 
-def _fit_timings(model, cfg, x, y, class_names, steps: int, epochs: int) -> tuple[float, float, float]:
-    """(training images/s, seconds an epoch costs beyond its training steps and
-    validation images, seconds the first epoch costs beyond a later one) of a
-    `fit` of `epochs` epochs of `steps` steps on the batch `x`, `y`, fed as the
-    trainer feeds a run (`reproduce.train.training_feed`, the validation split
-    as `ArrayBatches`) with the trainer's callbacks, into a scratch folder. A step
-    is timed from an epoch's start to its last step's end; an epoch, from one
-    epoch's end to the next; the first, from `fit`'s start to its end (it starts
-    the callbacks and traces or compiles the steps). The later epochs count."""
+def _fit_timings(model, cfg, x, y, class_names, steps: int, epochs: int) -> tuple[float, float, float, float]:
+    """(training images/s, seconds an epoch costs beyond its training steps,
+    validation images and checkpoint, seconds the first epoch costs beyond a later
+    one, seconds a checkpoint costs) of a `fit` of `epochs` epochs of `steps`
+    steps on the batch `x`, `y`, fed as the trainer feeds a run
+    (`reproduce.train.training_feed`, the validation split as `ArrayBatches`)
+    with the trainer's callbacks, into a scratch folder. A step is timed from an
+    epoch's start to its last step's end; an epoch, from one epoch's end to the
+    next; the first, from `fit`'s start to its end (it starts the callbacks and
+    traces or compiles the steps). The later epochs count. The epochs save no
+    state; two saves of the trained state after `fit` time a checkpoint."""
     import tempfile
 
     import keras
     import numpy as np
 
+    from reproduce import checkpoint
     from reproduce import data as data_lib
     from reproduce import train as train_lib
     from reproduce.callbacks import training_callbacks
@@ -300,6 +314,9 @@ def _fit_timings(model, cfg, x, y, class_names, steps: int, epochs: int) -> tupl
     val = data_lib.ArrayBatches(x[:nv], y[:nv], nv, shuffle=False)
     with tempfile.TemporaryDirectory(prefix="plan-epoch-") as tmp:
         cbs = training_callbacks(cfg, tmp, {}, len(train))
+        # A run saves every train.checkpoint_every epochs, so the epochs here save
+        # nothing and a save is timed on its own.
+        cbs.recorder.checkpoint_due = lambda epoch: False
         t_fit = time.perf_counter()
         model.fit(
             feed,
@@ -310,15 +327,21 @@ def _fit_timings(model, cfg, x, y, class_names, steps: int, epochs: int) -> tupl
             shuffle=False,
             verbose=0,
         )
+        saves = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            checkpoint.save_state(tmp, model, {"completed_epochs": epochs})
+            saves.append(time.perf_counter() - t0)
+    save_s = statistics.mean(saves)
     later = [e for e in range(1, len(ends)) if e in last_step]
     if not later:  # stopped early (a loss that turned NaN): the steps alone, no epoch cost
         spent = max(last_step.values(), default=time.perf_counter()) - t_fit
-        return steps * len(x) * max(1, len(last_step)) / max(spent, 1e-9), 0.0, 0.0
+        return steps * len(x) * max(1, len(last_step)) / max(spent, 1e-9), 0.0, 0.0, save_s
     step_s = statistics.median(last_step[e] - begins[e] for e in later) / steps
     epoch_s = statistics.median(ends[e] - ends[e - 1] for e in later)
     ips = len(x) / step_s
     per_epoch = max(0.0, epoch_s - steps * step_s - FORWARD_SHARE * nv / ips)
-    return ips, per_epoch, max(0.0, ends[0] - t_fit - epoch_s)
+    return ips, per_epoch, max(0.0, ends[0] - t_fit - epoch_s), save_s
 
 
 def _epochs_run(job: Job, epochs: float | None = None) -> float:
@@ -327,11 +350,20 @@ def _epochs_run(job: Job, epochs: float | None = None) -> float:
     return planned if epochs is None else min(epochs, planned)
 
 
+def checkpoints_saved(job: Job, epochs: float | None = None) -> int:
+    """The state saves of a run of `epochs` (default: as planned): every
+    `train.checkpoint_every` epochs, and after the last one."""
+    return math.ceil(_epochs_run(job, epochs) / max(1, int(job.cfg.train.checkpoint_every)))
+
+
 def calibrated_estimate(job: Job, data, rate: tuple, epochs: float | None = None) -> float:
     """Seconds for `job` from a calibration `rate` = (images/s, seconds per run,
-    seconds per epoch): its fixed cost, every epoch's fixed cost, and its images."""
-    ips, fixed, per_epoch = rate
-    return fixed + per_epoch * _epochs_run(job, epochs) + _images_seen(job, data, epochs) / ips
+    seconds per epoch[, seconds per checkpoint]): its fixed cost, every epoch's
+    fixed cost, its checkpoints (`checkpoints_saved`), and its images. Without
+    the fourth figure the checkpoints count as part of each epoch's cost."""
+    ips, fixed, per_epoch, *save = rate
+    saves = save[0] * checkpoints_saved(job, epochs) if save else 0.0
+    return fixed + per_epoch * _epochs_run(job, epochs) + saves + _images_seen(job, data, epochs) / ips
 
 
 def _images_seen(job: Job, data, epochs: float | None = None) -> float:
@@ -378,6 +410,7 @@ def fill_estimates(
                 c.data.image_size,
                 c.data.crop_size,
                 c.train.batch_size,
+                c.train.steps_per_execution,
                 c.train.xla,
                 c.train.run_eagerly,
                 c.eval.ten_view,
@@ -388,6 +421,9 @@ def fill_estimates(
                         f"[ablations] measuring this machine's training rate ({job.label}, a few steps)...", flush=True
                     )
                 rates[key] = calibrate(job.cfg, data)
+            slow_feed = feed_warning(job.cfg, data, rates[key][0])
+            if slow_feed and slow_feed not in plan.warnings:
+                plan.warnings.append(slow_feed)
             # A run to a target whose epochs some machine has measured: those epochs at
             # this machine's rate; one with none measured: its epoch cap, a bound.
             epochs = expected_epochs(job, everywhere)
@@ -396,6 +432,20 @@ def fill_estimates(
         job.estimate_s, job.estimate_kind = est, kind
     plan.started_s = process_seconds()
     plan.report_s = report_seconds(roots[0], preset) if roots else 0.0
+
+
+def feed_warning(cfg, data, step_rate: float) -> str | None:
+    """For a run that trains from streamed shards: `reproduce.data.shards.
+    planned_feed_warning` at the run's image size against `step_rate` (the
+    calibrated training images/s); None for any other source, or where no
+    rate per core was measured on this machine."""
+    from reproduce.data.shard_source import ShardStream
+
+    if not isinstance(getattr(data, "train", None), ShardStream):
+        return None
+    from reproduce.data.shards import planned_feed_warning
+
+    return planned_feed_warning(cfg.data.image_size, step_rate)
 
 
 def _rounded_up(s: float) -> float:
@@ -440,6 +490,8 @@ def print_plan(plan: SuitePlan, preset: str, device: str, out=sys.stdout) -> Non
             print(f"    {label:28s} {n} run(s)  ~{fmt_duration(s)}", file=out)
     for p in plan.pending:
         print(f"    {p}", file=out)
+    for w in plan.warnings:
+        print(f"[ablations] warning: {w}", file=out)
     if plan.total_s > LONG_SUITE_S:
         smaller = SMALLER.get(preset)
         hint = f" PRESET={smaller} is the tier sized for this kind of machine." if smaller else ""

@@ -63,7 +63,7 @@ from reproduce.callbacks import per_batch_hooks, training_callbacks
 from reproduce.config import PAPER_PRESET, Config, apply_overrides, get_config, validate
 from reproduce.data.batches import ArrayBatches, CycledBatches, tf_dataset
 from reproduce.data.pixelstats import compute_stats
-from reproduce.devices import accelerator, device_description
+from reproduce.devices import accelerator, device_description, warn_if_gpu_unused
 from reproduce.flops import peak_tflops, training_flops
 from reproduce.model import build_model
 from reproduce.train import build_training_model, compile_model
@@ -507,6 +507,9 @@ def run(
         out = str(benchfile.default_path())
     measures = {**MEASURES, **(measures or {})}
     backend = keras.backend.backend()
+    # A CPU build of the backend on a GPU machine times the CPU: said before the
+    # minutes of measuring, not found in the table after them.
+    warn_if_gpu_unused()
     if full is None:
         full = accelerator() is not None
     preset = preset or (_default_preset(data) if data else PAPER_PRESET)

@@ -639,16 +639,26 @@ PRESETS: dict[str, Preset] = {}
 DEFAULT_PRESET = "imagenette"
 PAPER_PRESET = "imagenet"
 
+# How the GPU-sized presets run (README, "GPU install"). Keras on TensorFlow
+# brings every step's logs back to the host (its callbacks are not thread-safe
+# there), a sync per step that keeps a GPU waiting on Python between its short
+# steps: 8 steps per execution sync once per 8. steps_per_execution is part of
+# a run's identity (it is not in NOT_IDENTITY), so the CPU tiers, which have
+# published runs, keep 1 (`CPU_EXECUTION`).
+GPU_EXECUTION = {"train.steps_per_execution": 8}
+CPU_EXECUTION = {"train.steps_per_execution": 1, "train.checkpoint_every": 1}
 
-@_preset(PAPER_PRESET, {})
+
+@_preset(PAPER_PRESET, dict(GPU_EXECUTION))
 def _imagenet():
     """The paper's recipe (§5) on ILSVRC-2012, through TFDS `imagenet2012`.
 
     Command: ``make reproduce PRESET=imagenet`` (TFDS needs the ILSVRC-2012 tar files
     in its manual directory; see README).
     256 -> 227 crops with flips and PCA colour, batch 128, SGD momentum 0.9, weight
-    decay 0.0005, lr 0.01 divided by 10 on plateaus (at most 3 times), 90 epochs.
-    Cost: days on one GPU (the paper: 5-6 days on two GTX 580s); `make bench`
+    decay 0.0005, lr 0.01 divided by 10 on plateaus (at most 3 times), 90 epochs;
+    8 steps per execution (`GPU_EXECUTION`: the host reads the step's logs once
+    per 8 steps). Cost: days on one GPU (the paper: 5-6 days on two GTX 580s); `make bench`
     times this machine. Result: not measured here; the paper reports 40.7% / 18.2%
     top-1/top-5 (one net, ILSVRC-2012 val, Table 2).
     """
@@ -665,6 +675,11 @@ def _imagenet():
         "train.step_epochs": [20, 26],
         "train.learning_rate": 0.01,
         "model.init": "caffe",
+        **GPU_EXECUTION,
+        # On a GPU an epoch of its 9,469 images is predicted to take less than
+        # saving the full-width state (experiments/perf/perf_log.md, "Checkpoints
+        # per interval"): a save every 5 epochs (and after the last) instead.
+        "train.checkpoint_every": 5,
     },
 )
 def _imagenette():
@@ -674,7 +689,8 @@ def _imagenette():
     ``make reproduce`` (this is the default preset; data from TFDS
     `imagenette/160px-v2` or ``DATA_DIR=path/to/imagenette-144-webp.tar.xz``).
     Budgeted schedule: 30 epochs, lr 0.01 divided by 10 at epochs 20 and 26.
-    Biases use the `caffe` init (0.1): see README, "bias init".
+    Biases use the `caffe` init (0.1): see README, "bias init". Sized for a GPU:
+    8 steps per execution (`GPU_EXECUTION`) and the state saved every 5 epochs.
     Cost and result: not published yet at full width (`make bench` times it on
     this machine); published presets carry theirs in results/report.md.
     """
@@ -682,6 +698,7 @@ def _imagenette():
 
 _IMAGENETTE_CPU = {
     **PRESETS["imagenette"].overrides,
+    **CPU_EXECUTION,
     "model.width": 0.5,
     "train.epochs": 6,
     "train.batch_size": 64,
@@ -760,6 +777,11 @@ def _imagenette_cpu_long():
         "train.weight_decay": 0.004,
         "train.schedule": "step",
         "train.step_epochs": [30, 36],
+        # XLA:CPU's convolutions are slower than TensorFlow's own for this net:
+        # 436 -> 680 img/s with XLA off (experiments/perf/perf_log.md, "cifar_local
+        # on the CPU"). Not part of a run's identity; every cifar10 run of the LRN
+        # arms uses the same setting.
+        "train.xla": False,
     },
 )
 def _cifar10():

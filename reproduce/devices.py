@@ -167,9 +167,11 @@ def xla(cfg) -> object:
     """`jit_compile` for `model.compile` (training and the ten-view evaluation).
 
     Keras' default (`jit_compile="auto"`) leaves XLA off for TensorFlow on a machine
-    without a GPU; for these nets XLA:CPU trains about twice as fast there
+    without a GPU; for the AlexNet nets XLA:CPU trains about twice as fast there
     (experiments/perf/perf_log.md, "fit vs step"), so it is asked for explicitly on
-    one device (`train.xla`, default true). Distributed schemes on TensorFlow keep
+    one device (`train.xla`, default true). Not for every net: the cifar10 preset's
+    cifar_local net is faster without it (perf log, "cifar_local on the CPU"), and
+    that preset turns it off. Distributed schemes on TensorFlow keep
     Keras' choice (off): XLA compiles a function for one device, and Keras jit-
     compiles the whole multi-replica step, so under MirroredStrategy it fails
     ("Trying to access resource .../replica_1 located in device CPU:1 from device

@@ -96,7 +96,7 @@ import numpy as np
 from keras import distribution as kd
 
 from reproduce.config import check_value
-from reproduce.data.batches import DerivedBatches
+from reproduce.data.batches import DerivedBatches, StreamBatches
 from reproduce.model import TOWER_SUFFIXES, tower_layers
 
 # §3.2: "we spread the net across two GPUs".
@@ -803,15 +803,17 @@ class ProcessBatches(DerivedBatches):
         return self._share(self.inner.indices_at(epoch, i))
 
 
-def process_batches(
-    inner, num_devices: int, num_processes: int = 1, process_index: int = 0, scheme: str = ""
-) -> ProcessBatches:
+def process_batches(inner, num_devices: int, num_processes: int = 1, process_index: int = 0, scheme: str = ""):
     """This process's slice of every global batch of the PyDataset ``inner``.
 
     Process ``p`` of ``P`` gets rows ``[p*G/P, (p+1)*G/P)`` of each global batch of
     ``G`` images, so together the processes feed exactly the global batch (JAX
     data parallelism: ``jax.make_array_from_process_local_data`` assembles it). A
     final batch that does not split evenly over all ``num_devices`` is dropped.
+
+    A stream (``StreamBatches``) is split record by record instead: each process
+    decodes only its share of each global batch (``StreamBatches.for_process``),
+    the same images as one process's batch in another row order.
     """
     size = getattr(inner, "batch_size", None)
     if size is not None and size % num_devices:
@@ -820,4 +822,6 @@ def process_batches(
             f"of distribute.scheme={scheme!r} on JAX; use a multiple of {num_devices} "
             "(the paper's 128 splits over 2, 4, 8, ... devices)"
         )
+    if isinstance(inner, StreamBatches):
+        return inner.for_process(num_processes, process_index) if num_processes > 1 else inner
     return ProcessBatches(inner, num_devices, num_processes, process_index, scheme)

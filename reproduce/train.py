@@ -250,29 +250,46 @@ def _finished_result(run_dir: Path, epoch_limit, verbose) -> dict | None:
 
 
 def tf_data_feed() -> bool:
-    """Whether training batches reach `fit` through tf.data (`data.batches.tf_dataset`):
-    on TensorFlow, where Keras would otherwise hand them over from one Python
-    thread. JAX reads them through a PyDataset (`data.batches.step_feed`): it
-    needs no TensorFlow (the GPU machine runs JAX alone). Both choose every batch
-    by (epoch, step) alone and give the same batches, step for step."""
+    """Whether training batches reach `fit` through tf.data (`data.batches.tf_dataset`,
+    and a stream's own pipelines, `data.batches.stream_tf_dataset`): on
+    TensorFlow, where Keras would otherwise hand them over from one Python
+    thread. JAX reads them through a PyDataset (`data.batches.step_feed`,
+    `StreamBatches`): it needs no TensorFlow (the GPU machine runs JAX alone).
+    Both give the same batches, step for step."""
     return keras.backend.backend() == "tensorflow"
 
 
-def training_feed(cfg: Config, train, initial_epoch: int):
-    """(what `fit` reads, the callbacks that feed needs, fit's steps_per_epoch)."""
+def training_feed(cfg: Config, train, initial_epoch: int, last_epoch: int | None = None):
+    """(what `fit` reads, the callbacks that feed needs, fit's steps_per_epoch).
+
+    last_epoch: the epoch `fit` stops at (default `train.epochs`)."""
     # Shuffling is the batches' own, from (seed, epoch), so a resumed run sees the
     # same order; fit(shuffle=False) keeps Keras from re-permuting batches.
     # drop_remainder: every training step has the same shape, so the train step
     # compiles once (a last partial batch compiles a second program: tens of
     # seconds on a GPU, per run). Each epoch leaves out < batch_size images.
     if not isinstance(train, data_lib.ImageArrays):  # a stream: ImageNet through tf.data
-        return (
-            train.batches(
-                cfg.train.batch_size, shuffle=True, seed=cfg.train.seed, epoch=initial_epoch, drop_remainder=True
-            ),
-            [],
-            cfg.train.steps_per_epoch or None,
+        plan = distribute.active()
+        if tf_data_feed() and (plan is None or plan.scheme != "multiworker"):
+            # fit reads the stream's tf.data pipelines, not Keras' one-thread
+            # adapter of StreamBatches; the same batches (stream_tf_dataset).
+            # Several TensorFlow workers keep the adapter (each reads every batch
+            # and keeps its part): tf.distribute's auto-sharding of these
+            # pipelines is not tested here.
+            ds, feed_epoch, _ = data_lib.stream_tf_dataset(
+                train,
+                cfg.train.batch_size,
+                cfg.train.seed,
+                initial_epoch,
+                last_epoch or cfg.train.epochs,
+                cfg.train.steps_per_epoch,
+            )
+            return ds, [feed_epoch], None
+        batches = train.batches(
+            cfg.train.batch_size, shuffle=True, seed=cfg.train.seed, epoch=initial_epoch, drop_remainder=True
         )
+        # JAX with several processes: each reads its share of every global batch.
+        return distribute.shard_batches(batches), [], cfg.train.steps_per_epoch or None
     # train.steps_per_epoch is the batches' own epoch length, so fit gets none
     # and starts every epoch afresh (see ArrayBatches).
     batches = data_lib.ArrayBatches(
@@ -321,7 +338,7 @@ def _train(cfg, run_dir, data, precision, verbose, epoch_limit, extra_callbacks)
 
     cbs = training_callbacks(cfg, run_dir, state, len(data.train))
     last_epoch = min(cfg.train.epochs, epoch_limit) if epoch_limit else cfg.train.epochs
-    train_batches, feed_callbacks, steps_per_epoch = training_feed(cfg, data.train, initial_epoch)
+    train_batches, feed_callbacks, steps_per_epoch = training_feed(cfg, data.train, initial_epoch, last_epoch)
     val_batches = data_lib.ArrayBatches(data.val.images, data.val.labels, cfg.eval.batch_size, shuffle=False)
     if initial_epoch < last_epoch and not state.get("stopped", False):
         try:

@@ -351,12 +351,23 @@ def test_checkpoint_every_two_epochs_resumes_from_the_last_one(tmp_path):
 # -- partial last batches --------------------------------------------------------------
 
 
-def test_evaluation_pads_the_last_batch_and_matches_one_whole_batch():
+def test_evaluation_pads_the_last_batch_and_matches_one_whole_batch(monkeypatch):
     from reproduce.data import ArrayBatches
     from reproduce.data.batches import PaddedBatches
     from reproduce.data.pixelstats import compute_stats
     from reproduce.evaluate import build_ten_view_model, evaluate
     from reproduce.train import build_training_model, compile_model
+
+    # The batch sizes every predict of the evaluation is fed: one shape per model
+    # (a partial last batch would compile a second program).
+    fed = []
+    predict = keras.Model.predict
+
+    def spy(self, x, *args, **kwargs):
+        fed.append([len(x[i][0]) for i in range(len(x))])
+        return predict(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "predict", spy)
 
     cfg = get_config("smoke", ["eval.batch_size=20"])
     rng = np.random.default_rng(1)
@@ -372,6 +383,10 @@ def test_evaluation_pads_the_last_batch_and_matches_one_whole_batch():
 
     arrays = type("A", (), {"images": images, "labels": labels})()
     got = evaluate(cfg, model, net, stats, arrays, ten_view=True)
+    # Centre crops in batches of 20 (37 = 20 + 17, padded), ten views in batches
+    # of 20 // 10 = 2 (the 19th holds one image, padded).
+    assert fed == [[20, 20], [2] * 19]
+    monkeypatch.setattr(keras.Model, "predict", predict)
 
     def correct(scores):
         order = np.argsort(-np.asarray(scores, np.float64), axis=1)
@@ -387,15 +402,24 @@ def test_evaluation_pads_the_last_batch_and_matches_one_whole_batch():
 
 
 @pytest.mark.one_backend
-def test_a_streamed_training_epoch_has_floor_n_over_batch_steps():
-    from reproduce.data.tfds_source import Stream
-    from reproduce.train import training_feed
+def test_a_streamed_training_epoch_has_floor_n_over_batch_steps(monkeypatch):
+    import tensorflow as tf
 
+    from reproduce import train as train_lib
+    from reproduce.data.tfds_source import Stream
+
+    def dataset(self, batch_size, drop_remainder=False, **kw):
+        return tf.data.Dataset.range(1000).map(lambda i: (i, i)).batch(batch_size, drop_remainder=drop_remainder)
+
+    monkeypatch.setattr(Stream, "dataset", dataset)
     stream = Stream.__new__(Stream)
     stream.num_examples = 1000
     cfg = get_config("smoke", ["train.batch_size=128"])
-    batches, _, _ = training_feed(cfg, stream, 0)
-    assert len(batches) == math.floor(1000 / 128) == 7
+    feed, _, _ = train_lib.training_feed(cfg, stream, 0)  # tf.data (TensorFlow)
+    assert int(feed.cardinality()) == math.floor(1000 / 128) == 7
+    monkeypatch.setattr(train_lib, "tf_data_feed", lambda: False)
+    batches, _, _ = train_lib.training_feed(cfg, stream, 0)  # StreamBatches (JAX)
+    assert len(batches) == 7
 
 
 # -- TensorFlow beside JAX -------------------------------------------------------------
@@ -602,3 +626,304 @@ def test_a_feed_slower_than_the_gpu_is_warned_about():
     assert "16 cores x 500 images/s per core = 8,000 images/s, below the 45,000" in msg
     assert "(18%)" in msg
     assert feed_shortfall(16, 3000, 45_000) is None
+
+
+# -- a stream's feed: tf.data on TensorFlow, a share per process on JAX -----------------
+
+
+def _indexed_stream(folder, n=45, per_shard=8):
+    """A ShardStream of n 4x4 images whose label is their index (7 shards)."""
+    from reproduce.data import shard_source, shards
+
+    images = np.broadcast_to((np.arange(n) % 256)[:, None, None, None], (n, 4, 4, 3)).astype(np.uint8)
+    labels = np.arange(n)
+    entry = shards.write_split(folder, "train", [(images, labels)], per_shard=per_shard)
+    shards.write_manifest(folder, 4, [str(i) for i in range(n)], {"train": entry})
+    return shard_source.ShardStream(str(folder), folder, "train", "train", 0, 4, n, [str(i) for i in range(n)])
+
+
+def _stream_epoch(stream, epoch, batch=8):
+    """Independently: the labels of the stream's epoch `epoch` (seed 5), batch by batch."""
+    return [y for _, y in stream.dataset(batch, seed=5, epoch=epoch, drop_remainder=True).as_numpy_iterator()]
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the tf.data feed is TensorFlow's")
+def test_the_tf_data_stream_feed_gives_fit_the_same_batches_as_the_pydataset(tmp_path):
+    from reproduce.data import StreamBatches, stream_tf_dataset
+
+    stream = _indexed_stream(tmp_path)
+
+    def fit_labels(feed, steps_per_epoch=0, steps_per_execution=1):
+        model = LabelsSeen()
+        model.compile(run_eagerly=True, steps_per_execution=steps_per_execution)
+        if feed == "keras":  # what the trainer gave fit until now
+            data, callbacks = StreamBatches(stream, 8, seed=5, epoch=1, drop_remainder=True), []
+        else:
+            data, callback, _ = stream_tf_dataset(stream, 8, 5, 1, 3, steps_per_epoch)
+            callbacks = [callback]
+        model.fit(data, epochs=3, initial_epoch=1, shuffle=False, verbose=0, callbacks=callbacks)
+        return model.seen
+
+    # fit's epoch e reads the stream's epoch e + 1 (Keras moves a PyDataset once
+    # before training), 45 // 8 = 5 batches each.
+    want = _stream_epoch(stream, 2) + _stream_epoch(stream, 3)
+    keras_feed, tf_feed = fit_labels("keras"), fit_labels("tf.data")
+    assert len(keras_feed) == len(tf_feed) == len(want) == 10
+    for k, (a, b, w) in enumerate(zip(keras_feed, tf_feed, want)):
+        np.testing.assert_array_equal(a, w, err_msg=f"step {k}")
+        np.testing.assert_array_equal(b, w, err_msg=f"step {k}")
+    # Shortened epochs, several steps per execution: each epoch still starts
+    # its own stream epoch (3 steps in executions of 2 take no batch of the next).
+    short = fit_labels("tf.data", steps_per_epoch=3, steps_per_execution=2)
+    want = _stream_epoch(stream, 2)[:3] + _stream_epoch(stream, 3)[:3]
+    assert len(short) == 6
+    for k, (a, w) in enumerate(zip(short, want)):
+        np.testing.assert_array_equal(a, w, err_msg=f"short step {k}")
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the tf.data feed is TensorFlow's")
+def test_training_feed_gives_fit_tf_data_for_arrays_and_for_a_stream_on_tensorflow(tmp_path):
+    import tensorflow as tf
+
+    from reproduce import data as data_lib
+    from reproduce.train import training_feed
+
+    cfg = get_config("smoke", ["train.batch_size=8", "train.epochs=3"])
+    arrays = data_lib.ImageArrays(np.zeros((37, 4, 4, 3), np.uint8), np.arange(37, dtype=np.int32), ["a"])
+    feed, callbacks, steps = training_feed(cfg, arrays, 0)
+    assert isinstance(feed, tf.data.Dataset) and callbacks and steps is None
+
+    stream = _indexed_stream(tmp_path)
+    feed, callbacks, steps = training_feed(cfg, stream, 1)
+    assert isinstance(feed, tf.data.Dataset) and len(callbacks) == 1 and steps is None
+    assert int(feed.cardinality()) == 5
+    for epoch in (1, 2):  # fit's epochs 1 and 2: the stream's 2 and 3
+        callbacks[0].on_epoch_begin(epoch)
+        got = [y for _, y in feed.as_numpy_iterator()]
+        want = [y for _, y in stream.dataset(8, seed=0, epoch=epoch + 1, drop_remainder=True).as_numpy_iterator()]
+        assert len(got) == len(want) == 5
+        for a, w in zip(got, want):
+            np.testing.assert_array_equal(a, w)
+
+
+def test_each_of_two_jax_processes_decodes_half_of_each_global_batch_of_a_stream(tmp_path, monkeypatch):
+    """JAX multiworker (auto_shard_dataset=False): a streamed training set goes through
+    shard_batches like arrays do; process p of 2 gets every other record of the
+    shuffled stream, so the two halves of global batch i are its images."""
+    from reproduce import train as train_lib
+
+    stream = _indexed_stream(tmp_path)
+    cfg = get_config("smoke", ["train.batch_size=8"])
+    monkeypatch.setattr(train_lib, "tf_data_feed", lambda: False)  # JAX's feed, on either backend
+    calls = []
+    dataset = type(stream).dataset
+
+    def spy(self, batch_size, *a, **kw):
+        calls.append((batch_size, kw.get("process", (1, 0))))
+        return dataset(self, batch_size, *a, **kw)
+
+    monkeypatch.setattr(type(stream), "dataset", spy)
+    halves = []
+    for p in range(2):
+        plan = distribute.Plan("multiworker", "jax", ["d0"], num_replicas=2, num_processes=2, process_index=p)
+        monkeypatch.setattr(distribute, "_ACTIVE", [plan])
+        feed, _, _ = train_lib.training_feed(cfg, stream, 0)
+        halves.append([feed[i] for i in range(len(feed))])
+    assert calls == [(4, (2, 0)), (4, (2, 1))]  # each decodes 4 of the 8 images
+    whole = [y for _, y in dataset(stream, 8, seed=0, epoch=0, drop_remainder=True).as_numpy_iterator()]
+    assert len(halves[0]) == len(halves[1]) == len(whole) == 5
+    for i, w in enumerate(whole):
+        (x0, y0), (_, y1) = halves[0][i], halves[1][i]
+        assert len(y0) == len(y1) == 4
+        np.testing.assert_array_equal(np.sort(np.concatenate([y0, y1])), np.sort(w), err_msg=f"batch {i}")
+        np.testing.assert_array_equal(x0[:, 0, 0, 0], y0 % 256)  # images and labels stay paired
+
+
+# -- the planner: a feed slower than the training rate, checkpoints per interval ---------
+
+
+@pytest.mark.one_backend
+def test_the_plan_warns_when_this_machines_shard_feed_cannot_keep_up(tmp_path, monkeypatch):
+    import io
+    from types import SimpleNamespace
+
+    import ablations.plan as P
+    from reproduce import data as data_lib
+    from reproduce.data import shards
+
+    monkeypatch.setenv("REPRODUCE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(P, "calibrate", lambda cfg, data: (10_000.0, 5.0, 0.25, 0.5))  # 10k img/s
+    val = data_lib.ImageArrays(np.zeros((32, 4, 4, 3), np.uint8), np.zeros(32, np.int32), ["a"])
+    streamed = SimpleNamespace(train=_indexed_stream(tmp_path / "shards"), val=val)
+    in_memory = SimpleNamespace(train=val, val=val)
+
+    def printed(data):
+        plan = P.SuitePlan(todo=[P.Job("baseline", 0, tmp_path / "run", get_config("smoke"))])
+        P.fill_estimates(plan, [tmp_path], "smoke", load_data=lambda _: data, verbose=False, device="CPU")
+        out = io.StringIO()
+        P.print_plan(plan, "smoke", "CPU", out)
+        return out.getvalue()
+
+    assert "warning" not in printed(streamed)  # no rate per core measured here: nothing to compare
+    shards.record_feed_rate(76, 100.0, "synthetic JPEGs")  # the smoke preset's S
+    cores = shards.feed_cores()
+    text = printed(streamed)
+    assert (
+        f"[ablations] warning: the input feed cannot keep up: {cores} cores x 100 images/s per core = "
+        f"{100 * cores:,} images/s, below the 10,000 images/s the device trains at" in text
+    )
+    assert "S=76: scripts/bench_data.py on this machine" in text and "synthetic JPEGs" in text
+    assert "warning" not in printed(in_memory)  # arrays in memory: no decode to keep up
+    shards.record_feed_rate(76, 10_000.0, "synthetic JPEGs")
+    assert "warning" not in printed(streamed)  # fast enough
+
+
+@pytest.mark.one_backend
+def test_the_planner_charges_a_checkpoint_every_checkpoint_every_epochs(tmp_path):
+    from types import SimpleNamespace
+
+    import ablations.plan as P
+
+    data = SimpleNamespace(train=range(640), val=range(64))
+    rate = (1000.0, 5.0, 0.1, 2.0)  # 2 s per save
+
+    def estimate(k):
+        cfg = get_config("smoke", ["train.epochs=10", f"train.checkpoint_every={k}"])
+        return P.calibrated_estimate(P.Job("baseline", 0, tmp_path, cfg), data, rate)
+
+    assert P.checkpoints_saved(P.Job("b", 0, tmp_path, get_config("smoke", ["train.epochs=10"]))) == 10
+    # Every 4 epochs: after epochs 4 and 8, and after the last (10): 3 saves, not 10.
+    assert estimate(1) - estimate(4) == pytest.approx(2.0 * (10 - 3))
+    assert estimate(4) - estimate(10) == pytest.approx(2.0 * (3 - 1))
+
+
+def test_the_calibration_times_a_checkpoint_apart_from_its_epochs(monkeypatch):
+    import time
+
+    import ablations.plan as P
+    from reproduce import callbacks, checkpoint
+    from reproduce import data as data_lib
+
+    real = checkpoint.save_state
+
+    def slow_save(*args, **kwargs):
+        time.sleep(0.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save_state", slow_save)
+    monkeypatch.setattr(callbacks, "save_state", slow_save)  # the trainer's recorder
+    cfg = get_config("smoke", ["eval.ten_view=false"])
+    ips, fixed, per_epoch, save_s = P.calibrate(cfg, data_lib.load(cfg.data))
+    assert save_s >= 0.5 and per_epoch < 0.5 and ips > 0
+
+
+@pytest.mark.one_backend
+def test_the_gpu_presets_sync_the_host_once_per_8_steps_and_the_cpu_tiers_keep_theirs():
+    """Keras on TensorFlow reads every step's logs on the host; the GPU presets
+    run 8 steps per execution, and imagenette (seconds per epoch on a GPU) saves
+    every 5 epochs. The CPU tiers have published runs: their settings, and so
+    their fingerprints, stay."""
+    from reproduce.config import experiment_identity
+
+    for name in ("imagenet", "imagenette"):
+        assert get_config(name).train.steps_per_execution == 8, name
+    assert get_config("imagenette").train.checkpoint_every == 5
+    assert get_config("imagenet").train.checkpoint_every == 1  # 1.28M images an epoch
+    for name in ("imagenette-cpu", "imagenette-cpu-x2", "imagenette-cpu-long", "cifar10", "smoke"):
+        cfg = get_config(name)
+        assert (cfg.train.steps_per_execution, cfg.train.checkpoint_every) == (1, 1), name
+        assert "train.steps_per_execution" not in experiment_identity(cfg, "data"), name
+
+
+# -- what training and the bench say before they start ---------------------------------
+
+
+@pytest.fixture
+def driver_lists_a_gpu_the_backend_does_not_see(tmp_path, monkeypatch):
+    """A fake `nvidia-smi -L` listing one GPU, and a backend that sees none."""
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H200 (UUID: GPU-0)'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(devices, "accelerator", lambda: None)
+
+
+class DataReached(Exception):
+    """Raised where training would load its data: everything before it has run."""
+
+
+@pytest.mark.one_backend
+def test_training_warns_about_an_unused_gpu_and_a_small_batch_per_replica_before_its_data(
+    tmp_path, monkeypatch, driver_lists_a_gpu_the_backend_does_not_see
+):
+    from reproduce import train as train_lib
+
+    def load(_):
+        raise DataReached
+
+    monkeypatch.setattr(train_lib.data_lib, "load", load)
+    eight = distribute.Plan("mirrored", BACKEND, ["d"] * 8, num_replicas=8)  # one device here, 8 replicas said
+    monkeypatch.setattr(distribute, "plan", lambda cfg: eight)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(DataReached):
+            train_lib.train(get_config("smoke"), tmp_path / "run", verbose=0)
+    said = [str(w.message) for w in caught]
+    assert any(m.startswith("nvidia-smi lists 1 GPU(s) (GPU 0: NVIDIA H200") for m in said), said
+    assert any(
+        "train.batch_size=16 over the 8 replicas of distribute.scheme='mirrored' is 2 images per device" in m
+        for m in said
+    ), said
+
+
+@pytest.mark.one_backend
+def test_the_bench_warns_about_an_unused_gpu(tmp_path, driver_lists_a_gpu_the_backend_does_not_see):
+    from reproduce import bench
+
+    with pytest.warns(UserWarning, match=r"nvidia-smi lists 1 GPU\(s\) \(GPU 0: NVIDIA H200"):
+        # A budget spent at once: the warning, then no measurement.
+        rc = bench.main(["--paths", "step", "--precision", "float32", "--out", "", "--time-budget", "1e-9", "--quiet"])
+    assert rc == 1
+
+
+# -- scripts/bench_data.py: the shard feed's rate per core without the archive ---------
+
+
+@pytest.mark.one_backend
+def test_bench_data_measures_the_shard_feed_per_core_on_generated_images(tmp_path, monkeypatch, capsys):
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    from reproduce.data import shards
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_data", Path(__file__).resolve().parent.parent / "scripts" / "bench_data.py"
+    )
+    bench_data = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_data)
+    monkeypatch.setenv("REPRODUCE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("DATA_DIR", raising=False)
+    (tmp_path / "no-archives").mkdir()
+    bench_data.main(
+        ["--data", str(tmp_path / "no-archives"), "--only-shards", "--shard-sizes", "32,48", "--shard-images", "24"]
+        + ["--shard-seconds", "0.2", "--batch", "8", "--gpu-rate", "1e9"]
+    )
+    out = capsys.readouterr().out
+    cores = shards.feed_cores()
+    for size in (32, 48):
+        for threads in sorted({1, cores}):
+            m = re.search(
+                rf"\| synthetic JPEGs \| shards \| (\d+) \| ([\d.]+) \| ([\d,]+) \| S={size} JPEG "
+                rf"\(([\d.]+) kB\), {threads} thread\(s\)",
+                out,
+            )
+            assert m, (size, threads, out)
+            assert int(m[1]) > 0 and float(m[2]) > 0 and int(m[3].replace(",", "")) > 0 and float(m[4]) > 0
+        per_core = re.search(rf"S={size}: ([\d,]+) img/s per core", out)
+        assert per_core and int(per_core[1].replace(",", "")) > 0
+        assert shards.measured_feed_rate(size)["per_core"] > 0  # recorded for the planner
+    assert f"this machine ({cores} cores): the input feed cannot keep up: {cores} cores x" in out
+    assert "projection, not measured: an H200 machine's 16 cores at this machine's rate per core" in out

@@ -215,6 +215,104 @@ def test_locally_connected_matches_loop(padding, strides, size, kernel_size):
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
 
 
+def local_loop_grads(x, kernel, g, kernel_size, strides, padding):
+    """Gradients of sum(local(x) * g) (no activation) w.r.t. x, kernel and bias,
+    written out position by position like `local_loop`."""
+    (kh, kw), (sh, sw) = kernel_size, strides
+    n, h, w, c = x.shape
+    ph = pw = (0, 0)
+    if padding == "same":
+        out_h, out_w = -(-h // sh), -(-w // sw)
+        th, tw = max((out_h - 1) * sh + kh - h, 0), max((out_w - 1) * sw + kw - w, 0)
+        ph, pw = (th // 2, th - th // 2), (tw // 2, tw - tw // 2)
+    xp = np.pad(x.astype(np.float64), [(0, 0), ph, pw, (0, 0)])
+    dxp, dk = np.zeros_like(xp), np.zeros(kernel.shape)
+    out_w = g.shape[2]
+    for i in range(g.shape[1]):
+        for j in range(out_w):
+            rows, cols = slice(i * sh, i * sh + kh), slice(j * sw, j * sw + kw)
+            dk[i * out_w + j] = xp[:, rows, cols, :].reshape(n, -1).T @ g[:, i, j, :]
+            dxp[:, rows, cols, :] += (g[:, i, j, :] @ kernel[i * out_w + j].T).reshape(n, kh, kw, c)
+    dx = dxp[:, ph[0] : ph[0] + h, pw[0] : pw[0] + w, :]
+    return dx, dk, g.sum(axis=0)
+
+
+def slices_local(x, kernel, bias, kernel_size, strides, padding):
+    """The layer's earlier form, in keras.ops: the kh*kw strided slices stacked
+    into patches, then one einsum over positions."""
+    (kh, kw), (sh, sw) = kernel_size, strides
+    n, h, w, c = x.shape
+    if padding == "same":
+        out_h, out_w = -(-h // sh), -(-w // sw)
+        th, tw = max((out_h - 1) * sh + kh - h, 0), max((out_w - 1) * sw + kw - w, 0)
+        x = keras.ops.pad(x, [[0, 0], [th // 2, th - th // 2], [tw // 2, tw - tw // 2], [0, 0]])
+    else:
+        out_h, out_w = (h - kh) // sh + 1, (w - kw) // sw + 1
+    taps = [
+        x[:, di : di + sh * (out_h - 1) + 1 : sh, dj : dj + sw * (out_w - 1) + 1 : sw, :]
+        for di in range(kh)
+        for dj in range(kw)
+    ]
+    patches = keras.ops.reshape(keras.ops.stack(taps, axis=3), (n, out_h * out_w, kh * kw * c))
+    y = keras.ops.einsum("nlk,lkf->nlf", patches, kernel)
+    return keras.ops.reshape(y, (n, out_h, out_w, kernel.shape[-1])) + bias
+
+
+def value_and_grads(fn, x, kernel, bias, g):
+    """fn(x, kernel, bias) and the gradients of sum(fn(...) * g), on the active backend."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        def loss(*args):
+            y = fn(*args)
+            return keras.ops.sum(y * g), y
+
+        (_, y), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(x, kernel, bias)
+    else:
+        args = [tf.constant(v) for v in (x, kernel, bias)]
+        with tf.GradientTape() as tape:
+            tape.watch(args)
+            y = fn(*args)
+            loss = tf.reduce_sum(y * g)
+        grads = tape.gradient(loss, args)
+    return [keras.ops.convert_to_numpy(v) for v in (y, *grads)]
+
+
+@pytest.mark.parametrize(
+    "padding,strides,size,kernel_size,channels",
+    [
+        ("same", 1, 6, (3, 3), 8),  # the CIFAR net's local3/local4 geometry, narrower
+        ("valid", 2, 7, (3, 3), 3),
+        ("same", 2, 6, (2, 3), 3),
+    ],
+)
+def test_locally_connected_gradients(padding, strides, size, kernel_size, channels):
+    # The backward pass: against gradients written out (float64) and against the
+    # earlier slice-stack form of the layer, to float32 rounding.
+    rng = np.random.RandomState(6)
+    x = rng.randn(3, size, size + 1, channels).astype("float32")
+    layer = LocallyConnected2D(5, kernel_size, strides=strides, padding=padding)
+    layer.build(x.shape)
+    kernel = (rng.randn(*layer.kernel.shape) * 0.1).astype("float32")
+    bias = rng.randn(*layer.bias.shape).astype("float32")
+    g = rng.randn(x.shape[0], *layer.bias.shape).astype("float32")
+
+    def new(x, k, b):
+        return layer.stateless_call([k, b], [], x)[0]
+
+    def old(x, k, b):
+        return slices_local(x, k, b, kernel_size, (strides, strides), padding)
+
+    got = value_and_grads(new, x, kernel, bias, g)
+    before = value_and_grads(old, x, kernel, bias, g)
+    geometry = (kernel_size, (strides, strides), padding)
+    want = (local_loop(x, kernel, bias, *geometry), *local_loop_grads(x, kernel, g, *geometry))
+    for a, b, w in zip(got, before, want):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(a, w, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("padding", ["valid", "same"])
 def test_locally_connected_with_tied_weights_is_conv2d(padding):
     # Independent of the loop above: the same kernel at every position must give

@@ -52,6 +52,9 @@ Public API (the trainer calls exactly these)::
         resumes. Pass shuffle=False to fit.
     tf_dataset(batches) -> (tf.data.Dataset, callback)   the same batches through
         tf.data (TensorFlow's training feed)
+    stream_tf_dataset(stream, batch_size, seed, first_epoch, last_epoch)
+        -> (tf.data.Dataset, callback, steps)   a Stream's training batches for
+        fit's epochs as one tf.data pipeline (TensorFlow's feed of a stream)
     step_feed(batches, first_epoch) -> (StepFeed, callback)   the same batches
         as a PyDataset chosen by (epoch, step) alone, whatever Keras reads ahead
         (JAX's training feed)
@@ -77,12 +80,12 @@ from reproduce.data import imagefolder, shard_source, tfds_source
 from reproduce.data import synthetic as _synthetic
 from reproduce.data.common import (  # noqa: F401
     MAX_BAD_FRACTION,
-    check_classes,
-    check_same_classes,
     Data,
     DataError,
     ImageArrays,
     Stats,
+    check_classes,
+    check_same_classes,
 )
 from reproduce.data.decode import decode_count  # noqa: F401
 from reproduce.data.pixelstats import compute_stats
@@ -91,17 +94,29 @@ from reproduce.files import cache_root
 from reproduce.sources import is_shards
 
 __all__ = [
-    "load", "load_split", "load_stats", "subset", "ArrayBatches", "StreamBatches",
-    "ImageArrays", "Stats", "Data", "DataError", "decode_count", "Stream", "check_batches",
-    "tf_dataset", "step_feed",
+    "load",
+    "load_split",
+    "load_stats",
+    "subset",
+    "ArrayBatches",
+    "StreamBatches",
+    "ImageArrays",
+    "Stats",
+    "Data",
+    "DataError",
+    "decode_count",
+    "Stream",
+    "check_batches",
+    "tf_dataset",
+    "stream_tf_dataset",
+    "step_feed",
 ]
 
 
 def __getattr__(name):
     # Keras loads only when batches are asked for: decode workers and the report
     # import this package without it.
-    if name in ("ArrayBatches", "StreamBatches", "epoch_permutation", "tf_dataset",
-                "step_feed"):
+    if name in ("ArrayBatches", "StreamBatches", "epoch_permutation", "tf_dataset", "stream_tf_dataset", "step_feed"):
         from reproduce.data import batches
 
         return getattr(batches, name)
@@ -116,8 +131,7 @@ def _kind(source: str) -> str:
             raise DataError("data.source='tfds:' needs a dataset name, e.g. tfds:cifar10")
         return "tfds"
     if not source:
-        raise DataError("data.source is empty; use tfds:<name>, a folder or archive path, "
-                        "or synthetic")
+        raise DataError("data.source is empty; use tfds:<name>, a folder or archive path, or synthetic")
     return "shards" if is_shards(source) else "path"
 
 
@@ -136,8 +150,8 @@ def _synthetic_split(cfg, split: str) -> ImageArrays:
     names = [f"class{k}" for k in range(cfg.synthetic_classes)]
     check_classes(split, names, "synthetic", "Set data.synthetic_classes to 2 or more.")
     images, labels = _synthetic.synthetic_arrays(
-        n, cfg.synthetic_classes, cfg.image_size,
-        seed=_synthetic.SEED if is_train else _synthetic.SEED + 1)
+        n, cfg.synthetic_classes, cfg.image_size, seed=_synthetic.SEED if is_train else _synthetic.SEED + 1
+    )
     return ImageArrays(images, labels, names, split=split, source="synthetic")
 
 
@@ -148,15 +162,20 @@ def _load_splits(cfg, splits, same_classes: bool = False) -> list:
     root = cache_root(cfg.cache_dir)
     if kind == "tfds":
         # The validation split is never streamed: the trainer's evaluation indexes it.
-        return [tfds_source.load_split(cfg.source, cfg.source[5:], s, _max_for(cfg, s),
-                                       cfg.image_size, root, stream_ok=s != cfg.val_split)
-                for s in splits]
+        return [
+            tfds_source.load_split(
+                cfg.source, cfg.source[5:], s, _max_for(cfg, s), cfg.image_size, root, stream_ok=s != cfg.val_split
+            )
+            for s in splits
+        ]
     if kind == "shards":
-        return [shard_source.load_split(cfg.source, s, _max_for(cfg, s), cfg.image_size,
-                                        root, stream_ok=s != cfg.val_split)
-                for s in splits]
-    return imagefolder.load_splits(cfg.source, [(s, _max_for(cfg, s)) for s in splits],
-                                   cfg.image_size, root, same_classes=same_classes)
+        return [
+            shard_source.load_split(cfg.source, s, _max_for(cfg, s), cfg.image_size, root, stream_ok=s != cfg.val_split)
+            for s in splits
+        ]
+    return imagefolder.load_splits(
+        cfg.source, [(s, _max_for(cfg, s)) for s in splits], cfg.image_size, root, same_classes=same_classes
+    )
 
 
 def load_split(data_cfg, split: str):
@@ -183,15 +202,15 @@ def load_stats(data_cfg) -> Stats:
 
 def load(data_cfg) -> Data:
     """Both splits, the training statistics and the classes: what training needs."""
-    train, val = _load_splits(data_cfg, [data_cfg.train_split, data_cfg.val_split],
-                              same_classes=True)
-    check_classes(train.split, train.class_names, data_cfg.source,
-                  "Point data.source at a dataset of two classes or more.")
-    check_same_classes(train.split, train.class_names, val.split, val.class_names,
-                       data_cfg.source)
+    train, val = _load_splits(data_cfg, [data_cfg.train_split, data_cfg.val_split], same_classes=True)
+    check_classes(
+        train.split, train.class_names, data_cfg.source, "Point data.source at a dataset of two classes or more."
+    )
+    check_same_classes(train.split, train.class_names, val.split, val.class_names, data_cfg.source)
     stats = _stats_of(data_cfg, train)
-    return Data(train=train, val=val, stats=stats, num_classes=len(train.class_names),
-                class_names=list(train.class_names))
+    return Data(
+        train=train, val=val, stats=stats, num_classes=len(train.class_names), class_names=list(train.class_names)
+    )
 
 
 def check_batches(data: Data, batch_size: int) -> None:
@@ -236,8 +255,12 @@ def subset(arrays: ImageArrays, n: int, seed: int = 0) -> ImageArrays:
     if n >= total:
         return arrays
     idx = np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
-    images = (IndexedImages(arrays.images, idx) if isinstance(arrays.images, np.memmap)
-              else arrays.images[idx])
-    return ImageArrays(images=images, labels=arrays.labels[idx],
-                       class_names=list(arrays.class_names), split=arrays.split,
-                       source=arrays.source, cache_path=None)
+    images = IndexedImages(arrays.images, idx) if isinstance(arrays.images, np.memmap) else arrays.images[idx]
+    return ImageArrays(
+        images=images,
+        labels=arrays.labels[idx],
+        class_names=list(arrays.class_names),
+        split=arrays.split,
+        source=arrays.source,
+        cache_path=None,
+    )

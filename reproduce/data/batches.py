@@ -62,12 +62,21 @@ class ArrayBatches(keras.utils.PyDataset):
     training; NumPy fancy indexing releases the GIL while it copies.
     """
 
-    def __init__(self, images, labels=None, batch_size: int = 128, shuffle: bool = True,
-                 seed: int = 0, epoch: int = 0, drop_remainder: bool = False,
-                 workers: int = 4, use_multiprocessing: bool = False,
-                 max_queue_size: int = 8, steps_per_epoch: int = 0):
-        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing,
-                         max_queue_size=max_queue_size)
+    def __init__(
+        self,
+        images,
+        labels=None,
+        batch_size: int = 128,
+        shuffle: bool = True,
+        seed: int = 0,
+        epoch: int = 0,
+        drop_remainder: bool = False,
+        workers: int = 4,
+        use_multiprocessing: bool = False,
+        max_queue_size: int = 8,
+        steps_per_epoch: int = 0,
+    ):
+        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
         if isinstance(images, ImageArrays):
             labels = images.labels if labels is None else labels
             images = images.images
@@ -76,8 +85,7 @@ class ArrayBatches(keras.utils.PyDataset):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if steps_per_epoch < 0:
-            raise ValueError(f"steps_per_epoch must be >= 0 (0: one pass over the data), "
-                             f"got {steps_per_epoch}")
+            raise ValueError(f"steps_per_epoch must be >= 0 (0: one pass over the data), got {steps_per_epoch}")
         self.images = images
         self.labels = None if labels is None else np.asarray(labels, dtype=np.int32)
         self.batch_size = int(batch_size)
@@ -131,7 +139,7 @@ class ArrayBatches(keras.utils.PyDataset):
         part of a batch for a process that feeds only its share of it."""
         idx = np.asarray(idx)
         if len(idx) and idx[-1] - idx[0] + 1 == len(idx):  # contiguous: a plain slice copy
-            x = np.array(self.images[idx[0]:idx[-1] + 1], dtype=np.uint8)
+            x = np.array(self.images[idx[0] : idx[-1] + 1], dtype=np.uint8)
         else:
             x = np.asarray(self.images[idx], dtype=np.uint8)
         if self.labels is None:
@@ -149,16 +157,51 @@ class StreamBatches(keras.utils.PyDataset):
     `__getitem__` ignores its index and returns the next batch, so pass
     `shuffle=False` to `model.fit` (the stream shuffles by (seed, epoch) itself).
     A new epoch's pipeline starts at `on_epoch_begin`.
+
+    `process=(P, p)`: the share of process p of P of every global batch of
+    `batch_size` (`for_process`, JAX's multi-process data parallelism).
     """
 
-    def __init__(self, stream, batch_size: int = 128, shuffle: bool = True, seed: int = 0,
-                 epoch: int = 0, drop_remainder: bool = False):
+    def __init__(
+        self,
+        stream,
+        batch_size: int = 128,
+        shuffle: bool = True,
+        seed: int = 0,
+        epoch: int = 0,
+        drop_remainder: bool = False,
+        process: tuple = (1, 0),
+    ):
         super().__init__(workers=1, use_multiprocessing=False)
         self.stream = stream
         self.batch_size = int(batch_size)
         self.shuffle, self.seed, self.epoch = bool(shuffle), int(seed), int(epoch)
         self.drop_remainder = bool(drop_remainder)
+        self.process = (int(process[0]), int(process[1]))
+        num, index = self.process
+        if num > 1 and (not self.drop_remainder or self.batch_size % num or not 0 <= index < num):
+            raise ValueError(
+                f"process {index} of {num} reads 1/{num} of every global batch of "
+                f"{self.batch_size}: it needs drop_remainder=True and a batch size that "
+                f"{num} divides"
+            )
         self._it = None
+
+    def for_process(self, num_processes: int, process_index: int) -> StreamBatches:
+        """The same batches as read by process `process_index` of `num_processes`:
+        each reads and decodes only its 1/P of the records. The stream is sharded
+        record by record after its seeded shuffle (the same order in every
+        process), so global batch i holds exactly the images of this stream's
+        batch i, in another row order; every process has `len(self)` batches."""
+        return StreamBatches(
+            self.stream,
+            self.batch_size,
+            shuffle=self.shuffle,
+            seed=self.seed,
+            epoch=self.epoch,
+            drop_remainder=self.drop_remainder,
+            process=(num_processes, process_index),
+        )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -169,8 +212,18 @@ class StreamBatches(keras.utils.PyDataset):
 
     def __getitem__(self, i: int):
         if self._it is None:
-            ds = self.stream.dataset(self.batch_size, shuffle=self.shuffle, seed=self.seed,
-                                     epoch=self.epoch, drop_remainder=self.drop_remainder)
+            num, index = self.process
+            kwargs = {"process": self.process} if num > 1 else {}
+            ds = self.stream.dataset(
+                self.batch_size // num,
+                shuffle=self.shuffle,
+                seed=self.seed,
+                epoch=self.epoch,
+                drop_remainder=self.drop_remainder,
+                **kwargs,
+            )
+            if num > 1:  # a process's share can hold one batch more than the global count
+                ds = ds.take(len(self))
             self._it = ds.as_numpy_iterator()
         x, y = next(self._it)
         return x, y
@@ -278,9 +331,48 @@ def tf_dataset(batches):
         y.set_shape((None,))
         return x, y
 
-    ds = tf.data.Dataset.range(len(batches)).map(
-        load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = tf.data.Dataset.range(len(batches)).map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE), FeedEpoch(batches)
+
+
+def stream_tf_dataset(stream, batch_size: int, seed: int, first_epoch: int, last_epoch: int, steps_per_epoch: int = 0):
+    """(dataset, callback, steps): the shuffled training batches of a `Stream`
+    (drop_remainder) for `fit`'s epochs first_epoch .. last_epoch - 1 as one
+    tf.data pipeline, for `fit` on TensorFlow, the callback that moves it from
+    epoch to epoch, and the steps of each epoch.
+
+    Through `StreamBatches` Keras hands the batches over from one Python thread
+    (`tf_dataset` says what that costs); here `fit` reads the stream's own
+    tf.data pipelines. At `fit`'s epoch e they are the stream's epoch
+    e + FIT_EPOCH_OFFSET, what `StreamBatches` gives `fit` there, batch for
+    batch (the first `steps_per_epoch` of them, if given). One pipeline per
+    epoch is built here; a new iterator at each epoch (Keras makes one when
+    `fit` has no steps_per_epoch) reads the one the callback chose, so
+    `train.steps_per_execution` cannot carry batches from one epoch to the next.
+    """
+    import tensorflow as tf
+
+    steps = stream.num_batches(batch_size, drop_remainder=True)
+    if steps_per_epoch:
+        steps = min(steps, int(steps_per_epoch))
+    epochs = range(first_epoch + FIT_EPOCH_OFFSET, max(first_epoch + 1, last_epoch) + FIT_EPOCH_OFFSET)
+    per_epoch = [stream.dataset(batch_size, shuffle=True, seed=seed, epoch=e, drop_remainder=True) for e in epochs]
+    chosen = tf.Variable(0, dtype=tf.int64, trainable=False, name="feed_epoch")
+    choice = tf.data.Dataset.range(steps).map(lambda _: chosen.read_value())
+    # Keras learns the epoch's length; a stream shorter than it says fails, not silently.
+    ds = tf.data.Dataset.choose_from_datasets(per_epoch, choice).apply(tf.data.experimental.assert_cardinality(steps))
+    return ds.prefetch(tf.data.AUTOTUNE), StreamEpoch(chosen, first_epoch), steps
+
+
+class StreamEpoch(keras.callbacks.Callback):
+    """Chooses the epoch `stream_tf_dataset`'s next iterator reads."""
+
+    def __init__(self, chosen, first_epoch: int):
+        super().__init__()
+        self.chosen, self.first_epoch = chosen, int(first_epoch)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.chosen.assign(int(epoch) - self.first_epoch)
 
 
 class FeedEpoch(keras.callbacks.Callback):
@@ -320,8 +412,7 @@ class StepFeed(keras.utils.PyDataset):
     def __init__(self, inner, epoch: int = 0, threads: int = 4, ahead: int = 8):
         super().__init__(workers=1, use_multiprocessing=False)
         if threads < 1 or ahead < 0:
-            raise ValueError(f"StepFeed needs threads >= 1 and ahead >= 0, got threads={threads} "
-                             f"ahead={ahead}")
+            raise ValueError(f"StepFeed needs threads >= 1 and ahead >= 0, got threads={threads} ahead={ahead}")
         self.inner, self.threads, self.ahead = inner, int(threads), int(ahead)
         self.batch_size = getattr(inner, "batch_size", None)
         self.epoch = int(epoch)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -33,8 +32,10 @@ def read_manifest(folder) -> dict:
         with open(p) as f:
             return json.load(f)
     except (OSError, ValueError) as e:
-        raise DataError(f"{p} cannot be read ({e}); write the shards again with "
-                        f"`python -m reproduce.data.shards SOURCE {folder} --size S`") from None
+        raise DataError(
+            f"{p} cannot be read ({e}); write the shards again with "
+            f"`python -m reproduce.data.shards SOURCE {folder} --size S`"
+        ) from None
 
 
 def _counts(folder, entry: dict) -> list:
@@ -42,22 +43,32 @@ def _counts(folder, entry: dict) -> list:
     if "counts" in entry:
         return [int(c) for c in entry["counts"]]
     tf = tensorflow_for_data()
-    return [int(tf.data.TFRecordDataset(str(Path(folder) / f)).reduce(0, lambda a, _: a + 1))
-            for f in entry["files"]]
+    return [int(tf.data.TFRecordDataset(str(Path(folder) / f)).reduce(0, lambda a, _: a + 1)) for f in entry["files"]]
 
 
-def shard_dataset(folder, split: str, batch_size: int, shuffle: bool = True, seed: int = 0,
-                  epoch: int = 0, drop_remainder: bool = False, threads: Optional[int] = None,
-                  shuffle_buffer: int = SHUFFLE_BUFFER, max_n: int = 0):
+def shard_dataset(
+    folder,
+    split: str,
+    batch_size: int,
+    shuffle: bool = True,
+    seed: int = 0,
+    epoch: int = 0,
+    drop_remainder: bool = False,
+    threads: int | None = None,
+    shuffle_buffer: int = SHUFFLE_BUFFER,
+    max_n: int = 0,
+    process: tuple = (1, 0),
+):
     """One epoch of `split` as a tf.data.Dataset of (uint8 (B,S,S,3), int32 (B,)),
     order fixed by (seed, epoch). `threads`: tf.data's thread pool (None: all
     cores), to measure the rate per core. max_n: only the records
-    `common.subsample_indices(n, max_n)` picks (data.max_train / max_val)."""
+    `common.subsample_indices(n, max_n)` picks (data.max_train / max_val).
+    process=(P, p): only every P-th record from the p-th of that order, decoded
+    (one process's share; `batches.StreamBatches.for_process`)."""
     tf = tensorflow_for_data()
     m = read_manifest(folder)
     if split not in m["splits"]:
-        raise DataError(f"split {split!r} is not in {Path(folder) / MANIFEST}; it has "
-                        f"{', '.join(m['splits'])}")
+        raise DataError(f"split {split!r} is not in {Path(folder) / MANIFEST}; it has {', '.join(m['splits'])}")
     size = int(m["size"])
     entry = m["splits"][split]
     files = [str(Path(folder) / f) for f in entry["files"]]
@@ -79,12 +90,18 @@ def shard_dataset(folder, split: str, batch_size: int, shuffle: bool = True, see
         return ds.enumerate(start).filter(lambda i, _: tf.gather(kept, i)).map(lambda _, r: r)
 
     ds = tf.data.Dataset.from_tensor_slices(
-        ([files[i] for i in order], np.asarray(starts, np.int64)[order])).interleave(
+        ([files[i] for i in order], np.asarray(starts, np.int64)[order])
+    ).interleave(
         # Unshuffled: one file after another, the order written.
-        records, cycle_length=(min(16, len(files)) or 1) if shuffle else 1,
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        records,
+        cycle_length=(min(16, len(files)) or 1) if shuffle else 1,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
     if shuffle:  # the small encoded records, before decoding
         ds = ds.shuffle(shuffle_buffer, seed=es, reshuffle_each_iteration=False)
+    if process[0] > 1:  # after the shuffle, which is the same in every process
+        ds = ds.shard(int(process[0]), int(process[1]))
     spec = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
 
     def decode(record):
@@ -108,8 +125,9 @@ class ShardStream(Stream):
     uint8 SxS batches, shuffled by (seed, epoch); otherwise what a TFDS `Stream`
     is (`batches`, `num_batches`, the statistics from a sample)."""
 
-    def __init__(self, source: str, folder: Path, split: str, requested: str, max_n: int,
-                 size: int, n: int, class_names):
+    def __init__(
+        self, source: str, folder: Path, split: str, requested: str, max_n: int, size: int, n: int, class_names
+    ):
         self.source, self.folder = source, str(folder)
         self.name = Path(folder).name
         self.cache_name = "shards_" + self.name
@@ -121,11 +139,28 @@ class ShardStream(Stream):
     def identity(self) -> dict:
         return {"kind": "shards", "data_id": local_identity(self.folder), "split": self.split}
 
-    def dataset(self, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0,
-                drop_remainder: bool = False, shuffle_buffer: int = SHUFFLE_BUFFER):
-        return shard_dataset(self.folder, self.split, batch_size, shuffle=shuffle, seed=seed,
-                             epoch=epoch, drop_remainder=drop_remainder,
-                             shuffle_buffer=shuffle_buffer, max_n=self.max_n)
+    def dataset(
+        self,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        epoch: int = 0,
+        drop_remainder: bool = False,
+        shuffle_buffer: int = SHUFFLE_BUFFER,
+        process: tuple = (1, 0),
+    ):
+        return shard_dataset(
+            self.folder,
+            self.split,
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            epoch=epoch,
+            drop_remainder=drop_remainder,
+            shuffle_buffer=shuffle_buffer,
+            max_n=self.max_n,
+            process=process,
+        )
 
 
 def load_split(source: str, split: str, max_n: int, size: int, root: Path, stream_ok: bool = True):
@@ -139,7 +174,8 @@ def load_split(source: str, split: str, max_n: int, size: int, root: Path, strea
         raise DataError(
             f"{where} hold {m['size']}x{m['size']} images, but data.image_size={size}: set "
             f"data.image_size={m['size']} (with data.crop_size at most that), or write shards "
-            f"at S={size} (python -m reproduce.data.shards SOURCE OUT --size {size}).")
+            f"at S={size} (python -m reproduce.data.shards SOURCE OUT --size {size})."
+        )
     n = len(subsample_indices(int(m["splits"][resolved]["n"]), max_n))
     if want_stream(n, stream_ok):
         return ShardStream(source, folder, resolved, split, max_n, size, n, m["class_names"])
@@ -150,8 +186,9 @@ def load_split(source: str, split: str, max_n: int, size: int, root: Path, strea
     return cache_lib.open_entry(final, source)
 
 
-def _build(folder: Path, m: dict, split: str, requested: str, max_n: int, final: Path,
-           source: str, ident: dict) -> None:
+def _build(
+    folder: Path, m: dict, split: str, requested: str, max_n: int, final: Path, source: str, ident: dict
+) -> None:
     """Decode a split's records, in the order written, into a new cache entry."""
     t0 = time.perf_counter()
     tf = tensorflow_for_data()
@@ -165,32 +202,40 @@ def _build(folder: Path, m: dict, split: str, requested: str, max_n: int, final:
         for x, y in shard_dataset(folder, split, 256, shuffle=False, max_n=max_n).as_numpy_iterator():
             if done + len(x) > n:
                 break
-            images[done:done + len(x)], labels[done:done + len(x)] = x, y
+            images[done : done + len(x)], labels[done : done + len(x)] = x, y
             done += len(x)
         images.flush()
         del images
         if done != n:
-            raise DataError(f"the shards of split {split!r} in {folder} hold another number of "
-                            f"records than {folder / MANIFEST} says ({total}): some were changed "
-                            "or lost. Write the shards again.")
+            raise DataError(
+                f"the shards of split {split!r} in {folder} hold another number of "
+                f"records than {folder / MANIFEST} says ({total}): some were changed "
+                "or lost. Write the shards again."
+            )
     except tf.errors.OpError as e:
         builder.abort()
-        raise DataError(f"cannot read the shards of split {split!r} in {folder} "
-                        f"({type(e).__name__}: {str(e.message).splitlines()[0]}). Write the "
-                        "shards again.") from None
+        raise DataError(
+            f"cannot read the shards of split {split!r} in {folder} "
+            f"({type(e).__name__}: {str(e.message).splitlines()[0]}). Write the "
+            "shards again."
+        ) from None
     except BaseException:
         builder.abort()
         raise
-    builder.commit(labels, [], {
-        "source": source,
-        "where": str(folder),
-        "identity": ident,
-        "split_requested": requested,
-        "split": split,
-        "class_names": list(m["class_names"]),
-        "n_listed": total,
-        "max": max_n,
-        "skipped": [],
-        "skipped_names": [],
-        "build_seconds": round(time.perf_counter() - t0, 2),
-    })
+    builder.commit(
+        labels,
+        [],
+        {
+            "source": source,
+            "where": str(folder),
+            "identity": ident,
+            "split_requested": requested,
+            "split": split,
+            "class_names": list(m["class_names"]),
+            "n_listed": total,
+            "max": max_n,
+            "skipped": [],
+            "skipped_names": [],
+            "build_seconds": round(time.perf_counter() - t0, 2),
+        },
+    )

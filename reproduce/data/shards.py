@@ -8,8 +8,11 @@ does the §2 preprocessing (shorter side to S, central SxS crop) once and stores
 each image as a JPEG of SxS (about 15-25 kB at S=256, ~25 GB for ImageNet) in
 TFRecord shards; `shard_source.shard_dataset` reads them back with tf.data
 (parallel interleaved reads, parallel decode, no resize). `scripts/bench_data.py`
-measures its rate per core ("shards" rows); `feed_shortfall` says when a machine's cores
-cannot keep its GPU busy.
+measures its rate per core ("shards" rows) and records it for the machine it ran
+on (`FEED_RATES` in the cache root); `feed_shortfall` says when a machine's cores
+cannot keep its GPU busy, and the suite planner (`ablations.plan`) says so before
+a suite trained from shards, from the recorded rate and its calibrated training
+rate (`planned_feed_warning`).
 
 Layout of a shards folder: `shards.json` (size, classes, splits with their files
 and counts) and `<split>-NNNNN.tfrecord` files of examples {image: JPEG bytes,
@@ -33,9 +36,12 @@ shards' S; data.max_train / max_val take the same fixed subset either way.
 from __future__ import annotations
 
 import argparse
+import datetime
 import io
+import json
+import os
+import socket
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -43,13 +49,17 @@ from reproduce import data as data_lib
 from reproduce.config import DataConfig
 from reproduce.data.shard_source import MANIFEST
 from reproduce.data.tfds_source import tensorflow_for_data
+from reproduce.files import cache_root
 from reproduce.runs import atomic_write_json
 
 PER_SHARD = 1024
 QUALITY = 95
+# This machine's measured rates of the shard feed per core (scripts/bench_data.py
+# writes them, the planner reads them), in the cache root.
+FEED_RATES = "feed_rates.json"
 
 
-def feed_shortfall(cores: int, per_core_rate: float, step_rate: float) -> Optional[str]:
+def feed_shortfall(cores: int, per_core_rate: float, step_rate: float) -> str | None:
     """A warning when `cores` host cores decoding `per_core_rate` images/s each
     cannot feed a device training `step_rate` images/s; None when they can."""
     feed = cores * per_core_rate
@@ -64,6 +74,66 @@ def feed_shortfall(cores: int, per_core_rate: float, step_rate: float) -> Option
     )
 
 
+def feed_cores() -> int:
+    """The cores this process may run on (a container's share, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def this_machine() -> str:
+    """The host and its CPU model: what a rate per core was measured on (cloud
+    VMs share host names across CPUs of different speeds)."""
+    from reproduce.devices import cpu_name
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = cpu_name(f.read())
+    except OSError:
+        cpu = ""
+    return f"{socket.gethostname()} ({cpu or 'CPU unknown'})"
+
+
+def record_feed_rate(size: int, per_core: float, source: str, root=None) -> Path:
+    """Store a measured rate per core of the shard feed at S=`size` for this
+    machine (`FEED_RATES` in `root`, default the cache root); returns the file."""
+    path = Path(root or cache_root()) / FEED_RATES
+    try:
+        rates = json.loads(path.read_text())
+    except (OSError, ValueError):
+        rates = {}
+    entry = {"per_core": round(float(per_core), 1), "source": source, "date": datetime.date.today().isoformat()}
+    rates.setdefault(this_machine(), {})[str(int(size))] = entry
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, rates)
+    return path
+
+
+def measured_feed_rate(size: int, root=None) -> dict | None:
+    """This machine's recorded rate per core at S=`size` ({per_core, source,
+    date}), or None where none was measured."""
+    try:
+        rates = json.loads((Path(root or cache_root()) / FEED_RATES).read_text())
+        entry = rates[this_machine()][str(int(size))]
+        return entry if float(entry["per_core"]) > 0 else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def planned_feed_warning(size: int, step_rate: float, root=None) -> str | None:
+    """`feed_shortfall` for this machine's cores at its measured rate per core at
+    S=`size` against `step_rate` (the device's measured training rate); None when
+    the feed keeps up, or when no rate per core was measured here."""
+    m = measured_feed_rate(size, root)
+    if m is None or not step_rate:
+        return None
+    msg = feed_shortfall(feed_cores(), float(m["per_core"]), step_rate)
+    return msg and (
+        f"{msg} (Rate per core at S={size}: scripts/bench_data.py on this machine, {m['date']}, {m['source']}.)"
+    )
+
+
 def _encode(image: np.ndarray, quality: int) -> bytes:
     from PIL import Image
 
@@ -72,8 +142,7 @@ def _encode(image: np.ndarray, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def write_split(out_dir, split: str, batches, quality: int = QUALITY,
-                per_shard: int = PER_SHARD) -> dict:
+def write_split(out_dir, split: str, batches, quality: int = QUALITY, per_shard: int = PER_SHARD) -> dict:
     """Write (uint8 (B,S,S,3) images, labels) batches as `split`'s shards;
     returns the split's manifest entry {files, counts (records per file), n}."""
     tf = tensorflow_for_data()
@@ -87,10 +156,14 @@ def write_split(out_dir, split: str, batches, quality: int = QUALITY,
                     writer.close()
                 files.append(f"{split}-{len(files):05d}.tfrecord")
                 writer = tf.io.TFRecordWriter(str(out_dir / files[-1]))
-            ex = tf.train.Example(features=tf.train.Features(feature={
-                "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[_encode(img, quality)])),
-                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
-            }))
+            ex = tf.train.Example(
+                features=tf.train.Features(
+                    feature={
+                        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[_encode(img, quality)])),
+                        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+                    }
+                )
+            )
             writer.write(ex.SerializeToString())
             n += 1
     if writer is not None:
@@ -100,8 +173,7 @@ def write_split(out_dir, split: str, batches, quality: int = QUALITY,
 
 
 def write_manifest(out_dir, size: int, class_names, splits: dict) -> None:
-    atomic_write_json(Path(out_dir) / MANIFEST, {"size": int(size), "class_names": list(class_names),
-                                          "splits": splits})
+    atomic_write_json(Path(out_dir) / MANIFEST, {"size": int(size), "class_names": list(class_names), "splits": splits})
 
 
 def prepare(data_cfg, out_dir, splits=None, quality: int = QUALITY) -> dict:
@@ -114,7 +186,7 @@ def prepare(data_cfg, out_dir, splits=None, quality: int = QUALITY) -> dict:
         names = names or list(arrays.class_names)
         if isinstance(arrays, data_lib.ImageArrays):
             b = 256
-            batches = ((arrays.images[i:i + b], arrays.labels[i:i + b]) for i in range(0, len(arrays), b))
+            batches = ((arrays.images[i : i + b], arrays.labels[i : i + b]) for i in range(0, len(arrays), b))
         else:  # a Stream: its tf.data pipeline decodes and resizes, in order
             batches = arrays.dataset(256, shuffle=False).as_numpy_iterator()
         done[arrays.split] = write_split(out_dir, arrays.split, batches, quality)
@@ -123,8 +195,9 @@ def prepare(data_cfg, out_dir, splits=None, quality: int = QUALITY) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m reproduce.data.shards",
-                                 description="Pre-resized JPEG shards of a dataset (see the module).")
+    ap = argparse.ArgumentParser(
+        prog="python -m reproduce.data.shards", description="Pre-resized JPEG shards of a dataset (see the module)."
+    )
     ap.add_argument("source", help="data.source: tfds:<name>, a folder or archive")
     ap.add_argument("out", help="the shards folder to write")
     ap.add_argument("--size", type=int, default=256, help="S, the side of the stored images")
@@ -132,8 +205,9 @@ def main(argv=None) -> int:
     ap.add_argument("--train-split", default="train")
     ap.add_argument("--val-split", default="validation")
     a = ap.parse_args(argv)
-    cfg = DataConfig(source=a.source, image_size=a.size, crop_size=min(a.size, 227),
-                     train_split=a.train_split, val_split=a.val_split)
+    cfg = DataConfig(
+        source=a.source, image_size=a.size, crop_size=min(a.size, 227), train_split=a.train_split, val_split=a.val_split
+    )
     done = prepare(cfg, a.out, quality=a.quality)
     for split, entry in done.items():
         print(f"{split}: {entry['n']} images in {len(entry['files'])} shards -> {a.out}")

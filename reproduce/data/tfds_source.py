@@ -63,9 +63,12 @@ def tensorflow_for_data():
             # TensorFlow was initialized already (someone used it before): it
             # cannot be changed now; say so rather than fail the data pipeline.
             if tf.config.get_visible_devices("GPU"):
-                warnings.warn("TensorFlow was initialized with the GPUs visible before the "
-                              "data pipeline hid them; it may hold GPU memory JAX needs. "
-                              "Set TF_FORCE_GPU_ALLOW_GROWTH=true.", stacklevel=2)
+                warnings.warn(
+                    "TensorFlow was initialized with the GPUs visible before the "
+                    "data pipeline hid them; it may hold GPU memory JAX needs. "
+                    "Set TF_FORCE_GPU_ALLOW_GROWTH=true.",
+                    stacklevel=2,
+                )
     return tf
 
 
@@ -110,34 +113,43 @@ def ensure_prepared(builder, name: str) -> None:
     tfds = _tfds()
     base = name.split("/")[0].split(":")[0]
     if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
-        manual = os.environ.get("TFDS_MANUAL_DIR") or os.path.join(
-            _data_root(), "downloads", "manual")
+        manual = os.environ.get("TFDS_MANUAL_DIR") or os.path.join(_data_root(), "downloads", "manual")
         needed = MANUAL_FILES.get(base, ())
         missing = [f for f in needed if not os.path.isfile(os.path.join(manual, f))]
         empty = not needed and not (os.path.isdir(manual) and os.listdir(manual))
         if missing or empty:
-            what = (", ".join(missing) if missing else "the files described at "
-                    f"https://www.tensorflow.org/datasets/catalog/{base}")
+            what = (
+                ", ".join(missing)
+                if missing
+                else f"the files described at https://www.tensorflow.org/datasets/catalog/{base}"
+            )
             raise DataError(
                 f"data.source='tfds:{name}' is not prepared in {builder.data_dir}, and TFDS "
                 f"builds it only from files you download yourself. Missing in {manual}: "
                 f"{what}.\n"
-                + ("Get ILSVRC2012_img_train.tar (138 GB) and ILSVRC2012_img_val.tar "
-                   "(6.3 GB) from https://image-net.org/download-images (free "
-                   "registration).\n" if base.startswith("imagenet2012") else "")
+                + (
+                    "Get ILSVRC2012_img_train.tar (138 GB) and ILSVRC2012_img_val.tar "
+                    "(6.3 GB) from https://image-net.org/download-images (free "
+                    "registration).\n"
+                    if base.startswith("imagenet2012")
+                    else ""
+                )
                 + "Put them in ~/tensorflow_datasets/downloads/manual/ (or "
                 "$TFDS_DATA_DIR/downloads/manual/ if TFDS_DATA_DIR is set, or any folder "
                 "named by TFDS_MANUAL_DIR), or build once with `tfds build "
                 f"{base} --manual_dir=<folder>`; then rerun. Without these files use "
                 "data.source=<ImageFolder folder or archive>, e.g. the Imagenette archive."
             )
-        print(f"[reproduce.data] preparing tfds:{name} from {manual} (once; ImageNet takes "
-              f"hours)", file=sys.stderr, flush=True)
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=manual))
+        print(
+            f"[reproduce.data] preparing tfds:{name} from {manual} (once; ImageNet takes hours)",
+            file=sys.stderr,
+            flush=True,
+        )
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
         return
     mocked = getattr(type(builder).download_and_prepare, "__module__", "").startswith(
-        "tensorflow_datasets.testing")  # tfds.testing.mock_data: nothing to download
+        "tensorflow_datasets.testing"
+    )  # tfds.testing.mock_data: nothing to download
     if not mocked and not _online():
         raise DataError(
             f"data.source='tfds:{name}' is not prepared in {builder.data_dir} and this "
@@ -178,8 +190,10 @@ def _keys(info):
     img = [k for k, f in feats.items() if isinstance(f, tfds.features.Image)]
     lab = [k for k, f in feats.items() if isinstance(f, tfds.features.ClassLabel)]
     if not img or not lab:
-        raise DataError(f"TFDS dataset {info.name!r} has no image + class label features "
-                        f"(features: {list(feats)}); it is not an image classification set")
+        raise DataError(
+            f"TFDS dataset {info.name!r} has no image + class label features "
+            f"(features: {list(feats)}); it is not an image classification set"
+        )
     return img[0], lab[0]
 
 
@@ -213,8 +227,7 @@ class _Split:
         )
 
     def identity(self) -> dict:
-        return {"kind": "tfds", "name": self.name, "version": self.version,
-                "data_dir": data_dir() or _data_root()}
+        return {"kind": "tfds", "name": self.name, "version": self.version, "data_dir": data_dir() or _data_root()}
 
     def num_examples(self) -> int:
         n = int(self.load().cardinality())
@@ -232,8 +245,7 @@ def want_stream(n: int, stream_ok: bool = True) -> bool:
     return n > STREAM_MIN_EXAMPLES
 
 
-def load_split(source: str, name: str, split: str, max_n: int, size: int, root: Path,
-               stream_ok: bool = True):
+def load_split(source: str, name: str, split: str, max_n: int, size: int, root: Path, stream_ok: bool = True):
     """ImageArrays (decoded into the cache) or, if `stream_ok`, a Stream (large splits)."""
     s = _Split(name, split, max_n)
     n = s.num_examples()
@@ -251,8 +263,7 @@ def _build(source: str, s: _Split, size: int, final: Path) -> None:
     t0 = time.perf_counter()
     ds = s.load()
     # Pass 1 reads only the labels (records are not decoded): N for the allocation.
-    labels = np.fromiter((int(x) for x in ds.map(lambda ex: ex[s.label_key]).as_numpy_iterator()),
-                         dtype=np.int64)
+    labels = np.fromiter((int(x) for x in ds.map(lambda ex: ex[s.label_key]).as_numpy_iterator()), dtype=np.int64)
     n = len(labels)
     if n == 0:
         raise DataError(f"split {s.expr!r} of TFDS {s.name!r} is empty")
@@ -264,26 +275,29 @@ def _build(source: str, s: _Split, size: int, final: Path) -> None:
             yield (i, f"{s.resolved}#{i}", bytes(data))
 
     try:
-        bad = dec.run_jobs(dec.chunked(out, size, ("bytes", None), items()), n,
-                           f"tfds:{s.name} {s.resolved}")
+        bad = dec.run_jobs(dec.chunked(out, size, ("bytes", None), items()), n, f"tfds:{s.name} {s.resolved}")
     except BaseException:
         builder.abort()
         raise
     bad = [(i, name, msg) for _, i, name, msg in bad]
     skipped = check_bad_images(bad, n, f"TFDS {s.name}", s.resolved, builder)
-    builder.commit(labels.astype(np.int32), [i for i, _, _ in bad], {
-        "source": source,
-        "where": f"TFDS {s.name}",
-        "identity": s.identity(),
-        "split_requested": s.requested,
-        "split": s.resolved,
-        "class_names": s.class_names,
-        "n_listed": n,
-        "max": s.max_n,
-        "skipped": [[name, msg] for _, name, msg in bad],
-        "skipped_names": skipped,
-        "build_seconds": round(time.perf_counter() - t0, 2),
-    })
+    builder.commit(
+        labels.astype(np.int32),
+        [i for i, _, _ in bad],
+        {
+            "source": source,
+            "where": f"TFDS {s.name}",
+            "identity": s.identity(),
+            "split_requested": s.requested,
+            "split": s.resolved,
+            "class_names": s.class_names,
+            "n_listed": n,
+            "max": s.max_n,
+            "skipped": [[name, msg] for _, name, msg in bad],
+            "skipped_names": skipped,
+            "build_seconds": round(time.perf_counter() - t0, 2),
+        },
+    )
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -337,18 +351,29 @@ class Stream:
         return self.num_examples
 
     def identity(self) -> dict:
-        return {"kind": "tfds", "name": self.name, "version": self.version,
-                "data_dir": data_dir() or _data_root()}
+        return {"kind": "tfds", "name": self.name, "version": self.version, "data_dir": data_dir() or _data_root()}
 
-    def dataset(self, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0,
-                drop_remainder: bool = False, shuffle_buffer: int = SHUFFLE_BUFFER):
-        """One epoch as a tf.data.Dataset; order fixed by (seed, epoch)."""
+    def dataset(
+        self,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        epoch: int = 0,
+        drop_remainder: bool = False,
+        shuffle_buffer: int = SHUFFLE_BUFFER,
+        process: tuple = (1, 0),
+    ):
+        """One epoch as a tf.data.Dataset; order fixed by (seed, epoch).
+        process=(P, p): every P-th example from the p-th of that order, decoded
+        (one process's share; `batches.StreamBatches.for_process`)."""
         tf = tensorflow_for_data()
 
         tfds = _tfds()
         es = _epoch_seed(seed, epoch)
         ds = tfds.load(
-            self.name, split=self.expr, data_dir=data_dir(),
+            self.name,
+            split=self.expr,
+            data_dir=data_dir(),
             decoders={self.image_key: tfds.decode.SkipDecoding()},
             shuffle_files=shuffle,
             read_config=tfds.ReadConfig(shuffle_seed=es, interleave_cycle_length=16),
@@ -357,17 +382,26 @@ class Stream:
         ds = ds.map(lambda ex: (ex[ik], tf.cast(ex[lk], tf.int32)))
         if shuffle:  # shuffle the small encoded bytes, before decoding
             ds = ds.shuffle(shuffle_buffer, seed=es, reshuffle_each_iteration=False)
-        ds = ds.map(lambda b, y: (decode_square(b, size), y),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if process[0] > 1:  # after the shuffle, which is the same in every process
+            ds = ds.shard(int(process[0]), int(process[1]))
+        ds = ds.map(lambda b, y: (decode_square(b, size), y), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
         return ds.prefetch(tf.data.AUTOTUNE)
 
-    def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0,
-                drop_remainder: bool = False, **kwargs):
+    def batches(
+        self,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        epoch: int = 0,
+        drop_remainder: bool = False,
+        **kwargs,
+    ):
         from reproduce.data.batches import StreamBatches
 
-        return StreamBatches(self, batch_size, shuffle=shuffle, seed=seed, epoch=epoch,
-                             drop_remainder=drop_remainder, **kwargs)
+        return StreamBatches(
+            self, batch_size, shuffle=shuffle, seed=seed, epoch=epoch, drop_remainder=drop_remainder, **kwargs
+        )
 
     def num_batches(self, batch_size: int, drop_remainder: bool = False) -> int:
         f = math.floor if drop_remainder else math.ceil
@@ -378,8 +412,9 @@ def stream_stats(stream: Stream, root: Path, sample: int = STREAM_STATS_IMAGES):
     """Mean image + PCA from a shuffled sample of a stream, cached on disk."""
     sample = min(sample, stream.num_examples) if stream.num_examples > 0 else sample
     ident = {**stream.identity(), "stats_sample": sample}
-    path = cache_lib.entry_path(root, stream.cache_name + "_stats", stream.split_requested,
-                                stream.image_size, stream.max_n, ident)
+    path = cache_lib.entry_path(
+        root, stream.cache_name + "_stats", stream.split_requested, stream.image_size, stream.max_n, ident
+    )
     st = cache_lib.read_stats(path)
     if st is not None:
         return st
