@@ -6,6 +6,7 @@ One small run (a few seconds on a CPU) is trained once for the whole module.
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -454,3 +455,29 @@ def test_savedmodel_export_never_overwrites_without_force_and_leaves_no_partial_
     assert _export(run, out, "--force") == 0
     assert (out / "saved_model.pb").is_file() and not (out / "keep.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["serving"]
+
+
+def _readme_run_files() -> dict:
+    """{name: TensorFlow-only?} for the files and folders the README says every run
+    directory holds (its paragraph "Every run writes one directory")."""
+    text = (ROOT / "README.md").read_text()
+    para = " ".join(text[text.index("Every run writes one directory") :].split("\n\n", 1)[0].split())
+    named = list(re.finditer(r"`([\w.]+(?:/|\.json|\.csv|\.npz))`", para))
+    out = {}
+    for m, nxt in zip(named, [*named[1:], None]):
+        says = para[m.end() : nxt.start() if nxt else len(para)]
+        out[m.group(1)] = "TensorFlow backend only" in says
+    return out
+
+
+def test_a_run_directory_holds_what_the_readme_lists_on_this_backend(run):
+    listed = _readme_run_files()
+    assert {"config.json", "result.json", "metrics.csv", "state/", "tensorboard/"} <= set(listed)
+    tensorboard = keras.backend.backend() == "tensorflow" and importlib.util.find_spec("tensorboard") is not None
+    for name, tf_only in listed.items():
+        present = (run.dir / name.rstrip("/")).exists()
+        expected = tensorboard or not tf_only
+        assert present == expected, (
+            f"README lists {name}{' (TensorFlow only)' if tf_only else ''}; the run "
+            f"{'has' if present else 'lacks'} it on {keras.backend.backend()}"
+        )
