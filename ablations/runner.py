@@ -123,6 +123,7 @@ class Runner:
         self.failed: list = []  # (run_dir, message)
         self.held: dict = {}  # run_dir -> message: being trained by another process
         self.damaged: dict = {}  # run_dir -> message: finished, but its result.json is damaged
+        self._warned_published: set = set()  # damaged published result files already named
         # The run the last run_one left to another process (its holder, or the worker
         # whose share it is), for the kinds whose next runs depend on it.
         self.passed_on: str | None = None
@@ -158,7 +159,9 @@ class Runner:
         extended under `epoch_limit`, here or in a published store; with
         `diverged_is_final`, DIVERGED too (with the result it had before, if it
         diverged when extended). DAMAGED, with the `RunFileError` in place of the
-        result, when such a run's result.json is damaged and no other place answers."""
+        result, when the run's result.json under root is damaged and no other
+        place answers; a damaged published copy alone is warned about and passed
+        over (the run is trained here)."""
         from reproduce.devices import resolved_config  # imports Keras
 
         # The identity the trainer gives the run: "auto" precision as it resolves here.
@@ -169,14 +172,17 @@ class Runner:
         ]
         status = [runs.read_status(p) for _, p in places]
         # A result whose numbers are not numbers is damaged, as for publishing and
-        # the report: another place's copy may still answer; else it is DAMAGED.
-        damaged = None
+        # the report: another place's copy may still answer. Damage here (under
+        # root) is DAMAGED: training again would overwrite what the run computed.
+        # A damaged published copy alone is passed over with a warning: the run
+        # is trained (or extended) here, and the published copy stays as it is.
+        damaged = []
         for (where, p), st in zip(places, status):
             if st == runs.FINISHED:
                 try:
                     result = runs.read_result(p, checked=True)
                 except runs.RunFileError as e:
-                    damaged = damaged or e
+                    damaged.append((where, e))
                     continue
                 if not runs.can_extend(p, epoch_limit):
                     return d, where, result
@@ -186,9 +192,15 @@ class Runner:
                     try:
                         return d, where, runs.read_result(p, checked=True)
                     except runs.RunFileError as e:
-                        damaged = damaged or e
-        if damaged is not None:
-            return d, DAMAGED, damaged
+                        damaged.append((where, e))
+        local = [e for where, e in damaged if where == "done"]
+        if local:
+            return d, DAMAGED, local[0]
+        for _, e in damaged:
+            key = str(e.path)
+            if key not in self._warned_published:
+                self._warned_published.add(key)
+                print(f"[ablations] not using a damaged published run (training it here): {e}", file=sys.stderr)
         return d, None, None
 
     def run_one(
@@ -274,8 +286,10 @@ class Runner:
         if key not in self.damaged:
             print(f"[ablations] skipping a damaged run: {error}", file=sys.stderr, flush=True)
         self.damaged[key] = str(error)
-        if not self._dry and all(str(f) != key for f, _ in self.failed):
-            self.failed.append((d, str(error)))
+        # The folder listed is the one whose file is damaged, with its message.
+        where = error.path.parent if getattr(error, "path", None) is not None else d
+        if not self._dry and all(str(f) != str(where) for f, _ in self.failed):
+            self.failed.append((where, str(error)))
         self.passed_on = key
         if self._progress is not None:
             self._progress.drop(d)

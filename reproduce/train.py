@@ -255,7 +255,8 @@ def tf_data_feed() -> bool:
     TensorFlow, where Keras would otherwise hand them over from one Python
     thread. JAX reads them through a PyDataset (`data.batches.step_feed`,
     `StreamBatches`): it needs no TensorFlow (the GPU machine runs JAX alone).
-    Both give the same batches, step for step."""
+    Both give the same batches, step for step, `train.steps_per_epoch` included
+    (tests/test_gpu_path.py compares them)."""
     return keras.backend.backend() == "tensorflow"
 
 
@@ -268,6 +269,15 @@ def training_feed(cfg: Config, train, initial_epoch: int, last_epoch: int | None
     # drop_remainder: every training step has the same shape, so the train step
     # compiles once (a last partial batch compiles a second program: tens of
     # seconds on a GPU, per run). Each epoch leaves out < batch_size images.
+    # train.steps_per_epoch is the batches' own epoch length (ArrayBatches,
+    # StreamBatches), so fit gets none and starts every epoch afresh.
+    order = {
+        "shuffle": True,
+        "seed": cfg.train.seed,
+        "epoch": initial_epoch,
+        "drop_remainder": True,
+        "steps_per_epoch": cfg.train.steps_per_epoch,
+    }
     if not isinstance(train, data_lib.ImageArrays):  # a stream: ImageNet through tf.data
         plan = distribute.active()
         if tf_data_feed() and (plan is None or plan.scheme != "multiworker"):
@@ -285,23 +295,10 @@ def training_feed(cfg: Config, train, initial_epoch: int, last_epoch: int | None
                 cfg.train.steps_per_epoch,
             )
             return ds, [feed_epoch], None
-        batches = train.batches(
-            cfg.train.batch_size, shuffle=True, seed=cfg.train.seed, epoch=initial_epoch, drop_remainder=True
-        )
+        batches = train.batches(cfg.train.batch_size, **order)
         # JAX with several processes: each reads its share of every global batch.
-        return distribute.shard_batches(batches), [], cfg.train.steps_per_epoch or None
-    # train.steps_per_epoch is the batches' own epoch length, so fit gets none
-    # and starts every epoch afresh (see ArrayBatches).
-    batches = data_lib.ArrayBatches(
-        train.images,
-        train.labels,
-        cfg.train.batch_size,
-        shuffle=True,
-        seed=cfg.train.seed,
-        epoch=initial_epoch,
-        drop_remainder=True,
-        steps_per_epoch=cfg.train.steps_per_epoch,
-    )
+        return distribute.shard_batches(batches), [], None
+    batches = data_lib.ArrayBatches(train.images, train.labels, cfg.train.batch_size, **order)
     if tf_data_feed():
         ds, feed_epoch = data_lib.tf_dataset(batches)
         return ds, [feed_epoch], None

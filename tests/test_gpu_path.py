@@ -105,9 +105,12 @@ class LabelsSeen(keras.Model):
     def call(self, x):
         return self.dense(keras.ops.reshape(keras.ops.cast(x, "float32"), (-1, 48)))
 
-    def train_step(self, data):
+    def train_step(self, *args):
+        # TensorFlow: train_step(data) -> logs; JAX: train_step(state, data) -> (logs, state).
+        data = args[-1]
         self.seen.append(np.asarray(data[1]))
-        return {"n": keras.ops.sum(data[1])}
+        logs = {"n": keras.ops.sum(data[1])}
+        return logs if len(args) == 1 else (logs, args[0])
 
 
 def _fit_labels(feed, steps_per_epoch, initial_epoch=1, epochs=3):
@@ -704,6 +707,25 @@ def test_training_feed_gives_fit_tf_data_for_arrays_and_for_a_stream_on_tensorfl
         assert len(got) == len(want) == 5
         for a, w in zip(got, want):
             np.testing.assert_array_equal(a, w)
+
+
+def test_the_trainers_stream_feed_gives_each_epoch_its_first_steps_per_epoch_batches(tmp_path):
+    """On either backend (tf.data on TensorFlow, StreamBatches on JAX) fit's epoch e
+    reads the first train.steps_per_epoch batches of the stream's epoch e + 1:
+    the rest of an epoch is not carried into the next."""
+    from reproduce.train import training_feed
+
+    stream = _indexed_stream(tmp_path)
+    cfg = get_config("smoke", ["train.batch_size=8", "train.epochs=3", "train.seed=5", "train.steps_per_epoch=3"])
+    feed, callbacks, steps = training_feed(cfg, stream, 1)
+    assert steps is None  # the feed's own length is the epoch
+    model = LabelsSeen()
+    model.compile(run_eagerly=True, steps_per_execution=2)
+    model.fit(feed, epochs=3, initial_epoch=1, shuffle=False, verbose=0, callbacks=callbacks)
+    want = _stream_epoch(stream, 2)[:3] + _stream_epoch(stream, 3)[:3]
+    assert len(model.seen) == len(want) == 6
+    for k, (a, w) in enumerate(zip(model.seen, want)):
+        np.testing.assert_array_equal(a, w, err_msg=f"step {k}")
 
 
 def test_each_of_two_jax_processes_decodes_half_of_each_global_batch_of_a_stream(tmp_path, monkeypatch):

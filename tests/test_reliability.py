@@ -310,6 +310,28 @@ def test_the_runner_reports_a_damaged_run_and_trains_the_others(tmp_path):
     assert r.trained == 1 and runs.is_finished(bad.parent / "seed1")
 
 
+def test_a_damaged_published_copy_does_not_block_training_the_run_here(tmp_path, capsys):
+    """Only a damaged result under the runner's own root stops a run: a damaged copy
+    in a published store is named and passed over, and the run trains here."""
+    from ablations.runner import Runner, _with_seed
+
+    overrides = [*TINY, "train.epochs=1"]
+    pub, local = tmp_path / "published", tmp_path / "runs"
+    Runner("smoke", "0,", pub, overrides=overrides, verbose=0).run_baseline()
+    r = Runner("smoke", "0,", local, overrides=overrides, verbose=0, published=[pub])
+    fp = _with_seed(r.baseline_config(), 0).fingerprint()
+    copy = runs.run_dir(pub, "smoke", "baseline", fp, 0) / runs.RESULT
+    damaged = {**json.loads(copy.read_text()), "val_top1_err": "abc"}
+    copy.write_text(json.dumps(damaged))
+    capsys.readouterr()
+    r.run_baseline()
+    assert r.failed == [] and r.trained == 1
+    assert runs.is_finished(runs.run_dir(local, "smoke", "baseline", fp, 0))
+    err = capsys.readouterr().err
+    assert f"not using a damaged published run (training it here): {copy}: `val_top1_err` = 'abc'" in err
+    assert json.loads(copy.read_text()) == damaged  # the published copy is left as it was
+
+
 # -- the backend ----------------------------------------------------------------------
 
 

@@ -160,6 +160,12 @@ class StreamBatches(keras.utils.PyDataset):
 
     `process=(P, p)`: the share of process p of P of every global batch of
     `batch_size` (`for_process`, JAX's multi-process data parallelism).
+
+    `steps_per_epoch` (0: the whole stream): each epoch is the first that many
+    batches of the stream's epoch, as `stream_tf_dataset` gives `fit` on
+    TensorFlow. It is the PyDataset's own length, so give `fit` no
+    steps_per_epoch: Keras then starts every epoch with a fresh iterator instead
+    of carrying the rest of one epoch's batches into the next.
     """
 
     def __init__(
@@ -171,6 +177,7 @@ class StreamBatches(keras.utils.PyDataset):
         epoch: int = 0,
         drop_remainder: bool = False,
         process: tuple = (1, 0),
+        steps_per_epoch: int = 0,
     ):
         super().__init__(workers=1, use_multiprocessing=False)
         self.stream = stream
@@ -178,6 +185,9 @@ class StreamBatches(keras.utils.PyDataset):
         self.shuffle, self.seed, self.epoch = bool(shuffle), int(seed), int(epoch)
         self.drop_remainder = bool(drop_remainder)
         self.process = (int(process[0]), int(process[1]))
+        self.steps_per_epoch = int(steps_per_epoch or 0)
+        if self.steps_per_epoch < 0:
+            raise ValueError(f"steps_per_epoch must be >= 0 (0: the whole stream), got {steps_per_epoch!r}")
         num, index = self.process
         if num > 1 and (not self.drop_remainder or self.batch_size % num or not 0 <= index < num):
             raise ValueError(
@@ -201,6 +211,7 @@ class StreamBatches(keras.utils.PyDataset):
             epoch=self.epoch,
             drop_remainder=self.drop_remainder,
             process=(num_processes, process_index),
+            steps_per_epoch=self.steps_per_epoch,
         )
 
     def set_epoch(self, epoch: int) -> None:
@@ -208,7 +219,8 @@ class StreamBatches(keras.utils.PyDataset):
         self._it = None
 
     def __len__(self) -> int:
-        return self.stream.num_batches(self.batch_size, self.drop_remainder)
+        n = self.stream.num_batches(self.batch_size, self.drop_remainder)
+        return min(n, self.steps_per_epoch) if self.steps_per_epoch else n
 
     def __getitem__(self, i: int):
         if self._it is None:
@@ -222,8 +234,9 @@ class StreamBatches(keras.utils.PyDataset):
                 drop_remainder=self.drop_remainder,
                 **kwargs,
             )
-            if num > 1:  # a process's share can hold one batch more than the global count
-                ds = ds.take(len(self))
+            # A process's share can hold one batch more than the global count,
+            # and steps_per_epoch can end the epoch early.
+            ds = ds.take(len(self))
             self._it = ds.as_numpy_iterator()
         x, y = next(self._it)
         return x, y
@@ -357,8 +370,15 @@ def stream_tf_dataset(stream, batch_size: int, seed: int, first_epoch: int, last
         steps = min(steps, int(steps_per_epoch))
     epochs = range(first_epoch + FIT_EPOCH_OFFSET, max(first_epoch + 1, last_epoch) + FIT_EPOCH_OFFSET)
     per_epoch = [stream.dataset(batch_size, shuffle=True, seed=seed, epoch=e, drop_remainder=True) for e in epochs]
-    chosen = tf.Variable(0, dtype=tf.int64, trainable=False, name="feed_epoch")
-    choice = tf.data.Dataset.range(steps).map(lambda _: chosen.read_value())
+    # The epoch to read is host state, read by the pipeline on the host: not a
+    # tf.Variable, which the trainer's tf.distribute scope would make a
+    # per-device variable that the input pipeline then reads across devices.
+    chosen = np.zeros((), np.int64)
+
+    def read_choice(_):
+        return tf.ensure_shape(tf.numpy_function(chosen.copy, [], tf.int64, stateful=True), [])
+
+    choice = tf.data.Dataset.range(steps).map(read_choice)
     # Keras learns the epoch's length; a stream shorter than it says fails, not silently.
     ds = tf.data.Dataset.choose_from_datasets(per_epoch, choice).apply(tf.data.experimental.assert_cardinality(steps))
     return ds.prefetch(tf.data.AUTOTUNE), StreamEpoch(chosen, first_epoch), steps
@@ -372,7 +392,7 @@ class StreamEpoch(keras.callbacks.Callback):
         self.chosen, self.first_epoch = chosen, int(first_epoch)
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.chosen.assign(int(epoch) - self.first_epoch)
+        self.chosen[...] = int(epoch) - self.first_epoch
 
 
 class FeedEpoch(keras.callbacks.Callback):
