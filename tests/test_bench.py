@@ -75,6 +75,16 @@ def test_bench_writes_its_results_file(tmp_path):
     assert set(benchfile.ERROR_KEYS) <= set(saved.errors[0])
 
 
+def test_the_feed_path_times_keras_adapter_and_the_bare_reads(tmp_path):
+    """The feed row (no model): Keras' PyDataset adapter as fit uses it, the bare
+    reads beside it, and on TensorFlow the trainer's tf.data feed."""
+    rows = bench.run(paths=["feed"], out=str(tmp_path / "bench.json"), peak=1.0, **TINY)
+    assert [r["path"] for r in rows] == ["feed"]
+    (row,) = rows
+    assert row["feed"] == "keras adapter" and row["images_per_s"] > 0 and row["reads_images_per_s"] > 0
+    assert (row.get("tf_data_images_per_s", 0) > 0) == (BACKEND == "tensorflow")
+
+
 def test_results_file_round_trip_and_the_reports_table(tmp_path):
     """The report reads bench.json through reproduce.benchfile: after a failed row
     it shows the measurements, not the error list."""

@@ -404,6 +404,55 @@ def test_evaluation_pads_the_last_batch_and_matches_one_whole_batch(monkeypatch)
     assert len(got["top1_center"]) == len(got["top1_10view"]) == 37
 
 
+def test_a_training_epoch_of_arrays_has_floor_n_over_batch_steps():
+    """The trainer's feed of in-memory arrays drops the partial last batch (one
+    train-step shape), on either backend's feed."""
+    from reproduce import data as data_lib
+    from reproduce.train import training_feed
+
+    cfg = get_config("smoke", ["train.batch_size=8"])
+    arrays = data_lib.ImageArrays(np.zeros((37, 4, 4, 3), np.uint8), np.arange(37, dtype=np.int32), ["a"])
+    feed, callbacks, steps = training_feed(cfg, arrays, 0)
+    if BACKEND == "tensorflow":
+        callbacks[0].on_epoch_begin(0)
+        sizes = [len(y) for _, y in feed.as_numpy_iterator()]
+    else:
+        sizes = [len(feed[i][1]) for i in range(len(feed))]
+    assert steps is None and sizes == [8] * (37 // 8)
+
+
+@pytest.mark.parametrize("scheme", ["none", "mirrored", "multiworker", "towers"])
+def test_xla_is_asked_for_on_one_device_only(scheme):
+    """TensorFlow's distributed schemes keep Keras' choice, which is off: XLA
+    compiles the multi-replica step for one device and fails under
+    MirroredStrategy (devices.xla); README.md says so."""
+    cfg = get_config("smoke", ["train.xla=true", f"distribute.scheme={scheme}"])
+    assert devices.xla(cfg) == (True if scheme == "none" else "auto")
+    cfg.train.xla = False
+    assert devices.xla(cfg) == "auto"
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the tf.data feed is TensorFlow's")
+def test_the_stream_feed_moves_between_epochs_inside_a_mirrored_strategy_scope(tmp_path):
+    """The trainer builds its feed inside the run's tf.distribute scope: the
+    epoch it reads is chosen on the host there too."""
+    import tensorflow as tf
+
+    from reproduce.train import training_feed
+
+    stream = _indexed_stream(tmp_path)
+    cfg = get_config("smoke", ["train.batch_size=8", "train.epochs=3", "train.seed=5"])
+    with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
+        feed, callbacks, _ = training_feed(cfg, stream, 1)
+        for epoch in (1, 2):
+            callbacks[0].on_epoch_begin(epoch)
+            got = [y for _, y in feed.as_numpy_iterator()]
+            want = _stream_epoch(stream, epoch + 1)
+            assert len(got) == len(want) == 5
+            for a, w in zip(got, want):
+                np.testing.assert_array_equal(a, w)
+
+
 @pytest.mark.one_backend
 def test_a_streamed_training_epoch_has_floor_n_over_batch_steps(monkeypatch):
     import tensorflow as tf
