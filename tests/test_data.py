@@ -567,6 +567,10 @@ def test_a_16_bit_png_is_scaled_to_8_bits_not_clipped(tmp_path):
             _png16(tmp_path / "src" / split / c / "x.png", a)
     arr = data.load_split(cfg(tmp_path / "src", tmp_path), "train")
     np.testing.assert_array_equal(arr.images[0], np.repeat(want[:, :, None], 3, axis=2))
+    # and in predict, which reads a file as training does
+    from reproduce.inference import read_image
+
+    np.testing.assert_array_equal(read_image(p, 8), np.repeat(want[:, :, None], 3, axis=2))
 
 
 def _huge_member_header(name: str, size: int) -> bytes:
