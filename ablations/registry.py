@@ -81,6 +81,11 @@ class Ablation:
     # Per-preset additions to `base_overrides` (both arms), applied after them (the
     # smoke preset caps Figure 1's runs at a few epochs).
     base_overrides_by_preset: dict = field(default_factory=dict)
+    # Kind "lr_grid": per preset, more selection seeds whose grids are run after the
+    # seeds, only to check the choice: do the chosen rates, and the ratio on that
+    # seed alone, change with the selection seed? The seeds keep the rates chosen on
+    # the first selection seed (`ablations.kinds.lr_grid.GRID_SEED`).
+    check_selection_seeds: dict = field(default_factory=dict)
     # The ablation whose baseline arm this one shares (same both-arm overrides): its
     # runs are trained once and compared with each variant (bias 0 and bias 1 against
     # the same bias-0.1 arm).
@@ -193,6 +198,10 @@ _register(
         # was fastest; the grid grows at an edge (ablations.kinds.lr_grid), and what
         # each rate did is in results/report.md's Figure 1 grid.
         lr_grid=(0.0025, 0.005, 0.01, 0.02),
+        # Rates whose epochs to target are close may rank differently on another
+        # seed: the grid is repeated on a second selection seed (the smoke preset's
+        # grids rank chance-level data, so it has none).
+        check_selection_seeds={"cifar10": (1001,)},
         # The smoke preset checks the code paths, not the claim: its chance-level
         # synthetic data never reach the target, so every run trains to its cap,
         # which is two epochs there (the grid then ranks the rates by training error

@@ -203,7 +203,7 @@ def test_fig1_grid_order_censoring_and_seeds(tmp_path, monkeypatch):
         ("fig1_tanh.grid", 0.02, 30),
         ("fig1_tanh.grid", 0.0025, 30),
     ]
-    seeded = [(c[0], c[1], c[2], c[3]) for c in calls if c[1] != GRID_SEED]
+    seeded = [(c[0], c[1], c[2], c[3]) for c in calls if not c[0].endswith(".grid")]
     # ReLU: 0.0025 and 0.005 both need 8 epochs; 0.005 ends lower (0.25 - lr): chosen.
     assert seeded == [
         ("fig1_tanh.base", 0, 0.005, None),
@@ -211,6 +211,14 @@ def test_fig1_grid_order_censoring_and_seeds(tmp_path, monkeypatch):
         ("fig1_tanh", 0, 0.01, None),
         ("fig1_tanh", 1, 0.01, None),
     ]
+    # The grids again on the second selection seed (cifar10's check), each after
+    # its arm's seeds: the same search, only to check the choice.
+    (check_seed,) = get_ablation("fig1_tanh").check_selection_seeds["cifar10"]
+    check = [(c[0], c[2], c[3]) for c in calls if c[1] == check_seed]
+    assert check == [(c[0], c[2], c[3]) for c in grid]
+    order = [(c[0], c[1]) for c in calls]
+    assert order.index(("fig1_tanh.base", 1)) < order.index(("fig1_tanh.base.grid", check_seed))
+    assert order.index(("fig1_tanh.base.grid", check_seed)) < order.index(("fig1_tanh.grid", GRID_SEED))
 
 
 def test_the_next_grid_rate_is_the_untried_one_nearest_the_fastest():
@@ -295,7 +303,8 @@ def test_a_diverged_grid_rate_is_decided_once_and_travels_with_the_published_run
     # Published, they travel: a fresh runs root with the store trains nothing.
     res = R.publish(tmp_path / "runs", tmp_path / "results")
     pub = [d for d in res.copied if (d / R.FAILURE).exists()]
-    assert len(pub) == 2 and all(
+    # The diverged rate of each arm, on the selection seed and on the check seed.
+    assert sorted(d.name for d in pub) == sorted([f"seed{GRID_SEED}", "seed1001"] * 2) and all(
         sorted(p.name for p in d.iterdir()) == sorted(f for f in R.DIVERGED_FILES if f != R.METRICS) for d in pub
     )
     fresh = Runner("cifar10", 1, tmp_path / "fresh", verbose=0, published=[tmp_path / "results"])

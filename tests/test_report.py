@@ -285,20 +285,20 @@ def build_fixture(root: Path) -> Path:
     return root
 
 
-def _grid_run(root, preset, base_label, lr, reach, device="cpu"):
+def _grid_run(root, preset, base_label, lr, reach, device="cpu", seed=GRID_SEED):
     """A grid run: the arm's configuration at one learning rate, labelled <arm label>.grid."""
     label = base_label + ".grid"
     cfg = config_for(preset, base_label, {**EXTRA, "train.learning_rate": lr})
-    cfg.train.seed = GRID_SEED
+    cfg.train.seed = seed
     fp = cfg.fingerprint()
-    path = R.run_dir(root, preset, label, fp, GRID_SEED)
+    path = R.run_dir(root, preset, label, fp, seed)
     R.write_config(
         path,
         cfg.to_dict(),
         {
             "preset": preset,
             "label": label,
-            "seed": GRID_SEED,
+            "seed": seed,
             "fingerprint": fp,
             "command": f"python -m ablations grid fig1_tanh --preset {preset}",
         },
@@ -1327,6 +1327,58 @@ def test_a_diverged_grid_rate_is_shown_as_diverged(tmp_path):
     # A preset run for Figure 1 alone has no baseline runs; its arms still name the data.
     summary = section(md, "## Summary", "\n## ")
     assert table_row(summary, "smoke (synthetic)", "`fig1_tanh`")
+
+
+def test_a_second_selection_seed_says_whether_the_rates_and_the_ratio_change(tmp_path, monkeypatch):
+    """The grids repeated on another selection seed: its fastest rates beside the
+    choice, the ratio on that seed alone among the counting rules, its grid, and
+    its runs still to do listed as missing until its grids are complete."""
+    import dataclasses
+
+    from ablations import registry
+
+    ab = dataclasses.replace(registry.ABLATIONS["fig1_tanh"], check_selection_seeds={"smoke": (1001,)})
+    monkeypatch.setitem(registry.ABLATIONS, "fig1_tanh", ab)
+    root = tmp_path / "runs"
+    for s in (0, 1):
+        make_run(root, "smoke", "fig1_tanh.base", s, curve=fig1_curve(3 + s), lr=0.01, epochs_to_target=3 + s)
+        make_run(root, "smoke", "fig1_tanh", s, curve=fig1_curve(15 + s), lr=0.02, epochs_to_target=15 + s)
+    choice = {
+        "fig1_tanh.base": {0.0025: 6, 0.005: 5, 0.01: 3, 0.02: 4},
+        "fig1_tanh": {0.0025: 30, 0.005: 20, 0.01: 17, 0.02: 15},
+    }
+    for arm, grid in choice.items():
+        for lr, reach in grid.items():
+            _grid_run(root, "smoke", arm, lr, reach)
+    # Seed 1001: ReLU's grid is complete and prefers 0.005; tanh's lacks 0.0025.
+    for lr, reach in {0.0025: 6, 0.005: 2, 0.01: 3, 0.02: 4}.items():
+        _grid_run(root, "smoke", "fig1_tanh.base", lr, reach, seed=1001)
+    for lr, reach in {0.005: 20, 0.01: 16, 0.02: 14}.items():
+        _grid_run(root, "smoke", "fig1_tanh", lr, reach, seed=1001)
+    rep = build_report(root, tmp_path / "out")
+    f1 = rep.analyses["smoke"].comparison("fig1_tanh").extra
+    (check,) = f1.checks
+    assert check.seed == 1001 and check.chosen == {"relu": 0.005, "tanh": None} and not check.complete
+    assert ("fig1_tanh.grid (lr 0.0025)", 1001, "absent") in rep.analyses["smoke"].missing
+    md = rep.markdown.read_text()
+    assert "| 1001 | 0.005 (2 epochs) | grid not complete | n/a | n/a (grid not complete) |" in md
+    assert "the grids on selection seed 1001 are not complete yet" in md
+    assert "| 1000 (the choice) | 0.01 (3 epochs) | 0.02 (15 epochs) | x5.00 |  |" in md
+    assert not any("1001 alone" in r.name for r in f1.rules)
+    # The last rate: tanh's fastest on 1001 is 0.02, as chosen; ReLU's moved.
+    _grid_run(root, "smoke", "fig1_tanh", 0.0025, 30, seed=1001)
+    rep = build_report(root, tmp_path / "out2")
+    f1 = rep.analyses["smoke"].comparison("fig1_tanh").extra
+    assert f1.checks[0].chosen == {"relu": 0.005, "tanh": 0.02}
+    rule = next(r for r in f1.rules if "selection seed 1001 alone" in r.name)
+    assert rule.estimate == pytest.approx(14 / 2) and rule.per_seed == {1001: (2, 14)}
+    assert f1.rule_range[1] == pytest.approx(7.0)  # the range over rules includes it
+    md = rep.markdown.read_text()
+    assert "| 1001 | 0.005 (2 epochs) | 0.02 (14 epochs) | x7.00 | no |" in md
+    assert "selection seed 1001 would choose other rates (ReLU 0.01 -> 0.005)" in md
+    assert "The same grid on selection seed 1001" in md and "0.005 | 2 (fastest)" in md
+    assert "picked on a single selection seed" not in md
+    assert not any(s == 1001 for _, s, _ in rep.analyses["smoke"].missing)
 
 
 def test_figure1_arms_are_expected_to_have_the_seeds_either_arm_has(tmp_path):

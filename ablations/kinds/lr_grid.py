@@ -11,7 +11,11 @@ that diverges has given its answer (it does not train) and is not retried. The
 fastest rate (`grid_rank`: epochs to the training-error target, then the last
 training error) is chosen; if it lies at an edge of the grid, the grid grows by
 GRID_EXTEND_FACTOR on that side first. Then the measured seeds run at the chosen
-rate. An arm labelled L has its grid runs labelled `grid_label(L)`.
+rate. An arm labelled L has its grid runs labelled `grid_label(L)`. Where the
+ablation names more selection seeds for the preset
+(`Ablation.check_selection_seeds`), the same search runs on each of them after
+the seeds, only to check the choice: the report says whether the chosen rates
+and the ratio on that seed alone change (`SelectionCheck`).
 
 The analysis of a claim on epochs to the training-error target (`Claim.metric`
 "epochs", Figure 1's): the ratio variant / baseline of epochs to target over the
@@ -149,9 +153,17 @@ class LrGrid(Kind):
 
     def walk(self, ab, runner) -> None:
         self.check(ab)
+        checks = check_seeds(ab, runner.preset)
+        clash = sorted(set(checks) & set(runner.seeds))
+        if clash:
+            raise ValueError(
+                f"seed(s) {clash} are selection seeds of {ab.name!r} on {runner.preset!r} "
+                f"(its learning-rate grids run there: {GRID_SEED}, {', '.join(map(str, checks))}); "
+                "measure other seeds"
+            )
         for label, cfg in ((ab.base_label, runner.baseline_config(ab)), (ab.name, runner.variant_config(ab))):
             try:
-                _walk_arm(ab, label, cfg, runner)
+                _walk_arm(ab, label, cfg, runner, checks)
             except _ArmPassedOn as e:
                 # Each grid run's epoch cap and the rate the seeds use depend on the
                 # grid runs before it: the arm is left to the process that holds one
@@ -187,18 +199,20 @@ class LrGrid(Kind):
         if comp.claim.metric != "epochs":
             paired.add_rows(comp)
             measures.check_arms(comp)
-        comp.extra = analyze(ab, labels, comp)
+        comp.extra = analyze(ab, labels, comp, preset)
         return comp
 
     def missing(self, comp) -> list:
         fig, ab = comp.extra, comp.ablation
         out = []
-        for key, label in zip(fig.keys, self.extra_labels(ab)):
-            for cell in fig.grid[key]:
-                if cell.status != "finished":
-                    out.append(
-                        (f"{label} (lr {cell.lr:g})", GRID_SEED, "absent" if cell.status == "missing" else cell.status)
-                    )
+        grids = [(GRID_SEED, fig.grid)] + [(c.seed, c.grid) for c in fig.checks]
+        for seed, grid in grids:
+            for key, label in zip(fig.keys, self.extra_labels(ab)):
+                for cell in grid[key]:
+                    if cell.status != "finished":
+                        out.append(
+                            (f"{label} (lr {cell.lr:g})", seed, "absent" if cell.status == "missing" else cell.status)
+                        )
         return out
 
     def measured_suffix(self, comp) -> str:
@@ -219,7 +233,15 @@ class LrGrid(Kind):
         return blocks(an, comp, out_dir, fig)
 
 
-def _walk_arm(ab, label: str, cfg, runner) -> None:
+def check_seeds(ab, preset: str) -> tuple:
+    """The selection seeds after GRID_SEED on which `ab`'s grids are repeated, to
+    check the choice, on `preset` (`Ablation.check_selection_seeds`)."""
+    return tuple(int(s) for s in getattr(ab, "check_selection_seeds", {}).get(preset, ()))
+
+
+def _search(ab, label: str, cfg, runner, seed: int) -> tuple:
+    """Run the grid search of the arm `label` on selection seed `seed`: (the chosen
+    rate, its rank)."""
     ranks: dict = {}
 
     def try_rate(lr: float) -> None:
@@ -228,7 +250,7 @@ def _walk_arm(ab, label: str, cfg, runner) -> None:
         reached = [r[0] for r in ranks.values() if r[0] != math.inf]
         cap = int(min(reached)) if reached else None
         # A rate that diverged has given its answer (it does not train): not retried.
-        r = runner.run_one(grid_label(label), c, GRID_SEED, epoch_limit=cap, diverged_is_final=True)
+        r = runner.run_one(grid_label(label), c, seed, epoch_limit=cap, diverged_is_final=True)
         if runner.passed_on:
             raise _ArmPassedOn(runner.passed_on)
         ranks[float(lr)] = grid_rank(r.get("epochs_to_target"), r.get("train_top1_err")) if r else (math.inf, math.inf)
@@ -244,18 +266,27 @@ def _walk_arm(ab, label: str, cfg, runner) -> None:
         else:
             break
     best = min(ranks, key=lambda lr: (ranks[lr], lr))
-    chosen = cfg.copy()
-    chosen.train.learning_rate = best
     if runner.verbose and not runner.dry:
         e = ranks[best][0]
         print(
-            f"[ablations] {label}: learning rate {best:g} chosen from "
-            f"{', '.join(f'{lr:g}' for lr in sorted(ranks))} (epochs to target "
+            f"[ablations] {label}: learning rate {best:g} "
+            + ("chosen" if seed == GRID_SEED else f"fastest on selection seed {seed}")
+            + f" from {', '.join(f'{lr:g}' for lr in sorted(ranks))} (epochs to target "
             f"{'not reached' if e == math.inf else int(e)})",
             flush=True,
         )
+    return best, ranks[best]
+
+
+def _walk_arm(ab, label: str, cfg, runner, checks: tuple = ()) -> None:
+    best, _ = _search(ab, label, cfg, runner, GRID_SEED)
+    chosen = cfg.copy()
+    chosen.train.learning_rate = best
     for s in runner.seeds:
         runner.run_one(label, chosen, s)
+    # After the seeds: the reported runs do not wait for the check.
+    for seed in checks:
+        _search(ab, label, cfg, runner, seed)
 
 
 # --------------------------------------------------------------------------------------
@@ -271,6 +302,52 @@ class GridCell:
     wall_s: float | None
     status: str
     censored: bool = False  # stopped once it could no longer beat the fastest rate
+
+
+@dataclass
+class SelectionCheck:
+    """The grids repeated on another selection seed (`Ablation.check_selection_seeds`)."""
+
+    seed: int
+    grid: dict  # arm key -> [GridCell] sorted by lr
+    chosen: dict  # arm key -> the fastest rate of a complete grid, or None
+    epochs: dict  # arm key -> epochs to target at that rate (None: not reached)
+
+    @property
+    def complete(self) -> bool:
+        return all(v is not None for v in self.chosen.values())
+
+    @property
+    def ratio(self) -> float | None:
+        """variant / baseline epochs to target on this seed alone, at its own rates."""
+        b, v = self.epochs.values()
+        return v / b if b and v else None
+
+
+def _fastest(cells: list, lrs=None):
+    """The cell `grid_rank` puts first among finished `cells` (restricted to `lrs`), or None."""
+    done = [c for c in cells if c.ttt is not None and (lrs is None or any(math.isclose(c.lr, x) for x in lrs))]
+    if not done:
+        return None
+    return min(
+        done,
+        key=lambda c: (
+            grid_rank(c.ttt.epochs if c.ttt.reached else None, (c.run.result or {}).get("train_top1_err")),
+            c.lr,
+        ),
+    )
+
+
+def _selection_check(ab, labels: dict, target: float, keys: tuple, seed: int) -> SelectionCheck:
+    grid, chosen, epochs = {}, {}, {}
+    for key, label in zip(keys, (grid_label(ab.base_label), grid_label(ab.name))):
+        grid[key], _ = _grid_cells(ab, labels, target, label, seed)
+        # Complete: every rate of the grid has its answer (finished or diverged).
+        done = all(c.ttt is not None or c.status.startswith("diverged") for c in grid[key])
+        best = _fastest(grid[key]) if done else None
+        chosen[key] = best.lr if best is not None else None
+        epochs[key] = best.ttt.epochs if best is not None and best.ttt.reached else None
+    return SelectionCheck(seed, grid, chosen, epochs)
 
 
 @dataclass
@@ -296,6 +373,7 @@ class Fig1:
     # seeds do.
     rules: list = field(default_factory=list)
     names: tuple = ("baseline", "variant")  # the arms as tables name them (`arm_names`)
+    checks: list = field(default_factory=list)  # [SelectionCheck], one per further selection seed
 
     @property
     def keys(self) -> tuple:
@@ -453,9 +531,10 @@ def _epochs_row(comp, names, bt: dict, vt: dict, target: float, notes: list):
     return ratio, wall, wall_device, wb, wv
 
 
-def _grid_cells(ab, labels: dict, target: float, label: str) -> tuple[list, set]:
-    """([GridCell] by rate, the seeds of its finished runs) of the grid runs `label`."""
-    grid_runs = [r for g in labels.get(label, []) for r in g.runs]
+def _grid_cells(ab, labels: dict, target: float, label: str, seed: int = GRID_SEED) -> tuple[list, set]:
+    """([GridCell] by rate, the seeds of its finished runs) of the grid runs `label`
+    on selection seed `seed`."""
+    grid_runs = [r for g in labels.get(label, []) for r in g.runs if r.seed == seed]
     seeds = {r.seed for r in grid_runs if collect.is_counted(r)}
     lrs = sorted(
         {collect.learning_rate(r) for r in grid_runs if collect.learning_rate(r) is not None} | set(ab.lr_grid)
@@ -484,7 +563,7 @@ def _grid_cells(ab, labels: dict, target: float, label: str) -> tuple[list, set]
     return cells, seeds
 
 
-def analyze(ab, labels: dict, comp) -> Fig1:
+def analyze(ab, labels: dict, comp, preset: str = "") -> Fig1:
     """The grid of each arm and, for a claim on epochs to target, the ratio and its
     row (appended to `comp`); the notes are the epochs row's own."""
     names = arm_names(ab)
@@ -521,17 +600,11 @@ def analyze(ab, labels: dict, comp) -> Fig1:
         dict(zip(keys, (wb, wv))),
         names=names,
     )
+    fig.checks = [_selection_check(ab, labels, target, keys, seed) for seed in check_seeds(ab, preset)]
     for key, chosen in zip(keys, (fig.base_lr, fig.variant_lr)):
-        done = [c for c in grid[key] if c.ttt is not None]
-        if not done or chosen is None:
+        best = _fastest(grid[key])
+        if best is None or chosen is None:
             continue
-        best = min(
-            done,
-            key=lambda c: (
-                grid_rank(c.ttt.epochs if c.ttt.reached else None, (c.run.result or {}).get("train_top1_err")),
-                c.lr,
-            ),
-        )
         if best.ttt.reached and not math.isclose(best.lr, chosen):
             fig.notes.append(
                 f"{key}: the seeded runs used lr {chosen:g}, but the grid's fastest to {target:.0%} was lr {best.lr:g}"
@@ -547,7 +620,7 @@ def analyze(ab, labels: dict, comp) -> Fig1:
                 f"{key} arm may be slower than its best (the grid grows by x{GRID_EXTEND_FACTOR:g} "
                 f"at an edge, at most {GRID_MAX_EXTENSIONS} times)"
             )
-    if grid_seeds and len(grid_seeds) == 1:
+    if grid_seeds and len(grid_seeds) == 1 and not any(c.complete for c in fig.checks):
         fig.notes.append(
             f"the learning rates were picked on a single selection seed ({sorted(grid_seeds)[0]}): "
             "rates whose epochs to target are close may rank differently on another seed"
@@ -625,6 +698,18 @@ def counting_rules(fig: Fig1) -> list:
                 {GRID_SEED: (sb, sv)},
             )
         )
+    for check in fig.checks:
+        if check.ratio is not None:
+            b, v = check.epochs.values()
+            rules.append(
+                CountingRule(
+                    f"the selection seed {check.seed} alone (its grid runs at its own fastest rates)",
+                    check.ratio,
+                    None,
+                    1,
+                    {check.seed: (b, v)},
+                )
+            )
     return rules
 
 
@@ -794,21 +879,25 @@ def blocks(an, comp, out_dir: Path, fig_file: figures.FigureFile | None) -> list
             )
         )
     out += _grid_blocks(f1, ab)
+    out += _check_blocks(f1, ab)
     if f1.notes:
         out.append(document.Bullets(list(f1.notes)))
     return out
 
 
-def _grid_blocks(f1: Fig1, ab) -> list:
-    """The learning-rate grid: one row per rate, each arm's epochs to target and wall time."""
-    lrs = sorted({c.lr for cells in f1.grid.values() for c in cells})
-    if not lrs:
+def _grid_blocks(f1: Fig1, ab, check: SelectionCheck | None = None) -> list:
+    """The learning-rate grid: one row per rate, each arm's epochs to target and wall
+    time (of the selection seed GRID_SEED, or of a `check`'s seed)."""
+    grid = f1.grid if check is None else check.grid
+    chosen_lrs = (f1.base_lr, f1.variant_lr) if check is None else tuple(check.chosen.values())
+    lrs = sorted({c.lr for cells in grid.values() for c in cells})
+    if not lrs or (check is not None and not any(c.ttt is not None for cells in grid.values() for c in cells)):
         return []
     nb, nv = f1.names
-    by = {arm: {c.lr: c for c in cells} for arm, cells in f1.grid.items()}
+    by = {arm: {c.lr: c for c in cells} for arm, cells in grid.items()}
     # Seconds compare on one device only: a grid run's wall time from another one
     # (or none recorded) is marked, and the device named below the table.
-    devs = [measures.run_device(c.run) for cells in f1.grid.values() for c in cells if c.wall_s is not None]
+    devs = [measures.run_device(c.run) for cells in grid.values() for c in cells if c.wall_s is not None]
     ref = f1.wall_device or (max(set(devs) - {None}, key=devs.count) if set(devs) - {None} else None)
     elsewhere: set = set()
 
@@ -822,9 +911,10 @@ def _grid_blocks(f1: Fig1, ab) -> list:
     grid_rows = []
     for lr in lrs:
         row_ = [f"{lr:g}"]
-        for key, chosen in zip(f1.keys, (f1.base_lr, f1.variant_lr)):
+        for key, chosen in zip(f1.keys, chosen_lrs):
             c = by.get(key, {}).get(lr)
-            mark = " (chosen)" if chosen is not None and math.isclose(lr, chosen) else ""
+            word = "chosen" if check is None else "fastest"
+            mark = f" ({word})" if chosen is not None and math.isclose(lr, chosen) else ""
             if c is None or c.ttt is None:
                 # No cell: a rate only the other arm's grid grew to (an edge extension).
                 row_ += [(c.status if c else "-") + mark, "n/a" if c else "-"]
@@ -844,14 +934,104 @@ def _grid_blocks(f1: Fig1, ab) -> list:
             ],
             grid_rows,
             ["r", "l", "r", "l", "r"],
-            caption=f"Learning-rate grid (one run per rate and {ab.arm_title.lower()}, on selection "
-            f"seed {GRID_SEED}, apart from the measured ones); (chosen) marks the rate the "
-            "seeded runs above used. §3.1: the rates were chosen independently per network "
-            "to make training as fast as possible. A grid run stops once it can no longer "
-            "beat the fastest rate (> N: stopped after N epochs); - : not in that arm's grid."
+            caption=(
+                f"Learning-rate grid (one run per rate and {ab.arm_title.lower()}, on selection "
+                f"seed {GRID_SEED}, apart from the measured ones); (chosen) marks the rate the "
+                "seeded runs above used. §3.1: the rates were chosen independently per network "
+                "to make training as fast as possible."
+                if check is None
+                else f"The same grid on selection seed {check.seed}, run to check the choice; (fastest) "
+                "marks the rate this seed would have chosen."
+            )
+            + " A grid run stops once it can no longer beat the fastest rate (> N: stopped after N "
+            "epochs); - : not in that arm's grid."
             + (f" Wall s on {ref}; * on {', '.join(sorted(elsewhere))}, not comparable." if elsewhere else ""),
         )
     ]
+
+
+def _check_blocks(f1: Fig1, ab) -> list:
+    """Do the chosen rates, and the ratio on the selection seed alone, change with the
+    selection seed? One row per selection seed, then each check's grid."""
+    if not f1.checks:
+        return []
+    nb, nv = f1.names
+
+    def cell(cells, lr):
+        c = next((c for c in cells if lr is not None and math.isclose(c.lr, lr)), None)
+        if c is None or c.ttt is None:
+            return None
+        return c.ttt.epochs if c.ttt.reached else None
+
+    first = {k: lr for k, lr in zip(f1.keys, (f1.base_lr, f1.variant_lr))}
+    first_epochs = {k: cell(f1.grid.get(k, []), first[k]) for k in f1.keys}
+
+    def arm_text(lr, epochs):
+        if lr is None:
+            return "grid not complete"
+        return f"{lr:g} ({epochs} epochs)" if epochs is not None else f"{lr:g} (target not reached)"
+
+    def ratio_of(epochs):
+        b, v = (epochs.get(k) for k in f1.keys)
+        return text.ratio(v / b) if b and v else "n/a"
+
+    rows = [
+        [
+            f"{GRID_SEED} (the choice)",
+            arm_text(first[f1.keys[0]], first_epochs[f1.keys[0]]),
+            arm_text(first[f1.keys[1]], first_epochs[f1.keys[1]]),
+            ratio_of(first_epochs),
+            "",
+        ]
+    ]
+    sentences = []
+    for check in f1.checks:
+        same = [
+            None if check.chosen[k] is None or first[k] is None else math.isclose(check.chosen[k], first[k])
+            for k in f1.keys
+        ]
+        rows.append(
+            [
+                str(check.seed),
+                arm_text(check.chosen[f1.keys[0]], check.epochs[f1.keys[0]]),
+                arm_text(check.chosen[f1.keys[1]], check.epochs[f1.keys[1]]),
+                ratio_of(check.epochs),
+                "n/a (grid not complete)" if None in same else ("yes" if all(same) else "no"),
+            ]
+        )
+        if None in same:
+            sentences.append(f"the grids on selection seed {check.seed} are not complete yet")
+        elif all(same):
+            sentences.append(
+                f"selection seed {check.seed} chooses the same rates, so the measured seeds and their ratio stand "
+                f"as they are; on that seed alone the ratio is {ratio_of(check.epochs)} "
+                f"(seed {GRID_SEED} alone: {ratio_of(first_epochs)})"
+            )
+        else:
+            moved = ", ".join(
+                f"{n} {first[k]:g} -> {check.chosen[k]:g}" for n, k, ok in zip(f1.names, f1.keys, same) if not ok
+            )
+            sentences.append(
+                f"selection seed {check.seed} would choose other rates ({moved}); on that seed alone, at its own "
+                f"rates, the ratio is {ratio_of(check.epochs)} (seed {GRID_SEED} alone: {ratio_of(first_epochs)}), "
+                "and it counts in the range over counting rules above; the measured seeds keep the first choice"
+            )
+    out = [
+        document.Para(
+            f"Does the choice depend on the selection seed? The grids were repeated on another selection seed "
+            f"after the measured seeds: {'; '.join(sentences)}."
+        ),
+        document.Table(
+            ["Selection seed", f"{nb}: fastest lr", f"{nv}: fastest lr", f"{nv} / {nb} (this seed)", "Same rates"],
+            rows,
+            ["l", "l", "l", "r", "l"],
+            caption="Each selection seed's fastest rate per arm (epochs to target at that rate, its grid run) and "
+            "the ratio of those two runs alone.",
+        ),
+    ]
+    for check in f1.checks:
+        out += _grid_blocks(f1, ab, check)
+    return out
 
 
 KIND = LrGrid()
