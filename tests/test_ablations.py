@@ -240,6 +240,30 @@ def test_the_next_grid_rate_is_the_untried_one_nearest_the_fastest():
     assert next_grid_rate(grid, {0.0025: (30, 0.2), 0.02: (40, 0.3)}) == 0.00125
 
 
+def test_the_pending_rate_is_the_grid_then_its_growth_at_the_fastest_edge():
+    """What the search runs next from what it knows: the report uses it to tell a
+    complete grid from one whose search would still grow."""
+    from ablations.kinds.lr_grid import GRID_MAX_EXTENSIONS, pending_rate
+
+    grid = (0.0025, 0.005, 0.01, 0.02)
+    assert pending_rate(grid, {}) == 0.005
+    ranks = {0.0025: (9, 0.2), 0.005: (8, 0.2), 0.01: (7, 0.2)}
+    assert pending_rate(grid, ranks) == 0.02  # the grid first
+    ranks[0.02] = (9, 0.2)
+    assert pending_rate(grid, ranks) is None  # fastest inside: done
+    ranks[0.02] = (6, 0.2)
+    assert pending_rate(grid, ranks) == 0.04  # fastest at the top edge: grow
+    ranks[0.04] = (float("inf"), float("inf"))  # diverged there
+    assert pending_rate(grid, ranks) is None
+    edge = {r: (20 - i, 0.2) for i, r in enumerate(grid)}
+    for k in range(GRID_MAX_EXTENSIONS):  # faster and faster upwards: at most this many more
+        nxt = pending_rate(grid, edge)
+        assert nxt == 0.02 * 2 ** (k + 1)
+        edge[nxt] = (10 - k, 0.2)
+    assert pending_rate(grid, edge) is None
+    assert pending_rate(grid, {r: (float("inf"), 0.5) for r in grid}) is None  # none reached: no growth
+
+
 def test_fig1_grid_grows_when_the_best_rate_is_at_its_edge(tmp_path, monkeypatch):
     from ablations.kinds.lr_grid import GRID_SEED
 

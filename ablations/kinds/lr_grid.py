@@ -102,6 +102,30 @@ def next_grid_rate(rates, ranks: dict):
     return min(left, key=key)
 
 
+def pending_rate(rates, ranks: dict):
+    """The next rate the grid search runs, given the `grid_rank` of the rates tried
+    (rate -> rank), or None when the search is over: every rate of `rates`
+    (`next_grid_rate`), then, while the fastest rate reached the target at an edge
+    of those tried, one GRID_EXTEND_FACTOR beyond it, at most GRID_MAX_EXTENSIONS
+    rates outside `rates` in all."""
+    lr = next_grid_rate(rates, ranks)
+    if lr is not None:
+        return lr
+    if not ranks:
+        return None
+    grown = [r for r in ranks if not any(math.isclose(r, x) for x in rates)]
+    if len(grown) >= GRID_MAX_EXTENSIONS:
+        return None
+    best = min(ranks, key=lambda lr: (ranks[lr], lr))
+    if ranks[best][0] == math.inf:
+        return None
+    if best == min(ranks):
+        return best / GRID_EXTEND_FACTOR
+    if best == max(ranks):
+        return best * GRID_EXTEND_FACTOR
+    return None
+
+
 def grid_rank(epochs_to_target, train_err) -> tuple:
     """How a grid run ranks (lower is faster): epochs to the training-error target
     (None: not reached), then the training error at the last epoch run. Both are
@@ -255,16 +279,8 @@ def _search(ab, label: str, cfg, runner, seed: int) -> tuple:
             raise _ArmPassedOn(runner.passed_on)
         ranks[float(lr)] = grid_rank(r.get("epochs_to_target"), r.get("train_top1_err")) if r else (math.inf, math.inf)
 
-    while (lr := next_grid_rate(ab.lr_grid, ranks)) is not None:
+    while (lr := pending_rate(ab.lr_grid, ranks)) is not None:
         try_rate(lr)
-    for _ in range(GRID_MAX_EXTENSIONS):
-        best = min(ranks, key=lambda lr: (ranks[lr], lr))
-        if best == min(ranks) and ranks[best][0] != math.inf:
-            try_rate(best / GRID_EXTEND_FACTOR)
-        elif best == max(ranks) and ranks[best][0] != math.inf:
-            try_rate(best * GRID_EXTEND_FACTOR)
-        else:
-            break
     best = min(ranks, key=lambda lr: (ranks[lr], lr))
     if runner.verbose and not runner.dry:
         e = ranks[best][0]
@@ -338,13 +354,28 @@ def _fastest(cells: list, lrs=None):
     )
 
 
+def _ranks(cells: list) -> dict | None:
+    """rate -> `grid_rank` of the cells that have their answer (finished, or
+    diverged: ranked last), as the search ranked them; None while a run the search
+    started is not finished (unfinished or failed)."""
+    ranks = {}
+    for c in cells:
+        if c.ttt is not None:
+            ranks[c.lr] = grid_rank(c.ttt.epochs if c.ttt.reached else None, (c.run.result or {}).get("train_top1_err"))
+        elif c.status.startswith("diverged"):
+            ranks[c.lr] = (math.inf, math.inf)
+        elif c.status != "missing":
+            return None
+    return ranks
+
+
 def _selection_check(ab, labels: dict, target: float, keys: tuple, seed: int) -> SelectionCheck:
     grid, chosen, epochs = {}, {}, {}
     for key, label in zip(keys, (grid_label(ab.base_label), grid_label(ab.name))):
         grid[key], _ = _grid_cells(ab, labels, target, label, seed)
-        # Complete: every rate of the grid has its answer (finished or diverged).
-        done = all(c.ttt is not None or c.status.startswith("diverged") for c in grid[key])
-        best = _fastest(grid[key]) if done else None
+        # Complete: the search has no rate left to run (`pending_rate`).
+        done = _ranks(grid[key])
+        best = _fastest(grid[key]) if done is not None and pending_rate(ab.lr_grid, done) is None else None
         chosen[key] = best.lr if best is not None else None
         epochs[key] = best.ttt.epochs if best is not None and best.ttt.reached else None
     return SelectionCheck(seed, grid, chosen, epochs)
