@@ -127,6 +127,9 @@ class Runner:
         # The run the last run_one left to another process (its holder, or the worker
         # whose share it is), for the kinds whose next runs depend on it.
         self.passed_on: str | None = None
+        # The folder whose run answered the last run_one (here, or a published copy);
+        # None when none did. Kinds that judge a run beyond its result read it there.
+        self.found: Path | None = None
         self.trained = 0
         self._dry = False
         self._seen: set = set()
@@ -185,12 +188,15 @@ class Runner:
                     damaged.append((where, e))
                     continue
                 if not runs.can_extend(p, epoch_limit):
+                    self.found = p
                     return d, where, result
         if diverged_is_final:
             for (where, p), st in zip(places, status):
                 if st == runs.DIVERGED:
                     try:
-                        return d, where, runs.read_result(p, checked=True)
+                        result = runs.read_result(p, checked=True)
+                        self.found = p
+                        return d, where, result
                     except runs.RunFileError as e:
                         damaged.append((where, e))
         local = [e for where, e in damaged if where == "done"]
@@ -211,7 +217,7 @@ class Runner:
         caps its epochs; with `diverged_is_final` a run that diverged is an answer,
         not a failure (see `ablations.kinds.base.Runs`). A finished run with a
         damaged result.json gives None and is reported (`_damaged`)."""
-        self.passed_on = None
+        self.passed_on = self.found = None
         cfg = _with_seed(cfg, seed)
         d, where, result = self._finished(label, cfg, seed, epoch_limit, diverged_is_final)
         key = str(d)
@@ -258,6 +264,7 @@ class Runner:
         except train_lib.TrainingDiverged as e:
             if diverged_is_final:  # a grid rate that does not train: an answer, not a failure
                 print(f"[ablations] {d} diverged: recorded as this learning rate's answer ({e})", flush=True)
+                self.found = d
                 try:
                     return runs.read_result(d, checked=True)
                 except runs.RunFileError as damaged:
@@ -274,6 +281,7 @@ class Runner:
             if self._progress is not None:
                 self._progress.finish(d, ok)
         self._seen.add(key)  # a later walk finds it finished: not "already finished"
+        self.found = d
         self.trained += 1
         return result
 

@@ -264,6 +264,72 @@ def test_the_pending_rate_is_the_grid_then_its_growth_at_the_fastest_edge():
     assert pending_rate(grid, {r: (float("inf"), 0.5) for r in grid}) is None  # none reached: no growth
 
 
+def test_a_grid_whose_every_rate_collapses_grows_downwards_and_its_verdict_is_withheld(tmp_path, monkeypatch):
+    """A rate too high for the initialization kills the ReLUs and leaves the net at
+    chance: every rate tried failing means the grid is too high, so it grows
+    downwards; an arm whose chosen rate still collapses gets no verdict."""
+    from ablations.kinds.lr_grid import GRID_EXTEND_FACTOR, GRID_MAX_EXTENSIONS, GRID_SEED, pending_rate
+    from reports import build_report
+    from reports import stats as S
+    from reproduce import runs as R
+    from reproduce import train as train_lib
+
+    grid = (0.0025, 0.005, 0.01, 0.02)
+    inf = float("inf")
+    assert pending_rate(grid, {r: (inf, inf) for r in grid}, failed=set(grid)) == 0.0025 / GRID_EXTEND_FACTOR
+    # One rate that trained (slowly) says the grid is not simply too high: no growth.
+    assert (
+        pending_rate(grid, {r: (inf, 0.5 if r == 0.0025 else inf) for r in grid}, failed=set(grid) - {0.0025}) is None
+    )
+
+    calls = []
+
+    def fake(cfg, run_dir, meta=None, verbose=0, epoch_limit=None):
+        lr, act = cfg.train.learning_rate, cfg.model.activation
+        calls.append((meta["label"], cfg.train.seed, lr))
+        R.write_config(run_dir, cfg.to_dict(), {**meta, "seed": cfg.train.seed, "fingerprint": cfg.fingerprint()})
+        R.write_env(run_dir, {"host": "h", "num_classes": 10})
+        # ReLU trains below 0.0025 (10 epochs at 0.00125, 20 at 0.000625); tanh nowhere.
+        need = {0.00125: 10, 0.000625: 20}.get(lr) if act == "relu" else None
+        dead = need is None and (act != "relu" or lr >= 0.0025)
+        limit = min(cfg.train.epochs, epoch_limit or cfg.train.epochs)
+        n = need if need is not None and need <= limit else limit
+        curve = [0.9 if dead else (0.2 if need is not None and e + 1 >= need else 0.5) for e in range(n)]
+        R.write_metrics_rows(run_dir, [{"epoch": e, "top1_err": v} for e, v in enumerate(curve)])
+        res = {k: None for k in R.RESULT_KEYS} | {
+            "status": "ok",
+            "epochs": n,
+            "epochs_to_target": need if need is not None and need <= limit else None,
+            "train_top1_err": curve[-1],
+            "censored": need is None or need > limit,
+            "val_top1_err": 0.905 if dead else 0.4,
+            "val_top5_err": 0.5 if dead else 0.1,
+            "train_top1_err_clean": curve[-1],
+            "wall_time_s": 1.0,
+            "images_per_s": 1.0,
+            "n_val": 1000,
+            "fc7_dead_fraction": 1.0 if dead else 0.05,
+        }
+        R.write_result(run_dir, res)
+        return res
+
+    monkeypatch.setattr(train_lib, "train", fake)
+    Runner("cifar10", 2, tmp_path / "runs", verbose=0).run(["fig1_tanh"])
+    relu_grid = [c[2] for c in calls if c[1] == GRID_SEED and c[0] == "fig1_tanh.base.grid"]
+    assert relu_grid == [0.005, 0.01, 0.0025, 0.02, 0.00125, 0.000625]  # down, then the usual edge growth
+    tanh_grid = [c[2] for c in calls if c[1] == GRID_SEED and c[0] == "fig1_tanh.grid"]
+    assert len(tanh_grid) == len(grid) + GRID_MAX_EXTENSIONS and tanh_grid[-1] == 0.0025 / 2**GRID_MAX_EXTENSIONS
+    assert {c[2] for c in calls if c[0] == "fig1_tanh.base"} == {0.00125}
+    assert {c[2] for c in calls if c[0] == "fig1_tanh"} == {tanh_grid[-1]}
+
+    rep = build_report(tmp_path / "runs", tmp_path / "out")
+    comp = rep.analyses["cifar10"].comparison("fig1_tanh")
+    assert comp.primary.verdict == S.COLLAPSED
+    assert "`fig1_tanh` at chance in 2/2 seeds" in comp.tags[0]
+    md = rep.markdown.read_text()
+    assert "collapsed: at chance, 100% of fc7 units dead" in md
+
+
 def test_fig1_grid_grows_when_the_best_rate_is_at_its_edge(tmp_path, monkeypatch):
     from ablations.kinds.lr_grid import GRID_SEED
 

@@ -10,7 +10,9 @@ fastest finished rate needed (it can at best tie, and is then censored); a rate
 that diverges has given its answer (it does not train) and is not retried. The
 fastest rate (`grid_rank`: epochs to the training-error target, then the last
 training error) is chosen; if it lies at an edge of the grid, the grid grows by
-GRID_EXTEND_FACTOR on that side first. Then the measured seeds run at the chosen
+GRID_EXTEND_FACTOR on that side first. A rate whose run diverged or ended at
+chance (`grid_failed`) trains nothing and ranks last; when every rate tried
+failed, the rates were all too high and the grid grows downwards. Then the measured seeds run at the chosen
 rate. An arm labelled L has its grid runs labelled `grid_label(L)`. Where the
 ablation names more selection seeds for the preset
 (`Ablation.check_selection_seeds`), the same search runs on each of them after
@@ -102,12 +104,14 @@ def next_grid_rate(rates, ranks: dict):
     return min(left, key=key)
 
 
-def pending_rate(rates, ranks: dict):
+def pending_rate(rates, ranks: dict, failed=()):
     """The next rate the grid search runs, given the `grid_rank` of the rates tried
-    (rate -> rank), or None when the search is over: every rate of `rates`
-    (`next_grid_rate`), then, while the fastest rate reached the target at an edge
-    of those tried, one GRID_EXTEND_FACTOR beyond it, at most GRID_MAX_EXTENSIONS
-    rates outside `rates` in all."""
+    (rate -> rank) and the rates among them whose runs failed (`grid_failed`), or
+    None when the search is over: every rate of `rates` (`next_grid_rate`), then,
+    while the fastest rate reached the target at an edge of those tried, one
+    GRID_EXTEND_FACTOR beyond it, or, while every rate tried failed, one
+    GRID_EXTEND_FACTOR below the lowest; at most GRID_MAX_EXTENSIONS rates outside
+    `rates` in all."""
     lr = next_grid_rate(rates, ranks)
     if lr is not None:
         return lr
@@ -118,12 +122,41 @@ def pending_rate(rates, ranks: dict):
         return None
     best = min(ranks, key=lambda lr: (ranks[lr], lr))
     if ranks[best][0] == math.inf:
+        # Divergence and dead units come from too high a rate: only when every rate
+        # tried failed is a lower one worth a run (a run that merely learns slowly
+        # says nothing about which side to try).
+        if all(any(math.isclose(r, f) for f in failed) for r in ranks):
+            return min(ranks) / GRID_EXTEND_FACTOR
         return None
     if best == min(ranks):
         return best / GRID_EXTEND_FACTOR
     if best == max(ranks):
         return best * GRID_EXTEND_FACTOR
     return None
+
+
+def grid_failed(run) -> bool:
+    """Whether a grid run says its rate trains nothing: it diverged (a non-finite
+    loss), or it ended at chance (`reports.stats.collapsed` on its validation top-1
+    error, the rule by which the report calls an arm collapsed), as when a rate too
+    high for the initialization kills the ReLUs of fc7 in the first steps (§5's
+    positive biases raise that risk)."""
+    if run is None:
+        return False
+    if run.status == runs.DIVERGED:
+        return True
+    err = (run.result or {}).get("val_top1_err")
+    return bool(stats.collapsed(err, collect.num_classes(run), collect.n_val(run)))
+
+
+def cell_rank(cell) -> tuple | None:
+    """The `grid_rank` of a grid cell whose run has its answer (a failed run ranks
+    last), or None while it has none."""
+    if cell.failed:
+        return (math.inf, math.inf)
+    if cell.ttt is None:
+        return None
+    return grid_rank(cell.ttt.epochs if cell.ttt.reached else None, (cell.run.result or {}).get("train_top1_err"))
 
 
 def grid_rank(epochs_to_target, train_err) -> tuple:
@@ -224,6 +257,11 @@ class LrGrid(Kind):
             paired.add_rows(comp)
             measures.check_arms(comp)
         comp.extra = analyze(ab, labels, comp, preset)
+        if comp.claim.metric == "epochs":
+            # An arm at chance in some seed, or a confound, withholds the ratio's
+            # verdict as it does a delta's: epochs to target from a net that
+            # never trained say nothing about the claim.
+            measures.check_arms(comp)
         return comp
 
     def missing(self, comp) -> list:
@@ -267,6 +305,7 @@ def _search(ab, label: str, cfg, runner, seed: int) -> tuple:
     """Run the grid search of the arm `label` on selection seed `seed`: (the chosen
     rate, its rank)."""
     ranks: dict = {}
+    failed: set = set()
 
     def try_rate(lr: float) -> None:
         c = cfg.copy()
@@ -277,9 +316,15 @@ def _search(ab, label: str, cfg, runner, seed: int) -> tuple:
         r = runner.run_one(grid_label(label), c, seed, epoch_limit=cap, diverged_is_final=True)
         if runner.passed_on:
             raise _ArmPassedOn(runner.passed_on)
-        ranks[float(lr)] = grid_rank(r.get("epochs_to_target"), r.get("train_top1_err")) if r else (math.inf, math.inf)
+        if grid_failed(_answer(runner)):
+            failed.add(float(lr))
+            ranks[float(lr)] = (math.inf, math.inf)
+        else:
+            ranks[float(lr)] = (
+                grid_rank(r.get("epochs_to_target"), r.get("train_top1_err")) if r else (math.inf, math.inf)
+            )
 
-    while (lr := pending_rate(ab.lr_grid, ranks)) is not None:
+    while (lr := pending_rate(ab.lr_grid, ranks, failed)) is not None:
         try_rate(lr)
     best = min(ranks, key=lambda lr: (ranks[lr], lr))
     if runner.verbose and not runner.dry:
@@ -292,6 +337,17 @@ def _search(ab, label: str, cfg, runner, seed: int) -> tuple:
             flush=True,
         )
     return best, ranks[best]
+
+
+def _answer(runner):
+    """The run that answered the runner's last `run_one`, or None (planning; a
+    stand-in trainer that wrote no folder; a file unreadable since)."""
+    if runner.found is None:
+        return None
+    try:
+        return runs.load_run(runner.found)
+    except runs.RunFileError:
+        return None
 
 
 def _walk_arm(ab, label: str, cfg, runner, checks: tuple = ()) -> None:
@@ -319,6 +375,11 @@ class GridCell:
     status: str
     censored: bool = False  # stopped once it could no longer beat the fastest rate
 
+    @property
+    def failed(self) -> bool:
+        """Its run diverged or ended at chance (`grid_failed`)."""
+        return grid_failed(self.run) if self.status == "finished" or self.status.startswith("diverged") else False
+
 
 @dataclass
 class SelectionCheck:
@@ -341,32 +402,27 @@ class SelectionCheck:
 
 
 def _fastest(cells: list, lrs=None):
-    """The cell `grid_rank` puts first among finished `cells` (restricted to `lrs`), or None."""
+    """The cell `cell_rank` puts first among finished `cells` (restricted to `lrs`), or None."""
     done = [c for c in cells if c.ttt is not None and (lrs is None or any(math.isclose(c.lr, x) for x in lrs))]
     if not done:
         return None
-    return min(
-        done,
-        key=lambda c: (
-            grid_rank(c.ttt.epochs if c.ttt.reached else None, (c.run.result or {}).get("train_top1_err")),
-            c.lr,
-        ),
-    )
+    return min(done, key=lambda c: (cell_rank(c), c.lr))
 
 
-def _ranks(cells: list) -> dict | None:
-    """rate -> `grid_rank` of the cells that have their answer (finished, or
-    diverged: ranked last), as the search ranked them; None while a run the search
+def _ranks(cells: list) -> tuple[dict, set] | None:
+    """(rate -> `cell_rank`, the failed rates) of the cells that have their answer
+    (finished, or diverged), as the search ranked them; None while a run the search
     started is not finished (unfinished or failed)."""
-    ranks = {}
+    ranks, failed = {}, set()
     for c in cells:
-        if c.ttt is not None:
-            ranks[c.lr] = grid_rank(c.ttt.epochs if c.ttt.reached else None, (c.run.result or {}).get("train_top1_err"))
-        elif c.status.startswith("diverged"):
-            ranks[c.lr] = (math.inf, math.inf)
+        rank = cell_rank(c)
+        if rank is not None:
+            ranks[c.lr] = rank
+            if c.failed:
+                failed.add(c.lr)
         elif c.status != "missing":
             return None
-    return ranks
+    return ranks, failed
 
 
 def _selection_check(ab, labels: dict, target: float, keys: tuple, seed: int) -> SelectionCheck:
@@ -375,7 +431,7 @@ def _selection_check(ab, labels: dict, target: float, keys: tuple, seed: int) ->
         grid[key], _ = _grid_cells(ab, labels, target, label, seed)
         # Complete: the search has no rate left to run (`pending_rate`).
         done = _ranks(grid[key])
-        best = _fastest(grid[key]) if done is not None and pending_rate(ab.lr_grid, done) is None else None
+        best = _fastest(grid[key]) if done is not None and pending_rate(ab.lr_grid, *done) is None else None
         chosen[key] = best.lr if best is not None else None
         epochs[key] = best.ttt.epochs if best is not None and best.ttt.reached else None
     return SelectionCheck(seed, grid, chosen, epochs)
@@ -949,6 +1005,8 @@ def _grid_blocks(f1: Fig1, ab, check: SelectionCheck | None = None) -> list:
             if c is None or c.ttt is None:
                 # No cell: a rate only the other arm's grid grew to (an edge extension).
                 row_ += [(c.status if c else "-") + mark, "n/a" if c else "-"]
+            elif c.failed:
+                row_ += [f"{c.ttt} ({_failed_text(c)})" + mark, wall_text(c)]
             elif c.censored and not c.ttt.reached:
                 row_ += [f"> {c.ttt.observed} (stopped: could not beat the fastest rate)" + mark, wall_text(c)]
             else:
@@ -976,9 +1034,23 @@ def _grid_blocks(f1: Fig1, ab, check: SelectionCheck | None = None) -> list:
             )
             + " A grid run stops once it can no longer beat the fastest rate (> N: stopped after N "
             "epochs); - : not in that arm's grid."
+            + (
+                " collapsed: the run ended at chance, so its rate ranks last; while every rate of an arm "
+                f"failed so, its grid grows downwards by x{GRID_EXTEND_FACTOR:g}."
+                if any(c.failed for cells in grid.values() for c in cells)
+                else ""
+            )
             + (f" Wall s on {ref}; * on {', '.join(sorted(elsewhere))}, not comparable." if elsewhere else ""),
         )
     ]
+
+
+def _failed_text(cell) -> str:
+    """Why a finished grid run ranks last (`grid_failed`): at chance, with the share of
+    dead fc7 units where the run recorded it."""
+    dead = (cell.run.result or {}).get("fc7_dead_fraction")
+    tail = f", {dead:.0%} of fc7 units dead" if isinstance(dead, (int, float)) and math.isfinite(dead) else ""
+    return "collapsed: at chance" + tail
 
 
 def _check_blocks(f1: Fig1, ab) -> list:
