@@ -806,7 +806,7 @@ def counting_rules(fig: Fig1) -> list:
 
 
 def range_text(fig: Fig1 | None) -> str:
-    """The ratio as a range over counting rules, e.g. "x5.40-x6.41 over 4 counting rules"."""
+    """The ratio as a range over counting rules, as "xA-xB over N counting rules"."""
     rng = fig.rule_range if fig is not None else None
     if rng is None or len(fig.rules) < 2:
         return ""
