@@ -328,6 +328,12 @@ def test_a_grid_whose_every_rate_collapses_grows_downwards_and_its_verdict_is_wi
     assert "`fig1_tanh` at chance in 2/2 seeds" in comp.tags[0]
     md = rep.markdown.read_text()
     assert "collapsed: at chance, 100% of fc7 units dead" in md
+    # Collapses rate by rate, over the grid's runs (selection seeds 1000 and 1001)
+    # and the seeds' (0, 1) of each arm.
+    col = comp.extra.collapses
+    assert col["relu"][0.005] == (2, 2, [1.0, 1.0]) and col["relu"][0.00125] == (4, 0, [])
+    assert col["tanh"][tanh_grid[-1]] == (4, 4, [1.0] * 4)
+    assert "| tanh | 0.0003125 | 4 | 4/4 | 100%, 100%, 100%, 100% |" in md
 
 
 def test_fig1_grid_grows_when_the_best_rate_is_at_its_edge(tmp_path, monkeypatch):

@@ -461,6 +461,10 @@ class Fig1:
     rules: list = field(default_factory=list)
     names: tuple = ("baseline", "variant")  # the arms as tables name them (`arm_names`)
     checks: list = field(default_factory=list)  # [SelectionCheck], one per further selection seed
+    # arm key -> {lr: (runs, collapsed runs, [dead fc7 fractions of those])}, over every
+    # finished run of the arm at any rate (grids, seeds, earlier choices); empty when
+    # no run of either arm collapsed (`collapse_by_rate`).
+    collapses: dict = field(default_factory=dict)
 
     @property
     def keys(self) -> tuple:
@@ -713,7 +717,32 @@ def analyze(ab, labels: dict, comp, preset: str = "") -> Fig1:
             "rates whose epochs to target are close may rank differently on another seed"
         )
     fig.rules = counting_rules(fig)
+    fig.collapses = collapse_by_rate(ab, labels, keys)
     return fig
+
+
+def collapse_by_rate(ab, labels: dict, keys: tuple) -> dict:
+    """How often each arm collapsed (`grid_failed`) at each rate, over all its finished
+    runs (the grid's and the seeds', under any fingerprint): arm key -> {lr: (runs,
+    collapsed, [dead fc7 fractions of the collapsed runs that recorded one])}; {} when
+    no run collapsed. A collapse is an outcome to report on its own, rate by rate."""
+    out: dict = {}
+    for key, arm in zip(keys, (ab.base_label, ab.name)):
+        cells: dict = {}
+        for label in (arm, grid_label(arm)):
+            for g in labels.get(label, []):
+                for r in g.runs:
+                    lr = collect.learning_rate(r)
+                    if lr is None or not (collect.is_counted(r) or r.status == runs.DIVERGED):
+                        continue
+                    n, k, dead = cells.get(lr, (0, 0, []))
+                    failed = grid_failed(r)
+                    v = (r.result or {}).get("fc7_dead_fraction") if failed else None
+                    if isinstance(v, (int, float)) and math.isfinite(v):
+                        dead = dead + [float(v)]
+                    cells[lr] = (n + 1, k + int(failed), dead)
+        out[key] = dict(sorted(cells.items()))
+    return out if any(k for cells in out.values() for _, k, _ in cells.values()) else {}
 
 
 def counting_rules(fig: Fig1) -> list:
@@ -966,10 +995,31 @@ def blocks(an, comp, out_dir: Path, fig_file: figures.FigureFile | None) -> list
             )
         )
     out += _grid_blocks(f1, ab)
+    out += _collapse_blocks(f1, ab)
     out += _check_blocks(f1, ab)
     if f1.notes:
         out.append(document.Bullets(list(f1.notes)))
     return out
+
+
+def _collapse_blocks(f1: Fig1, ab) -> list:
+    """Collapses rate by rate (`collapse_by_rate`), when any run collapsed."""
+    if not f1.collapses:
+        return []
+    rows = []
+    for key, name in zip(f1.keys, f1.names):
+        for lr, (n, k, dead) in f1.collapses.get(key, {}).items():
+            d = ", ".join(f"{v:.0%}" for v in dead) if dead else "-"
+            rows.append([name, f"{lr:g}", str(n), f"{k}/{n}", d])
+    return [
+        document.Table(
+            [ab.arm_title, "lr", "Runs", "At chance or diverged", "fc7 units dead (those at chance)"],
+            rows,
+            ["l", "r", "r", "r", "l"],
+            caption="Collapses by rate: every finished run of each arm (the grid's on the selection "
+            "seeds and the seeds', at any rate they ran), and how many ended at chance or diverged.",
+        )
+    ]
 
 
 def _grid_blocks(f1: Fig1, ab, check: SelectionCheck | None = None) -> list:
