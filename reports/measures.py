@@ -425,6 +425,12 @@ def check_arms(comp: Comparison, same_runs: bool = False) -> None:
     _withhold(comp, pair, claim, k_classes, n_val, same_runs)
 
 
+def fc7_dead(run) -> float | None:
+    """The share of fc7 units that never fire, as the run recorded it (None: not recorded)."""
+    v = (run.result or {}).get("fc7_dead_fraction")
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
 def collapse_of(group: collect.Group | None, k_classes, n_val) -> Collapse | None:
     """The group's seeds at chance (None: none, or no class count to judge by)."""
     err = result_values(group, "val_top1_err")
@@ -433,9 +439,9 @@ def collapse_of(group: collect.Group | None, k_classes, n_val) -> Collapse | Non
         return None
     dead = {}
     for r in group.counted:
-        v = (r.result or {}).get("fc7_dead_fraction")
-        if r.seed in stuck and isinstance(v, (int, float)) and math.isfinite(v):
-            dead[r.seed] = float(v)
+        v = fc7_dead(r)
+        if r.seed in stuck and v is not None:
+            dead[r.seed] = v
     return Collapse(stuck, len(err), float(np.mean([err[s] for s in stuck])), dead)
 
 

@@ -12,12 +12,12 @@ fastest rate (`grid_rank`: epochs to the training-error target, then the last
 training error) is chosen; if it lies at an edge of the grid, the grid grows by
 GRID_EXTEND_FACTOR on that side first. A rate whose run diverged or ended at
 chance (`grid_failed`) trains nothing and ranks last; when every rate tried
-failed, the rates were all too high and the grid grows downwards. Then the measured seeds run at the chosen
-rate. An arm labelled L has its grid runs labelled `grid_label(L)`. Where the
-ablation names more selection seeds for the preset
-(`Ablation.check_selection_seeds`), the same search runs on each of them after
-the seeds, only to check the choice: the report says whether the chosen rates
-and the ratio on that seed alone change (`SelectionCheck`).
+failed, the rates were all too high and the grid grows downwards. Then the
+measured seeds run at the chosen rate. An arm labelled L has its grid runs
+labelled `grid_label(L)`. Where the ablation names more selection seeds for the
+preset (`Ablation.check_selection_seeds`), the same search runs on each of them
+after the seeds, only to check the choice: the report says whether the chosen
+rates and the ratio on that seed alone change (`SelectionCheck`).
 
 The analysis of a claim on epochs to the training-error target (`Claim.metric`
 "epochs", Figure 1's): the ratio variant / baseline of epochs to target over the
@@ -255,13 +255,10 @@ class LrGrid(Kind):
         comp = measures.arms_comparison(preset, ab, labels, allowed=(LR_KEY,), prefer_base=prefer_base)
         if comp.claim.metric != "epochs":
             paired.add_rows(comp)
-            measures.check_arms(comp)
         comp.extra = analyze(ab, labels, comp, preset)
-        if comp.claim.metric == "epochs":
-            # An arm at chance in some seed, or a confound, withholds the ratio's
-            # verdict as it does a delta's: epochs to target from a net that
-            # never trained say nothing about the claim.
-            measures.check_arms(comp)
+        # After the epochs row exists: an arm at chance in some seed, or a confound,
+        # withholds a ratio's verdict as it does a delta's.
+        measures.check_arms(comp)
         return comp
 
     def missing(self, comp) -> list:
@@ -374,11 +371,7 @@ class GridCell:
     wall_s: float | None
     status: str
     censored: bool = False  # stopped once it could no longer beat the fastest rate
-
-    @property
-    def failed(self) -> bool:
-        """Its run diverged or ended at chance (`grid_failed`)."""
-        return grid_failed(self.run) if self.status == "finished" or self.status.startswith("diverged") else False
+    failed: bool = False  # its run diverged or ended at chance (`grid_failed`)
 
 
 @dataclass
@@ -640,7 +633,15 @@ def _grid_cells(ab, labels: dict, target: float, label: str, seed: int = GRID_SE
             r = done[-1]
             wall_s = (r.result or {}).get("wall_time_s")
             cells.append(
-                GridCell(lr, r, measures.run_ttt(r, target), wall_s, "finished", bool(r.result.get("censored")))
+                GridCell(
+                    lr,
+                    r,
+                    measures.run_ttt(r, target),
+                    wall_s,
+                    "finished",
+                    bool(r.result.get("censored")),
+                    grid_failed(r),
+                )
             )
         elif at:
             r = sorted(at, key=lambda r: collect._date_key(collect.run_date(r)))[-1]
@@ -648,7 +649,7 @@ def _grid_cells(ab, labels: dict, target: float, label: str, seed: int = GRID_SE
             if r.status == runs.DIVERGED:  # the rate's answer: it does not train
                 e = (r.failure or {}).get("epoch")
                 status = "diverged" + (f" (non-finite loss in epoch {int(e) + 1})" if isinstance(e, int) else "")
-            cells.append(GridCell(lr, r, None, None, status))
+            cells.append(GridCell(lr, r, None, None, status, failed=r.status == runs.DIVERGED))
         else:
             cells.append(GridCell(lr, None, None, None, "missing"))
     return cells, seeds
@@ -737,9 +738,9 @@ def collapse_by_rate(ab, labels: dict, keys: tuple) -> dict:
                         continue
                     n, k, dead = cells.get(lr, (0, 0, []))
                     failed = grid_failed(r)
-                    v = (r.result or {}).get("fc7_dead_fraction") if failed else None
-                    if isinstance(v, (int, float)) and math.isfinite(v):
-                        dead = dead + [float(v)]
+                    v = measures.fc7_dead(r) if failed else None
+                    if v is not None:
+                        dead = dead + [v]
                     cells[lr] = (n + 1, k + int(failed), dead)
         out[key] = dict(sorted(cells.items()))
     return out if any(k for cells in out.values() for _, k, _ in cells.values()) else {}
@@ -1098,8 +1099,8 @@ def _grid_blocks(f1: Fig1, ab, check: SelectionCheck | None = None) -> list:
 def _failed_text(cell) -> str:
     """Why a finished grid run ranks last (`grid_failed`): at chance, with the share of
     dead fc7 units where the run recorded it."""
-    dead = (cell.run.result or {}).get("fc7_dead_fraction")
-    tail = f", {dead:.0%} of fc7 units dead" if isinstance(dead, (int, float)) and math.isfinite(dead) else ""
+    dead = measures.fc7_dead(cell.run)
+    tail = f", {dead:.0%} of fc7 units dead" if dead is not None else ""
     return "collapsed: at chance" + tail
 
 
