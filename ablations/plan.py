@@ -158,12 +158,18 @@ def on_this_machine(runs_: list, device: str | None = None) -> list:
     return [r for r in runs_ if r.env.get("host") == host and (device is None or r.env.get("device") in (None, device))]
 
 
+def stops_at_target(cfg) -> bool:
+    """Whether a run of `cfg` ends when its training error reaches the target, so
+    that its epochs are the experiment's answer rather than `train.epochs`."""
+    return bool(cfg.train.stop_at_train_error) and bool(cfg.train.stop_at_target)
+
+
 def expected_epochs(job: Job, runs_: list) -> float | None:
     """For a run that stops at a training error: the epochs it will take, from
     `runs_` (any machine's): its label's runs (mean epochs run), else the fastest
     of the runs that chose its settings (`selection_label`: its arm's
     learning-rate grid, whose fastest rate the seeds run at); None if unknown."""
-    if not job.cfg.train.stop_at_train_error:
+    if not stops_at_target(job.cfg):
         return None
     own = [len(r.metrics) for r in runs_ if r.label == job.label and r.metrics]
     if own:
@@ -199,14 +205,14 @@ def history_estimate(job: Job, history: list, n_train: int, everywhere: list | N
     # suite, a second campaign) can take twice as long, and one such run should not
     # double the estimate of every run after it.
     same = [r for r in history if r.label == job.label and wall(r) > 0 and me is not None and _identity(r) == me]
-    if same and not job.cfg.train.stop_at_train_error:
+    if same and not stops_at_target(job.cfg):
         return statistics.median(map(wall, same)), "history"
     # Then the same label at other settings, then (for a run that stops at a target)
     # its arm's learning-rate grid, then the whole preset: the ablations of a preset
     # differ little in cost per image, so more runs beat a closer match. The epochs
     # of a run that stops at a target are not the preset's: Figure 1's tanh net needs
     # several times the ReLU net's, and its grid has measured how many.
-    target = bool(job.cfg.train.stop_at_train_error)
+    target = stops_at_target(job.cfg)
     chooser = selection_label(job.label)
     pools = [[r for r in history if r.label == job.label]]
     if target and chooser is not None:
@@ -428,7 +434,7 @@ def fill_estimates(
             # this machine's rate; one with none measured: its epoch cap, a bound.
             epochs = expected_epochs(job, everywhere)
             est = calibrated_estimate(job, data, rates[key], epochs)
-            kind = "upper bound" if job.cfg.train.stop_at_train_error and epochs is None else "calibrated"
+            kind = "upper bound" if stops_at_target(job.cfg) and epochs is None else "calibrated"
         job.estimate_s, job.estimate_kind = est, kind
     plan.started_s = process_seconds()
     plan.report_s = report_seconds(roots[0], preset) if roots else 0.0

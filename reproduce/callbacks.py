@@ -114,8 +114,9 @@ class EpochRecorder(keras.callbacks.Callback):
     a kill at any moment loses at most the epochs since the last one; a resumed
     run drops their rows and trains them again, from the same state and the same
     (seed, epoch) batches). The state is also saved after the last epoch and when
-    training stops early. Stops training when the training error reaches
-    `train.stop_at_train_error` (the Figure 1 experiment, §3.1)."""
+    training stops early. Records the first epoch whose training error reaches
+    `train.stop_at_train_error` (the Figure 1 experiment, §3.1) and stops there
+    unless `train.stop_at_target` is off."""
 
     def __init__(
         self, cfg: Config, run_dir, state: dict, n_train: int, learning_rate: LearningRate, divergence: Divergence
@@ -168,7 +169,7 @@ class EpochRecorder(keras.callbacks.Callback):
         target = self.cfg.train.stop_at_train_error
         if target and self.epochs_to_target is None and logs.get("top1_err", 1.0) <= target:
             self.epochs_to_target = epoch + 1
-            self.model.stop_training = True
+            self.model.stop_training = bool(self.cfg.train.stop_at_target)
         runs.append_metrics_row(self.run_dir, row)
         if not self.checkpoint_due(epoch):
             return

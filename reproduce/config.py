@@ -195,6 +195,10 @@ class TrainConfig:
     # Stop when the training top-1 error first reaches this value (0 = never).
     # Used by the Figure 1 experiment (§3.1: "25% training error").
     stop_at_train_error: Annotated[float, FRACTION] = 0.0
+    # False: record the epoch that reaches `stop_at_train_error` but train on to
+    # `train.epochs`, so a run gives both its epochs to the target and its error
+    # at a fixed budget (the fair tanh test's final error).
+    stop_at_target: bool = True
     # Save the resumable state every this many epochs (and after the last one):
     # the full net's state is ~0.5 GB, written and fsync'd each time. A kill
     # loses the epochs since the last save; they are trained again identically.

@@ -555,6 +555,43 @@ def test_a_new_fair_test_reuses_the_lr_grid_kind(tmp_path, monkeypatch):
     ]
 
 
+def test_seed_overrides_reach_the_seeded_runs_and_not_the_grid(tmp_path, monkeypatch):
+    """The fair tanh test's seeds train on past the target to a fixed budget (their
+    final error), while its grid runs stop at the target, which ranks the rates."""
+    from ablations import registry
+    from ablations.kinds.lr_grid import GRID_SEED, is_grid_label
+    from ablations.plan import history_estimate
+    from ablations.registry import Ablation, Claim
+
+    ab = Ablation(
+        name="tanh_budget",
+        description="tanh instead of ReLU, each at its fastest rate",
+        overrides={"model.activation": "tanh"},
+        presets=("smoke",),
+        kind="lr_grid",
+        base_overrides={"train.stop_at_train_error": 0.25, "train.epochs": 12},
+        seed_overrides={"train.stop_at_target": False, "train.epochs": 5},
+        lr_grid=(0.005, 0.01),
+        claims={"*": Claim("§3.1", "ReLUs train faster", metric="epochs", ratio=6.0)},
+    )
+    monkeypatch.setitem(registry.ABLATIONS, ab.name, ab)
+    plan = Runner("smoke", 2, tmp_path, verbose=0, published=[]).plan([ab.name])
+    grid = [j for j in plan.todo if is_grid_label(j.label)]
+    seeds = [j for j in plan.todo if not is_grid_label(j.label)]
+    assert {j.seed for j in grid} == {GRID_SEED} and [j.seed for j in seeds] == [0, 1, 0, 1]
+    assert {(j.cfg.train.stop_at_target, j.cfg.train.epochs) for j in grid} == {(True, 12)}
+    assert {(j.cfg.train.stop_at_target, j.cfg.train.epochs) for j in seeds} == {(False, 5)}
+    # A seed that trains past its target is timed for its whole budget, not for the
+    # epochs its arm's grid needed to get there.
+    grid_run = _finished_run(grid[0].cfg, "tanh_budget.grid", 20.0, 2)
+    grid_run.result["epochs_to_target"] = 2
+    est, kind = history_estimate(seeds[0], [grid_run], 640)
+    assert kind == "scaled" and est == pytest.approx(10.0 * 5)
+    # Either arm's seeds would lose their budget to a user's override: refused.
+    with pytest.raises(ValueError, match="train.stop_at_target"):
+        Runner("smoke", 1, tmp_path, overrides=["train.stop_at_target=true"], verbose=0).plan([ab.name])
+
+
 def _finished_run(cfg, label, wall_s, epochs):
     from reproduce import runs
 

@@ -287,6 +287,18 @@ def test_epoch_limit_censors_and_a_higher_limit_trains_on(tmp_path):
     assert not runs.can_extend(d, None)
 
 
+def test_a_run_records_its_target_and_trains_on_past_it_only_when_asked(tmp_path):
+    """Figure 1's runs stop at the training-error target; a run with
+    `train.stop_at_target` off records the epoch it got there and trains its whole
+    budget, so its final error is measured too."""
+    over = {"train.epochs": 3, "eval.ten_view": False, "train.stop_at_train_error": 1.0}
+    stopped = train(_tiny_cfg(**over), tmp_path / "stops", verbose=0)
+    assert (stopped["epochs"], stopped["epochs_to_target"], stopped["censored"]) == (1, 1, False)
+    on = train(_tiny_cfg(**over, **{"train.stop_at_target": False}), tmp_path / "on", verbose=0)
+    assert (on["epochs"], on["epochs_to_target"], on["censored"]) == (3, 1, False)
+    assert [row["epoch"] for row in runs.read_metrics_rows(tmp_path / "on")] == [0, 1, 2]
+
+
 def test_dead_fc7_units_are_counted_and_recorded(tmp_path):
     """A unit is dead when it outputs 0 on every image: with fc7's kernel zeroed, its
     bias alone decides (negative: all dead; positive: none), whatever the images."""

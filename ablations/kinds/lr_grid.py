@@ -13,7 +13,8 @@ training error) is chosen; if it lies at an edge of the grid, the grid grows by
 GRID_EXTEND_FACTOR on that side first. A rate whose run diverged or ended at
 chance (`grid_failed`) trains nothing and ranks last; when every rate tried
 failed, the rates were all too high and the grid grows downwards. Then the
-measured seeds run at the chosen rate. An arm labelled L has its grid runs
+measured seeds run at the chosen rate (with `Ablation.seed_overrides`: the fair
+tanh test's seeds train on past the target to a fixed budget). An arm labelled L has its grid runs
 labelled `grid_label(L)`. Where the ablation names more selection seeds for the
 preset (`Ablation.check_selection_seeds`), the same search runs on each of them
 after the seeds, only to check the choice: the report says whether the chosen
@@ -39,6 +40,7 @@ from ablations.kinds import paired
 from ablations.kinds.base import Kind
 from reports import collect, document, figures, measures, stats, text
 from reproduce import runs
+from reproduce.config import apply_overrides, validate
 
 # The seed of the grid runs: apart from the measured seeds, so the reported runs
 # are not the ones picked for being fastest.
@@ -206,7 +208,7 @@ class LrGrid(Kind):
         return None if is_grid_label(label) else grid_label(label)
 
     def touched_keys(self, ab, preset: str) -> set:
-        return super().touched_keys(ab, preset) | {LR_KEY}
+        return super().touched_keys(ab, preset) | {LR_KEY} | set(ab.seed_overrides)
 
     def walk(self, ab, runner) -> None:
         self.check(ab)
@@ -347,10 +349,18 @@ def _answer(runner):
         return None
 
 
+def seed_config(ab, cfg, lr: float):
+    """The configuration of an arm's seeded runs: `cfg` at the chosen rate `lr`,
+    with `Ablation.seed_overrides`."""
+    chosen = cfg.copy()
+    chosen.train.learning_rate = float(lr)
+    apply_overrides(chosen, ab.seed_overrides)
+    return validate(chosen)
+
+
 def _walk_arm(ab, label: str, cfg, runner, checks: tuple = ()) -> None:
     best, _ = _search(ab, label, cfg, runner, GRID_SEED)
-    chosen = cfg.copy()
-    chosen.train.learning_rate = best
+    chosen = seed_config(ab, cfg, best)
     for s in runner.seeds:
         runner.run_one(label, chosen, s)
     # After the seeds: the reported runs do not wait for the check.
