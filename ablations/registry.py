@@ -412,7 +412,8 @@ _register(
 # first steps): each arm gets its own learning rate from a grid on the selection
 # seed, as Figure 1 does (§3.1), and the measure is the early phase the claims are
 # about: epochs to a training error well below chance (90% on 10 classes), at a
-# constant rate, the run stopping there. Ten views would only add evaluation time.
+# constant rate, the run stopping there (unless its `seed_overrides` train the seeds
+# on). Ten views would only add evaluation time.
 FAIR_TESTS = ("imagenette-cpu",)
 _FAIR_BOTH = {
     "train.schedule": "constant",

@@ -164,6 +164,32 @@ def result_values(group: collect.Group | None, key: str) -> dict:
     return out
 
 
+def trained_past_target(run) -> bool:
+    """Whether `run` recorded its epochs to the training-error target and trained on
+    past them to its budget (`train.stop_at_target` off), rather than stopping."""
+    train = (run.config or {}).get("train", {})
+    return bool(train.get("stop_at_train_error")) and train.get("stop_at_target") is False
+
+
+def wall_to_target(group: collect.Group | None, target: float) -> dict:
+    """{seed: seconds to the training-error target}. A run that stopped there: its
+    wall_time_s (its training and final evaluation). A run that trained on past it:
+    the logged times of its epochs up to the one that reached the target, since its
+    wall time covers the whole budget; a run of that kind that never reached the
+    target is left out (it has no time to the target)."""
+    out = {}
+    for s, wall in result_values(group, "wall_time_s").items():
+        run = next(r for r in group.counted if r.seed == s)
+        if not trained_past_target(run):
+            out[s] = wall
+            continue
+        t = run_ttt(run, target)
+        times = [r.get("epoch_time_s") for r in run.metrics if int(r["epoch"]) < (t.epochs or 0)]
+        if t.reached and times and all(x is not None for x in times):
+            out[s] = float(sum(float(x) for x in times))
+    return out
+
+
 def gap_values(group: collect.Group | None) -> dict:
     val, train = result_values(group, "val_top1_err"), result_values(group, "train_top1_err_clean")
     return {s: val[s] - train[s] for s in val if s in train}
