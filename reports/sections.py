@@ -195,7 +195,8 @@ def what_was_run(an: analysis.PresetAnalysis) -> list:
 
 def _caveat_tag(claim) -> str:
     """The caveat's leading phrase ("Confounded", "Not like for like")."""
-    return claim.caveat.split(":", 1)[0] if claim.caveat else ""
+    # A caveat of one sentence is its own tag; its full stop would sit before the "; " of the next tag.
+    return claim.caveat.split(":", 1)[0].rstrip(".") if claim.caveat else ""
 
 
 def main_table(an: analysis.PresetAnalysis) -> list:

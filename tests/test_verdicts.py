@@ -269,7 +269,11 @@ def test_seeds_trained_past_the_target_give_time_to_target_and_final_error(tmp_p
         lr_grid=(0.01,),
         arm_names=("ReLU", "tanh"),
         arm_title="Activation",
-        claims={"*": Claim("§3.1", "ReLUs train several times faster", metric="epochs", setting="smoke")},
+        claims={
+            "*": Claim(
+                "§3.1", "ReLUs train several times faster", metric="epochs", setting="smoke", caveat="At 25% error."
+            )
+        },
     )
     monkeypatch.setitem(registry.ABLATIONS, ab.name, ab)
     root = tmp_path / "runs"
@@ -299,6 +303,9 @@ def test_seeds_trained_past_the_target_give_time_to_target_and_final_error(tmp_p
     assert {s: t.epochs for s, t in f1.base_ttt.items()} == {0: 3, 1: 3, 2: 3}
     assert f1.arm_walls == {"relu": {s: 30.0 for s in seeds}, "tanh": {s: 72.0 for s in seeds}}
     md = rep.markdown.read_text()
+    # The summary row's notes: the one-sentence caveat, then the next note, no ".;" between.
+    summary = next(line for line in md.splitlines() if line.startswith("| smoke") and "`tanh_budget`" in line)
+    assert summary.split(" | ")[-1].startswith("At 25% error; ")
     section = md[md.index("ReLU vs tanh (`tanh_budget`)") :]
     assert "(the seeds train on past the target to a fixed budget)" in section
     base = [100.0 * w / N_IMG for w in wrong["tanh_budget.base"]]

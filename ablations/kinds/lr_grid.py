@@ -13,12 +13,13 @@ training error) is chosen; if it lies at an edge of the grid, the grid grows by
 GRID_EXTEND_FACTOR on that side first. A rate whose run diverged or ended at
 chance (`grid_failed`) trains nothing and ranks last; when every rate tried
 failed, the rates were all too high and the grid grows downwards. Then the
-measured seeds run at the chosen rate (with `Ablation.seed_overrides`: the fair
-tanh test's seeds train on past the target to a fixed budget). An arm labelled L has its grid runs
-labelled `grid_label(L)`. Where the ablation names more selection seeds for the
-preset (`Ablation.check_selection_seeds`), the same search runs on each of them
-after the seeds, only to check the choice: the report says whether the chosen
-rates and the ratio on that seed alone change (`SelectionCheck`).
+measured seeds run at the chosen rate, with `Ablation.seed_overrides` (the fair
+tanh test's seeds train on past the target to a fixed budget, for the final
+error). An arm labelled L has its grid runs labelled `grid_label(L)`. Where
+the ablation names more selection seeds for the preset
+(`Ablation.check_selection_seeds`), the same search runs on each of them after
+the seeds, only to check the choice: the report says whether the chosen rates
+and the ratio on that seed alone change (`SelectionCheck`).
 
 The analysis of a claim on epochs to the training-error target (`Claim.metric`
 "epochs", Figure 1's): the ratio variant / baseline of epochs to target over the
