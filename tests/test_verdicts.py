@@ -28,6 +28,42 @@ def _primary(rep, preset, name):
     return rep.analyses[preset].comparison(name).primary
 
 
+def test_claims_on_the_papers_own_data_lead_the_summary_and_an_epochs_ratio_alone_does_not(tmp_path, monkeypatch):
+    """Figure 1 and the CIFAR-10 LRN claim were measured by the paper on CIFAR-10:
+    their rows come first. An epochs ratio measured for an ImageNet claim (a fair
+    tanh test) is not at the paper's scale and stays with the other rows."""
+    from ablations import registry
+    from ablations.registry import Ablation, Claim
+
+    ab = Ablation(
+        name="tanh_elsewhere",
+        description="tanh against ReLU, each at its own learning rate",
+        overrides={"model.activation": "tanh"},
+        presets=("imagenette-cpu",),  # a preset listed before cifar10
+        kind="lr_grid",
+        base_overrides={"train.stop_at_train_error": 0.25, "train.epochs": 8},
+        lr_grid=(0.01,),
+        claims={"*": Claim("§3.1", "ReLUs train several times faster", metric="epochs")},
+    )
+    monkeypatch.setitem(registry.ABLATIONS, ab.name, ab)
+    root = tmp_path / "runs"
+    for label, reach in (("tanh_elsewhere.base", 3), ("tanh_elsewhere", 6)):
+        for s in (0, 1, 2):
+            curve = [{"epoch": e, "top1_err": 0.25 + 0.02 * (reach + s % 2 - 1 - e)} for e in range(reach + s % 2)]
+            extra = {"data.source": "synthetic", "train.learning_rate": 0.01}
+            make_run(root, "imagenette-cpu", label, s, curve=curve, extra=extra, epochs_to_target=reach)
+    cifar = {"data.source": "../shared/data/cifar10-jpeg.tar.xz"}
+    for s in (0, 1):
+        make_run(root, "cifar10", "baseline", s, top1=60 + s, extra=cifar)
+        make_run(root, "cifar10", "no_lrn", s, top1=66 + 2 * s, extra=cifar)
+    md = build_report(root, tmp_path / "out").markdown.read_text()
+    summary = md[md.index("## Summary") :]
+    rows = [line for line in summary.splitlines() if line.startswith(("| imagenette-cpu", "| cifar10"))]
+    first = rows[0]
+    assert first.startswith("| cifar10 ") and "`no_lrn` §3.3" in first
+    assert any("`tanh_elsewhere`" in row for row in rows[1:])
+
+
 # -- withheld verdicts ---------------------------------------------------------------
 
 
