@@ -35,7 +35,7 @@ MULTIPLICITY = (
     "Bonferroni's correction over the claims of a preset that are tested, one test per claim from "
     "its primary metric (top-1 error; the overfitting gap; early error for bias_init; the epoch "
     "ratio for Figure 1), with simultaneous intervals at level 1 - 0.05/m beside the verdicts, so "
-    "that an interval excludes 0 exactly when its claim is significant; top-5 and other secondary "
+    "that an interval excludes 0 (1 for a ratio) exactly when its claim is significant; top-5 and other secondary "
     "rows are reported with per-claim 95% intervals, not tested"
 )
 # An effect measured on a longer budget of the same net (registry.BUDGET_SERIES) at
@@ -205,8 +205,8 @@ def _analyze_preset(preset: str, labels: dict, root) -> PresetAnalysis:
     classes = sorted({c.num_classes for c in comparisons if c.num_classes})
     if classes and max(classes) <= TOP5_MIN_CLASSES:
         notes.append(
-            f"Top-5 error is left out: the runs have {', '.join(map(str, classes))} classes, where "
-            "top-5 error is near 0 and not comparable with the paper's 1000-class top-5."
+            f"Top-5 error is left out of the claims: the runs have {', '.join(map(str, classes))} classes, "
+            "where top-5 error is not comparable with the paper's 1000-class top-5."
         )
 
     # Overfitting: baseline vs no_crop_flip vs no_dropout (the groups the comparisons used).

@@ -46,6 +46,8 @@ PAPER_HEADLINE = {
 # the rate drops 10x, whose schedule). cuda-convnet's layers-conv-local-11pct net, the
 # 11% of §3.3, trains about 520 epochs: 350 at its first rate, then drops at 350, 500
 # and 510 (cuda-convnet's "how to obtain good performance" methodology).
+# The verdict column of a claim one of whose arms has no finished run.
+NOT_RUN = "not run yet"
 RELEASED_SCHEDULE = {
     "cifar10": (520, (350, 500, 510), "cuda-convnet's released schedule for the 11% net"),
 }
@@ -232,8 +234,9 @@ def main_table(an: analysis.PresetAnalysis) -> list:
                         code(comp.name),
                         r.label,
                         ep(r.base),
-                        ep(r.variant),
-                        ratio(r.seed_ci.estimate),
+                        # Censored variant runs count the epochs they ran: their mean and the ratio are lower bounds.
+                        ("≥ " if r.lower_bound_only else "") + ep(r.variant),
+                        ("at least " if r.lower_bound_only else "") + ratio(r.seed_ci.estimate),
                         f"[{ratio(r.seed_ci.lo)}, {ratio(r.seed_ci.hi)}]" if r.seed_ci.ok else "n/a",
                         "n/a",
                         n_text(r.base, r.variant),
@@ -277,8 +280,8 @@ def main_table(an: analysis.PresetAnalysis) -> list:
             + "**p (adj.)**: the "
             'Bonferroni-adjusted two-sided p-value of "no difference" (secondary rows: the unadjusted p, in '
             "brackets). **Direction**: the claimed sign is significant when the adjusted p < 0.05, which is when "
-            "the simultaneous interval excludes 0. **Fragile**: a paired comparison whose verdict Welch's t (which "
-            "ignores the pairing by seed) would not share. **MDE**: the minimum "
+            "the simultaneous interval excludes 0 (1 for a ratio). **Fragile**: a paired comparison whose verdict "
+            "Welch's t (which ignores the pairing by seed) would not share. **MDE**: the minimum "
             f"detectable effect, the smallest true difference that a two-sided test at α = {stats.ALPHA:g}/m (a tested "
             f"claim; {stats.ALPHA:g} for the other rows) finds "
             f"with {stats.POWER:.0%} power at the observed spread (noncentral t with the interval's degrees of "
@@ -290,9 +293,11 @@ def main_table(an: analysis.PresetAnalysis) -> list:
             "`reproduced` = significant in the claimed direction and the size agrees (or no size is claimed); "
             "`direction reproduced, size differs/unresolved`; `contradicted` = significant the other way; "
             "`underpowered` = not significant and the paper's effect is below the MDE; `not reproduced` = not "
-            "significant and the interval excludes the paper's effect; `not measurable` = no interval, or the "
+            "significant and the interval excludes the paper's effect; `not significant` = not significant where "
+            "the paper states no size to set beside the MDE; `not measurable` = no interval, or the "
             f"baseline is at chance. Withheld without a test (no p, MDE or seeds): `{stats.COLLAPSED}` = an arm ended "
-            f"at chance in some seed; `{stats.CONFOUNDED}` = the arms differ in more than the claim's choice; "
+            f"at chance in some seed; `{stats.CONFOUNDED}` = the comparison mixes the claim's choice with another "
+            "factor, named in the note (e.g. a setting tuned for one arm only); "
             f"`{stats.NOT_TESTABLE}` = a claim about overfitting while the baseline does not yet overfit (its gap is "
             f"under {100 * analysis.SMALL_GAP:.0f} points). `{stats.BUDGET_LIMITED}` = the effect shrinks to under "
             f"{analysis.BUDGET_SHRINK:.0%} of its size (or changes sign) on a longer budget of the same net: the "
@@ -304,6 +309,9 @@ def main_table(an: analysis.PresetAnalysis) -> list:
         for r in comp.rows:
             p = "-" if r.withheld or r.role == "none" else fmt_p(r.p_adj) if r.role == "primary" else f"({fmt_p(r.p)})"
             paper = f"{comp.claim.section}: {r.claimed_text}"
+            if not (r.base and r.variant):  # an arm with no finished run: nothing measured, nothing judged
+                rows.append([code(comp.name), r.label, paper, "n/a", "-", "-", "n/a", "n/a", "-", "-", NOT_RUN])
+                continue
             rows.append(
                 [
                     code(comp.name),
@@ -390,8 +398,8 @@ def main_table(an: analysis.PresetAnalysis) -> list:
             ["Ablation", "Baseline arm", "Variant arm", "Configuration difference"],
             arm_rows,
             caption="Arms are chosen so that their configurations differ exactly "
-            "by the ablation (Figure 1 arms may also differ in learning rate, chosen per "
-            "activation as in §3.1).",
+            "by the ablation's overrides (the last column); the arms of a learning-rate grid (Figure 1 and the "
+            "fair tests) also differ in learning rate, chosen per arm as in §3.1.",
         )
     )
     notes = list(an.notes)
@@ -546,7 +554,7 @@ def published_numbers(an: analysis.PresetAnalysis) -> list:
             (
                 f"{c.top1:+.1f}"
                 + (" or more" if c.bound == "at least" else "")
-                + (f" / {c.top5:+.1f}" if c.top5 is not None else "")
+                + (f" (top-5 {c.top5:+.1f})" if c.top5 is not None else "")
                 + f" ({c.section}, {c.setting})"
             )
             if c.top1 is not None
@@ -725,7 +733,7 @@ def preset_summary(an: analysis.PresetAnalysis) -> document.Para:
     ]
     unrun = sum(1 for r in firsts if r is None or not (r.base and r.variant))
     if unrun:
-        parts.append(f"not run yet: {unrun}")
+        parts.append(f"{NOT_RUN}: {unrun}")
     n_done = sum(1 for r in an.runs if collect.is_counted(r))
     return document.Para(
         f"{len(an.runs)} runs ({n_done} finished), {len(an.comparisons)} ablations. Verdicts over "
@@ -800,9 +808,9 @@ def summary_table(analyses: dict, unrun: dict | None = None) -> list:
                 ["Preset (data)", "Claim, metric", "Paper", "Measured [CI]", "CI level", "Verdict", "Note"],
                 own_scale + rows,
                 ["l", "l", "l", "r", "l", "l", "l"],
-                caption=f"One row per tested claim, those at the paper's own scale (Figure 1, CIFAR-10) first: its "
-                f"primary metric, variant - baseline in points of error (a ratio for Figure 1, with its range "
-                f"over counting rules). Verdicts after {analysis.MULTIPLICITY}. `reproduced` needs the claimed "
+                caption="One row per tested claim, those the paper measured on CIFAR-10 (Figure 1, the LRN claim) "
+                "first: its primary metric, variant - baseline in points of error (a ratio for Figure 1, with its "
+                f"range over counting rules). Verdicts after {analysis.MULTIPLICITY}. `reproduced` needs the claimed "
                 "sign significant and the paper's size inside an adequately powered interval (or no size "
                 "claimed); withheld verdicts (collapsed, confounded, not testable) give no test. See each "
                 "preset's section 2 for the tests, detectable effects and notes.",

@@ -73,7 +73,7 @@ NO_CLAIM = "no claim"
 SECONDARY = "secondary (not tested)"
 # Verdicts withheld before any test: the comparison cannot speak to the claim.
 COLLAPSED = "collapsed (training diverged; claim untested)"  # an arm at chance in some seed
-CONFOUNDED = "confounded: untested"  # the arms differ in more than the claim's choice
+CONFOUNDED = "confounded: untested"  # the comparison mixes the claim's choice with another factor
 NOT_TESTABLE = "not testable at this budget"  # an overfitting claim, and the baseline does not overfit
 # Given after the test, across budgets: the effect shrinks as the budget grows.
 BUDGET_LIMITED = "budget-limited"

@@ -819,7 +819,7 @@ def test_figure1(report, md):
     assert f1.base_lr == 0.01 and f1.variant_lr == 0.02
     assert f1.wall_ratio.estimate == pytest.approx(math.exp(np.log([150 / 30, 180 / 30, 200 / 40]).mean()))
     row = table_row(md, "`fig1_tanh`", "epochs")
-    assert row[4] == f"x{math.exp(lr_.mean()):.2f}"
+    assert row[4] == f"at least x{math.exp(lr_.mean()):.2f}"  # a censored tanh seed (the next test)
     assert "> 20 (not reached)" in md
     grid = md.split("| lr | ReLU")[1].split("\n\n")[0]
     assert "| 0.01 | 3 (chosen) |" in grid
@@ -840,6 +840,9 @@ def test_figure1_censored_ratio_is_a_lower_bound(report, md, full_md):
     assert f"tanh / ReLU: at least x{est:.2f}" in md
     assert f"at least x{est:.2f} [" in section(full_md, "## Summary", "\n## ")
     assert "cannot be ruled out above the interval" in md
+    # The measurements table: the censored arm's mean epochs and the ratio are lower bounds too.
+    cells = table_row(md, "`fig1_tanh`", "epochs")
+    assert cells[3].startswith("≥ ") and cells[4] == f"at least x{est:.2f}"
 
 
 def test_figure1_learning_rate_flags(report, md):
@@ -888,6 +891,13 @@ def test_the_cifar10_budget_is_set_beside_the_released_schedule(full_md):
     assert "30.00 ± 0.00%, is itself above 11.0%: the net has not yet fit its training set" in budget
     # Mishkin et al.'s figures are ImageNet's: nothing to set beside a CIFAR-10 claim.
     assert table_row(cifar, "`no_lrn` top-1 delta (points of error)")[2] == "-"
+
+
+def test_the_papers_top5_delta_is_labelled_as_top5(full_md):
+    published = preset_section(full_md, "smoke").split("## 5. Published")[1]
+    cells = table_row(published, "`no_lrn` top-1 delta (points of error)")
+    c = ABLATIONS["no_lrn"].claim("smoke")
+    assert cells[1] == f"{c.top1:+.1f} (top-5 {c.top5:+.1f}) ({c.section}, {c.setting})"
 
 
 def test_bias_init_is_measured_as_early_learning(report, md):
@@ -1293,7 +1303,14 @@ def test_readme_block_is_written_from_the_report(fixture_root, tmp_path):
     assert unrun.startswith("`cifar10`: `fig1_tanh`, ") and "`smoke`" not in unrun
     # ... and the preset's tally counts them as not run, not under a verdict
     n_unrun = len(unrun.split("`cifar10`: ")[1].split(";")[0].split(", "))
-    assert f"not run yet: {n_unrun})" in (tmp_path / "out" / "report.md").read_text().replace(". Missing", ")")
+    full = (tmp_path / "out" / "report.md").read_text()
+    assert f"not run yet: {n_unrun})" in full.replace(". Missing", ")")
+    # ... and so does each of their rows in the preset's tests table, whatever rule would judge a measured one
+    # (cifar10's no_crop_flip: the baseline's small gap would make it "not testable at this budget").
+    tests_table = preset_section(full, "cifar10").split("#### Tests")[1].split("#### ")[0]
+    for name in unrun.split("`cifar10`: ")[1].split(";")[0].rstrip(".").split(", "):
+        verdicts = [line.rsplit(" | ", 1)[1] for line in tests_table.splitlines() if line.startswith(f"| {name} |")]
+        assert verdicts and set(verdicts) == {"not run yet |"}, (name, verdicts)
     assert "| cifar10 (a lossy JPEG copy of CIFAR-10) | `fig1_tanh`" not in block
     assert "| smoke (synthetic) | `fig1_tanh`" in block
     assert "`smoke`: synthetic" in block  # where the numbers come from, per preset
@@ -1398,6 +1415,10 @@ def test_a_second_selection_seed_says_whether_the_rates_and_the_ratio_change(tmp
     assert rule.estimate == pytest.approx(14 / 2) and rule.per_seed == {1001: (2, 14)}
     assert f1.rule_range[1] == pytest.approx(7.0)  # the range over rules includes it
     md = rep.markdown.read_text()
+    # n = 2: the test's interval is wider than the range, and the report says so.
+    assert f1.rules[0].ci.lo < f1.rule_range[0] and f1.rule_range[1] < f1.rules[0].ci.hi
+    assert "(the range lies within the test's interval over seeds)" in md
+    assert "moves the ratio more than its interval" not in md
     assert "| 1001 | 0.005 (2 epochs) | 0.01 (14 epochs) | x7.00 | no |" in md
     assert "selection seed 1001 would choose other rates (ReLU 0.01 -> 0.005, tanh 0.02 -> 0.01)" in md
     assert "The same grid on selection seed 1001" in md and "0.005 | 2 (fastest)" in md

@@ -283,7 +283,28 @@ def test_figure1_gives_the_ratio_under_every_counting_rule(tmp_path):
     lo, hi = f1.rule_range
     assert (lo, hi) == pytest.approx((min(r.estimate for r in f1.rules), max(r.estimate for r in f1.rules)))
     md = rep.markdown.read_text()
-    assert len(f1.rules) == 5 and f"x{lo:.2f}-x{hi:.2f} over 5 counting rules" in md
+    # Three ways of counting epochs, and two rules that change which seeds count.
+    assert [r.by_seed for r in f1.rules] == [False, False, False, True, True]
+    assert f"x{lo:.2f}-x{hi:.2f} over 3 counting rules and 2 seed choices" in md
+    # "Moves the ratio more than its interval" only where the range reaches outside the test's interval.
+    test_ci = f1.rules[0].ci
+    wider = lo < test_ci.lo or hi > test_ci.hi
+    assert ("How the epochs are counted moves the ratio more than its interval" in md) == wider
+    assert ("(the range lies within the test's interval over seeds)" in md) == (not wider)
+
+
+def test_the_counting_rules_are_said_to_move_the_ratio_only_where_they_reach_past_its_interval():
+    from ablations.kinds.lr_grid import rules_lead
+
+    ci = S.ratio_interval({0: 3, 1: 3, 2: 4}, {0: 18, 1: 19, 2: 22}, 0.95)
+    assert ci.ok and ci.lo < 5.5 < ci.hi
+    inside = (ci.lo * 1.01, ci.hi * 0.99)
+    assert rules_lead(ci, inside).endswith("(the range lies within the test's interval over seeds)")
+    for past in ((ci.lo * 0.9, ci.hi * 0.99), (ci.lo * 1.01, ci.hi * 1.1)):
+        assert rules_lead(ci, past).startswith("How the epochs are counted moves the ratio more than its interval")
+    # No interval (every seed gave the same ratio): nothing to compare the range with.
+    flat = S.ratio_interval({0: 3, 1: 3}, {0: 9, 1: 9}, 0.95)
+    assert not flat.ok and rules_lead(flat, (3.0, 3.5)) == "The ratio under each counting rule"
 
 
 def test_seeds_trained_past_the_target_give_time_to_target_and_final_error(tmp_path, monkeypatch):
