@@ -221,6 +221,11 @@ _register(
                 ratio=6.0,
                 direction=+1,
                 setting="CIFAR-10 train",
+                # Both arms alike, so not a confound of the ratio; said because the
+                # Imagenette tanh test names these biases as one.
+                caveat="Not cuda-convnet's init: both arms keep the project's positive biases (0.1 in "
+                "the hidden layers after the first, Caffe's value for §5's rule); layers-18pct "
+                "initialised every bias to 0.",
             )
         },
     )
