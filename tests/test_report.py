@@ -821,6 +821,11 @@ def test_figure1(report, md):
     row = table_row(md, "`fig1_tanh`", "epochs")
     assert row[4] == f"at least x{math.exp(lr_.mean()):.2f}"  # a censored tanh seed (the next test)
     assert "> 20 (not reached)" in md
+    # Per arm: the censored tanh arm's mean epochs and seconds to target are lower bounds, ReLU's are not.
+    per_arm = md.split("| Epochs to 25% (mean ± sd) |")[1].split("\n\n")[0]
+    relu, tanh = (table_row(per_arm, arm) for arm in ("ReLU", "tanh"))
+    assert tanh[3] == f"≥ {np.mean([15, 18, 20]):.1f} ± {np.std([15, 18, 20], ddof=1):.1f}"
+    assert tanh[5].startswith("≥ ") and not relu[3].startswith("≥") and not relu[5].startswith("≥")
     grid = md.split("| lr | ReLU")[1].split("\n\n")[0]
     assert "| 0.01 | 3 (chosen) |" in grid
     assert "15 (chosen)" in grid

@@ -936,16 +936,19 @@ def blocks(an, comp, out_dir: Path, fig_file: figures.FigureFile | None) -> list
         m, sd, n = stats.mean_sd([t.bound for t in ttt.values()])
         walls = list(f1.arm_walls.get(key, {}).values())
         wm, wsd, _ = stats.mean_sd(walls)
+        # A seed that never reached the target counts the epochs and seconds it ran: the means are lower bounds.
+        bound = "≥ " if any(not t.reached for t in ttt.values()) else ""
         rows.append(
             [
                 arm,
                 text.num(lr, "{:g}"),
                 str(n),
-                "n/a" if n == 0 else (f"{m:.1f} ± {sd:.1f}" if n >= 2 else f"{m:.1f}"),
+                "n/a" if n == 0 else bound + (f"{m:.1f} ± {sd:.1f}" if n >= 2 else f"{m:.1f}"),
                 ", ".join(f"s{s}: {t}" for s, t in sorted(ttt.items())) or "n/a",
                 "n/a"
                 if not walls
-                else (f"{wm:.0f} ± {wsd:.0f}" if len(walls) >= 2 else f"{wm:.0f}")
+                else bound
+                + (f"{wm:.0f} ± {wsd:.0f}" if len(walls) >= 2 else f"{wm:.0f}")
                 + (f" (n = {len(walls)})" if walls and len(walls) != n else ""),
             ]
         )
