@@ -800,7 +800,7 @@ def _cifar10():
     section 5 says how far that leaves the baseline from the paper's 11%.
     Figure 1: ``make ablation NAME=fig1_tanh PRESET=cifar10 SEEDS=5``.
     LRN: ``make ablation NAME=no_lrn PRESET=cifar10 SEEDS=5``; on a 2-core AMD EPYC
-    (2026-12-05) a 40-epoch run took about 40 min with LRN and 26-30 min without.
+    (2026-12-05/06) a 40-epoch run took 40-51 min with LRN and 26-35 min without.
     Results: published in results/ (results/report.md: the Figure 1 section gives
     the ratio under each counting rule, the grids and the compute hours).
     """
