@@ -46,8 +46,6 @@ PAPER_HEADLINE = {
 # the rate drops 10x, whose schedule). cuda-convnet's layers-conv-local-11pct net, the
 # 11% of §3.3, trains about 520 epochs: 350 at its first rate, then drops at 350, 500
 # and 510 (cuda-convnet's "how to obtain good performance" methodology).
-# The verdict column of a claim one of whose arms has no finished run.
-NOT_RUN = "not run yet"
 RELEASED_SCHEDULE = {
     "cifar10": (520, (350, 500, 510), "cuda-convnet's released schedule for the 11% net"),
 }
@@ -310,7 +308,7 @@ def main_table(an: analysis.PresetAnalysis) -> list:
             p = "-" if r.withheld or r.role == "none" else fmt_p(r.p_adj) if r.role == "primary" else f"({fmt_p(r.p)})"
             paper = f"{comp.claim.section}: {r.claimed_text}"
             if not (r.base and r.variant):  # an arm with no finished run: nothing measured, nothing judged
-                rows.append([code(comp.name), r.label, paper, "n/a", "-", "-", "n/a", "n/a", "-", "-", NOT_RUN])
+                rows.append([code(comp.name), r.label, paper, "n/a", "-", "-", "n/a", "n/a", "-", "-", stats.NOT_RUN])
                 continue
             rows.append(
                 [
@@ -733,7 +731,7 @@ def preset_summary(an: analysis.PresetAnalysis) -> document.Para:
     ]
     unrun = sum(1 for r in firsts if r is None or not (r.base and r.variant))
     if unrun:
-        parts.append(f"{NOT_RUN}: {unrun}")
+        parts.append(f"{stats.NOT_RUN}: {unrun}")
     n_done = sum(1 for r in an.runs if collect.is_counted(r))
     return document.Para(
         f"{len(an.runs)} runs ({n_done} finished), {len(an.comparisons)} ablations. Verdicts over "

@@ -71,6 +71,8 @@ NOT_SIGNIFICANT = "not significant"
 NOT_MEASURABLE = "not measurable"
 NO_CLAIM = "no claim"
 SECONDARY = "secondary (not tested)"
+# A claim one of whose arms has no finished run: nothing measured, nothing judged.
+NOT_RUN = "not run yet"
 # Verdicts withheld before any test: the comparison cannot speak to the claim.
 COLLAPSED = "collapsed (training diverged; claim untested)"  # an arm at chance in some seed
 CONFOUNDED = "confounded: untested"  # the comparison mixes the claim's choice with another factor
